@@ -1,1 +1,116 @@
-//! Test support.
+//! Helpers shared by the workspace's integration tests and benches: a plain hyper client, request
+//! builders, and a time bound for every test.
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::future::Future;
+use std::time::Duration;
+
+/// The key tests send. The simulator in a test accepts it via `SimConfig::api_key`.
+pub const KEY: &str = "fw_test_key_0123456789";
+
+/// A plain hyper-util client (HTTP/1.1, no TLS): the "bare client" of the tests.
+pub type PlainClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A plain HTTP/1.1 client.
+pub fn plain_client() -> PlainClient {
+    Client::builder(TokioExecutor::new()).build(connector())
+}
+
+fn connector() -> HttpConnector {
+    let mut c = HttpConnector::new();
+    c.set_nodelay(true);
+    c
+}
+
+/// A plain HTTP/2 prior-knowledge (h2c) client.
+pub fn h2c_client() -> PlainClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(connector())
+}
+
+/// A chat completion body whose `user` field is the logical request id.
+pub fn chat_body(id: &str, stream: bool) -> Bytes {
+    Bytes::from(
+        serde_json::json!({
+            "model": "accounts/fireworks/models/llama-v3p1-8b-instruct",
+            "messages": [{"role": "user", "content": "Say hello"}],
+            "max_tokens": 4,
+            "stream": stream,
+            "user": id,
+        })
+        .to_string(),
+    )
+}
+
+/// A POST to `base/path` with the test key.
+pub fn post(base: &str, path: &str, body: Bytes) -> Request<Full<Bytes>> {
+    Request::post(format!("{base}{path}"))
+        .header("authorization", format!("Bearer {KEY}"))
+        .header("content-type", "application/json")
+        .body(Full::new(body))
+        .expect("valid request")
+}
+
+/// A whole response.
+#[derive(Debug)]
+pub struct Answer {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// A header as a string.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Sends `req` and reads the whole answer.
+pub async fn send(
+    client: &PlainClient,
+    req: Request<Full<Bytes>>,
+) -> Result<Answer, Box<dyn std::error::Error + Send + Sync>> {
+    let resp = client.request(req).await?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// Runs `f`, failing the test if it takes longer than `secs` (so a bug fails fast, never hangs).
+pub async fn bounded<F: Future>(secs: u64, f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .unwrap_or_else(|_| panic!("test exceeded its {secs} s bound"))
+}
+
+/// Splits an SSE body into its `data:` payloads.
+pub fn sse_data(body: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(body)
+        .split("\n\n")
+        .filter_map(|ev| ev.strip_prefix("data: ").map(str::to_owned))
+        .collect()
+}

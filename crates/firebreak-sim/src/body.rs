@@ -68,6 +68,19 @@ pub(crate) enum Cut {
     ErrorEvent(Bytes),
 }
 
+/// What happens when the body's timer fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterSleep {
+    /// Send the next chunk (token pacing).
+    Send,
+    /// End the stall by aborting the connection.
+    Abort,
+    /// Reset the connection.
+    Reset,
+}
+
+const RESET_GRACE: Duration = Duration::from_millis(30);
+
 /// The simulator's response body.
 #[derive(Debug)]
 pub struct SimBody {
@@ -76,7 +89,7 @@ pub struct SimBody {
     sent: u32,
     cut: Option<(u32, Cut)>,
     sleep: Option<Pin<Box<Sleep>>>,
-    stalling: bool,
+    after_sleep: AfterSleep,
     paced: bool,
     errored: bool,
     reset_flag: Option<Arc<AtomicBool>>,
@@ -110,7 +123,7 @@ impl SimBody {
             sent: 0,
             cut,
             sleep: None,
-            stalling: false,
+            after_sleep: AfterSleep::Send,
             paced: false,
             errored: false,
             reset_flag,
@@ -120,7 +133,7 @@ impl SimBody {
 
     fn finish(&mut self, completed: bool) {
         if let Some(g) = &mut self.guard {
-            g.record.completed = completed;
+            g.record.completed |= completed;
         }
         self.guard = None;
     }
@@ -140,27 +153,36 @@ impl http_body::Body for SimBody {
             if let Some(sleep) = this.sleep.as_mut() {
                 ready!(sleep.as_mut().poll(cx));
                 this.sleep = None;
-                if this.stalling {
-                    this.finish(false);
-                    return Poll::Ready(Some(Err(BodyAbort)));
-                }
-                this.paced = true;
-            }
-            if this.cut.as_ref().is_some_and(|(after, _)| this.sent >= *after) {
-                let (_, cut) = this.cut.take().expect("checked above");
-                match cut {
-                    Cut::Stall(d) => {
-                        this.stalling = true;
-                        this.sleep = Some(Box::pin(tokio::time::sleep(d)));
-                        continue;
+                match std::mem::replace(&mut this.after_sleep, AfterSleep::Send) {
+                    AfterSleep::Send => this.paced = true,
+                    AfterSleep::Abort => {
+                        this.finish(false);
+                        return Poll::Ready(Some(Err(BodyAbort)));
                     }
-                    Cut::Reset => {
+                    AfterSleep::Reset => {
                         if let Some(f) = &this.reset_flag {
                             f.store(true, Ordering::Release);
                         }
                         this.chunks.clear();
                         this.finish(false);
                         return Poll::Ready(Some(Err(BodyAbort)));
+                    }
+                }
+            }
+            if this.cut.as_ref().is_some_and(|(after, _)| this.sent >= *after) {
+                let (_, cut) = this.cut.take().expect("checked above");
+                match cut {
+                    Cut::Stall(d) => {
+                        this.after_sleep = AfterSleep::Abort;
+                        this.sleep = Some(Box::pin(tokio::time::sleep(d)));
+                        continue;
+                    }
+                    Cut::Reset => {
+                        // A RST discards data the peer has not read yet: give the chunks
+                        // already sent a moment to arrive, so the reset lands mid-body.
+                        this.after_sleep = AfterSleep::Reset;
+                        this.sleep = Some(Box::pin(tokio::time::sleep(RESET_GRACE)));
+                        continue;
                     }
                     Cut::ErrorEvent(ev) => {
                         // The error event ends the stream: nothing follows it.
@@ -183,6 +205,11 @@ impl http_body::Body for SimBody {
             this.sent += 1;
             if let Some(g) = &mut this.guard {
                 g.record.bytes_sent += chunk.len() as u64;
+                // hyper may stop polling once `is_end_stream` is true, so the last chunk is
+                // where a complete body is recorded.
+                if this.chunks.is_empty() && this.cut.is_none() {
+                    g.record.completed = !this.errored;
+                }
             }
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
