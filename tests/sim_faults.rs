@@ -30,12 +30,17 @@ async fn normal_routes_and_headers() {
         let c = plain_client();
         let base = sim.base_url();
 
-        let a = send(&c, post(&base, CHAT, chat_body("req-1", false))).await.unwrap();
+        let a = send(&c, post(&base, CHAT, chat_body("req-1", false)))
+            .await
+            .unwrap();
         assert_eq!(a.status, 200);
         let v = a.json();
         assert_eq!(v["object"], "chat.completion");
         assert_eq!(v["usage"]["completion_tokens"], 4);
-        assert_eq!(v["choices"][0]["message"]["content"], "tok0 tok1 tok2 tok3 ");
+        assert_eq!(
+            v["choices"][0]["message"]["content"],
+            "tok0 tok1 tok2 tok3 "
+        );
         for h in [
             "fireworks-prompt-tokens",
             "fireworks-cached-prompt-tokens",
@@ -46,14 +51,28 @@ async fn normal_routes_and_headers() {
             assert!(a.header(h).is_some(), "missing {h}");
         }
 
-        let a = send(&c, post(&base, "/completions", Bytes::from_static(br#"{"prompt":"x","max_tokens":2}"#)))
-            .await
-            .unwrap();
+        let a = send(
+            &c,
+            post(
+                &base,
+                "/completions",
+                Bytes::from_static(br#"{"prompt":"x","max_tokens":2}"#),
+            ),
+        )
+        .await
+        .unwrap();
         assert_eq!(a.json()["object"], "text_completion");
 
-        let a = send(&c, post(&base, "/embeddings", Bytes::from_static(br#"{"input":["a","b","c"]}"#)))
-            .await
-            .unwrap();
+        let a = send(
+            &c,
+            post(
+                &base,
+                "/embeddings",
+                Bytes::from_static(br#"{"input":["a","b","c"]}"#),
+            ),
+        )
+        .await
+        .unwrap();
         assert_eq!(a.json()["data"].as_array().unwrap().len(), 3);
 
         let req = http::Request::get(format!("{base}/models"))
@@ -70,7 +89,9 @@ async fn normal_routes_and_headers() {
             .body(Full::new(Bytes::new()))
             .unwrap();
         assert_eq!(send(&c, req).await.unwrap().status, 405);
-        let a = send(&c, post(&base, CHAT, Bytes::from_static(b"{not json"))).await.unwrap();
+        let a = send(&c, post(&base, CHAT, Bytes::from_static(b"{not json")))
+            .await
+            .unwrap();
         assert_eq!(a.status, 400);
         assert_eq!(sim.log().len(), 7);
     })
@@ -81,9 +102,12 @@ async fn normal_routes_and_headers() {
 async fn stream_has_role_delta_tokens_usage_last_and_done() {
     bounded(20, async {
         let sim = Sim::start(cfg()).await.unwrap();
-        let a = send(&plain_client(), post(&sim.base_url(), CHAT, chat_body("s-1", true)))
-            .await
-            .unwrap();
+        let a = send(
+            &plain_client(),
+            post(&sim.base_url(), CHAT, chat_body("s-1", true)),
+        )
+        .await
+        .unwrap();
         assert_eq!(a.header("content-type"), Some("text/event-stream"));
         let events = sse_data(&a.body);
         assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
@@ -94,10 +118,18 @@ async fn stream_has_role_delta_tokens_usage_last_and_done() {
         assert_eq!(chunks.len(), 4 + 2);
         assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
         assert!(chunks[0]["choices"][0]["delta"]["content"].is_null());
-        assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
+        assert!(
+            chunks
+                .iter()
+                .all(|c| c["object"] == "chat.completion.chunk")
+        );
         let last = chunks.last().unwrap();
         assert_eq!(last["usage"]["completion_tokens"], 4);
-        assert!(chunks[..chunks.len() - 1].iter().all(|c| c["usage"].is_null()));
+        assert!(
+            chunks[..chunks.len() - 1]
+                .iter()
+                .all(|c| c["usage"].is_null())
+        );
         let rec = &sim.attempts_for("s-1")[0];
         assert!(rec.stream && rec.completed);
         assert_eq!(rec.bytes_sent, a.body.len() as u64);
@@ -117,9 +149,14 @@ async fn auth_is_checked() {
         assert_eq!(a.json()["error"]["code"], "UNAUTHORIZED");
         assert!(a.json()["request_id"].is_string());
         let mut req = post(&sim.base_url(), CHAT, chat_body("a", false));
-        req.headers_mut().insert("authorization", "Bearer fw_wrong".parse().unwrap());
+        req.headers_mut()
+            .insert("authorization", "Bearer fw_wrong".parse().unwrap());
         assert_eq!(send(&c, req).await.unwrap().status, 401);
-        assert!(sim.log().iter().all(|r| r.status == 401 && r.fault.as_deref() == Some("auth")));
+        assert!(
+            sim.log()
+                .iter()
+                .all(|r| r.status == 401 && r.fault.as_deref() == Some("auth"))
+        );
     })
     .await
 }
@@ -137,9 +174,12 @@ async fn transient_5xx_are_seeded_and_reproducible() {
             let client = plain_client();
             let mut statuses = Vec::new();
             for i in 0..200 {
-                let a = send(&client, post(&sim.base_url(), CHAT, chat_body(&format!("r{i}"), false)))
-                    .await
-                    .unwrap();
+                let a = send(
+                    &client,
+                    post(&sim.base_url(), CHAT, chat_body(&format!("r{i}"), false)),
+                )
+                .await
+                .unwrap();
                 statuses.push(a.status.as_u16());
             }
             let logged: Vec<u16> = sim.log().iter().map(|r| r.status).collect();
@@ -160,12 +200,20 @@ async fn transient_5xx_are_seeded_and_reproducible() {
 #[tokio::test]
 async fn first_attempts_trigger_recovers() {
     bounded(20, async {
-        let sim = Sim::start(cfg().fault(Trigger::FirstAttempts { n: 2 }, status(502))).await.unwrap();
+        let sim = Sim::start(cfg().fault(Trigger::FirstAttempts { n: 2 }, status(502)))
+            .await
+            .unwrap();
         let c = plain_client();
         let got: Vec<u16> = {
             let mut v = Vec::new();
             for _ in 0..3 {
-                v.push(send(&c, post(&sim.base_url(), CHAT, chat_body("same", false))).await.unwrap().status.as_u16());
+                v.push(
+                    send(&c, post(&sim.base_url(), CHAT, chat_body("same", false)))
+                        .await
+                        .unwrap()
+                        .status
+                        .as_u16(),
+                );
             }
             v
         };
@@ -193,18 +241,30 @@ async fn rate_limit_with_and_without_retry_after() {
             let c = plain_client();
             let mut answers = Vec::new();
             for i in 0..5 {
-                answers.push(send(&c, post(&sim.base_url(), CHAT, chat_body(&format!("q{i}"), false))).await.unwrap());
+                answers.push(
+                    send(
+                        &c,
+                        post(&sim.base_url(), CHAT, chat_body(&format!("q{i}"), false)),
+                    )
+                    .await
+                    .unwrap(),
+                );
             }
             let st: Vec<u16> = answers.iter().map(|a| a.status.as_u16()).collect();
             assert_eq!(st, [200, 200, 200, 429, 429], "{delay:?}");
             assert_eq!(answers[0].header("x-ratelimit-limit-requests"), Some("6"));
-            assert_eq!(answers[0].header("x-ratelimit-remaining-requests"), Some("2"));
+            assert_eq!(
+                answers[0].header("x-ratelimit-remaining-requests"),
+                Some("2")
+            );
             let r = &answers[3];
             assert_eq!(r.json()["error"]["code"], "RATE_LIMIT_EXCEEDED");
             assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("0"));
             match header {
                 None => {
-                    assert!(r.header("retry-after").is_none() && r.header("retry-after-ms").is_none())
+                    assert!(
+                        r.header("retry-after").is_none() && r.header("retry-after-ms").is_none()
+                    )
                 }
                 Some(h) => {
                     let v: f64 = r.header(h).unwrap().parse().unwrap();
@@ -213,7 +273,13 @@ async fn rate_limit_with_and_without_retry_after() {
                     assert!((9.0..=10.0).contains(&secs), "{delay:?}: {h} = {v}");
                 }
             }
-            assert_eq!(sim.log().iter().filter(|r| r.fault.as_deref() == Some("rate_limit")).count(), 2);
+            assert_eq!(
+                sim.log()
+                    .iter()
+                    .filter(|r| r.fault.as_deref() == Some("rate_limit"))
+                    .count(),
+                2
+            );
         }
     })
     .await
@@ -222,11 +288,20 @@ async fn rate_limit_with_and_without_retry_after() {
 #[tokio::test]
 async fn capacity_limit_rejects_with_503_or_429() {
     bounded(20, async {
-        for (reject, code) in [(CapacityReject::Overloaded503, 503), (CapacityReject::CapacityExceeded429, 429)] {
+        for (reject, code) in [
+            (CapacityReject::Overloaded503, 503),
+            (CapacityReject::CapacityExceeded429, 429),
+        ] {
             let sim = Sim::start(
                 cfg()
-                    .capacity(CapacityConfig { max_in_flight: 2, reject_with: reject })
-                    .latency(Latency { ttfb_ms: 300, ..Latency::default() }),
+                    .capacity(CapacityConfig {
+                        max_in_flight: 2,
+                        reject_with: reject,
+                    })
+                    .latency(Latency {
+                        ttfb_ms: 300,
+                        ..Latency::default()
+                    }),
             )
             .await
             .unwrap();
@@ -265,26 +340,56 @@ async fn delay_headers_in_every_form_and_garbage() {
             DelayHeader::RetryAfterMs { ms: 1500.5 },
             DelayHeader::RetryAfterSecs { secs: 2.0 },
             DelayHeader::RetryAfterDate { secs_from_now: 30 },
-            DelayHeader::Raw { name: "x-ratelimit-reset-requests".into(), value: "6m0s".into() },
-            DelayHeader::Raw { name: "retry-after".into(), value: "-5".into() },
-            DelayHeader::Raw { name: "retry-after".into(), value: "soon, maybe".into() },
-            DelayHeader::Raw { name: "retry-after".into(), value: "99999999999999999999".into() },
+            DelayHeader::Raw {
+                name: "x-ratelimit-reset-requests".into(),
+                value: "6m0s".into(),
+            },
+            DelayHeader::Raw {
+                name: "retry-after".into(),
+                value: "-5".into(),
+            },
+            DelayHeader::Raw {
+                name: "retry-after".into(),
+                value: "soon, maybe".into(),
+            },
+            DelayHeader::Raw {
+                name: "retry-after".into(),
+                value: "99999999999999999999".into(),
+            },
         ];
         let sim = Sim::start(cfg().fault(
             Trigger::Always,
-            Fault::Status { status: 503, shape: None, delay, should_retry: Some(true), message: None },
+            Fault::Status {
+                status: 503,
+                shape: None,
+                delay,
+                should_retry: Some(true),
+                message: None,
+            },
         ))
         .await
         .unwrap();
-        let a = send(&plain_client(), post(&sim.base_url(), CHAT, chat_body("d", false))).await.unwrap();
+        let a = send(
+            &plain_client(),
+            post(&sim.base_url(), CHAT, chat_body("d", false)),
+        )
+        .await
+        .unwrap();
         assert_eq!(a.status, 503);
         assert_eq!(a.header("retry-after-ms"), Some("1500.5"));
         assert_eq!(a.header("x-should-retry"), Some("true"));
         assert_eq!(a.header("x-ratelimit-reset-requests"), Some("6m0s"));
-        let ra: Vec<&str> = a.headers.get_all("retry-after").iter().map(|v| v.to_str().unwrap()).collect();
+        let ra: Vec<&str> = a
+            .headers
+            .get_all("retry-after")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
         assert_eq!(ra[0], "2");
         let date = httpdate::parse_http_date(ra[1]).expect("an HTTP-date");
-        let ahead = date.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+        let ahead = date
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
         assert!((25..=31).contains(&ahead.as_secs()), "{ahead:?}");
         assert_eq!(&ra[2..], ["-5", "soon, maybe", "99999999999999999999"]);
     })
@@ -296,11 +401,22 @@ async fn should_retry_false_is_sent() {
     bounded(20, async {
         let sim = Sim::start(cfg().fault(
             Trigger::Always,
-            Fault::Status { status: 500, shape: None, delay: vec![], should_retry: Some(false), message: None },
+            Fault::Status {
+                status: 500,
+                shape: None,
+                delay: vec![],
+                should_retry: Some(false),
+                message: None,
+            },
         ))
         .await
         .unwrap();
-        let a = send(&plain_client(), post(&sim.base_url(), CHAT, chat_body("n", false))).await.unwrap();
+        let a = send(
+            &plain_client(),
+            post(&sim.base_url(), CHAT, chat_body("n", false)),
+        )
+        .await
+        .unwrap();
         assert_eq!(a.header("x-should-retry"), Some("false"));
     })
     .await
@@ -318,16 +434,37 @@ async fn non_retryable_statuses_with_their_codes() {
             (412, "PRECONDITION_FAILED"),
             (413, "PAYLOAD_TOO_LARGE"),
         ] {
-            let sim = Sim::start(cfg().fault(Trigger::Always, status(s))).await.unwrap();
-            let a = send(&plain_client(), post(&sim.base_url(), CHAT, chat_body("x", false))).await.unwrap();
+            let sim = Sim::start(cfg().fault(Trigger::Always, status(s)))
+                .await
+                .unwrap();
+            let a = send(
+                &plain_client(),
+                post(&sim.base_url(), CHAT, chat_body("x", false)),
+            )
+            .await
+            .unwrap();
             assert_eq!(a.status.as_u16(), s);
             let v = a.json();
             assert_eq!(v["error"]["code"], code, "{s}");
             assert_eq!(v["error"]["type"], "error");
-            assert_eq!(v["error"]["param"], if s == 404 { serde_json::json!("model") } else { serde_json::Value::Null });
+            assert_eq!(
+                v["error"]["param"],
+                if s == 404 {
+                    serde_json::json!("model")
+                } else {
+                    serde_json::Value::Null
+                }
+            );
         }
-        let sim = Sim::start(cfg().fault(Trigger::Always, status(422))).await.unwrap();
-        let a = send(&plain_client(), post(&sim.base_url(), CHAT, chat_body("x", false))).await.unwrap();
+        let sim = Sim::start(cfg().fault(Trigger::Always, status(422)))
+            .await
+            .unwrap();
+        let a = send(
+            &plain_client(),
+            post(&sim.base_url(), CHAT, chat_body("x", false)),
+        )
+        .await
+        .unwrap();
         assert_eq!(a.status, 422);
         assert!(a.json()["detail"][0]["msg"].is_string(), "FastAPI shape");
     })
@@ -337,49 +474,103 @@ async fn non_retryable_statuses_with_their_codes() {
 #[tokio::test]
 async fn every_error_body_shape() {
     bounded(30, async {
-        let check: Vec<(ErrorShape, Box<dyn Fn(&Answer)>)> = vec![
-            (ErrorShape::Gateway, Box::new(|a| assert_eq!(a.json()["error"]["code"], "SERVICE_UNAVAILABLE"))),
-            (ErrorShape::OldInference, Box::new(|a| {
-                assert_eq!(a.json()["error"]["object"], "error");
-                assert_eq!(a.json()["error"]["type"], "invalid_request_error");
-            })),
-            (ErrorShape::OldInferenceRawOutput, Box::new(|a| {
-                let v = a.json();
-                assert!(v.as_object().unwrap().contains_key("raw_output") && v["raw_output"].is_null());
-            })),
-            (ErrorShape::StringError, Box::new(|a| {
-                assert_eq!(a.json()["error"], "Service Unavailable");
-                assert!(a.json()["message"].is_string());
-            })),
-            (ErrorShape::FastApi, Box::new(|a| assert!(a.json()["detail"].is_array()))),
-            (ErrorShape::GrpcGateway, Box::new(|a| {
-                assert_eq!(a.json()["code"], 14);
-                assert_eq!(a.json()["details"][0]["@type"], "type.googleapis.com/google.rpc.ErrorInfo");
-            })),
-            (ErrorShape::GrpcGatewayWrapped, Box::new(|a| assert_eq!(a.json()["error"]["code"], 14))),
-            (ErrorShape::LegacyFault, Box::new(|a| assert!(a.json()["fault"]["faultstring"].is_string()))),
-            (ErrorShape::Html, Box::new(|a| {
-                assert_eq!(a.header("content-type"), Some("text/html"));
-                assert!(String::from_utf8_lossy(&a.body).contains("<h1>503 Service Unavailable</h1>"));
-            })),
-            (ErrorShape::PlainText, Box::new(|a| {
-                assert_eq!(a.header("content-type"), Some("text/plain"));
-                assert!(a.body.starts_with(b"503 Service Unavailable"));
-            })),
+        type Check = Box<dyn Fn(&Answer)>;
+        let check: Vec<(ErrorShape, Check)> = vec![
+            (
+                ErrorShape::Gateway,
+                Box::new(|a| assert_eq!(a.json()["error"]["code"], "SERVICE_UNAVAILABLE")),
+            ),
+            (
+                ErrorShape::OldInference,
+                Box::new(|a| {
+                    assert_eq!(a.json()["error"]["object"], "error");
+                    assert_eq!(a.json()["error"]["type"], "invalid_request_error");
+                }),
+            ),
+            (
+                ErrorShape::OldInferenceRawOutput,
+                Box::new(|a| {
+                    let v = a.json();
+                    assert!(
+                        v.as_object().unwrap().contains_key("raw_output")
+                            && v["raw_output"].is_null()
+                    );
+                }),
+            ),
+            (
+                ErrorShape::StringError,
+                Box::new(|a| {
+                    assert_eq!(a.json()["error"], "Service Unavailable");
+                    assert!(a.json()["message"].is_string());
+                }),
+            ),
+            (
+                ErrorShape::FastApi,
+                Box::new(|a| assert!(a.json()["detail"].is_array())),
+            ),
+            (
+                ErrorShape::GrpcGateway,
+                Box::new(|a| {
+                    assert_eq!(a.json()["code"], 14);
+                    assert_eq!(
+                        a.json()["details"][0]["@type"],
+                        "type.googleapis.com/google.rpc.ErrorInfo"
+                    );
+                }),
+            ),
+            (
+                ErrorShape::GrpcGatewayWrapped,
+                Box::new(|a| assert_eq!(a.json()["error"]["code"], 14)),
+            ),
+            (
+                ErrorShape::LegacyFault,
+                Box::new(|a| assert!(a.json()["fault"]["faultstring"].is_string())),
+            ),
+            (
+                ErrorShape::Html,
+                Box::new(|a| {
+                    assert_eq!(a.header("content-type"), Some("text/html"));
+                    assert!(
+                        String::from_utf8_lossy(&a.body)
+                            .contains("<h1>503 Service Unavailable</h1>")
+                    );
+                }),
+            ),
+            (
+                ErrorShape::PlainText,
+                Box::new(|a| {
+                    assert_eq!(a.header("content-type"), Some("text/plain"));
+                    assert!(a.body.starts_with(b"503 Service Unavailable"));
+                }),
+            ),
             (ErrorShape::Empty, Box::new(|a| assert!(a.body.is_empty()))),
-            (ErrorShape::Huge { bytes: 5 << 20 }, Box::new(|a| {
-                assert_eq!(a.body.len(), 5 << 20);
-                assert_eq!(a.json()["error"]["code"], "SERVICE_UNAVAILABLE");
-            })),
+            (
+                ErrorShape::Huge { bytes: 5 << 20 },
+                Box::new(|a| {
+                    assert_eq!(a.body.len(), 5 << 20);
+                    assert_eq!(a.json()["error"]["code"], "SERVICE_UNAVAILABLE");
+                }),
+            ),
         ];
         for (shape, assert_fn) in check {
             let sim = Sim::start(cfg().fault(
                 Trigger::Always,
-                Fault::Status { status: 503, shape: Some(shape), delay: vec![], should_retry: None, message: None },
+                Fault::Status {
+                    status: 503,
+                    shape: Some(shape),
+                    delay: vec![],
+                    should_retry: None,
+                    message: None,
+                },
             ))
             .await
             .unwrap();
-            let a = send(&plain_client(), post(&sim.base_url(), CHAT, chat_body("e", false))).await.unwrap();
+            let a = send(
+                &plain_client(),
+                post(&sim.base_url(), CHAT, chat_body("e", false)),
+            )
+            .await
+            .unwrap();
             assert_eq!(a.status, 503, "{shape:?}");
             assert_fn(&a);
             assert_eq!(sim.log()[0].bytes_sent, a.body.len() as u64, "{shape:?}");
@@ -391,21 +582,36 @@ async fn every_error_body_shape() {
 #[tokio::test]
 async fn latency_ttfb_and_token_pacing() {
     bounded(20, async {
-        let sim = Sim::start(cfg().latency(Latency { ttfb_ms: 150, token_delay_ms: 40, completion_tokens: 8 }))
-            .await
-            .unwrap();
+        let sim = Sim::start(cfg().latency(Latency {
+            ttfb_ms: 150,
+            token_delay_ms: 40,
+            completion_tokens: 8,
+        }))
+        .await
+        .unwrap();
         let c = plain_client();
         let t = Instant::now();
-        let resp = c.request(post(&sim.base_url(), CHAT, chat_body("l", true))).await.unwrap();
+        let resp = c
+            .request(post(&sim.base_url(), CHAT, chat_body("l", true)))
+            .await
+            .unwrap();
         let ttfb = t.elapsed();
         assert!(ttfb >= Duration::from_millis(150), "{ttfb:?}");
         resp.into_body().collect().await.unwrap();
         // 4 tokens + final chunk + [DONE] after the first chunk: 5 paced gaps.
-        assert!(t.elapsed() >= Duration::from_millis(150 + 5 * 40), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() >= Duration::from_millis(150 + 5 * 40),
+            "{:?}",
+            t.elapsed()
+        );
 
-        let sim = Sim::start(cfg().fault(Trigger::Always, Fault::SlowTtfb { delay_ms: 200 })).await.unwrap();
+        let sim = Sim::start(cfg().fault(Trigger::Always, Fault::SlowTtfb { delay_ms: 200 }))
+            .await
+            .unwrap();
         let t = Instant::now();
-        let a = send(&c, post(&sim.base_url(), CHAT, chat_body("slow", false))).await.unwrap();
+        let a = send(&c, post(&sim.base_url(), CHAT, chat_body("slow", false)))
+            .await
+            .unwrap();
         assert_eq!(a.status, 200);
         assert!(t.elapsed() >= Duration::from_millis(200));
         assert_eq!(sim.log()[0].fault.as_deref(), Some("slow_ttfb"));
@@ -416,7 +622,9 @@ async fn latency_ttfb_and_token_pacing() {
 #[tokio::test]
 async fn hang_before_headers() {
     bounded(20, async {
-        let sim = Sim::start(cfg().fault(Trigger::Always, Fault::Hang { for_ms: 400 })).await.unwrap();
+        let sim = Sim::start(cfg().fault(Trigger::Always, Fault::Hang { for_ms: 400 }))
+            .await
+            .unwrap();
         let c = plain_client();
         let r = tokio::time::timeout(
             Duration::from_millis(200),
@@ -453,10 +661,19 @@ async fn read_frames(
 #[tokio::test]
 async fn stream_stalls_after_n_chunks() {
     bounded(20, async {
-        let sim = Sim::start(cfg().fault(Trigger::Always, Fault::StallAfter { after_chunks: 3, for_ms: 500 }))
+        let sim = Sim::start(cfg().fault(
+            Trigger::Always,
+            Fault::StallAfter {
+                after_chunks: 3,
+                for_ms: 500,
+            },
+        ))
+        .await
+        .unwrap();
+        let resp = plain_client()
+            .request(post(&sim.base_url(), CHAT, chat_body("st", true)))
             .await
             .unwrap();
-        let resp = plain_client().request(post(&sim.base_url(), CHAT, chat_body("st", true))).await.unwrap();
         assert_eq!(resp.status(), 200);
         let (got, end) = read_frames(resp, Duration::from_millis(250)).await;
         assert_eq!(end, Err("idle".into()));
@@ -473,19 +690,30 @@ async fn stream_stalls_after_n_chunks() {
 #[tokio::test]
 async fn reset_before_response() {
     bounded(20, async {
-        let sim = Sim::start(cfg().fault(Trigger::FirstAttempts { n: 1 }, Fault::ResetBeforeResponse)).await.unwrap();
+        let sim =
+            Sim::start(cfg().fault(Trigger::FirstAttempts { n: 1 }, Fault::ResetBeforeResponse))
+                .await
+                .unwrap();
         let c = plain_client();
-        let err = c.request(post(&sim.base_url(), CHAT, chat_body("rb", false))).await.unwrap_err();
+        let err = c
+            .request(post(&sim.base_url(), CHAT, chat_body("rb", false)))
+            .await
+            .unwrap_err();
         let text = format!("{err:?}");
         assert!(
             text.contains("ConnectionReset") || text.contains("IncompleteMessage"),
             "{text}"
         );
         // The second attempt on a fresh connection succeeds.
-        let a = send(&c, post(&sim.base_url(), CHAT, chat_body("rb", false))).await.unwrap();
+        let a = send(&c, post(&sim.base_url(), CHAT, chat_body("rb", false)))
+            .await
+            .unwrap();
         assert_eq!(a.status, 200);
         let log = sim.attempts_for("rb");
-        assert_eq!((log[0].status, log[0].fault.as_deref()), (0, Some("reset_before_response")));
+        assert_eq!(
+            (log[0].status, log[0].fault.as_deref()),
+            (0, Some("reset_before_response"))
+        );
         assert_eq!(log[1].status, 200);
     })
     .await
@@ -495,13 +723,20 @@ async fn reset_before_response() {
 async fn reset_mid_stream_and_mid_body() {
     bounded(20, async {
         for stream in [true, false] {
-            let sim = Sim::start(cfg().fault(Trigger::Always, Fault::ResetMidStream { after_chunks: 2 }))
+            let sim =
+                Sim::start(cfg().fault(Trigger::Always, Fault::ResetMidStream { after_chunks: 2 }))
+                    .await
+                    .unwrap();
+            let resp = plain_client()
+                .request(post(&sim.base_url(), CHAT, chat_body("rm", stream)))
                 .await
                 .unwrap();
-            let resp = plain_client().request(post(&sim.base_url(), CHAT, chat_body("rm", stream))).await.unwrap();
             assert_eq!(resp.status(), 200);
             let (got, end) = read_frames(resp, Duration::from_secs(5)).await;
-            assert!(matches!(&end, Err(e) if e.starts_with("error")), "stream={stream}: {end:?}");
+            assert!(
+                matches!(&end, Err(e) if e.starts_with("error")),
+                "stream={stream}: {end:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
             let rec = &sim.log()[0];
             assert!(!rec.completed);
@@ -518,10 +753,21 @@ async fn reset_mid_stream_and_mid_body() {
 #[tokio::test]
 async fn error_event_inside_stream() {
     bounded(20, async {
-        let sim = Sim::start(cfg().fault(Trigger::Always, Fault::SseError { after_chunks: 2, message: None }))
-            .await
-            .unwrap();
-        let a = send(&plain_client(), post(&sim.base_url(), CHAT, chat_body("se", true))).await.unwrap();
+        let sim = Sim::start(cfg().fault(
+            Trigger::Always,
+            Fault::SseError {
+                after_chunks: 2,
+                message: None,
+            },
+        ))
+        .await
+        .unwrap();
+        let a = send(
+            &plain_client(),
+            post(&sim.base_url(), CHAT, chat_body("se", true)),
+        )
+        .await
+        .unwrap();
         let events = sse_data(&a.body);
         assert_eq!(events.len(), 3);
         let last: serde_json::Value = serde_json::from_str(&events[2]).unwrap();
@@ -535,9 +781,16 @@ async fn error_event_inside_stream() {
 #[tokio::test]
 async fn slow_upload_delays_reading_the_body() {
     bounded(20, async {
-        let sim = Sim::start(cfg().fault(Trigger::Always, Fault::SlowUpload { delay_ms: 200 })).await.unwrap();
+        let sim = Sim::start(cfg().fault(Trigger::Always, Fault::SlowUpload { delay_ms: 200 }))
+            .await
+            .unwrap();
         let t = Instant::now();
-        let a = send(&plain_client(), post(&sim.base_url(), CHAT, chat_body("up", false))).await.unwrap();
+        let a = send(
+            &plain_client(),
+            post(&sim.base_url(), CHAT, chat_body("up", false)),
+        )
+        .await
+        .unwrap();
         assert_eq!(a.status, 200);
         assert!(t.elapsed() >= Duration::from_millis(200));
     })
@@ -550,7 +803,12 @@ async fn oversized_request_body_gets_413() {
         let mut c = cfg();
         c.max_request_body = 1024;
         let sim = Sim::start(c).await.unwrap();
-        let a = send(&plain_client(), post(&sim.base_url(), CHAT, Bytes::from(vec![b'x'; 4096]))).await.unwrap();
+        let a = send(
+            &plain_client(),
+            post(&sim.base_url(), CHAT, Bytes::from(vec![b'x'; 4096])),
+        )
+        .await
+        .unwrap();
         assert_eq!(a.status, 413);
         assert_eq!(a.json()["error"]["code"], "PAYLOAD_TOO_LARGE");
     })
@@ -565,9 +823,16 @@ async fn log_ids_hashes_and_h2c() {
         let c = h2c_client();
         let body = Bytes::from_static(br#"{"messages":[]}"#);
         let mut req = post(&base, CHAT, body.clone());
-        req.headers_mut().insert("x-request-id", "hdr-7".parse().unwrap());
+        req.headers_mut()
+            .insert("x-request-id", "hdr-7".parse().unwrap());
         assert_eq!(send(&c, req).await.unwrap().status, 200);
-        assert_eq!(send(&c, post(&base, CHAT, chat_body("u-1", false))).await.unwrap().status, 200);
+        assert_eq!(
+            send(&c, post(&base, CHAT, chat_body("u-1", false)))
+                .await
+                .unwrap()
+                .status,
+            200
+        );
         let log = sim.log();
         assert_eq!(log[0].request_id.as_deref(), Some("hdr-7"));
         assert_eq!(log[0].body_hash, xxhash_rust::xxh3::xxh3_64(&body));

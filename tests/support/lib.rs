@@ -114,3 +114,39 @@ pub fn sse_data(body: &[u8]) -> Vec<String> {
         .filter_map(|ev| ev.strip_prefix("data: ").map(str::to_owned))
         .collect()
 }
+
+/// A loopback address where TCP connects hang (for connect-timeout tests): a listener that
+/// never accepts and whose backlog is already full, so the kernel drops further SYNs. Keep the
+/// returned guard alive while using the address.
+pub fn blackhole() -> (
+    std::net::SocketAddr,
+    Vec<std::net::TcpStream>,
+    socket2::Socket,
+) {
+    use socket2::{Domain, Socket, Type};
+    let l = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    l.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    l.listen(0).expect("listen");
+    let addr = l
+        .local_addr()
+        .expect("addr")
+        .as_socket()
+        .expect("inet addr");
+    // Fill the accept queue; connects that still complete are kept open. Bounded: a few tries.
+    let mut fill = Vec::new();
+    for _ in 0..4 {
+        if let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+            fill.push(s);
+        }
+    }
+    (addr, fill, l)
+}
+
+/// A loopback address where nothing listens (connects are refused).
+pub fn refused_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let a = l.local_addr().expect("addr");
+    drop(l);
+    a
+}

@@ -1,8 +1,8 @@
 //! The API key and the layer that sends it.
 
 use crate::{API_KEY_ENV, ClientError};
-use http::header::{AUTHORIZATION, HeaderValue};
 use http::Request;
+use http::header::{AUTHORIZATION, HeaderValue};
 use std::fmt;
 use std::task::{Context, Poll};
 use tower::Layer;
@@ -171,8 +171,14 @@ mod tests {
         assert!(!format!("{layer:?}").contains("SECRET"), "{layer:?}");
         let e = ApiKey::new("fw_SECRET\n").unwrap_err();
         assert!(!e.to_string().contains("SECRET"), "{e}");
-        assert!(matches!(ApiKey::new(""), Err(ClientError::InvalidApiKey(_))));
-        assert!(matches!(ApiKey::new(" fw_x"), Err(ClientError::InvalidApiKey(_))));
+        assert!(matches!(
+            ApiKey::new(""),
+            Err(ClientError::InvalidApiKey(_))
+        ));
+        assert!(matches!(
+            ApiKey::new(" fw_x"),
+            Err(ClientError::InvalidApiKey(_))
+        ));
     }
 
     #[tokio::test]
@@ -215,7 +221,8 @@ mod tests {
     #[tokio::test]
     async fn poll_ready_is_forwarded() {
         let (mock, mut handle) = tower_test::mock::pair::<Request<()>, ()>();
-        let mut svc = tower_test::mock::Spawn::new(AuthLayer::new(ApiKey::new(SECRET).unwrap()).layer(mock));
+        let mut svc =
+            tower_test::mock::Spawn::new(AuthLayer::new(ApiKey::new(SECRET).unwrap()).layer(mock));
         handle.allow(0);
         assert!(svc.poll_ready().is_pending());
         handle.allow(1);

@@ -90,11 +90,15 @@ pub(crate) fn error_body(
             return ("text/html", Bytes::from(page));
         }
         ErrorShape::PlainText => {
-            return ("text/plain", Bytes::from(format!("{status} {}: {message}", reason_phrase(status))));
+            return (
+                "text/plain",
+                Bytes::from(format!("{status} {}: {message}", reason_phrase(status))),
+            );
         }
         ErrorShape::Empty => return (JSON, Bytes::new()),
         ErrorShape::Huge { bytes } => {
-            let prefix = format!(r#"{{"error":{{"code":"{code}","type":"error","message":"{message} "#);
+            let prefix =
+                format!(r#"{{"error":{{"code":"{code}","type":"error","message":"{message} "#);
             let suffix = r#""}}"#;
             let pad = bytes.saturating_sub(prefix.len() + suffix.len());
             let mut s = String::with_capacity(prefix.len() + pad + suffix.len());
@@ -104,7 +108,10 @@ pub(crate) fn error_body(
             return (JSON, Bytes::from(s));
         }
     };
-    (JSON, Bytes::from(serde_json::to_vec(&v).unwrap_or_default()))
+    (
+        JSON,
+        Bytes::from(serde_json::to_vec(&v).unwrap_or_default()),
+    )
 }
 
 fn grpc_gateway(status: u16, message: &str) -> serde_json::Value {
@@ -208,9 +215,17 @@ pub(crate) fn stream_chunk(
     let v = match kind {
         Kind::Chat => {
             let (delta, finish, usage) = if i == 0 {
-                (json!({"role": "assistant", "content": null}), json!(null), json!(null))
+                (
+                    json!({"role": "assistant", "content": null}),
+                    json!(null),
+                    json!(null),
+                )
             } else if i <= n {
-                (json!({"content": token_text(i - 1)}), json!(null), json!(null))
+                (
+                    json!({"content": token_text(i - 1)}),
+                    json!(null),
+                    json!(null),
+                )
             } else {
                 (
                     json!({}),
@@ -274,7 +289,11 @@ pub(crate) fn embeddings(model: &str, n: usize, prompt_tokens: u32) -> Bytes {
 /// The `GET /models` list.
 pub(crate) fn models(models: &[String]) -> Bytes {
     let default = ["accounts/fireworks/models/llama-v3p1-8b-instruct".to_string()];
-    let list = if models.is_empty() { &default[..] } else { models };
+    let list = if models.is_empty() {
+        &default[..]
+    } else {
+        models
+    };
     let data: Vec<_> = list
         .iter()
         .map(|m| json!({"id": m, "object": "model", "owned_by": "fireworks", "created": 1_700_000_000}))

@@ -169,7 +169,11 @@ impl http_body::Body for SimBody {
                     }
                 }
             }
-            if this.cut.as_ref().is_some_and(|(after, _)| this.sent >= *after) {
+            if this
+                .cut
+                .as_ref()
+                .is_some_and(|(after, _)| this.sent >= *after)
+            {
                 let (_, cut) = this.cut.take().expect("checked above");
                 match cut {
                     Cut::Stall(d) => {

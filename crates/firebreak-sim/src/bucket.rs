@@ -89,7 +89,9 @@ mod tests {
         }
         // 100 ms later, 5 tokens are back.
         let t1 = t0 + Duration::from_millis(100);
-        let admitted = (0..10).filter(|_| matches!(b.try_take(t1), Admit::Yes { .. })).count();
+        let admitted = (0..10)
+            .filter(|_| matches!(b.try_take(t1), Admit::Yes { .. }))
+            .count();
         assert_eq!(admitted, 5);
     }
 

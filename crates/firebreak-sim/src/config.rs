@@ -95,15 +95,23 @@ impl SimConfig {
         let bad = |what: String| Err(crate::SimError::Config(what));
         if let Some(rl) = &self.rate_limit {
             if !(rl.rate_per_sec.is_finite() && rl.rate_per_sec > 0.0) {
-                return bad(format!("rate_limit.rate_per_sec must be > 0, got {}", rl.rate_per_sec));
+                return bad(format!(
+                    "rate_limit.rate_per_sec must be > 0, got {}",
+                    rl.rate_per_sec
+                ));
             }
             if !(rl.burst.is_finite() && rl.burst >= 1.0) {
                 return bad(format!("rate_limit.burst must be >= 1, got {}", rl.burst));
             }
             if let Some(g) = &rl.growth {
-                if !(g.factor.is_finite() && g.factor >= 1.0) || !(g.max_rate_per_sec >= rl.rate_per_sec)
-                {
-                    return bad("rate_limit.growth needs factor >= 1 and max_rate_per_sec >= rate_per_sec".into());
+                let ok = g.factor.is_finite()
+                    && g.factor >= 1.0
+                    && g.max_rate_per_sec >= rl.rate_per_sec;
+                if !ok {
+                    return bad(
+                        "rate_limit.growth needs factor >= 1 and max_rate_per_sec >= rate_per_sec"
+                            .into(),
+                    );
                 }
             }
         }
@@ -120,7 +128,9 @@ impl SimConfig {
             }
             if let Fault::Status { status, .. } = &rule.fault {
                 if !(100..=999).contains(status) {
-                    return bad(format!("faults[{i}]: status {status} is not a valid HTTP status"));
+                    return bad(format!(
+                        "faults[{i}]: status {status} is not a valid HTTP status"
+                    ));
                 }
             }
         }

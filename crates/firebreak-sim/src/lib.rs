@@ -197,7 +197,9 @@ impl Sim {
 
     /// Requests in flight, counted when a capacity limit is configured.
     pub fn in_flight(&self) -> usize {
-        self.shared.in_flight.load(std::sync::atomic::Ordering::Acquire)
+        self.shared
+            .in_flight
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Stops accepting, aborts open connections and waits for the server task to end.

@@ -79,7 +79,10 @@ impl AttemptLog {
     }
 
     pub(crate) fn clear(&self) {
-        self.records.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.records
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     pub(crate) fn dropped(&self) -> u64 {

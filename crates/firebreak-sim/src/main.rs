@@ -14,7 +14,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Parser)]
-#[command(name = "firebreak-sim", version, about = "Fireworks-compatible fault-injecting server")]
+#[command(
+    name = "firebreak-sim",
+    version,
+    about = "Fireworks-compatible fault-injecting server"
+)]
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -74,7 +78,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     if sim.log_dropped() > 0 {
-        eprintln!("firebreak-sim: {} attempts did not fit in the log", sim.log_dropped());
+        eprintln!(
+            "firebreak-sim: {} attempts did not fit in the log",
+            sim.log_dropped()
+        );
     }
     sim.shutdown().await;
     Ok(())

@@ -93,7 +93,8 @@ async fn serve_conn(stream: TcpStream, shared: Arc<Shared>) {
         reset: reset.clone(),
     });
     let svc = hyper::service::service_fn(move |req| handle(shared.clone(), reset.clone(), req));
-    let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    let builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     // Errors here are the faults we injected, or clients hanging up: nothing to report.
     let _ = builder.serve_connection(io, svc).await;
 }
@@ -269,7 +270,8 @@ impl Ctx {
     ) -> Response<SimBody> {
         self.guard.record.status = status;
         let mut resp = Response::new(body(self.guard));
-        *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        *resp.status_mut() =
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let h = resp.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         if let Ok(v) = HeaderValue::from_str(&self.server_request_id) {
@@ -289,7 +291,10 @@ impl Ctx {
         headers: Vec<(HeaderName, HeaderValue)>,
         fault: &str,
     ) -> Response<SimBody> {
-        self.guard.record.fault.get_or_insert_with(|| fault.to_string());
+        self.guard
+            .record
+            .fault
+            .get_or_insert_with(|| fault.to_string());
         let (ct, body) = bodies::error_body(shape, status, message, &self.server_request_id);
         self.respond(status, headers, ct, body)
     }
@@ -334,11 +339,7 @@ fn fmt_num(x: f64) -> String {
     }
 }
 
-fn rate_headers(
-    shared: &Shared,
-    rate: f64,
-    remaining: f64,
-) -> Vec<(HeaderName, HeaderValue)> {
+fn rate_headers(shared: &Shared, rate: f64, remaining: f64) -> Vec<(HeaderName, HeaderValue)> {
     let unit = shared
         .cfg
         .rate_limit
@@ -350,8 +351,14 @@ fn rate_headers(
         RateUnit::PerMinute => rate * 60.0,
     };
     let mut out = Vec::with_capacity(2);
-    out.extend(hv(format!("{}", limit.round() as u64)).map(|v| (HeaderName::from_static("x-ratelimit-limit-requests"), v)));
-    out.extend(hv(format!("{}", remaining.max(0.0) as u64)).map(|v| (HeaderName::from_static("x-ratelimit-remaining-requests"), v)));
+    out.extend(
+        hv(format!("{}", limit.round() as u64))
+            .map(|v| (HeaderName::from_static("x-ratelimit-limit-requests"), v)),
+    );
+    out.extend(
+        hv(format!("{}", remaining.max(0.0) as u64))
+            .map(|v| (HeaderName::from_static("x-ratelimit-remaining-requests"), v)),
+    );
     out
 }
 
@@ -374,7 +381,16 @@ pub(crate) async fn handle(
     let pre_id = header_id.clone().unwrap_or_else(|| format!("#{seq}"));
     let pre_attempt = header_id
         .as_ref()
-        .map(|id| shared.attempts.lock().unwrap_or_else(|e| e.into_inner()).get(id).copied().unwrap_or(0) + 1)
+        .map(|id| {
+            shared
+                .attempts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(id)
+                .copied()
+                .unwrap_or(0)
+                + 1
+        })
         .unwrap_or(1);
     for (i, rule) in shared.cfg.faults.iter().enumerate() {
         if let Fault::SlowUpload { delay_ms } = rule.fault {
@@ -387,7 +403,9 @@ pub(crate) async fn handle(
         }
     }
 
-    let read = Limited::new(body, shared.cfg.max_request_body).collect().await;
+    let read = Limited::new(body, shared.cfg.max_request_body)
+        .collect()
+        .await;
     let (bytes, too_large) = match read {
         Ok(c) => (c.to_bytes(), false),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => (Bytes::new(), true),
@@ -399,10 +417,7 @@ pub(crate) async fn handle(
     } else {
         serde_json::from_slice(&bytes).ok()
     };
-    let request_id = info
-        .as_ref()
-        .and_then(|i| i.user.clone())
-        .or(header_id);
+    let request_id = info.as_ref().and_then(|i| i.user.clone()).or(header_id);
     let attempt = match &request_id {
         Some(id) => {
             let mut m = shared.attempts.lock().unwrap_or_else(|e| e.into_inner());
@@ -442,7 +457,13 @@ pub(crate) async fn handle(
         server_request_id,
     };
     if too_large {
-        return Ok(ctx.error(413, ErrorShape::Gateway, bodies::default_message(413), vec![], "too_large"));
+        return Ok(ctx.error(
+            413,
+            ErrorShape::Gateway,
+            bodies::default_message(413),
+            vec![],
+            "too_large",
+        ));
     }
 
     // Auth.
@@ -456,7 +477,13 @@ pub(crate) async fn handle(
     let key_ok = !key.is_empty()
         && (shared.cfg.api_keys.is_empty() || shared.cfg.api_keys.iter().any(|k| k == key));
     if !key_ok {
-        return Ok(ctx.error(401, ErrorShape::Gateway, bodies::default_message(401), vec![], "auth"));
+        return Ok(ctx.error(
+            401,
+            ErrorShape::Gateway,
+            bodies::default_message(401),
+            vec![],
+            "auth",
+        ));
     }
 
     // Routing.
@@ -464,10 +491,22 @@ pub(crate) async fn handle(
         return Ok(ctx.error(404, ErrorShape::Gateway, "Route not found", vec![], "route"));
     };
     if parts.method != method {
-        return Ok(ctx.error(405, ErrorShape::Gateway, bodies::default_message(405), vec![], "method"));
+        return Ok(ctx.error(
+            405,
+            ErrorShape::Gateway,
+            bodies::default_message(405),
+            vec![],
+            "method",
+        ));
     }
     let Some(info) = info else {
-        return Ok(ctx.error(400, ErrorShape::Gateway, "Request body is not valid JSON", vec![], "bad_json"));
+        return Ok(ctx.error(
+            400,
+            ErrorShape::Gateway,
+            "Request body is not valid JSON",
+            vec![],
+            "bad_json",
+        ));
     };
     let model = info
         .model
@@ -475,9 +514,15 @@ pub(crate) async fn handle(
         .unwrap_or_else(|| "accounts/fireworks/models/llama-v3p1-8b-instruct".to_string());
     if route != Route::Models
         && !shared.cfg.models.is_empty()
-        && !shared.cfg.models.iter().any(|m| *m == model)
+        && !shared.cfg.models.contains(&model)
     {
-        return Ok(ctx.error(404, ErrorShape::Gateway, bodies::default_message(404), vec![], "model"));
+        return Ok(ctx.error(
+            404,
+            ErrorShape::Gateway,
+            bodies::default_message(404),
+            vec![],
+            "model",
+        ));
     }
 
     // Rate limit.
@@ -491,12 +536,17 @@ pub(crate) async fn handle(
             Admit::Yes { remaining } => rl_headers = rate_headers(&shared, rate, remaining),
             Admit::No { wait } => {
                 let mut h = rate_headers(&shared, rate, 0.0);
-                let delay = shared.cfg.rate_limit.as_ref().map(|r| r.delay).unwrap_or_default();
+                let delay = shared
+                    .cfg
+                    .rate_limit
+                    .as_ref()
+                    .map(|r| r.delay)
+                    .unwrap_or_default();
                 let secs = wait.as_secs_f64();
                 let d = match delay {
-                    RateLimitDelay::RetryAfterSecs => {
-                        Some(DelayHeader::RetryAfterSecs { secs: secs.ceil().max(1.0) })
-                    }
+                    RateLimitDelay::RetryAfterSecs => Some(DelayHeader::RetryAfterSecs {
+                        secs: secs.ceil().max(1.0),
+                    }),
                     RateLimitDelay::RetryAfterFractional => Some(DelayHeader::RetryAfterSecs {
                         secs: (secs * 1000.0).ceil() / 1000.0,
                     }),
@@ -506,7 +556,13 @@ pub(crate) async fn handle(
                     RateLimitDelay::None => None,
                 };
                 h.extend(delay_headers(d.as_slice()));
-                return Ok(ctx.error(429, ErrorShape::Gateway, bodies::default_message(429), h, "rate_limit"));
+                return Ok(ctx.error(
+                    429,
+                    ErrorShape::Gateway,
+                    bodies::default_message(429),
+                    h,
+                    "rate_limit",
+                ));
             }
         }
     }
@@ -518,7 +574,9 @@ pub(crate) async fn handle(
         if now > cap.max_in_flight {
             shared.in_flight.fetch_sub(1, Ordering::AcqRel);
             let (status, msg) = match cap.reject_with {
-                CapacityReject::Overloaded503 => (503, "Service overloaded, please try again later"),
+                CapacityReject::Overloaded503 => {
+                    (503, "Service overloaded, please try again later")
+                }
                 CapacityReject::CapacityExceeded429 => (429, "Deployment capacity exceeded"),
             };
             return Ok(ctx.error(status, ErrorShape::Gateway, msg, vec![], "capacity"));
@@ -540,12 +598,25 @@ pub(crate) async fn handle(
     let mut extra_ttfb = Duration::ZERO;
     let mut cut = None;
     match fault {
-        Some(Fault::Status { status, shape, delay, should_retry, message }) => {
-            let shape = shape.unwrap_or(if status == 422 { ErrorShape::FastApi } else { ErrorShape::Gateway });
+        Some(Fault::Status {
+            status,
+            shape,
+            delay,
+            should_retry,
+            message,
+        }) => {
+            let shape = shape.unwrap_or(if status == 422 {
+                ErrorShape::FastApi
+            } else {
+                ErrorShape::Gateway
+            });
             let msg = message.unwrap_or_else(|| bodies::default_message(status).to_string());
             let mut h = delay_headers(&delay);
             if let Some(sr) = should_retry {
-                h.push((HeaderName::from_static("x-should-retry"), HeaderValue::from_static(if sr { "true" } else { "false" })));
+                h.push((
+                    HeaderName::from_static("x-should-retry"),
+                    HeaderValue::from_static(if sr { "true" } else { "false" }),
+                ));
             }
             return Ok(ctx.error(status, shape, &msg, h, "status"));
         }
@@ -560,13 +631,20 @@ pub(crate) async fn handle(
             return Err(DropConnection);
         }
         Some(Fault::SlowTtfb { delay_ms }) => extra_ttfb = Duration::from_millis(delay_ms),
-        Some(Fault::StallAfter { after_chunks, for_ms }) => {
-            cut = Some((after_chunks, Cut::Stall(Duration::from_millis(for_ms))))
-        }
+        Some(Fault::StallAfter {
+            after_chunks,
+            for_ms,
+        }) => cut = Some((after_chunks, Cut::Stall(Duration::from_millis(for_ms)))),
         Some(Fault::ResetMidStream { after_chunks }) => cut = Some((after_chunks, Cut::Reset)),
-        Some(Fault::SseError { after_chunks, message }) => {
+        Some(Fault::SseError {
+            after_chunks,
+            message,
+        }) => {
             let m = message.unwrap_or_else(|| "Internal error during generation".to_string());
-            cut = Some((after_chunks, Cut::ErrorEvent(bodies::stream_error(&m, &ctx.server_request_id))))
+            cut = Some((
+                after_chunks,
+                Cut::ErrorEvent(bodies::stream_error(&m, &ctx.server_request_id)),
+            ))
         }
         Some(Fault::SlowUpload { .. }) | None => {}
     }
@@ -578,7 +656,10 @@ pub(crate) async fn handle(
         tokio::time::sleep(ttfb).await;
     }
     let prompt_tokens = (bytes.len() / 4).max(1) as u32;
-    let completion_tokens = info.max_tokens.unwrap_or(lat.completion_tokens).min(100_000);
+    let completion_tokens = info
+        .max_tokens
+        .unwrap_or(lat.completion_tokens)
+        .min(100_000);
     let created = shared.created_unix;
     let id = ctx.server_request_id.clone();
     let token_delay = Duration::from_millis(lat.token_delay_ms);
@@ -587,8 +668,14 @@ pub(crate) async fn handle(
     let perf = [
         ("fireworks-prompt-tokens", prompt_tokens.to_string()),
         ("fireworks-cached-prompt-tokens", "0".to_string()),
-        ("fireworks-server-time-to-first-token", format!("{:.3}", ttfb.as_secs_f64())),
-        ("fireworks-server-processing-time", format!("{processing:.3}")),
+        (
+            "fireworks-server-time-to-first-token",
+            format!("{:.3}", ttfb.as_secs_f64()),
+        ),
+        (
+            "fireworks-server-processing-time",
+            format!("{processing:.3}"),
+        ),
     ];
     for (k, v) in perf {
         headers.extend(hv(v).map(|v| (HeaderName::from_static(k), v)));
@@ -600,26 +687,50 @@ pub(crate) async fn handle(
                 Some(serde_json::Value::Array(a)) => a.len(),
                 _ => 1,
             };
-            (bodies::embeddings(&model, n, prompt_tokens), "application/json")
+            (
+                bodies::embeddings(&model, n, prompt_tokens),
+                "application/json",
+            )
         }
         Route::Chat | Route::Completions if stream => {
-            let kind = if route == Route::Chat { Kind::Chat } else { Kind::Text };
+            let kind = if route == Route::Chat {
+                Kind::Chat
+            } else {
+                Kind::Text
+            };
             let mut chunks = VecDeque::with_capacity(completion_tokens as usize + 3);
             for i in 0..=completion_tokens + 1 {
-                chunks.push_back(bodies::stream_chunk(kind, &id, &model, created, i, completion_tokens, prompt_tokens));
+                chunks.push_back(bodies::stream_chunk(
+                    kind,
+                    &id,
+                    &model,
+                    created,
+                    i,
+                    completion_tokens,
+                    prompt_tokens,
+                ));
             }
             chunks.push_back(Bytes::from_static(bodies::DONE));
             let reset = ctx.reset.clone();
             let mut resp = ctx.respond_with(200, headers, "text/event-stream", |g| {
                 SimBody::chunked(chunks, token_delay, cut, Some(reset), g)
             });
-            resp.headers_mut()
-                .insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            resp.headers_mut().insert(
+                http::header::CACHE_CONTROL,
+                HeaderValue::from_static("no-cache"),
+            );
             return Ok(resp);
         }
         Route::Chat | Route::Completions => {
-            let kind = if route == Route::Chat { Kind::Chat } else { Kind::Text };
-            (bodies::completion(kind, &id, &model, created, prompt_tokens, completion_tokens), "application/json")
+            let kind = if route == Route::Chat {
+                Kind::Chat
+            } else {
+                Kind::Text
+            };
+            (
+                bodies::completion(kind, &id, &model, created, prompt_tokens, completion_tokens),
+                "application/json",
+            )
         }
     };
     if let Some(cut) = cut {
@@ -653,7 +764,10 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert_eq!(route("/inference/v1/chat/completions"), Some((Route::Chat, Method::POST)));
+        assert_eq!(
+            route("/inference/v1/chat/completions"),
+            Some((Route::Chat, Method::POST))
+        );
         assert_eq!(route("/v1/models"), Some((Route::Models, Method::GET)));
         assert_eq!(route("/inference/v1/nope"), None);
         assert_eq!(route("/chat/completions"), None);
