@@ -1,0 +1,377 @@
+//! The taxonomy: what happened to one attempt.
+
+use http::StatusCode;
+use std::fmt;
+
+/// What happened to one attempt.
+///
+/// Every class answers two questions: is it [retryable by default](Class::is_retryable_by_default),
+/// and did the request [reach the server](Class::reached_server)? The second matters because
+/// Fireworks' dashboard counts only requests its servers acknowledged: connect failures, DNS
+/// failures, connect and pool timeouts, and requests the client's own 429 gate rejected never show
+/// there, so they must be counted on the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Class {
+    // ---- server answers ----
+    /// 1xx/2xx/3xx.
+    Success,
+    /// 429: rate limited (or, on a dedicated deployment, capacity exceeded).
+    RateLimited,
+    /// 503: overloaded / load shedding.
+    Overloaded,
+    /// 500, 502, 504 and other 5xx.
+    ServerError,
+    /// 408.
+    RequestTimeout,
+    /// A 4xx other than 408 and 429, named.
+    ClientError(ClientErrorKind),
+    /// An error event inside an SSE stream (an event whose data has an `error` key).
+    StreamError,
+    // ---- transport failures ----
+    /// The connection could not be made; the request never left the client.
+    Connect(ConnectKind),
+    /// A timeout, by phase.
+    Timeout(TimeoutPhase),
+    /// The connection was reset or closed before a response head arrived.
+    ResetBeforeResponse,
+    /// The connection was reset or closed while the response body was being read.
+    ResetMidBody,
+    /// The peer broke the protocol (unparseable response, HTTP/2 protocol error).
+    Protocol,
+    /// The client's own 429 gate refused to send the request (it could not be admitted in time).
+    Throttled,
+    /// Anything else (a bug, a user error in building the request, an unknown transport error).
+    Other,
+}
+
+/// The named 4xx classes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ClientErrorKind {
+    /// 400: fix the request.
+    BadRequest,
+    /// 401: check the key.
+    Unauthorized,
+    /// 402: payment required.
+    PaymentRequired,
+    /// 403.
+    Forbidden,
+    /// 404: check the model or deployment.
+    NotFound,
+    /// 412: account suspended, or a LoRA failed to load.
+    PreconditionFailed,
+    /// 413.
+    PayloadTooLarge,
+    /// 422: fix the body.
+    Unprocessable,
+    /// Any other 4xx.
+    Other,
+}
+
+/// Why a connection could not be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConnectKind {
+    /// Name resolution failed.
+    Dns,
+    /// The peer refused the connection.
+    Refused,
+    /// The TLS handshake failed (certificate, protocol).
+    Tls,
+    /// Any other connect failure.
+    Other,
+}
+
+/// Which phase of an attempt timed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TimeoutPhase {
+    /// TCP (and TLS) connect. Never reached the server.
+    Connect,
+    /// Waiting for a pooled connection or for the service to become ready. Never reached the server.
+    Pool,
+    /// Sending the request body.
+    RequestWrite,
+    /// Waiting for the response head (time to first byte).
+    ResponseHeaders,
+    /// Waiting for the first SSE event after the head.
+    FirstEvent,
+    /// The longest gap between two body frames.
+    BodyIdle,
+    /// The whole attempt.
+    Attempt,
+    /// The overall deadline across attempts, backoff and rate-limit waits.
+    Deadline,
+}
+
+impl Class {
+    /// The class of an HTTP status.
+    pub fn from_status(status: StatusCode) -> Class {
+        match status.as_u16() {
+            100..=399 => Class::Success,
+            429 => Class::RateLimited,
+            503 => Class::Overloaded,
+            408 => Class::RequestTimeout,
+            400..=499 => Class::ClientError(ClientErrorKind::from_status(status.as_u16())),
+            _ => Class::ServerError,
+        }
+    }
+
+    /// Whether this is a success.
+    pub fn is_success(self) -> bool {
+        self == Class::Success
+    }
+
+    /// Whether the request reached the server (and so may show on the provider's dashboard).
+    ///
+    /// `false` for connect failures, connect and pool timeouts, and requests the local 429
+    /// gate refused. Resets before a response count as reached: the request was sent, and the
+    /// client cannot know how far it got.
+    pub fn reached_server(self) -> bool {
+        !matches!(
+            self,
+            Class::Connect(_)
+                | Class::Timeout(TimeoutPhase::Connect | TimeoutPhase::Pool)
+                | Class::Throttled
+        )
+    }
+
+    /// Whether this is a client-side failure (the inverse of [`Class::reached_server`]).
+    pub fn is_client_side(self) -> bool {
+        !self.reached_server()
+    }
+
+    /// The default retry decision, following Fireworks' guidance: retry 429, 500, 502, 503, 504
+    /// and 408, connect failures (but not TLS: a bad certificate will not fix itself), resets
+    /// before the response, and connect, pool and response-header timeouts. Never retry 400, 401,
+    /// 402, 403, 404, 412, 413, 422, mid-body failures (the caller may already hold part of the
+    /// body), or a blown deadline. `x-should-retry` overrides this for server answers.
+    pub fn is_retryable_by_default(self) -> bool {
+        match self {
+            Class::RateLimited
+            | Class::Overloaded
+            | Class::ServerError
+            | Class::RequestTimeout
+            | Class::ResetBeforeResponse => true,
+            Class::Connect(k) => k != ConnectKind::Tls,
+            Class::Timeout(p) => matches!(
+                p,
+                TimeoutPhase::Connect
+                    | TimeoutPhase::Pool
+                    | TimeoutPhase::ResponseHeaders
+                    | TimeoutPhase::FirstEvent
+            ),
+            Class::Success
+            | Class::ClientError(_)
+            | Class::StreamError
+            | Class::ResetMidBody
+            | Class::Protocol
+            | Class::Throttled
+            | Class::Other => false,
+        }
+    }
+
+    /// Whether this is a timeout of any phase.
+    pub fn is_timeout(self) -> bool {
+        matches!(self, Class::Timeout(_) | Class::RequestTimeout)
+    }
+
+    /// Whether this is a rate limit: a 429 from the server, or the local gate's refusal.
+    pub fn is_rate_limited(self) -> bool {
+        matches!(self, Class::RateLimited | Class::Throttled)
+    }
+
+    /// A short, stable, low-cardinality label for metrics and traces, e.g. `rate_limited`,
+    /// `connect_refused`, `timeout_body_idle`, `client_error_not_found`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Class::Success => "success",
+            Class::RateLimited => "rate_limited",
+            Class::Overloaded => "overloaded",
+            Class::ServerError => "server_error",
+            Class::RequestTimeout => "request_timeout",
+            Class::ClientError(k) => match k {
+                ClientErrorKind::BadRequest => "client_error_bad_request",
+                ClientErrorKind::Unauthorized => "client_error_unauthorized",
+                ClientErrorKind::PaymentRequired => "client_error_payment_required",
+                ClientErrorKind::Forbidden => "client_error_forbidden",
+                ClientErrorKind::NotFound => "client_error_not_found",
+                ClientErrorKind::PreconditionFailed => "client_error_precondition_failed",
+                ClientErrorKind::PayloadTooLarge => "client_error_payload_too_large",
+                ClientErrorKind::Unprocessable => "client_error_unprocessable",
+                ClientErrorKind::Other => "client_error_other",
+            },
+            Class::StreamError => "stream_error",
+            Class::Connect(k) => match k {
+                ConnectKind::Dns => "connect_dns",
+                ConnectKind::Refused => "connect_refused",
+                ConnectKind::Tls => "connect_tls",
+                ConnectKind::Other => "connect_other",
+            },
+            Class::Timeout(p) => match p {
+                TimeoutPhase::Connect => "timeout_connect",
+                TimeoutPhase::Pool => "timeout_pool",
+                TimeoutPhase::RequestWrite => "timeout_request_write",
+                TimeoutPhase::ResponseHeaders => "timeout_response_headers",
+                TimeoutPhase::FirstEvent => "timeout_first_event",
+                TimeoutPhase::BodyIdle => "timeout_body_idle",
+                TimeoutPhase::Attempt => "timeout_attempt",
+                TimeoutPhase::Deadline => "timeout_deadline",
+            },
+            Class::ResetBeforeResponse => "reset_before_response",
+            Class::ResetMidBody => "reset_mid_body",
+            Class::Protocol => "protocol",
+            Class::Throttled => "throttled",
+            Class::Other => "other",
+        }
+    }
+}
+
+impl ClientErrorKind {
+    /// The kind for a 4xx status (any other status gives [`ClientErrorKind::Other`]).
+    pub fn from_status(status: u16) -> ClientErrorKind {
+        match status {
+            400 => ClientErrorKind::BadRequest,
+            401 => ClientErrorKind::Unauthorized,
+            402 => ClientErrorKind::PaymentRequired,
+            403 => ClientErrorKind::Forbidden,
+            404 => ClientErrorKind::NotFound,
+            412 => ClientErrorKind::PreconditionFailed,
+            413 => ClientErrorKind::PayloadTooLarge,
+            422 => ClientErrorKind::Unprocessable,
+            _ => ClientErrorKind::Other,
+        }
+    }
+}
+
+impl TimeoutPhase {
+    /// A human name for the phase, e.g. "response headers".
+    pub fn name(self) -> &'static str {
+        match self {
+            TimeoutPhase::Connect => "connect",
+            TimeoutPhase::Pool => "pool / ready wait",
+            TimeoutPhase::RequestWrite => "request write",
+            TimeoutPhase::ResponseHeaders => "response headers",
+            TimeoutPhase::FirstEvent => "first SSE event",
+            TimeoutPhase::BodyIdle => "body idle",
+            TimeoutPhase::Attempt => "attempt",
+            TimeoutPhase::Deadline => "overall deadline",
+        }
+    }
+}
+
+impl fmt::Display for Class {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_table() {
+        let table = [
+            (200, Class::Success, false),
+            (204, Class::Success, false),
+            (400, Class::ClientError(ClientErrorKind::BadRequest), false),
+            (
+                401,
+                Class::ClientError(ClientErrorKind::Unauthorized),
+                false,
+            ),
+            (
+                402,
+                Class::ClientError(ClientErrorKind::PaymentRequired),
+                false,
+            ),
+            (403, Class::ClientError(ClientErrorKind::Forbidden), false),
+            (404, Class::ClientError(ClientErrorKind::NotFound), false),
+            (405, Class::ClientError(ClientErrorKind::Other), false),
+            (408, Class::RequestTimeout, true),
+            (
+                412,
+                Class::ClientError(ClientErrorKind::PreconditionFailed),
+                false,
+            ),
+            (
+                413,
+                Class::ClientError(ClientErrorKind::PayloadTooLarge),
+                false,
+            ),
+            (
+                422,
+                Class::ClientError(ClientErrorKind::Unprocessable),
+                false,
+            ),
+            (429, Class::RateLimited, true),
+            (500, Class::ServerError, true),
+            (502, Class::ServerError, true),
+            (503, Class::Overloaded, true),
+            (504, Class::ServerError, true),
+            (599, Class::ServerError, true),
+        ];
+        for (s, class, retry) in table {
+            let c = Class::from_status(StatusCode::from_u16(s).unwrap());
+            assert_eq!(c, class, "{s}");
+            assert_eq!(c.is_retryable_by_default(), retry, "{s}");
+            assert!(c.reached_server(), "{s}");
+        }
+    }
+
+    #[test]
+    fn client_side_classes() {
+        for c in [
+            Class::Connect(ConnectKind::Dns),
+            Class::Connect(ConnectKind::Refused),
+            Class::Connect(ConnectKind::Tls),
+            Class::Connect(ConnectKind::Other),
+            Class::Timeout(TimeoutPhase::Connect),
+            Class::Timeout(TimeoutPhase::Pool),
+            Class::Throttled,
+        ] {
+            assert!(c.is_client_side(), "{c}");
+        }
+        for c in [
+            Class::Timeout(TimeoutPhase::ResponseHeaders),
+            Class::Timeout(TimeoutPhase::BodyIdle),
+            Class::ResetBeforeResponse,
+            Class::ResetMidBody,
+            Class::StreamError,
+        ] {
+            assert!(c.reached_server(), "{c}");
+        }
+        assert!(!Class::Connect(ConnectKind::Tls).is_retryable_by_default());
+        assert!(Class::Connect(ConnectKind::Refused).is_retryable_by_default());
+        assert!(!Class::Timeout(TimeoutPhase::BodyIdle).is_retryable_by_default());
+        assert!(!Class::Timeout(TimeoutPhase::Deadline).is_retryable_by_default());
+    }
+
+    #[test]
+    fn labels_are_unique() {
+        let all = [
+            Class::Success,
+            Class::RateLimited,
+            Class::Overloaded,
+            Class::ServerError,
+            Class::RequestTimeout,
+            Class::StreamError,
+            Class::ResetBeforeResponse,
+            Class::ResetMidBody,
+            Class::Protocol,
+            Class::Throttled,
+            Class::Other,
+            Class::ClientError(ClientErrorKind::BadRequest),
+            Class::ClientError(ClientErrorKind::Other),
+            Class::Connect(ConnectKind::Dns),
+            Class::Timeout(TimeoutPhase::BodyIdle),
+            Class::Timeout(TimeoutPhase::Deadline),
+        ];
+        let mut labels: Vec<_> = all.iter().map(|c| c.label()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), all.len());
+    }
+}

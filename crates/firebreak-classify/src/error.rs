@@ -1,0 +1,490 @@
+//! The one public error type, the timeout error, and the per-response classification.
+
+use crate::class::{Class, ConnectKind, TimeoutPhase};
+use crate::parse::body::ApiError;
+use crate::parse::delay::{DelayVerdict, server_delay};
+use crate::parse::ratelimit::RateLimitHeaders;
+use crate::parse::{request_id_header, should_retry};
+use crate::transport::{BoxError, Stage, classify_error};
+use http::{HeaderMap, StatusCode};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// What the classify layer concluded about one response; attached to its extensions.
+#[derive(Debug, Clone)]
+pub struct Classification {
+    class: Class,
+    status: StatusCode,
+    should_retry: Option<bool>,
+    delay: DelayVerdict,
+    rate_limit: Option<RateLimitHeaders>,
+    api_error: Option<Arc<ApiError>>,
+    request_id: Option<Arc<str>>,
+}
+
+impl Classification {
+    /// The classification of a success: no header or body parsing beyond the status.
+    pub fn success(status: StatusCode) -> Self {
+        Classification {
+            class: Class::from_status(status),
+            status,
+            should_retry: None,
+            delay: DelayVerdict::Absent,
+            rate_limit: None,
+            api_error: None,
+            request_id: None,
+        }
+    }
+
+    /// Classifies a response from its status, headers and (for errors) its parsed body.
+    /// `now` resolves HTTP-date `Retry-After` values.
+    pub fn from_response(
+        status: StatusCode,
+        headers: &HeaderMap,
+        api_error: Option<ApiError>,
+        now: SystemTime,
+    ) -> Self {
+        let class = Class::from_status(status);
+        let request_id = request_id_header(headers).map(Arc::from).or_else(|| {
+            api_error
+                .as_ref()
+                .and_then(|e| e.request_id.as_deref())
+                .map(Arc::from)
+        });
+        Classification {
+            class,
+            status,
+            should_retry: should_retry(headers),
+            delay: if class.is_success() {
+                DelayVerdict::Absent
+            } else {
+                server_delay(headers, now)
+            },
+            rate_limit: {
+                let r = RateLimitHeaders::from_headers(headers);
+                (!r.is_empty()).then_some(r)
+            },
+            api_error: api_error.map(Arc::new),
+            request_id,
+        }
+    }
+
+    /// Marks the response as having carried an error event inside its SSE stream.
+    pub fn with_stream_error(mut self, e: ApiError) -> Self {
+        self.class = Class::StreamError;
+        self.api_error = Some(Arc::new(e));
+        self
+    }
+
+    /// The class.
+    pub fn class(&self) -> Class {
+        self.class
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The `x-should-retry` override, if the server sent a valid one.
+    pub fn should_retry(&self) -> Option<bool> {
+        self.should_retry
+    }
+
+    /// Whether to retry: the `x-should-retry` override if present, else the class default.
+    pub fn is_retryable(&self) -> bool {
+        self.should_retry
+            .unwrap_or(self.class.is_retryable_by_default())
+    }
+
+    /// What the delay headers said.
+    pub fn delay(&self) -> DelayVerdict {
+        self.delay
+    }
+
+    /// The usable server-requested delay.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.delay.delay()
+    }
+
+    /// The `x-ratelimit-*` snapshot, when any such header was present (not parsed on success).
+    pub fn rate_limit(&self) -> Option<&RateLimitHeaders> {
+        self.rate_limit.as_ref()
+    }
+
+    /// The parsed error body.
+    pub fn api_error(&self) -> Option<&ApiError> {
+        self.api_error.as_deref()
+    }
+
+    /// The request id (`x-request-id`, else the body's `request_id`).
+    pub fn request_id(&self) -> Option<&str> {
+        self.request_id.as_deref()
+    }
+}
+
+/// A timeout of one phase; the source of a timeout [`Error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeoutError {
+    phase: TimeoutPhase,
+    after: Duration,
+}
+
+impl TimeoutError {
+    /// A timeout of `phase` after the configured `after`.
+    pub fn new(phase: TimeoutPhase, after: Duration) -> Self {
+        TimeoutError { phase, after }
+    }
+
+    /// The phase.
+    pub fn phase(&self) -> TimeoutPhase {
+        self.phase
+    }
+
+    /// The configured duration that elapsed.
+    pub fn after(&self) -> Duration {
+        self.after
+    }
+}
+
+impl fmt::Display for TimeoutError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} timeout after {:?}", self.phase.name(), self.after)
+    }
+}
+
+impl std::error::Error for TimeoutError {}
+
+/// The error of every firebreak layer: opaque, with predicates and a `source()` chain.
+///
+/// Its `Display` is one line a person can act on, e.g.
+/// `401 Unauthorized from api.fireworks.ai: The API key you provided is invalid. (UNAUTHORIZED, request id 3f2…)`.
+/// It never contains request headers, so never the API key.
+pub struct Error {
+    inner: Box<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    class: Class,
+    status: Option<StatusCode>,
+    should_retry: Option<bool>,
+    api_error: Option<Arc<ApiError>>,
+    request_id: Option<Arc<str>>,
+    retry_after: Option<Duration>,
+    host: Option<Box<str>>,
+    detail: Option<Box<str>>,
+    source: Option<BoxError>,
+}
+
+impl Error {
+    /// An error of `class` with no further details.
+    pub fn new(class: Class) -> Self {
+        Error {
+            inner: Box::new(Inner {
+                class,
+                status: None,
+                should_retry: None,
+                api_error: None,
+                request_id: None,
+                retry_after: None,
+                host: None,
+                detail: None,
+                source: None,
+            }),
+        }
+    }
+
+    /// A transport error from the inner service, classified from its source chain.
+    pub fn transport(source: impl Into<BoxError>) -> Self {
+        Self::classified_source(source.into(), Stage::BeforeResponse)
+    }
+
+    /// An error while reading the response body, classified from its source chain.
+    pub fn body(source: impl Into<BoxError>) -> Self {
+        Self::classified_source(source.into(), Stage::MidBody)
+    }
+
+    fn classified_source(source: BoxError, stage: Stage) -> Self {
+        // Already ours: keep it as it is rather than wrapping it again.
+        match source.downcast::<Error>() {
+            Ok(e) => *e,
+            Err(source) => {
+                let class = classify_error(&*source, stage);
+                Error::new(class).with_source(source)
+            }
+        }
+    }
+
+    /// An error event found inside an SSE stream.
+    pub fn stream_error(api: ApiError) -> Self {
+        let mut e = Error::new(Class::StreamError);
+        e.inner.request_id = api.request_id.as_deref().map(Arc::from);
+        e.inner.api_error = Some(Arc::new(api));
+        e
+    }
+
+    /// A timeout of `phase` after `after`.
+    pub fn timeout(phase: TimeoutPhase, after: Duration) -> Self {
+        Error::new(Class::Timeout(phase)).with_source(TimeoutError::new(phase, after))
+    }
+
+    /// An error for a non-success response, from its classification.
+    pub fn from_classification(c: &Classification) -> Self {
+        let mut e = Error::new(c.class);
+        e.inner.status = Some(c.status);
+        e.inner.should_retry = c.should_retry;
+        e.inner.api_error = c.api_error.clone();
+        e.inner.request_id = c.request_id.clone();
+        e.inner.retry_after = c.retry_after();
+        e
+    }
+
+    /// Adds the cause.
+    pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.inner.source = Some(source.into());
+        self
+    }
+
+    /// Adds the host the request went to (shown in `Display`).
+    pub fn with_host(mut self, host: impl Into<Box<str>>) -> Self {
+        self.inner.host = Some(host.into());
+        self
+    }
+
+    /// Adds a sentence of context, e.g. why a retry was not attempted.
+    pub fn with_detail(mut self, detail: impl Into<Box<str>>) -> Self {
+        self.inner.detail = Some(detail.into());
+        self
+    }
+
+    /// Sets the server-requested (or, for [`Class::Throttled`], the estimated) delay.
+    pub fn with_retry_after(mut self, d: Duration) -> Self {
+        self.inner.retry_after = Some(d);
+        self
+    }
+
+    /// The class.
+    pub fn class(&self) -> Class {
+        self.inner.class
+    }
+
+    /// Whether a timeout of any phase (or a 408).
+    pub fn is_timeout(&self) -> bool {
+        self.inner.class.is_timeout()
+    }
+
+    /// Whether rate limited: a 429, or the local gate refusing to send.
+    pub fn is_rate_limited(&self) -> bool {
+        self.inner.class.is_rate_limited()
+    }
+
+    /// Whether retrying could help: `x-should-retry` if the server sent it, else the class default.
+    pub fn is_retryable(&self) -> bool {
+        self.inner
+            .should_retry
+            .unwrap_or(self.inner.class.is_retryable_by_default())
+    }
+
+    /// Whether the request never reached the server (connect failures, connect and pool
+    /// timeouts, local throttling): these are not on the provider's dashboard.
+    pub fn is_client_side(&self) -> bool {
+        self.inner.class.is_client_side()
+    }
+
+    /// Whether the connection could not be made.
+    pub fn is_connect(&self) -> bool {
+        matches!(
+            self.inner.class,
+            Class::Connect(_) | Class::Timeout(TimeoutPhase::Connect)
+        )
+    }
+
+    /// The HTTP status, for errors that are server answers.
+    pub fn status(&self) -> Option<StatusCode> {
+        self.inner.status
+    }
+
+    /// The parsed error body.
+    pub fn api_error(&self) -> Option<&ApiError> {
+        self.inner.api_error.as_deref()
+    }
+
+    /// The request id.
+    pub fn request_id(&self) -> Option<&str> {
+        self.inner.request_id.as_deref()
+    }
+
+    /// The server-requested delay (or the local gate's estimate).
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.inner.retry_after
+    }
+
+    fn what(&self) -> String {
+        match self.inner.class {
+            Class::Connect(ConnectKind::Dns) => "DNS lookup failed".into(),
+            Class::Connect(ConnectKind::Refused) => "connection refused".into(),
+            Class::Connect(ConnectKind::Tls) => "TLS handshake failed".into(),
+            Class::Connect(ConnectKind::Other) => "connect failed".into(),
+            Class::Timeout(p) => format!("{} timeout", p.name()),
+            Class::ResetBeforeResponse => "connection closed before the response".into(),
+            Class::ResetMidBody => "connection closed while reading the response body".into(),
+            Class::Protocol => "protocol error".into(),
+            Class::Throttled => {
+                "not sent: the client-side rate limiter could not admit the request in time".into()
+            }
+            Class::StreamError => "error event in the response stream".into(),
+            other => other.label().replace('_', " "),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = &self.inner;
+        let timeout = i
+            .source
+            .as_deref()
+            .and_then(|s| s.downcast_ref::<TimeoutError>());
+        match (i.status, timeout) {
+            (Some(s), _) if i.class != Class::StreamError => write!(
+                f,
+                "{} {}",
+                s.as_str(),
+                s.canonical_reason().unwrap_or("Error")
+            )?,
+            (_, Some(t)) => write!(f, "{t}")?,
+            _ => f.write_str(&self.what())?,
+        }
+        if let Some(h) = &i.host {
+            write!(f, " from {h}")?;
+        }
+        match (&i.api_error, &i.source) {
+            (Some(api), _) => {
+                if let Some(m) = &api.message {
+                    write!(f, ": {m}")?;
+                }
+            }
+            (None, Some(src)) if timeout.is_none() => write!(f, ": {src}")?,
+            (None, _) => {}
+        }
+        let code = i.api_error.as_ref().and_then(|a| a.best_code());
+        match (code, &i.request_id) {
+            (Some(c), Some(r)) => write!(f, " ({c}, request id {r})")?,
+            (Some(c), None) => write!(f, " ({c})")?,
+            (None, Some(r)) => write!(f, " (request id {r})")?,
+            (None, None) => {}
+        }
+        if let Some(d) = i.retry_after {
+            write!(f, "; retry after {d:?}")?;
+        }
+        if let Some(d) = &i.detail {
+            write!(f, "; {d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = &self.inner;
+        let mut d = f.debug_struct("firebreak::Error");
+        d.field("class", &i.class);
+        if let Some(s) = i.status {
+            d.field("status", &s);
+        }
+        if let Some(a) = &i.api_error {
+            d.field("api_error", a);
+        }
+        if let Some(r) = &i.request_id {
+            d.field("request_id", r);
+        }
+        if let Some(r) = i.retry_after {
+            d.field("retry_after", &r);
+        }
+        if let Some(x) = &i.detail {
+            d.field("detail", x);
+        }
+        if let Some(s) = &i.source {
+            d.field("source", s);
+        }
+        d.finish()
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner.source.as_deref().map(|e| e as _)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::body::parse_error_body;
+    use http::HeaderValue;
+
+    #[test]
+    fn display_is_one_actionable_line() {
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("3f2a"));
+        let body = parse_error_body(br#"{"error":{"message":"The API key you provided is invalid.","code":"UNAUTHORIZED","type":"error"}}"#, false);
+        let c = Classification::from_response(
+            StatusCode::UNAUTHORIZED,
+            &h,
+            Some(body),
+            SystemTime::now(),
+        );
+        let e = Error::from_classification(&c).with_host("api.fireworks.ai");
+        assert_eq!(
+            e.to_string(),
+            "401 Unauthorized from api.fireworks.ai: The API key you provided is invalid. (UNAUTHORIZED, request id 3f2a)"
+        );
+        assert!(!e.is_retryable() && !e.is_client_side() && !e.is_rate_limited());
+        assert_eq!(e.status(), Some(StatusCode::UNAUTHORIZED));
+        assert_eq!(e.request_id(), Some("3f2a"));
+        assert!(!e.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn rate_limited_carries_the_delay_and_should_retry_overrides() {
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("7"));
+        h.insert("x-should-retry", HeaderValue::from_static("false"));
+        let c = Classification::from_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            &h,
+            None,
+            SystemTime::now(),
+        );
+        assert_eq!(c.retry_after(), Some(Duration::from_secs(7)));
+        assert!(!c.is_retryable(), "x-should-retry: false wins");
+        let e = Error::from_classification(&c);
+        assert!(e.is_rate_limited() && !e.is_retryable());
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
+        assert!(e.to_string().ends_with("; retry after 7s"), "{e}");
+    }
+
+    #[test]
+    fn timeouts_name_phase_and_duration() {
+        let e = Error::timeout(TimeoutPhase::BodyIdle, Duration::from_secs(30));
+        assert_eq!(e.to_string(), "body idle timeout after 30s");
+        assert!(e.is_timeout() && !e.is_client_side());
+        let e = Error::timeout(TimeoutPhase::Connect, Duration::from_secs(10));
+        assert!(e.is_client_side() && e.is_connect() && e.is_retryable());
+        let src = std::error::Error::source(&e).unwrap();
+        assert_eq!(
+            src.downcast_ref::<TimeoutError>().unwrap().after(),
+            Duration::from_secs(10)
+        );
+    }
+
+    #[test]
+    fn transport_does_not_double_wrap() {
+        let inner = Error::timeout(TimeoutPhase::Pool, Duration::from_secs(1));
+        let e = Error::transport(inner);
+        assert_eq!(e.class(), Class::Timeout(TimeoutPhase::Pool));
+        assert!(std::error::Error::source(&e).unwrap().is::<TimeoutError>());
+    }
+}

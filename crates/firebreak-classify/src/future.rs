@@ -1,0 +1,185 @@
+//! The classify layer's response future.
+
+use crate::body::ClassifiedBody;
+use crate::error::{Classification, Error};
+use crate::layer::Config;
+use crate::parse::body::parse_error_body;
+use crate::transport::BoxError;
+use bytes::Bytes;
+use http::{HeaderMap, Response};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::SystemTime;
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, B> {
+        Waiting { #[pin] fut: F },
+        Reading {
+            parts: Option<http::response::Parts>,
+            body: Option<Pin<Box<B>>>,
+            buf: VecDeque<Bytes>,
+            len: usize,
+            trailers: Option<HeaderMap>,
+        },
+        Done,
+    }
+}
+
+pin_project! {
+    /// The future of [`Classify`](crate::Classify).
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        state: State<F, B>,
+        cfg: Config,
+        host: Option<http::uri::Authority>,
+    }
+}
+
+impl<F, B> std::fmt::Debug for ResponseFuture<F, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B> ResponseFuture<F, B> {
+    pub(crate) fn new(fut: F, cfg: Config, host: Option<http::uri::Authority>) -> Self {
+        ResponseFuture {
+            state: State::Waiting { fut },
+            cfg,
+            host,
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<Response<ClassifiedBody<B>>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        // Bounded: each turn either changes state or reads one more frame of a bounded prefix.
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Waiting { fut } => {
+                    let resp = match ready!(fut.poll(cx)) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            this.state.set(State::Done);
+                            let mut err = Error::transport(e);
+                            if let Some(h) = this.host.take() {
+                                err = err.with_host(h.as_str());
+                            }
+                            return Poll::Ready(Err(err));
+                        }
+                    };
+                    let status = resp.status();
+                    if status.as_u16() < 400 {
+                        this.state.set(State::Done);
+                        let (mut parts, body) = resp.into_parts();
+                        let sse = this.cfg.sse_errors
+                            && parts
+                                .headers
+                                .get(http::header::CONTENT_TYPE)
+                                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+                        parts.extensions.insert(Classification::success(status));
+                        let body = ClassifiedBody::direct(body, sse, this.cfg.sse_errors);
+                        return Poll::Ready(Ok(Response::from_parts(parts, body)));
+                    }
+                    let (parts, body) = resp.into_parts();
+                    this.state.set(State::Reading {
+                        parts: Some(parts),
+                        body: Some(Box::pin(body)),
+                        buf: VecDeque::new(),
+                        len: 0,
+                        trailers: None,
+                    });
+                }
+                StateProj::Reading {
+                    parts,
+                    body,
+                    buf,
+                    len,
+                    trailers,
+                } => {
+                    let mut ended = false;
+                    let mut pending = None;
+                    let b = body.as_mut().expect("body present while reading");
+                    while *len < this.cfg.max_error_body {
+                        match ready!(b.as_mut().poll_frame(cx)) {
+                            None => {
+                                ended = true;
+                                break;
+                            }
+                            Some(Ok(frame)) => match frame.into_data() {
+                                Ok(d) => {
+                                    *len += d.len();
+                                    buf.push_back(d);
+                                }
+                                Err(f) => {
+                                    *trailers = f.into_trailers().ok();
+                                    ended = true;
+                                    break;
+                                }
+                            },
+                            Some(Err(e)) => {
+                                pending = Some(Error::body(e));
+                                ended = true;
+                                break;
+                            }
+                        }
+                    }
+                    let truncated = !ended;
+                    let prefix = contiguous_prefix(buf, this.cfg.max_error_body);
+                    let api = parse_error_body(&prefix, truncated);
+                    let mut parts = parts.take().expect("parts present while reading");
+                    let c = Classification::from_response(
+                        parts.status,
+                        &parts.headers,
+                        Some(api),
+                        SystemTime::now(),
+                    );
+                    parts.extensions.insert(c);
+                    let body = ClassifiedBody::replay(
+                        body.take().expect("body present while reading"),
+                        std::mem::take(buf),
+                        trailers.take(),
+                        ended,
+                        pending,
+                    );
+                    this.state.set(State::Done);
+                    return Poll::Ready(Ok(Response::from_parts(parts, body)));
+                }
+                StateProj::Done => panic!("ResponseFuture polled after completion"),
+            }
+        }
+    }
+}
+
+/// The first `max` bytes of `frames`, copied only when they span several frames.
+fn contiguous_prefix(frames: &VecDeque<Bytes>, max: usize) -> Bytes {
+    match frames.len() {
+        0 => Bytes::new(),
+        1 => frames[0].slice(..frames[0].len().min(max)),
+        _ => {
+            let mut v = Vec::with_capacity(max.min(frames.iter().map(Bytes::len).sum()));
+            for f in frames {
+                let room = max - v.len();
+                v.extend_from_slice(&f[..f.len().min(room)]);
+                if v.len() >= max {
+                    break;
+                }
+            }
+            Bytes::from(v)
+        }
+    }
+}
