@@ -18,6 +18,7 @@ pub struct SseScanner {
     data_overflow: bool,
     skipped: u64,
     events: u64,
+    errors: u64,
 }
 
 impl SseScanner {
@@ -26,8 +27,8 @@ impl SseScanner {
         Self::default()
     }
 
-    /// Feeds the next bytes. Returns the first error event completed within them, if any.
-    /// Scanning continues after an error event; call again with the rest.
+    /// Feeds the next bytes. Returns the first error event completed within them, if any;
+    /// further error events in the same bytes are counted in [`SseScanner::errors`].
     pub fn feed(&mut self, mut chunk: &[u8]) -> Option<ApiError> {
         let mut found = None;
         // Each turn consumes at least one line terminator or the whole rest of the chunk.
@@ -52,6 +53,11 @@ impl SseScanner {
     /// Events seen so far (dispatched by a blank line).
     pub fn events(&self) -> u64 {
         self.events
+    }
+
+    /// Error events seen so far.
+    pub fn errors(&self) -> u64 {
+        self.errors
     }
 
     /// Lines or events skipped for being longer than [`MAX_EVENT_BYTES`].
@@ -129,6 +135,7 @@ impl SseScanner {
             None
         };
         self.data.clear();
+        self.errors += u64::from(out.is_some());
         out
     }
 }

@@ -1,0 +1,132 @@
+//! Property tests: the parsers are total (no input panics) and bounded (no input makes them
+//! keep or return more than their caps).
+
+use firebreak_classify::parse::body::{MAX_MESSAGE_CHARS, parse_error_body};
+use firebreak_classify::parse::delay::{
+    MAX_PLAUSIBLE_DELAY, parse_duration_str, parse_millis, parse_seconds, server_delay,
+};
+use firebreak_classify::parse::sse::SseScanner;
+use firebreak_classify::{DelayVerdict, RateLimitHeaders};
+use http::{HeaderMap, HeaderValue};
+use proptest::prelude::*;
+use std::time::{Duration, SystemTime};
+
+fn bounded_message(e: &firebreak_classify::ApiError) -> bool {
+    e.message
+        .as_ref()
+        .is_none_or(|m| m.chars().count() <= MAX_MESSAGE_CHARS + 1)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn error_body_parsing_is_total_and_bounded(body in proptest::collection::vec(any::<u8>(), 0..4096), truncated in any::<bool>()) {
+        let e = parse_error_body(&body, truncated);
+        prop_assert!(bounded_message(&e));
+        prop_assert_eq!(e.truncated, truncated);
+    }
+
+    #[test]
+    fn json_like_bodies_are_total_and_bounded(
+        code in "[A-Z_]{0,40}",
+        msg in "\\PC{0,3000}",
+        shape in 0usize..6,
+        cut in 0usize..200,
+    ) {
+        let m = serde_json::to_string(&msg).unwrap();
+        let body = match shape {
+            0 => format!(r#"{{"error":{{"message":{m},"code":"{code}","type":"error"}}}}"#),
+            1 => format!(r#"{{"error":{m},"message":{m}}}"#),
+            2 => format!(r#"{{"detail":[{{"loc":["body"],"msg":{m},"type":"t"}}]}}"#),
+            3 => format!(r#"{{"code":8,"message":{m},"details":[{{"reason":"{code}"}}]}}"#),
+            4 => format!(r#"{{"fault":{{"faultstring":{m}}}}}"#),
+            _ => format!("<html><title>{msg}</title></html>"),
+        };
+        let b = body.as_bytes();
+        let b = &b[..b.len().saturating_sub(cut)];
+        let e = parse_error_body(b, cut > 0);
+        prop_assert!(bounded_message(&e));
+        if cut == 0 && shape < 5 && !msg.trim().is_empty() {
+            // Complete JSON keeps the message (bounded).
+            prop_assert!(e.message.is_some());
+        }
+    }
+
+    #[test]
+    fn delay_parsers_never_panic_or_exceed_the_cap(s in "\\PC{0,40}") {
+        for r in [parse_seconds(&s), parse_millis(&s), parse_duration_str(&s)] {
+            if let Ok(d) = r {
+                prop_assert!(d <= MAX_PLAUSIBLE_DELAY);
+            }
+        }
+    }
+
+    #[test]
+    fn numeric_delays_round_trip(ms in 0u64..86_400_000) {
+        let d = parse_millis(&ms.to_string()).unwrap();
+        prop_assert_eq!(d, Duration::from_millis(ms));
+        let s = parse_seconds(&format!("{}", ms as f64 / 1000.0)).unwrap();
+        prop_assert!((s.as_secs_f64() - ms as f64 / 1000.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn header_sets_never_panic_or_exceed_the_cap(
+        values in proptest::collection::vec(("[ -~]{0,30}", 0usize..6), 0..6),
+        now_secs in 0u64..4_000_000_000,
+    ) {
+        let names = ["retry-after-ms", "retry-after", "grpc-retry-pushback-ms", "x-ratelimit-reset-requests", "x-ratelimit-remaining-requests", "x-ratelimit-limit-requests"];
+        let mut h = HeaderMap::new();
+        for (v, n) in &values {
+            if let Ok(v) = HeaderValue::from_str(v) {
+                h.append(names[*n], v);
+            }
+        }
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(now_secs);
+        if let DelayVerdict::Usable(d) = server_delay(&h, now) {
+            prop_assert!(d.delay <= MAX_PLAUSIBLE_DELAY);
+        }
+        let _ = RateLimitHeaders::from_headers(&h).is_consistent();
+    }
+
+    #[test]
+    fn sse_detection_does_not_depend_on_chunking(
+        events in proptest::collection::vec((any::<bool>(), "[a-z ]{0,20}"), 1..12),
+        cuts in proptest::collection::vec(1usize..50, 1..40),
+    ) {
+        let mut stream = String::new();
+        let mut errors = 0;
+        for (is_err, text) in &events {
+            if *is_err {
+                errors += 1;
+                stream.push_str(&format!("data: {{\"error\":{{\"message\":\"{text}\"}}}}\r\n\r\n"));
+            } else {
+                stream.push_str(&format!(": ping\n\ndata: {{\"choices\":[{{\"delta\":{{\"content\":\"{text}\"}}}}]}}\n\n"));
+            }
+        }
+        stream.push_str("data: [DONE]\n\n");
+        let bytes = stream.as_bytes();
+        let mut s = SseScanner::new();
+        let mut at = 0;
+        let mut i = 0;
+        while at < bytes.len() {
+            let n = cuts[i % cuts.len()].min(bytes.len() - at);
+            let _ = s.feed(&bytes[at..at + n]);
+            at += n;
+            i += 1;
+        }
+        prop_assert_eq!(s.errors(), errors);
+        prop_assert_eq!(s.events(), events.len() as u64 + 1);
+        let mut whole = SseScanner::new();
+        let _ = whole.feed(bytes);
+        prop_assert_eq!(whole.errors(), errors);
+    }
+
+    #[test]
+    fn sse_scanner_is_total_on_garbage(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..512), 0..20)) {
+        let mut s = SseScanner::new();
+        for c in &chunks {
+            let _ = s.feed(c);
+        }
+    }
+}
