@@ -150,3 +150,62 @@ pub fn refused_addr() -> std::net::SocketAddr {
     drop(l);
     a
 }
+
+/// A loopback TLS server with a fresh self-signed certificate that accepts connections and
+/// completes handshakes (which a client trusting only the webpki roots must reject). Returns
+/// its address; the server task ends with the test runtime.
+pub async fn self_signed_tls_server() -> std::net::SocketAddr {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    let der = rustls::pki_types::CertificateDer::from(cert.cert.der().to_vec());
+    let key =
+        rustls::pki_types::PrivateKeyDer::try_from(cert.key_pair.serialize_der()).expect("key");
+    let cfg = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![der], key)
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        // Bounded: a handful of handshakes is all a test needs.
+        for _ in 0..16 {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = acceptor.accept(tcp).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A loopback server that answers every connection with bytes that are not HTTP.
+pub async fn garbage_server() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        for _ in 0..16 {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(b"SMTP READY\r\nthis is not http\r\n\r\n").await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}

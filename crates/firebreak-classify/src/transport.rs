@@ -82,7 +82,11 @@ pub fn classify_error(err: &(dyn StdError + 'static), stage: Stage) -> Class {
         if !dns && starts_with_dns(e) {
             dns = true;
         }
-        cur = e.source();
+        // A custom io::Error's `source()` skips the error it wraps; descend into that instead.
+        cur = match e.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => Some(inner as &(dyn StdError + 'static)),
+            None => e.source(),
+        };
     }
     if connect || dns {
         return if dns {
