@@ -12,10 +12,18 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// What the classify layer concluded about one response; attached to its extensions.
+///
+/// A success is 16 bytes with nothing parsed; the details of a failure (delay, rate-limit
+/// headers, parsed body, request id) sit behind one allocation.
 #[derive(Debug, Clone)]
 pub struct Classification {
     class: Class,
     status: StatusCode,
+    details: Option<Box<Details>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Details {
     should_retry: Option<bool>,
     delay: DelayVerdict,
     rate_limit: Option<RateLimitHeaders>,
@@ -29,11 +37,7 @@ impl Classification {
         Classification {
             class: Class::from_status(status),
             status,
-            should_retry: None,
-            delay: DelayVerdict::Absent,
-            rate_limit: None,
-            api_error: None,
-            request_id: None,
+            details: None,
         }
     }
 
@@ -52,9 +56,7 @@ impl Classification {
                 .and_then(|e| e.request_id.as_deref())
                 .map(Arc::from)
         });
-        Classification {
-            class,
-            status,
+        let details = Details {
             should_retry: should_retry(headers),
             delay: if class.is_success() {
                 DelayVerdict::Absent
@@ -67,13 +69,18 @@ impl Classification {
             },
             api_error: api_error.map(Arc::new),
             request_id,
+        };
+        Classification {
+            class,
+            status,
+            details: Some(Box::new(details)),
         }
     }
 
     /// Marks the response as having carried an error event inside its SSE stream.
     pub fn with_stream_error(mut self, e: ApiError) -> Self {
         self.class = Class::StreamError;
-        self.api_error = Some(Arc::new(e));
+        self.details.get_or_insert_with(Box::default).api_error = Some(Arc::new(e));
         self
     }
 
@@ -89,38 +96,38 @@ impl Classification {
 
     /// The `x-should-retry` override, if the server sent a valid one.
     pub fn should_retry(&self) -> Option<bool> {
-        self.should_retry
+        self.details.as_ref().and_then(|d| d.should_retry)
     }
 
     /// Whether to retry: the `x-should-retry` override if present, else the class default.
     pub fn is_retryable(&self) -> bool {
-        self.should_retry
+        self.should_retry()
             .unwrap_or(self.class.is_retryable_by_default())
     }
 
     /// What the delay headers said.
     pub fn delay(&self) -> DelayVerdict {
-        self.delay
+        self.details.as_ref().map(|d| d.delay).unwrap_or_default()
     }
 
     /// The usable server-requested delay.
     pub fn retry_after(&self) -> Option<Duration> {
-        self.delay.delay()
+        self.delay().delay()
     }
 
     /// The `x-ratelimit-*` snapshot, when any such header was present (not parsed on success).
     pub fn rate_limit(&self) -> Option<&RateLimitHeaders> {
-        self.rate_limit.as_ref()
+        self.details.as_ref().and_then(|d| d.rate_limit.as_ref())
     }
 
     /// The parsed error body.
     pub fn api_error(&self) -> Option<&ApiError> {
-        self.api_error.as_deref()
+        self.details.as_ref().and_then(|d| d.api_error.as_deref())
     }
 
     /// The request id (`x-request-id`, else the body's `request_id`).
     pub fn request_id(&self) -> Option<&str> {
-        self.request_id.as_deref()
+        self.details.as_ref().and_then(|d| d.request_id.as_deref())
     }
 }
 
@@ -234,10 +241,12 @@ impl Error {
     pub fn from_classification(c: &Classification) -> Self {
         let mut e = Error::new(c.class);
         e.inner.status = Some(c.status);
-        e.inner.should_retry = c.should_retry;
-        e.inner.api_error = c.api_error.clone();
-        e.inner.request_id = c.request_id.clone();
         e.inner.retry_after = c.retry_after();
+        if let Some(d) = &c.details {
+            e.inner.should_retry = d.should_retry;
+            e.inner.api_error = d.api_error.clone();
+            e.inner.request_id = d.request_id.clone();
+        }
         e
     }
 
@@ -486,5 +495,37 @@ mod tests {
         let e = Error::transport(inner);
         assert_eq!(e.class(), Class::Timeout(TimeoutPhase::Pool));
         assert!(std::error::Error::source(&e).unwrap().is::<TimeoutError>());
+    }
+}
+
+/// The request's host, copied inline so that capturing it costs no allocation (it is only
+/// shown in error messages). Hosts longer than the buffer are cut.
+#[derive(Clone, Copy)]
+pub(crate) struct HostLabel {
+    len: u8,
+    buf: [u8; 63],
+}
+
+impl HostLabel {
+    pub(crate) fn of(uri: &http::Uri) -> Option<Self> {
+        let a = uri.authority()?.as_str().as_bytes();
+        let mut buf = [0u8; 63];
+        let mut n = a.len().min(buf.len());
+        // Never cut inside a UTF-8 sequence (authorities are ASCII, but be safe).
+        while n > 0 && n < a.len() && (a[n] & 0xC0) == 0x80 {
+            n -= 1;
+        }
+        buf[..n].copy_from_slice(&a[..n]);
+        Some(HostLabel { len: n as u8, buf })
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len as usize]).unwrap_or("")
+    }
+}
+
+impl fmt::Debug for HostLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }

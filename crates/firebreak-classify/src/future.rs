@@ -36,7 +36,7 @@ pin_project! {
         #[pin]
         state: State<F, B>,
         cfg: Config,
-        host: Option<http::uri::Authority>,
+        host: Option<crate::error::HostLabel>,
     }
 }
 
@@ -47,7 +47,7 @@ impl<F, B> std::fmt::Debug for ResponseFuture<F, B> {
 }
 
 impl<F, B> ResponseFuture<F, B> {
-    pub(crate) fn new(fut: F, cfg: Config, host: Option<http::uri::Authority>) -> Self {
+    pub(crate) fn new(fut: F, cfg: Config, host: Option<crate::error::HostLabel>) -> Self {
         ResponseFuture {
             state: State::Waiting { fut },
             cfg,

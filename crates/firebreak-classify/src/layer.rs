@@ -117,7 +117,7 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let host = req.uri().authority().cloned();
+        let host = crate::error::HostLabel::of(req.uri());
         ResponseFuture::new(self.inner.call(req), self.cfg, host)
     }
 }

@@ -77,7 +77,7 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let host = req.uri().authority().cloned();
+        let host = crate::error::HostLabel::of(req.uri());
         ErrorForStatusFuture {
             fut: self.inner.call(req),
             host,
@@ -91,7 +91,7 @@ pin_project! {
     pub struct ErrorForStatusFuture<F> {
         #[pin]
         fut: F,
-        host: Option<http::uri::Authority>,
+        host: Option<crate::error::HostLabel>,
     }
 }
 
@@ -104,7 +104,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let with_host = |e: Error, h: &Option<http::uri::Authority>| match h {
+        let with_host = |e: Error, h: &Option<crate::error::HostLabel>| match h {
             Some(h) => e.with_host(h.as_str()),
             None => e,
         };

@@ -13,11 +13,11 @@ use std::time::Duration;
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 type Frames = Vec<Result<Frame<Bytes>, std::io::Error>>;
+type TestBody = StreamBody<
+    futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::io::Error>>>,
+>;
 
-fn stream_body(
-    frames: Frames,
-) -> StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::io::Error>>>>
-{
+fn stream_body(frames: Frames) -> TestBody {
     StreamBody::new(futures_util::stream::iter(frames))
 }
 

@@ -1,0 +1,123 @@
+//! The gRPC classifier against a real tonic server on loopback (the gRPC health service, so no
+//! protoc is needed), used through tower-http's `TraceLayer` on a tonic `Channel`.
+
+use firebreak_classify::{Class, ClientErrorKind, GrpcClassifier, GrpcFailure};
+use firebreak_testkit::bounded;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tonic::{Request, Response, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+
+/// Answers by service name: each name is one gRPC outcome.
+struct Scripted;
+
+#[tonic::async_trait]
+impl Health for Scripted {
+    async fn check(
+        &self,
+        req: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        match req.into_inner().service.as_str() {
+            "ok" => Ok(Response::new(HealthCheckResponse {
+                status: ServingStatus::Serving as i32,
+            })),
+            "unavailable" => Err(Status::unavailable("backend down")),
+            "exhausted" => {
+                let mut s = Status::resource_exhausted("quota");
+                s.metadata_mut()
+                    .insert("grpc-retry-pushback-ms", "250".parse().unwrap());
+                Err(s)
+            }
+            "invalid" => Err(Status::invalid_argument("bad name")),
+            "unauthenticated" => Err(Status::unauthenticated("no key")),
+            _ => Err(Status::not_found("unknown service")),
+        }
+    }
+
+    type WatchStream = tokio_stream::Empty<Result<HealthCheckResponse, Status>>;
+
+    async fn watch(
+        &self,
+        _req: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        Err(Status::unimplemented("watch"))
+    }
+}
+
+#[tokio::test]
+async fn grpc_statuses_are_classified_from_a_real_tonic_server() {
+    bounded(30, async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(HealthServer::new(Scripted))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .unwrap();
+        let failures: Arc<Mutex<Vec<GrpcFailure>>> = Arc::default();
+        let f1 = failures.clone();
+        let traced = tower::ServiceBuilder::new()
+            .layer(
+                tower_http::trace::TraceLayer::new(GrpcClassifier).on_failure(
+                    move |f: GrpcFailure, _: Duration, _: &tracing::Span| {
+                        f1.lock().unwrap().push(f)
+                    },
+                ),
+            )
+            .service(channel);
+        let mut client = HealthClient::new(traced);
+
+        let cases = [
+            ("ok", None),
+            ("unavailable", Some((Class::Overloaded, 14, true))),
+            ("exhausted", Some((Class::RateLimited, 8, true))),
+            (
+                "invalid",
+                Some((Class::ClientError(ClientErrorKind::BadRequest), 3, false)),
+            ),
+            (
+                "unauthenticated",
+                Some((Class::ClientError(ClientErrorKind::Unauthorized), 16, false)),
+            ),
+            (
+                "missing",
+                Some((Class::ClientError(ClientErrorKind::NotFound), 5, false)),
+            ),
+        ];
+        for (name, want) in cases {
+            failures.lock().unwrap().clear();
+            let r = client
+                .check(HealthCheckRequest {
+                    service: name.into(),
+                })
+                .await;
+            let got = failures.lock().unwrap().clone();
+            match want {
+                None => {
+                    assert!(r.is_ok(), "{name}: {r:?}");
+                    assert!(got.is_empty(), "{name}: {got:?}");
+                }
+                Some((class, code, retryable)) => {
+                    assert_eq!(r.unwrap_err().code() as i32, code, "{name}");
+                    assert_eq!(got.len(), 1, "{name}: {got:?}");
+                    assert_eq!(got[0].class, class, "{name}");
+                    assert_eq!(got[0].code, Some(code), "{name}");
+                    assert_eq!(got[0].is_retryable(), retryable, "{name}");
+                    if name == "exhausted" {
+                        assert_eq!(got[0].pushback.delay(), Some(Duration::from_millis(250)));
+                    }
+                }
+            }
+        }
+    })
+    .await
+}
