@@ -1,0 +1,344 @@
+//! [`AttemptTimeoutLayer`]: the per-attempt phases (ready, write, headers, first event, idle,
+//! attempt total), bounded by the overall [`Deadline`] when the request carries one.
+
+use crate::body::{EndBy, TimedRequestBody, TimedResponseBody, WriteProgress, arm};
+use crate::config::TimeoutConfig;
+use crate::deadline::Deadline;
+use bytes::Bytes;
+use firebreak_classify::{BoxError, Error, TimeoutPhase};
+use http::{Request, Response};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
+use tower::{Layer, Service};
+
+/// The per-attempt phases of a [`TimeoutConfig`] (everything but `connect` and `deadline`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AttemptTimeouts {
+    /// Ready / pool wait.
+    pub ready: Option<Duration>,
+    /// Request write.
+    pub write: Option<Duration>,
+    /// Response headers after the write.
+    pub headers: Option<Duration>,
+    /// First SSE event after the head.
+    pub first_event: Option<Duration>,
+    /// Body idle.
+    pub idle: Option<Duration>,
+    /// Whole attempt.
+    pub attempt: Option<Duration>,
+}
+
+impl From<&TimeoutConfig> for AttemptTimeouts {
+    fn from(c: &TimeoutConfig) -> Self {
+        AttemptTimeouts {
+            ready: c.ready,
+            write: c.write,
+            headers: c.headers,
+            first_event: c.first_event,
+            idle: c.idle,
+            attempt: c.attempt,
+        }
+    }
+}
+
+/// Applies the per-attempt timeouts. Put it inside the retry and 429 layers, so each attempt is
+/// timed on its own and time queued for admission is not charged to the attempt.
+///
+/// ```
+/// use firebreak_timeout::{AttemptTimeoutLayer, TimeoutConfig, Workload};
+/// use tower::Layer;
+///
+/// let cfg = TimeoutConfig::preset(Workload::Interactive);
+/// let layer = AttemptTimeoutLayer::new(&cfg).unwrap();
+/// # let _ = layer;
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptTimeoutLayer {
+    t: AttemptTimeouts,
+}
+
+impl AttemptTimeoutLayer {
+    /// A layer with `cfg`'s per-attempt phases.
+    ///
+    /// # Errors
+    /// [`crate::ConfigError`] when `cfg` does not validate.
+    pub fn new(cfg: &TimeoutConfig) -> Result<Self, crate::ConfigError> {
+        cfg.validate()?;
+        Ok(AttemptTimeoutLayer { t: cfg.into() })
+    }
+}
+
+impl<S> Layer<S> for AttemptTimeoutLayer {
+    type Service = AttemptTimeout<S>;
+    fn layer(&self, inner: S) -> AttemptTimeout<S> {
+        AttemptTimeout {
+            inner,
+            t: self.t,
+            ready_sleep: None,
+        }
+    }
+}
+
+/// The service [`AttemptTimeoutLayer`] makes.
+#[derive(Debug)]
+pub struct AttemptTimeout<S> {
+    inner: S,
+    t: AttemptTimeouts,
+    ready_sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S: Clone> Clone for AttemptTimeout<S> {
+    fn clone(&self) -> Self {
+        // A clone has not waited for readiness yet: its ready timer starts afresh.
+        AttemptTimeout {
+            inner: self.inner.clone(),
+            t: self.t,
+            ready_sleep: None,
+        }
+    }
+}
+
+impl<S> AttemptTimeout<S> {
+    /// Wraps `inner`.
+    ///
+    /// # Errors
+    /// As [`AttemptTimeoutLayer::new`].
+    pub fn new(inner: S, cfg: &TimeoutConfig) -> Result<Self, crate::ConfigError> {
+        Ok(AttemptTimeoutLayer::new(cfg)?.layer(inner))
+    }
+
+    /// A layer making this service.
+    ///
+    /// # Errors
+    /// As [`AttemptTimeoutLayer::new`].
+    pub fn layer(cfg: &TimeoutConfig) -> Result<AttemptTimeoutLayer, crate::ConfigError> {
+        AttemptTimeoutLayer::new(cfg)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for AttemptTimeout<S>
+where
+    S: Service<Request<TimedRequestBody<ReqB>>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+    ReqB: Body<Data = Bytes>,
+    ResB: Body<Data = Bytes>,
+    ResB::Error: Into<BoxError>,
+{
+    type Response = Response<TimedResponseBody<ResB>>;
+    type Error = Error;
+    type Future = AttemptFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(r) => {
+                self.ready_sleep = None;
+                Poll::Ready(r.map_err(Error::transport))
+            }
+            Poll::Pending => {
+                let Some(d) = self.t.ready else {
+                    return Poll::Pending;
+                };
+                let sleep = self
+                    .ready_sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(d)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        self.ready_sleep = None;
+                        Poll::Ready(Err(Error::timeout(TimeoutPhase::Pool, d)))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let started = Instant::now();
+        let deadline = Deadline::of(&req);
+        if let Some(dl) = deadline {
+            if dl.is_expired() {
+                return AttemptFuture::failed(
+                    dl.error().with_detail("the attempt was not started"),
+                );
+            }
+        }
+        let (parts, body) = req.into_parts();
+        let progress = (self.t.write.is_some() && TimedRequestBody::needs_tracking(&body))
+            .then(|| WriteProgress::new(started));
+        let req = Request::from_parts(parts, TimedRequestBody::new(body, progress.clone()));
+        AttemptFuture {
+            state: State::Running {
+                fut: self.inner.call(req),
+            },
+            t: self.t,
+            started,
+            progress,
+            deadline,
+            sleep: None,
+        }
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Running { #[pin] fut: F },
+        Failed { err: Option<Error> },
+    }
+}
+
+pin_project! {
+    /// The future of [`AttemptTimeout`].
+    pub struct AttemptFuture<F> {
+        #[pin]
+        state: State<F>,
+        t: AttemptTimeouts,
+        started: Instant,
+        progress: Option<Arc<WriteProgress>>,
+        deadline: Option<Deadline>,
+        sleep: Option<Pin<Box<Sleep>>>,
+    }
+}
+
+impl<F> std::fmt::Debug for AttemptFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttemptFuture")
+            .field("timeouts", &self.t)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F> AttemptFuture<F> {
+    fn failed(err: Error) -> Self {
+        AttemptFuture {
+            state: State::Failed { err: Some(err) },
+            t: AttemptTimeouts::default(),
+            started: Instant::now(),
+            progress: None,
+            deadline: None,
+            sleep: None,
+        }
+    }
+}
+
+/// The hard end of the attempt: its total, or the overall deadline, whichever comes first.
+fn end_by(t: &AttemptTimeouts, started: Instant, deadline: Option<Deadline>) -> Option<EndBy> {
+    let attempt = t.attempt.map(|d| EndBy {
+        at: started + d,
+        phase: TimeoutPhase::Attempt,
+        configured: d,
+    });
+    let overall = deadline.map(|dl| EndBy {
+        at: dl.instant(),
+        phase: TimeoutPhase::Deadline,
+        configured: dl.total(),
+    });
+    match (attempt, overall) {
+        (Some(a), Some(o)) => Some(if o.at < a.at { o } else { a }),
+        (a, o) => a.or(o),
+    }
+}
+
+impl<F, B, E> Future for AttemptFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<TimedResponseBody<B>>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let fut = match this.state.project() {
+            StateProj::Failed { err } => {
+                return Poll::Ready(Err(err
+                    .take()
+                    .expect("AttemptFuture polled after completion")));
+            }
+            StateProj::Running { fut } => fut,
+        };
+        let end = end_by(this.t, *this.started, *this.deadline);
+        match fut.poll(cx) {
+            Poll::Ready(Ok(resp)) => {
+                let sse = resp
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+                let first_event = if sse { this.t.first_event } else { None };
+                let sleep = this.sleep.take();
+                return Poll::Ready(Ok(
+                    resp.map(|b| TimedResponseBody::new(b, sleep, this.t.idle, first_event, end))
+                ));
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::transport(e))),
+            Poll::Pending => {}
+        }
+        // Bounded: the second turn either arms a pending timer or fails.
+        let mut fired = false;
+        for _ in 0..2 {
+            let mut next: Option<(Instant, TimeoutPhase, Duration)> =
+                end.map(|e| (e.at, e.phase, e.configured));
+            let mut consider = |at: Instant, p: TimeoutPhase, d: Duration| {
+                if next.is_none_or(|(b, _, _)| at < b) {
+                    next = Some((at, p, d));
+                }
+            };
+            match this.progress.as_ref() {
+                Some(p) => match p.done_at() {
+                    None => {
+                        p.register(cx);
+                        if let Some(w) = this.t.write {
+                            consider(*this.started + w, TimeoutPhase::RequestWrite, w);
+                        }
+                    }
+                    Some(done) => {
+                        if let Some(h) = this.t.headers {
+                            consider(done + h, TimeoutPhase::ResponseHeaders, h);
+                        }
+                    }
+                },
+                None => {
+                    if let Some(h) = this.t.headers {
+                        consider(*this.started + h, TimeoutPhase::ResponseHeaders, h);
+                    }
+                }
+            }
+            let Some((at, phase, d)) = next else {
+                return Poll::Pending;
+            };
+            if Instant::now() >= at {
+                let mut e = Error::timeout(phase, d);
+                if phase == TimeoutPhase::Deadline {
+                    e = e.with_detail("the overall deadline passed during the attempt");
+                }
+                return Poll::Ready(Err(e));
+            }
+            arm(this.sleep, at, fired);
+            match this.sleep.as_mut().map(|s| s.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) => fired = true,
+                _ => return Poll::Pending,
+            }
+        }
+        Poll::Pending
+    }
+}

@@ -1,0 +1,233 @@
+//! The overall deadline: carried on the request, respected by every layer below it.
+
+use crate::body::{EndBy, TimedResponseBody};
+use firebreak_classify::{BoxError, Error, TimeoutPhase};
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
+use tower::{Layer, Service};
+
+/// When the whole call must be over, across attempts, backoff sleeps and rate-limit waits.
+///
+/// [`DeadlineLayer`] puts it in the request extensions; the retry and 429 layers read it with
+/// [`Deadline::of`] and never start an attempt or a wait that cannot finish in time
+/// ([`Deadline::check_wait`]): they fail at once instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    at: Instant,
+    total: Duration,
+}
+
+impl Deadline {
+    /// A deadline `total` from now.
+    pub fn after(total: Duration) -> Self {
+        Deadline {
+            at: Instant::now() + total,
+            total,
+        }
+    }
+
+    /// The deadline a request carries, if any.
+    pub fn of<B>(req: &Request<B>) -> Option<Deadline> {
+        req.extensions().get::<Deadline>().copied()
+    }
+
+    /// Sets this deadline on `req`, unless it already carries an earlier one (a deadline is only
+    /// ever shortened). Returns the one now in force.
+    pub fn apply<B>(self, req: &mut Request<B>) -> Deadline {
+        let d = match Deadline::of(req) {
+            Some(existing) if existing.at <= self.at => existing,
+            _ => self,
+        };
+        req.extensions_mut().insert(d);
+        d
+    }
+
+    /// The instant it passes.
+    pub fn instant(&self) -> Instant {
+        self.at
+    }
+
+    /// The configured total.
+    pub fn total(&self) -> Duration {
+        self.total
+    }
+
+    /// Time left (zero once passed).
+    pub fn remaining(&self) -> Duration {
+        self.at.saturating_duration_since(Instant::now())
+    }
+
+    /// Whether it has passed.
+    pub fn is_expired(&self) -> bool {
+        Instant::now() >= self.at
+    }
+
+    /// The error for a call that ran out of time.
+    pub fn error(&self) -> Error {
+        Error::timeout(TimeoutPhase::Deadline, self.total)
+    }
+
+    /// Checks that a wait of `wait` (a backoff sleep, a rate-limit wait) ends before the
+    /// deadline, with `margin` left for the attempt that follows it.
+    ///
+    /// # Errors
+    /// A deadline [`Error`] saying how long the wait was and how much time was left, so that
+    /// the caller fails now instead of sleeping into a certain timeout.
+    pub fn check_wait(&self, wait: Duration, margin: Duration) -> Result<(), Error> {
+        let left = self.remaining();
+        if wait.saturating_add(margin) < left {
+            Ok(())
+        } else {
+            Err(self.error().with_detail(format!(
+                "not waiting {wait:?}: only {left:?} of the {:?} deadline is left",
+                self.total
+            )))
+        }
+    }
+}
+
+/// Stamps a [`Deadline`] on every request and enforces it on the response and its body.
+/// Put it outermost, so backoff sleeps and 429 waits count against it.
+///
+/// ```
+/// use firebreak_timeout::DeadlineLayer;
+/// use std::time::Duration;
+///
+/// let layer = DeadlineLayer::new(Duration::from_secs(120)).unwrap();
+/// # let _ = layer;
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct DeadlineLayer {
+    total: Duration,
+}
+
+impl DeadlineLayer {
+    /// A deadline of `total` per call.
+    ///
+    /// # Errors
+    /// [`crate::ConfigError`] for zero or more than [`crate::MAX_TIMEOUT`].
+    pub fn new(total: Duration) -> Result<Self, crate::ConfigError> {
+        if total.is_zero() {
+            return Err(crate::ConfigError::Zero("deadline"));
+        }
+        if total > crate::MAX_TIMEOUT {
+            return Err(crate::ConfigError::TooLong("deadline", total));
+        }
+        Ok(DeadlineLayer { total })
+    }
+}
+
+impl<S> Layer<S> for DeadlineLayer {
+    type Service = DeadlineService<S>;
+    fn layer(&self, inner: S) -> DeadlineService<S> {
+        DeadlineService {
+            inner,
+            total: self.total,
+        }
+    }
+}
+
+/// The service [`DeadlineLayer`] makes.
+#[derive(Debug, Clone)]
+pub struct DeadlineService<S> {
+    inner: S,
+    total: Duration,
+}
+
+impl<S> DeadlineService<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for DeadlineService<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = Response<TimedResponseBody<ResB>>;
+    type Error = Error;
+    type Future = DeadlineFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx).map_err(Error::transport)
+    }
+
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        let dl = Deadline::after(self.total).apply(&mut req);
+        DeadlineFuture {
+            fut: self.inner.call(req),
+            sleep: Some(Box::pin(tokio::time::sleep_until(dl.instant()))),
+            dl,
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`DeadlineService`].
+    pub struct DeadlineFuture<F> {
+        #[pin]
+        fut: F,
+        sleep: Option<Pin<Box<Sleep>>>,
+        dl: Deadline,
+    }
+}
+
+impl<F> std::fmt::Debug for DeadlineFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadlineFuture")
+            .field("deadline", &self.dl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for DeadlineFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<TimedResponseBody<B>>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.fut.poll(cx) {
+            Poll::Ready(Ok(resp)) => {
+                let end = EndBy {
+                    at: this.dl.instant(),
+                    phase: TimeoutPhase::Deadline,
+                    configured: this.dl.total(),
+                };
+                let sleep = this.sleep.take();
+                return Poll::Ready(Ok(
+                    resp.map(|b| TimedResponseBody::new(b, sleep, None, None, Some(end)))
+                ));
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::transport(e))),
+            Poll::Pending => {}
+        }
+        let sleep = this
+            .sleep
+            .as_mut()
+            .expect("DeadlineFuture polled after completion");
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(this.dl.error())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
