@@ -131,6 +131,24 @@ impl Classification {
     }
 }
 
+fn find_ours<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a Error> {
+    let mut cur: Option<&'a (dyn std::error::Error + 'static)> = Some(e);
+    for _ in 0..32 {
+        let c = cur?;
+        if let Some(ours) = c.downcast_ref::<Error>() {
+            return Some(ours);
+        }
+        cur = match c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => c.source(),
+        };
+    }
+    None
+}
+
 /// A timeout of one phase; the source of a timeout [`Error`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimeoutError {
@@ -215,13 +233,34 @@ impl Error {
 
     fn classified_source(source: BoxError, stage: Stage) -> Self {
         // Already ours: keep it as it is rather than wrapping it again.
-        match source.downcast::<Error>() {
-            Ok(e) => *e,
-            Err(source) => {
-                let class = classify_error(&*source, stage);
-                Error::new(class).with_source(source)
-            }
+        let source = match source.downcast::<Error>() {
+            Ok(e) => return *e,
+            Err(source) => source,
+        };
+        // One of ours deeper in the chain (e.g. a connect timeout inside hyper-util's client
+        // error): lift it to the top, so its class, details and timeout duration stay one
+        // `source()` away; the rest of the chain stays reachable when there is no timeout.
+        if let Some(inner) = find_ours(&*source) {
+            let mut e = Error::new(inner.inner.class);
+            e.inner.status = inner.inner.status;
+            e.inner.should_retry = inner.inner.should_retry;
+            e.inner.api_error = inner.inner.api_error.clone();
+            e.inner.request_id = inner.inner.request_id.clone();
+            e.inner.retry_after = inner.inner.retry_after;
+            e.inner.detail = inner.inner.detail.clone();
+            let timeout = inner
+                .inner
+                .source
+                .as_deref()
+                .and_then(|s| s.downcast_ref::<TimeoutError>())
+                .copied();
+            return match timeout {
+                Some(t) => e.with_source(t),
+                None => e.with_source(source),
+            };
         }
+        let class = classify_error(&*source, stage);
+        Error::new(class).with_source(source)
     }
 
     /// An error event found inside an SSE stream.
@@ -487,6 +526,33 @@ mod tests {
             src.downcast_ref::<TimeoutError>().unwrap().after(),
             Duration::from_secs(10)
         );
+    }
+
+    #[test]
+    fn a_nested_firebreak_error_is_lifted_with_its_timeout() {
+        #[derive(Debug)]
+        struct Wrapper(Error);
+        impl fmt::Display for Wrapper {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("client error (Connect)")
+            }
+        }
+        impl std::error::Error for Wrapper {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Error::transport(Wrapper(Error::timeout(
+            TimeoutPhase::Connect,
+            Duration::from_millis(300),
+        )));
+        assert_eq!(e.class(), Class::Timeout(TimeoutPhase::Connect));
+        let t = std::error::Error::source(&e)
+            .unwrap()
+            .downcast_ref::<TimeoutError>()
+            .unwrap();
+        assert_eq!(t.after(), Duration::from_millis(300));
+        assert_eq!(e.to_string(), "connect timeout after 300ms");
     }
 
     #[test]

@@ -168,12 +168,22 @@ where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
 {
-    let conn = https_connector(cfg)?;
+    Ok(build_with(https_connector(cfg)?, cfg))
+}
+
+/// Builds the client around any connector (for example [`https_connector`] wrapped in
+/// firebreak-timeout's `ConnectTimeoutLayer`), with `cfg`'s pool settings.
+pub fn build_with<C, B>(conn: C, cfg: &ClientConfig) -> Client<C, B>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
     let mut b = Client::builder(TokioExecutor::new());
     b.timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(cfg.pool_idle_timeout)
         .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
         .http2_only(cfg.h2c);
-    Ok(b.build(conn))
+    b.build(conn)
 }

@@ -173,7 +173,7 @@ where
         let dl = Deadline::after(self.total).apply(&mut req);
         DeadlineFuture {
             fut: self.inner.call(req),
-            sleep: Some(Box::pin(tokio::time::sleep_until(dl.instant()))),
+            sleep: None,
             dl,
         }
     }
@@ -221,10 +221,11 @@ where
             Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::transport(e))),
             Poll::Pending => {}
         }
+        // The timer is only created when the inner future is actually pending.
+        let at = this.dl.instant();
         let sleep = this
             .sleep
-            .as_mut()
-            .expect("DeadlineFuture polled after completion");
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
         match sleep.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(this.dl.error())),
             Poll::Pending => Poll::Pending,
