@@ -174,7 +174,6 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let started = Instant::now();
         let deadline = Deadline::of(&req);
         if let Some(dl) = deadline {
             if dl.is_expired() {
@@ -184,8 +183,10 @@ where
             }
         }
         let (parts, body) = req.into_parts();
+        // Only a tracked write reads the clock here; otherwise timers start at the first wait.
         let progress = (self.t.write.is_some() && TimedRequestBody::needs_tracking(&body))
-            .then(|| WriteProgress::new(started));
+            .then(|| WriteProgress::new(Instant::now()));
+        let started = progress.as_ref().map(|p| p.base());
         let req = Request::from_parts(parts, TimedRequestBody::new(body, progress.clone()));
         AttemptFuture {
             state: State::Running {
@@ -214,7 +215,7 @@ pin_project! {
         #[pin]
         state: State<F>,
         t: AttemptTimeouts,
-        started: Instant,
+        started: Option<Instant>,
         progress: Option<Arc<WriteProgress>>,
         deadline: Option<Deadline>,
         sleep: Option<Pin<Box<Sleep>>>,
@@ -234,29 +235,11 @@ impl<F> AttemptFuture<F> {
         AttemptFuture {
             state: State::Failed { err: Some(err) },
             t: AttemptTimeouts::default(),
-            started: Instant::now(),
+            started: None,
             progress: None,
             deadline: None,
             sleep: None,
         }
-    }
-}
-
-/// The hard end of the attempt: its total, or the overall deadline, whichever comes first.
-fn end_by(t: &AttemptTimeouts, started: Instant, deadline: Option<Deadline>) -> Option<EndBy> {
-    let attempt = t.attempt.map(|d| EndBy {
-        at: started + d,
-        phase: TimeoutPhase::Attempt,
-        configured: d,
-    });
-    let overall = deadline.map(|dl| EndBy {
-        at: dl.instant(),
-        phase: TimeoutPhase::Deadline,
-        configured: dl.total(),
-    });
-    match (attempt, overall) {
-        (Some(a), Some(o)) => Some(if o.at < a.at { o } else { a }),
-        (a, o) => a.or(o),
     }
 }
 
@@ -277,7 +260,11 @@ where
             }
             StateProj::Running { fut } => fut,
         };
-        let end = end_by(this.t, *this.started, *this.deadline);
+        let deadline_end = this.deadline.map(|dl| EndBy {
+            at: dl.instant(),
+            phase: TimeoutPhase::Deadline,
+            configured: dl.total(),
+        });
         match fut.poll(cx) {
             Poll::Ready(Ok(resp)) => {
                 let sse = resp
@@ -286,9 +273,11 @@ where
                     .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
                 let first_event = if sse { this.t.first_event } else { None };
                 let sleep = this.sleep.take();
-                return Poll::Ready(Ok(
-                    resp.map(|b| TimedResponseBody::new(b, sleep, this.t.idle, first_event, end))
-                ));
+                let attempt = this.t.attempt.map(|d| (*this.started, d));
+                let idle = this.t.idle;
+                return Poll::Ready(Ok(resp.map(|b| {
+                    TimedResponseBody::new(b, sleep, idle, first_event, attempt, deadline_end)
+                })));
             }
             Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::transport(e))),
             Poll::Pending => {}
@@ -296,19 +285,26 @@ where
         // Bounded: the second turn either arms a pending timer or fails.
         let mut fired = false;
         for _ in 0..2 {
-            let mut next: Option<(Instant, TimeoutPhase, Duration)> =
-                end.map(|e| (e.at, e.phase, e.configured));
+            let now = Instant::now();
+            let started = *this.started.get_or_insert(now);
+            let mut next: Option<(Instant, TimeoutPhase, Duration)> = None;
             let mut consider = |at: Instant, p: TimeoutPhase, d: Duration| {
                 if next.is_none_or(|(b, _, _)| at < b) {
                     next = Some((at, p, d));
                 }
             };
+            if let Some(d) = this.t.attempt {
+                consider(started + d, TimeoutPhase::Attempt, d);
+            }
+            if let Some(e) = deadline_end {
+                consider(e.at, e.phase, e.configured);
+            }
             match this.progress.as_ref() {
                 Some(p) => match p.done_at() {
                     None => {
                         p.register(cx);
                         if let Some(w) = this.t.write {
-                            consider(*this.started + w, TimeoutPhase::RequestWrite, w);
+                            consider(started + w, TimeoutPhase::RequestWrite, w);
                         }
                     }
                     Some(done) => {
@@ -319,14 +315,14 @@ where
                 },
                 None => {
                     if let Some(h) = this.t.headers {
-                        consider(*this.started + h, TimeoutPhase::ResponseHeaders, h);
+                        consider(started + h, TimeoutPhase::ResponseHeaders, h);
                     }
                 }
             }
             let Some((at, phase, d)) = next else {
                 return Poll::Pending;
             };
-            if Instant::now() >= at {
+            if now >= at {
                 let mut e = Error::timeout(phase, d);
                 if phase == TimeoutPhase::Deadline {
                     e = e.with_detail("the overall deadline passed during the attempt");

@@ -35,19 +35,23 @@ pub(crate) fn arm(sleep: &mut Option<Pin<Box<Sleep>>>, at: Instant, fired: bool)
 
 pin_project! {
     /// A response body with timeouts: the gap between frames (`idle`), the wait for the first
-    /// SSE `data:` event (`first_event`), and a hard end (attempt total or overall deadline).
+    /// SSE `data:` event (`first_event`), the attempt total, and the overall deadline.
     /// A timeout ends the body with an [`Error`] naming the phase and duration; the frames
     /// delivered before it reached the caller intact.
+    ///
+    /// Clocks are read only when the body has to wait (its inner body is pending): a frame that
+    /// is ready costs no clock read and no timer operation. The idle gap is measured from the
+    /// first wait after a frame, which follows the frame at once when the caller keeps reading.
     pub struct TimedResponseBody<B> {
         #[pin]
         inner: B,
         sleep: Option<Pin<Box<Sleep>>>,
         idle: Option<Duration>,
-        first_event: Option<Duration>,
-        waiting_first: bool,
-        started: Instant,
-        last_frame: Instant,
-        end: Option<EndBy>,
+        idle_at: Option<Instant>,
+        saw_frame: bool,
+        first_at: Option<(Instant, Duration)>,
+        attempt: Option<(Option<Instant>, Duration)>,
+        deadline: Option<EndBy>,
         done: bool,
     }
 }
@@ -56,52 +60,35 @@ impl<B> std::fmt::Debug for TimedResponseBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TimedResponseBody")
             .field("idle", &self.idle)
-            .field("waiting_first_event", &self.waiting_first)
-            .field("end", &self.end)
+            .field("waiting_first_event", &self.first_at.is_some())
+            .field("attempt", &self.attempt)
+            .field("deadline", &self.deadline)
             .finish()
     }
 }
 
 impl<B> TimedResponseBody<B> {
+    /// `attempt` is the attempt total and, when the attempt already had to wait, the instant it
+    /// started; `first_event` applies from now.
     pub(crate) fn new(
         inner: B,
         sleep: Option<Pin<Box<Sleep>>>,
         idle: Option<Duration>,
         first_event: Option<Duration>,
-        end: Option<EndBy>,
+        attempt: Option<(Option<Instant>, Duration)>,
+        deadline: Option<EndBy>,
     ) -> Self {
-        let now = Instant::now();
         TimedResponseBody {
             inner,
             sleep,
             idle,
-            first_event,
-            waiting_first: first_event.is_some(),
-            started: now,
-            last_frame: now,
-            end,
+            idle_at: None,
+            saw_frame: false,
+            first_at: first_event.map(|d| (Instant::now() + d, d)),
+            attempt,
+            deadline,
             done: false,
         }
-    }
-
-    /// The earliest pending deadline and what it bounds.
-    fn next(&self) -> Option<(Instant, TimeoutPhase, Duration)> {
-        let mut best: Option<(Instant, TimeoutPhase, Duration)> = None;
-        let mut consider = |at: Instant, p: TimeoutPhase, d: Duration| {
-            if best.is_none_or(|(b, _, _)| at < b) {
-                best = Some((at, p, d));
-            }
-        };
-        if let Some(d) = self.idle {
-            consider(self.last_frame + d, TimeoutPhase::BodyIdle, d);
-        }
-        if let (true, Some(d)) = (self.waiting_first, self.first_event) {
-            consider(self.started + d, TimeoutPhase::FirstEvent, d);
-        }
-        if let Some(e) = self.end {
-            consider(e.at, e.phase, e.configured);
-        }
-        best
     }
 }
 
@@ -123,11 +110,11 @@ where
         match self.as_mut().project().inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 let this = self.project();
-                *this.last_frame = Instant::now();
-                if *this.waiting_first {
+                *this.saw_frame = true;
+                if this.first_at.is_some() {
                     if let Some(d) = frame.data_ref() {
                         if memchr::memmem::find(d, b"data:").is_some() {
-                            *this.waiting_first = false;
+                            *this.first_at = None;
                         }
                     }
                 }
@@ -146,10 +133,11 @@ where
         // Bounded: the second turn either arms a timer that is still pending or fails.
         let mut fired = false;
         for _ in 0..2 {
-            let Some((at, phase, d)) = self.next() else {
+            let now = Instant::now();
+            let Some((at, phase, d)) = self.as_mut().get_mut_next(now) else {
                 return Poll::Pending;
             };
-            if Instant::now() >= at {
+            if now >= at {
                 *self.as_mut().project().done = true;
                 return Poll::Ready(Some(Err(Error::timeout(phase, d))));
             }
@@ -172,6 +160,68 @@ where
     }
 }
 
+impl<B> TimedResponseBody<B> {
+    fn get_mut_next(
+        self: Pin<&mut Self>,
+        now: Instant,
+    ) -> Option<(Instant, TimeoutPhase, Duration)> {
+        let this = self.project();
+        // Re-borrow the plain fields as a struct view to reuse `next`.
+        let mut view = NextView {
+            idle: *this.idle,
+            idle_at: this.idle_at,
+            saw_frame: this.saw_frame,
+            first_at: *this.first_at,
+            attempt: this.attempt,
+            deadline: *this.deadline,
+        };
+        view.next(now)
+    }
+}
+
+/// The timer fields of a [`TimedResponseBody`], borrowed out of its pinned projection.
+struct NextView<'a> {
+    idle: Option<Duration>,
+    idle_at: &'a mut Option<Instant>,
+    saw_frame: &'a mut bool,
+    first_at: Option<(Instant, Duration)>,
+    attempt: &'a mut Option<(Option<Instant>, Duration)>,
+    deadline: Option<EndBy>,
+}
+
+impl NextView<'_> {
+    fn next(&mut self, now: Instant) -> Option<(Instant, TimeoutPhase, Duration)> {
+        if let Some(d) = self.idle {
+            if *self.saw_frame || self.idle_at.is_none() {
+                *self.idle_at = Some(now + d);
+                *self.saw_frame = false;
+            }
+        }
+        if let Some((start @ None, _)) = self.attempt.as_mut() {
+            *start = Some(now);
+        }
+        let mut best: Option<(Instant, TimeoutPhase, Duration)> = None;
+        let mut consider = |at: Instant, p: TimeoutPhase, d: Duration| {
+            if best.is_none_or(|(b, _, _)| at < b) {
+                best = Some((at, p, d));
+            }
+        };
+        if let (Some(at), Some(d)) = (*self.idle_at, self.idle) {
+            consider(at, TimeoutPhase::BodyIdle, d);
+        }
+        if let Some((at, d)) = self.first_at {
+            consider(at, TimeoutPhase::FirstEvent, d);
+        }
+        if let Some((Some(start), d)) = *self.attempt {
+            consider(start + d, TimeoutPhase::Attempt, d);
+        }
+        if let Some(e) = self.deadline {
+            consider(e.at, e.phase, e.configured);
+        }
+        best
+    }
+}
+
 /// Shared between a tracked request body and its attempt's future: when the body was fully
 /// handed to the connection, and who to wake then.
 #[derive(Debug)]
@@ -189,6 +239,10 @@ impl WriteProgress {
             done_at: AtomicU64::new(u64::MAX),
             waker: AtomicWaker::new(),
         })
+    }
+
+    pub(crate) fn base(&self) -> Instant {
+        self.base
     }
 
     pub(crate) fn done_at(&self) -> Option<Instant> {

@@ -215,7 +215,7 @@ where
                 };
                 let sleep = this.sleep.take();
                 return Poll::Ready(Ok(
-                    resp.map(|b| TimedResponseBody::new(b, sleep, None, None, Some(end)))
+                    resp.map(|b| TimedResponseBody::new(b, sleep, None, None, None, Some(end)))
                 ));
             }
             Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::transport(e))),
