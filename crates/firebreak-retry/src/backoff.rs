@@ -1,0 +1,104 @@
+//! Backoff strategies: pure functions of the retry number and a random draw.
+
+use rand::Rng;
+use std::time::Duration;
+
+/// How the wait before a retry is drawn. `n` is the retry number (0 for the first retry);
+/// `t = min(cap, base · 2ⁿ)` is the exponential ceiling. Every strategy's result is in `[0, cap]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum Jitter {
+    /// `U(0, t)`: the widest spread, the least herding (AWS "full jitter").
+    Full,
+    /// `t/2 + U(0, t/2)`: never less than half the ceiling.
+    Equal,
+    /// `min(cap, U(base, 3 · previous))`, starting from `base` (AWS "decorrelated jitter").
+    Decorrelated,
+    /// Fireworks' documented recipe, `base · 2ⁿ + U(0, 1 s)`, capped. Kept as a named strategy so
+    /// comparisons against the docs' loop are honest.
+    FireworksDocs,
+    /// `t · (1 − f · U(0, 1))`: openai-python's multiplicative jitter with `f = 0.25`.
+    Proportional(f64),
+}
+
+/// A backoff schedule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    /// The jitter strategy.
+    pub jitter: Jitter,
+    /// The first ceiling.
+    pub base: Duration,
+    /// The largest wait.
+    pub cap: Duration,
+}
+
+impl Backoff {
+    /// The wait before retry `n`, given the previous wait (for decorrelated jitter) and a source
+    /// of randomness.
+    pub fn delay<R: Rng + ?Sized>(
+        &self,
+        n: u32,
+        previous: Option<Duration>,
+        rng: &mut R,
+    ) -> Duration {
+        let base = self.base.as_secs_f64();
+        let cap = self.cap.as_secs_f64();
+        // 2^n saturates long before it can overflow an f64 (n is bounded by max_attempts anyway).
+        let t = (base * 2f64.powi(n.min(62) as i32)).min(cap);
+        let u: f64 = rng.random();
+        let secs = match self.jitter {
+            Jitter::Full => u * t,
+            Jitter::Equal => t / 2.0 + u * t / 2.0,
+            Jitter::Decorrelated => {
+                let prev = previous.map_or(base, |p| p.as_secs_f64()).max(base);
+                let hi = (prev * 3.0).max(base);
+                (base + u * (hi - base)).min(cap)
+            }
+            Jitter::FireworksDocs => (base * 2f64.powi(n.min(62) as i32) + u).min(cap),
+            Jitter::Proportional(f) => t * (1.0 - f * u),
+        };
+        Duration::from_secs_f64(secs.clamp(0.0, cap))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::SmallRng;
+
+    fn b(j: Jitter) -> Backoff {
+        Backoff {
+            jitter: j,
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(2),
+        }
+    }
+
+    #[test]
+    fn bounds_per_strategy() {
+        let mut rng = SmallRng::seed_from_u64(1);
+        for n in 0..10 {
+            let t = (0.1 * 2f64.powi(n as i32)).min(2.0);
+            for _ in 0..200 {
+                let full = b(Jitter::Full).delay(n, None, &mut rng).as_secs_f64();
+                assert!((0.0..=t).contains(&full));
+                let eq = b(Jitter::Equal).delay(n, None, &mut rng).as_secs_f64();
+                assert!((t / 2.0 - 1e-9..=t).contains(&eq));
+                let docs = b(Jitter::FireworksDocs)
+                    .delay(n, None, &mut rng)
+                    .as_secs_f64();
+                let lo = (0.1 * 2f64.powi(n as i32)).min(2.0);
+                assert!((lo - 1e-9..=2.0).contains(&docs), "{n}: {docs}");
+                let p = b(Jitter::Proportional(0.25))
+                    .delay(n, None, &mut rng)
+                    .as_secs_f64();
+                assert!((0.75 * t - 1e-9..=t).contains(&p));
+                let d = b(Jitter::Decorrelated)
+                    .delay(n, Some(Duration::from_millis(300)), &mut rng)
+                    .as_secs_f64();
+                assert!((0.1 - 1e-9..=0.9).contains(&d));
+            }
+        }
+    }
+}
