@@ -1,0 +1,306 @@
+//! Retry policies side by side on the same seeded simulator faults, in one process and one run:
+//! firebreak, reqwest-retry, tower::retry with a count policy, the Fireworks docs' naive loop, and
+//! a faithful reimplementation of the openai SDK's policy.
+//!
+//! `cargo bench --bench retry_scenarios` prints a markdown table. Without `--bench` (as under
+//! `cargo test`) it runs a small transient scenario and checks every client completed.
+
+use bytes::Bytes;
+use firebreak_classify::{ClassifyLayer, Error};
+use firebreak_client::{ClientConfig, build};
+use firebreak_retry::{ReplayBody, RetryConfig, RetryLayer};
+use firebreak_sim::{CapacityConfig, CapacityReject, Fault, Latency, Sim, SimConfig, Trigger};
+use firebreak_testkit::{KEY, PlainClient, chat_body, plain_client, post};
+use firebreak_timeout::{AttemptTimeoutLayer, TimedRequestBody, TimeoutConfig, Workload};
+use futures_util::StreamExt;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use rand::Rng;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tower::{ServiceBuilder, ServiceExt};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Peer {
+    Firebreak,
+    ReqwestRetry,
+    TowerCount,
+    DocsLoop,
+    OpenAi { max_retries: u32 },
+}
+
+impl Peer {
+    fn name(self) -> String {
+        match self {
+            Peer::Firebreak => "firebreak (retry layer, defaults)".into(),
+            Peer::ReqwestRetry => "reqwest-retry (4 retries, default backoff)".into(),
+            Peer::TowerCount => "tower::retry, count policy (4 retries)".into(),
+            Peer::DocsLoop => "Fireworks docs' loop (1 s·2ⁿ + U(0,1), 5 attempts)".into(),
+            Peer::OpenAi { max_retries } => format!("openai SDK policy (max_retries {max_retries})"),
+        }
+    }
+}
+
+/// Statuses every simple peer treats as retryable (the Fireworks guidance).
+fn transient(s: u16) -> bool {
+    matches!(s, 429 | 500 | 502 | 503 | 504)
+}
+
+type BoxFut = Pin<Box<dyn Future<Output = bool> + Send>>;
+
+/// One logical request through a peer; true on success.
+fn one(peer: Peer, ctx: Arc<Ctx>, i: usize) -> BoxFut {
+    let id = format!("req-{i:06}");
+    Box::pin(async move {
+        match peer {
+            Peer::Firebreak => {
+                let svc = ctx.firebreak.clone();
+                match svc.oneshot(post(&ctx.base, "/chat/completions", chat_body(&id, false))).await {
+                    Ok(r) => r.status() == 200 && r.into_body().collect().await.is_ok(),
+                    Err(_) => false,
+                }
+            }
+            Peer::ReqwestRetry => {
+                let r = ctx
+                    .reqwest
+                    .post(format!("{}/chat/completions", ctx.base))
+                    .header("authorization", format!("Bearer {KEY}"))
+                    .header("content-type", "application/json")
+                    .body(chat_body(&id, false))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) => r.status() == 200 && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                }
+            }
+            Peer::TowerCount => {
+                let svc = tower::retry::Retry::new(CountPolicy(4), ctx.plain.clone());
+                match svc.oneshot(post(&ctx.base, "/chat/completions", chat_body(&id, false))).await {
+                    Ok(r) => r.status() == 200 && r.into_body().collect().await.is_ok(),
+                    Err(_) => false,
+                }
+            }
+            Peer::DocsLoop => {
+                for attempt in 0..5u32 {
+                    match ctx.plain.request(post(&ctx.base, "/chat/completions", chat_body(&id, false))).await {
+                        Ok(r) if r.status() == 200 => return r.into_body().collect().await.is_ok(),
+                        Ok(r) if !transient(r.status().as_u16()) => return false,
+                        _ => {}
+                    }
+                    if attempt < 4 {
+                        let s = 2f64.powi(attempt as i32) + rand::rng().random::<f64>();
+                        tokio::time::sleep(Duration::from_secs_f64(s)).await;
+                    }
+                }
+                false
+            }
+            Peer::OpenAi { max_retries } => openai(&ctx, &id, max_retries).await,
+        }
+    })
+}
+
+/// openai-python's `_retry_request` logic: retry 408, 409, 429, ≥500 and connection errors,
+/// honour `x-should-retry`, wait `retry-after-ms` then `Retry-After` when in (0, 60] s, else
+/// `min(0.5·2ⁿ, 8) · (1 − 0.25·U)`.
+async fn openai(ctx: &Ctx, id: &str, max_retries: u32) -> bool {
+    for n in 0..=max_retries {
+        let resp = ctx.plain.request(post(&ctx.base, "/chat/completions", chat_body(id, false))).await;
+        let mut server_delay = None;
+        match resp {
+            Ok(r) => {
+                let s = r.status().as_u16();
+                if s == 200 {
+                    return r.into_body().collect().await.is_ok();
+                }
+                let h = r.headers();
+                let should = h.get("x-should-retry").and_then(|v| v.to_str().ok());
+                let retry = match should {
+                    Some("true") => true,
+                    Some("false") => false,
+                    _ => matches!(s, 408 | 409 | 429) || s >= 500,
+                };
+                if !retry {
+                    return false;
+                }
+                let ms = h.get("retry-after-ms").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<f64>().ok()).map(|m| m / 1000.0);
+                let secs = ms.or_else(|| h.get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok()));
+                server_delay = secs.filter(|s| *s > 0.0 && *s <= 60.0);
+            }
+            Err(_) => {}
+        }
+        if n == max_retries {
+            break;
+        }
+        let wait = server_delay.unwrap_or_else(|| (0.5 * 2f64.powi(n as i32)).min(8.0) * (1.0 - 0.25 * rand::rng().random::<f64>()));
+        tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+    }
+    false
+}
+
+/// tower::retry's simplest useful policy: retry transient statuses and errors, a fixed number
+/// of times, at once.
+#[derive(Clone)]
+struct CountPolicy(u32);
+
+impl tower::retry::Policy<Request<Full<Bytes>>, Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> for CountPolicy {
+    type Future = std::future::Ready<()>;
+    fn retry(
+        &mut self,
+        _req: &mut Request<Full<Bytes>>,
+        result: &mut Result<Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>,
+    ) -> Option<Self::Future> {
+        let again = match result {
+            Ok(r) => transient(r.status().as_u16()),
+            Err(_) => true,
+        };
+        (again && self.0 > 0).then(|| {
+            self.0 -= 1;
+            std::future::ready(())
+        })
+    }
+    fn clone_request(&mut self, req: &Request<Full<Bytes>>) -> Option<Request<Full<Bytes>>> {
+        let mut r = Request::new(req.body().clone());
+        *r.method_mut() = req.method().clone();
+        *r.uri_mut() = req.uri().clone();
+        *r.headers_mut() = req.headers().clone();
+        Some(r)
+    }
+}
+
+type FbSvc = tower::util::BoxCloneSyncService<Request<Full<Bytes>>, Response<firebreak_timeout::TimedResponseBody<firebreak_classify::ClassifiedBody<hyper::body::Incoming>>>, Error>;
+
+struct Ctx {
+    base: String,
+    plain: PlainClient,
+    reqwest: reqwest_middleware::ClientWithMiddleware,
+    firebreak: FbSvc,
+}
+
+fn ctx(base: String) -> Arc<Ctx> {
+    let client = build::<TimedRequestBody<ReplayBody<Full<Bytes>>>>(&ClientConfig::default()).expect("client");
+    let retry = RetryConfig::builder().seed(11).build().expect("retry config");
+    let fb = ServiceBuilder::new()
+        .layer(RetryLayer::new(retry).expect("retry"))
+        .layer(AttemptTimeoutLayer::new(&TimeoutConfig::preset(Workload::Interactive)).expect("timeouts"))
+        .layer(ClassifyLayer::new())
+        .service(client);
+    let policy = reqwest_retry::policies::ExponentialBackoff::builder().build_with_max_retries(4);
+    let rq = reqwest_middleware::ClientBuilder::new(reqwest::Client::builder().tcp_nodelay(true).build().expect("reqwest"))
+        .with(reqwest_retry::RetryTransientMiddleware::new_with_policy(policy))
+        .build();
+    Arc::new(Ctx { base, plain: plain_client(), reqwest: rq, firebreak: tower::util::BoxCloneSyncService::new(fb) })
+}
+
+#[derive(Clone, Copy)]
+enum Scenario {
+    Transient,
+    Overload,
+}
+
+fn sim_config(s: Scenario) -> SimConfig {
+    let status = |s| Fault::Status { status: s, shape: None, delay: vec![], should_retry: None, message: None };
+    match s {
+        // 30% of attempts fail, 7.5% each of 500/502/503/504 (rules are tried in order).
+        Scenario::Transient => SimConfig::default()
+            .api_key(KEY)
+            .seed(42)
+            .latency(Latency { ttfb_ms: 5, ..Latency::default() })
+            .fault(Trigger::Probability { p: 0.075 }, status(500))
+            .fault(Trigger::Probability { p: 0.075 / 0.925 }, status(502))
+            .fault(Trigger::Probability { p: 0.075 / 0.85 }, status(503))
+            .fault(Trigger::Probability { p: 0.075 / 0.775 }, status(504)),
+        // Four requests in flight at most, 50 ms each: 80 req/s, against 64 concurrent callers.
+        Scenario::Overload => SimConfig::default()
+            .api_key(KEY)
+            .seed(42)
+            .latency(Latency { ttfb_ms: 50, ..Latency::default() })
+            .capacity(CapacityConfig { max_in_flight: 4, reject_with: CapacityReject::Overloaded503 }),
+    }
+}
+
+struct Row {
+    scenario: &'static str,
+    peer: String,
+    success: f64,
+    amplification: f64,
+    p50: f64,
+    p99: f64,
+    makespan: f64,
+}
+
+async fn run(s: Scenario, peer: Peer, n: usize, concurrency: usize) -> Row {
+    let sim = Sim::start(sim_config(s)).await.expect("sim");
+    let c = ctx(sim.base_url());
+    let t0 = Instant::now();
+    let results: Vec<(bool, Duration)> = futures_util::stream::iter(0..n)
+        .map(|i| {
+            let c = c.clone();
+            async move {
+                let t = Instant::now();
+                let ok = one(peer, c, i).await;
+                (ok, t.elapsed())
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let makespan = t0.elapsed().as_secs_f64();
+    // Let the last attempts' log records land.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let attempts = sim.log().len();
+    let mut lat: Vec<f64> = results.iter().map(|r| r.1.as_secs_f64() * 1000.0).collect();
+    lat.sort_by(f64::total_cmp);
+    let pct = |q: f64| lat[((lat.len() as f64 - 1.0) * q).round() as usize];
+    Row {
+        scenario: match s {
+            Scenario::Transient => "independent transient faults (30%)",
+            Scenario::Overload => "overloaded (capacity 4, 64 callers)",
+        },
+        peer: peer.name(),
+        success: results.iter().filter(|r| r.0).count() as f64 * 100.0 / n as f64,
+        amplification: attempts as f64 / n as f64,
+        p50: pct(0.5),
+        p99: pct(0.99),
+        makespan,
+    }
+}
+
+fn main() {
+    let bench = std::env::args().any(|a| a == "--bench");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let peers = [
+        Peer::Firebreak,
+        Peer::ReqwestRetry,
+        Peer::TowerCount,
+        Peer::DocsLoop,
+        Peer::OpenAi { max_retries: 4 },
+        Peer::OpenAi { max_retries: 2 },
+    ];
+    rt.block_on(async {
+        if !bench {
+            for p in peers {
+                let r = tokio::time::timeout(Duration::from_secs(120), run(Scenario::Transient, p, 40, 16)).await.expect("bounded");
+                assert!(r.amplification >= 1.0, "{}: every request reached the server", r.peer);
+                if p == Peer::Firebreak {
+                    assert!(r.success >= 90.0, "firebreak success {}", r.success);
+                }
+                println!("retry_scenarios smoke: {} ok ({:.0}% success)", r.peer, r.success);
+            }
+            return;
+        }
+        println!("| scenario | client | success % | attempts / request (amplification) | p50 ms | p99 ms | makespan s |");
+        println!("|---|---|---:|---:|---:|---:|---:|");
+        for (s, n) in [(Scenario::Transient, 2000), (Scenario::Overload, 300)] {
+            for p in peers {
+                let r = tokio::time::timeout(Duration::from_secs(600), run(s, p, n, 64)).await.expect("bounded");
+                println!(
+                    "| {} | {} | {:.1} | {:.3} | {:.0} | {:.0} | {:.1} |",
+                    r.scenario, r.peer, r.success, r.amplification, r.p50, r.p99, r.makespan
+                );
+            }
+        }
+    });
+}
