@@ -38,7 +38,9 @@ impl Peer {
             Peer::ReqwestRetry => "reqwest-retry (4 retries, default backoff)".into(),
             Peer::TowerCount => "tower::retry, count policy (4 retries)".into(),
             Peer::DocsLoop => "Fireworks docs' loop (1 s·2ⁿ + U(0,1), 5 attempts)".into(),
-            Peer::OpenAi { max_retries } => format!("openai SDK policy (max_retries {max_retries})"),
+            Peer::OpenAi { max_retries } => {
+                format!("openai SDK policy (max_retries {max_retries})")
+            }
         }
     }
 }
@@ -57,7 +59,10 @@ fn one(peer: Peer, ctx: Arc<Ctx>, i: usize) -> BoxFut {
         match peer {
             Peer::Firebreak => {
                 let svc = ctx.firebreak.clone();
-                match svc.oneshot(post(&ctx.base, "/chat/completions", chat_body(&id, false))).await {
+                match svc
+                    .oneshot(post(&ctx.base, "/chat/completions", chat_body(&id, false)))
+                    .await
+                {
                     Ok(r) => r.status() == 200 && r.into_body().collect().await.is_ok(),
                     Err(_) => false,
                 }
@@ -78,14 +83,21 @@ fn one(peer: Peer, ctx: Arc<Ctx>, i: usize) -> BoxFut {
             }
             Peer::TowerCount => {
                 let svc = tower::retry::Retry::new(CountPolicy(4), ctx.plain.clone());
-                match svc.oneshot(post(&ctx.base, "/chat/completions", chat_body(&id, false))).await {
+                match svc
+                    .oneshot(post(&ctx.base, "/chat/completions", chat_body(&id, false)))
+                    .await
+                {
                     Ok(r) => r.status() == 200 && r.into_body().collect().await.is_ok(),
                     Err(_) => false,
                 }
             }
             Peer::DocsLoop => {
                 for attempt in 0..5u32 {
-                    match ctx.plain.request(post(&ctx.base, "/chat/completions", chat_body(&id, false))).await {
+                    match ctx
+                        .plain
+                        .request(post(&ctx.base, "/chat/completions", chat_body(&id, false)))
+                        .await
+                    {
                         Ok(r) if r.status() == 200 => return r.into_body().collect().await.is_ok(),
                         Ok(r) if !transient(r.status().as_u16()) => return false,
                         _ => {}
@@ -107,7 +119,10 @@ fn one(peer: Peer, ctx: Arc<Ctx>, i: usize) -> BoxFut {
 /// `min(0.5·2ⁿ, 8) · (1 − 0.25·U)`.
 async fn openai(ctx: &Ctx, id: &str, max_retries: u32) -> bool {
     for n in 0..=max_retries {
-        let resp = ctx.plain.request(post(&ctx.base, "/chat/completions", chat_body(id, false))).await;
+        let resp = ctx
+            .plain
+            .request(post(&ctx.base, "/chat/completions", chat_body(id, false)))
+            .await;
         let mut server_delay = None;
         match resp {
             Ok(r) => {
@@ -125,8 +140,16 @@ async fn openai(ctx: &Ctx, id: &str, max_retries: u32) -> bool {
                 if !retry {
                     return false;
                 }
-                let ms = h.get("retry-after-ms").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<f64>().ok()).map(|m| m / 1000.0);
-                let secs = ms.or_else(|| h.get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok()));
+                let ms = h
+                    .get("retry-after-ms")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .map(|m| m / 1000.0);
+                let secs = ms.or_else(|| {
+                    h.get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                });
                 server_delay = secs.filter(|s| *s > 0.0 && *s <= 60.0);
             }
             Err(_) => {}
@@ -134,7 +157,9 @@ async fn openai(ctx: &Ctx, id: &str, max_retries: u32) -> bool {
         if n == max_retries {
             break;
         }
-        let wait = server_delay.unwrap_or_else(|| (0.5 * 2f64.powi(n as i32)).min(8.0) * (1.0 - 0.25 * rand::rng().random::<f64>()));
+        let wait = server_delay.unwrap_or_else(|| {
+            (0.5 * 2f64.powi(n as i32)).min(8.0) * (1.0 - 0.25 * rand::rng().random::<f64>())
+        });
         tokio::time::sleep(Duration::from_secs_f64(wait)).await;
     }
     false
@@ -145,7 +170,13 @@ async fn openai(ctx: &Ctx, id: &str, max_retries: u32) -> bool {
 #[derive(Clone)]
 struct CountPolicy(u32);
 
-impl tower::retry::Policy<Request<Full<Bytes>>, Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> for CountPolicy {
+impl
+    tower::retry::Policy<
+        Request<Full<Bytes>>,
+        Response<hyper::body::Incoming>,
+        hyper_util::client::legacy::Error,
+    > for CountPolicy
+{
     type Future = std::future::Ready<()>;
     fn retry(
         &mut self,
@@ -170,7 +201,15 @@ impl tower::retry::Policy<Request<Full<Bytes>>, Response<hyper::body::Incoming>,
     }
 }
 
-type FbSvc = tower::util::BoxCloneSyncService<Request<Full<Bytes>>, Response<firebreak_timeout::TimedResponseBody<firebreak_classify::ClassifiedBody<hyper::body::Incoming>>>, Error>;
+type FbSvc = tower::util::BoxCloneSyncService<
+    Request<Full<Bytes>>,
+    Response<
+        firebreak_timeout::TimedResponseBody<
+            firebreak_classify::ClassifiedBody<hyper::body::Incoming>,
+        >,
+    >,
+    Error,
+>;
 
 struct Ctx {
     base: String,
@@ -180,18 +219,37 @@ struct Ctx {
 }
 
 fn ctx(base: String) -> Arc<Ctx> {
-    let client = build::<TimedRequestBody<ReplayBody<Full<Bytes>>>>(&ClientConfig::default()).expect("client");
-    let retry = RetryConfig::builder().seed(11).build().expect("retry config");
+    let client = build::<TimedRequestBody<ReplayBody<Full<Bytes>>>>(&ClientConfig::default())
+        .expect("client");
+    let retry = RetryConfig::builder()
+        .seed(11)
+        .build()
+        .expect("retry config");
     let fb = ServiceBuilder::new()
         .layer(RetryLayer::new(retry).expect("retry"))
-        .layer(AttemptTimeoutLayer::new(&TimeoutConfig::preset(Workload::Interactive)).expect("timeouts"))
+        .layer(
+            AttemptTimeoutLayer::new(&TimeoutConfig::preset(Workload::Interactive))
+                .expect("timeouts"),
+        )
         .layer(ClassifyLayer::new())
         .service(client);
     let policy = reqwest_retry::policies::ExponentialBackoff::builder().build_with_max_retries(4);
-    let rq = reqwest_middleware::ClientBuilder::new(reqwest::Client::builder().tcp_nodelay(true).build().expect("reqwest"))
-        .with(reqwest_retry::RetryTransientMiddleware::new_with_policy(policy))
-        .build();
-    Arc::new(Ctx { base, plain: plain_client(), reqwest: rq, firebreak: tower::util::BoxCloneSyncService::new(fb) })
+    let rq = reqwest_middleware::ClientBuilder::new(
+        reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .build()
+            .expect("reqwest"),
+    )
+    .with(reqwest_retry::RetryTransientMiddleware::new_with_policy(
+        policy,
+    ))
+    .build();
+    Arc::new(Ctx {
+        base,
+        plain: plain_client(),
+        reqwest: rq,
+        firebreak: tower::util::BoxCloneSyncService::new(fb),
+    })
 }
 
 #[derive(Clone, Copy)]
@@ -201,13 +259,22 @@ enum Scenario {
 }
 
 fn sim_config(s: Scenario) -> SimConfig {
-    let status = |s| Fault::Status { status: s, shape: None, delay: vec![], should_retry: None, message: None };
+    let status = |s| Fault::Status {
+        status: s,
+        shape: None,
+        delay: vec![],
+        should_retry: None,
+        message: None,
+    };
     match s {
         // 30% of attempts fail, 7.5% each of 500/502/503/504 (rules are tried in order).
         Scenario::Transient => SimConfig::default()
             .api_key(KEY)
             .seed(42)
-            .latency(Latency { ttfb_ms: 5, ..Latency::default() })
+            .latency(Latency {
+                ttfb_ms: 5,
+                ..Latency::default()
+            })
             .fault(Trigger::Probability { p: 0.075 }, status(500))
             .fault(Trigger::Probability { p: 0.075 / 0.925 }, status(502))
             .fault(Trigger::Probability { p: 0.075 / 0.85 }, status(503))
@@ -216,8 +283,14 @@ fn sim_config(s: Scenario) -> SimConfig {
         Scenario::Overload => SimConfig::default()
             .api_key(KEY)
             .seed(42)
-            .latency(Latency { ttfb_ms: 50, ..Latency::default() })
-            .capacity(CapacityConfig { max_in_flight: 4, reject_with: CapacityReject::Overloaded503 }),
+            .latency(Latency {
+                ttfb_ms: 50,
+                ..Latency::default()
+            })
+            .capacity(CapacityConfig {
+                max_in_flight: 4,
+                reject_with: CapacityReject::Overloaded503,
+            }),
     }
 }
 
@@ -270,7 +343,11 @@ async fn run(s: Scenario, peer: Peer, n: usize, concurrency: usize) -> Row {
 
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     let peers = [
         Peer::Firebreak,
         Peer::ReqwestRetry,

@@ -87,6 +87,8 @@ impl RetryInfo {
 pub(crate) struct PolicyShared {
     pub(crate) cfg: RetryConfig,
     budget: Option<TpsBudget>,
+    /// How many deposits one retry costs (tower's `TpsBudget` withdraws `1/ratio` deposits).
+    refund: u32,
     calls: AtomicU64,
 }
 
@@ -95,9 +97,17 @@ impl PolicyShared {
         let budget = cfg
             .budget
             .map(|b| TpsBudget::new(b.window, b.min_per_sec, b.ratio));
+        let refund = cfg.budget.map_or(0, |b| {
+            if b.ratio > 0.0 && b.ratio <= 1.0 {
+                (1.0 / b.ratio) as u32
+            } else {
+                1
+            }
+        });
         PolicyShared {
             cfg,
             budget,
+            refund,
             calls: AtomicU64::new(0),
         }
     }
@@ -326,10 +336,19 @@ where
         if let Some(slot) = self.classes.get_mut(self.attempts as usize - 1) {
             *slot = Some(class);
         }
-        if class.is_success() {
-            if let Some(b) = &self.shared.budget {
+        if let Some(b) = &self.shared.budget {
+            if self.attempts == 1 {
+                // Every call deposits its share once.
                 b.deposit();
             }
+            if class.is_success() && self.attempts > 1 {
+                // The retry that worked was worth it: refund what it cost.
+                for _ in 0..self.shared.refund {
+                    b.deposit();
+                }
+            }
+        }
+        if class.is_success() {
             if let Ok(resp) = result {
                 resp.extensions_mut().insert(self.info(None));
             }

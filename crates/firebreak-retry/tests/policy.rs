@@ -356,6 +356,35 @@ async fn the_budget_is_shared_by_clones() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_successful_retry_refunds_its_cost() {
+    bounded(async {
+        // A 20% budget whose reserve is one retry: A's retry uses it; A's success refunds it,
+        // so B may retry too. (Without the refund, two deposits of 0.2 would not pay for B's.)
+        let b = BudgetConfig {
+            ratio: 0.2,
+            min_per_sec: 1,
+            window: Duration::from_secs(1),
+        };
+        let (s, mut h) = svc(cfg().budget(Some(b)).build().unwrap());
+        let a = spawn(s.clone(), req());
+        next(&mut h, answer(503, &[])).await;
+        next(&mut h, answer(200, &[])).await;
+        a.await.unwrap().unwrap();
+        let c = spawn(s.clone(), req());
+        next(&mut h, answer(503, &[])).await;
+        next(&mut h, answer(503, &[])).await;
+        let resp = c.await.unwrap().unwrap();
+        let info = resp.extensions().get::<RetryInfo>().unwrap();
+        assert_eq!(
+            (info.attempts(), info.gave_up()),
+            (2, Some(GaveUp::BudgetExhausted)),
+            "one refunded retry, then none"
+        );
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
 async fn dropping_the_call_stops_further_attempts_and_sleeps() {
     bounded(async {
         let (s, mut h) = svc(cfg()
