@@ -12,29 +12,32 @@ pub const DEFAULT_MAX_SERVER_DELAY: Duration = Duration::from_secs(60);
 /// Default bound on the replay buffer: long-context prompts are large.
 pub const DEFAULT_MAX_REPLAY_BODY: usize = 16 * 1024 * 1024;
 
-/// The retry budget, shared by every clone of the layer: each call deposits `ratio` of a retry,
-/// each retry withdraws one, and a retry that *succeeds* refunds what it cost. `min_per_sec`
-/// retries per second (over `window`) are always allowed, for quiet clients.
+/// The retry budget, shared by every clone of the layer: each *successful* call deposits
+/// `ratio` of a retry, each retry withdraws one, and a retry that succeeds refunds what it
+/// cost. `min_per_sec` retries per second (over `window`) are always allowed, for quiet clients.
 ///
 /// Why this shape, having weighed the usual designs:
-/// - tower's `TpsBudget` and Envoy's budget cap retries at a fixed fraction of calls (20%).
-///   Under independent transient faults at a 30% rate, a call needs about 0.43 retries on
-///   average, so a plain 20% budget would refuse retries that would have worked and lose calls.
+/// - tower's `TpsBudget` (as usually used) and Envoy's budget cap retries at a fixed fraction of
+///   *calls* (20%). Under independent faults at a 30% rate a call needs about 0.43 retries on
+///   average, so they refuse retries that would have worked; and under overload, when calls
+///   fail at once and come back at a high rate, a fraction of calls is still a lot of retries.
 /// - gRPC's retry throttling drains a token on every failure and refills a tenth of one on
 ///   every success: at a 30% fault rate it drains and stops retrying altogether.
 /// - AWS's retry quota (500 tokens, 5 per retry, 1 back per success) is generous in bursts and
-///   similar to gRPC's in steady failure.
-/// - Refunding successful retries separates the two cases that matter. Independent faults:
-///   70% of retries succeed and are free, so the net cost (about 0.13 retries per call) stays
-///   well under 20%. Overload: retries mostly fail and are not refunded, so retries stay near
-///   20% of calls and amplification near 1.2, whatever the backoff.
+///   like gRPC's in steady failure.
+/// - Depositing on *successes* makes the budget follow useful traffic: with independent faults
+///   nearly every call succeeds in the end, so the budget grows with the traffic; under
+///   overload few calls succeed, so it shrinks with them and amplification stays under about
+///   `1 + ratio × success rate`. Refunding successful retries adds margin exactly when retrying
+///   works (70% of retries succeed at a 30% independent fault rate) and almost none when it
+///   does not (an overloaded server rejects retries too).
 ///
-/// The default is `ratio` 0.2, `min_per_sec` 1 and a 10 s `window`. The reserve is kept small
-/// on purpose: a reserve of `min_per_sec × window` retries is free, and a large one (tower's
-/// examples use 10/s) lets a short burst of failures retry without limit.
+/// The default is `ratio` 0.5, `min_per_sec` 1 and a 10 s `window`. The reserve is kept small
+/// on purpose: `min_per_sec × window` retries are free, and a large reserve (tower's examples
+/// use 10/s) lets a short burst of failures retry without limit.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BudgetConfig {
-    /// Retries deposited per call (0 to 10).
+    /// Retries deposited per successful call (0 to 10).
     pub ratio: f32,
     /// Retries per second always allowed.
     pub min_per_sec: u32,
@@ -45,7 +48,7 @@ pub struct BudgetConfig {
 impl Default for BudgetConfig {
     fn default() -> Self {
         BudgetConfig {
-            ratio: 0.2,
+            ratio: 0.5,
             min_per_sec: 1,
             window: Duration::from_secs(10),
         }
@@ -93,7 +96,7 @@ pub struct RetryConfig {
 
 impl Default for RetryConfig {
     /// Five attempts; full jitter from 250 ms, capped at 10 s; at most 60 s of retrying;
-    /// server delays honoured up to 60 s; a 20% budget with refunds; 16 MiB replay.
+    /// server delays honoured up to 60 s; a success-based budget with refunds; 16 MiB replay.
     fn default() -> Self {
         RetryConfig {
             max_attempts: 5,

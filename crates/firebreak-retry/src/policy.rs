@@ -336,13 +336,10 @@ where
         if let Some(slot) = self.classes.get_mut(self.attempts as usize - 1) {
             *slot = Some(class);
         }
-        if let Some(b) = &self.shared.budget {
-            if self.attempts == 1 {
-                // Every call deposits its share once.
-                b.deposit();
-            }
-            if class.is_success() && self.attempts > 1 {
-                // The retry that worked was worth it: refund what it cost.
+        if let (Some(b), true) = (&self.shared.budget, class.is_success()) {
+            // A success deposits its share; if it took retries, the last one worked: refund it.
+            b.deposit();
+            if self.attempts > 1 {
                 for _ in 0..self.shared.refund {
                     b.deposit();
                 }
