@@ -4,6 +4,10 @@
 //!
 //! `cargo bench --bench retry_scenarios` prints a markdown table. Without `--bench` (as under
 //! `cargo test`) it runs a small transient scenario and checks every client completed.
+//!
+//! For investigating firebreak alone: `FIREBREAK_BENCH_ONLY_FIREBREAK=2000` (transient) or
+//! `=overload:300` runs just that row; `FIREBREAK_BENCH_DEBUG=1` prints each failed call with its
+//! `RetryInfo` (why the retry layer gave up).
 
 use bytes::Bytes;
 use firebreak_classify::{ClassifyLayer, Error};
@@ -63,8 +67,23 @@ fn one(peer: Peer, ctx: Arc<Ctx>, i: usize) -> BoxFut {
                     .oneshot(post(&ctx.base, "/chat/completions", chat_body(&id, false)))
                     .await
                 {
-                    Ok(r) => r.status() == 200 && r.into_body().collect().await.is_ok(),
-                    Err(_) => false,
+                    Ok(r) => {
+                        let debug = std::env::var_os("FIREBREAK_BENCH_DEBUG").is_some();
+                        if r.status() != 200 && debug {
+                            eprintln!(
+                                "{id}: {} {:?}",
+                                r.status(),
+                                r.extensions().get::<firebreak_retry::RetryInfo>()
+                            );
+                        }
+                        r.status() == 200 && r.into_body().collect().await.is_ok()
+                    }
+                    Err(e) => {
+                        if std::env::var_os("FIREBREAK_BENCH_DEBUG").is_some() {
+                            eprintln!("{id}: {e}");
+                        }
+                        false
+                    }
                 }
             }
             Peer::ReqwestRetry => {
@@ -357,6 +376,15 @@ fn main() {
         Peer::OpenAi { max_retries: 2 },
     ];
     rt.block_on(async {
+        if let Ok(n) = std::env::var("FIREBREAK_BENCH_ONLY_FIREBREAK") {
+            let (sc, n) = match n.strip_prefix("overload:") {
+                Some(n) => (Scenario::Overload, n),
+                None => (Scenario::Transient, n.as_str()),
+            };
+            let r = run(sc, Peer::Firebreak, n.parse().unwrap_or(2000), 64).await;
+            println!("success {:.1} amp {:.3} p99 {:.0}", r.success, r.amplification, r.p99);
+            return;
+        }
         if !bench {
             for p in peers {
                 let r = tokio::time::timeout(Duration::from_secs(120), run(Scenario::Transient, p, 40, 16)).await.expect("bounded");

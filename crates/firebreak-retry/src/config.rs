@@ -32,9 +32,10 @@ pub const DEFAULT_MAX_REPLAY_BODY: usize = 16 * 1024 * 1024;
 ///   works (70% of retries succeed at a 30% independent fault rate) and almost none when it
 ///   does not (an overloaded server rejects retries too).
 ///
-/// The default is `ratio` 0.5, `min_per_sec` 1 and a 10 s `window`. The reserve is kept small
-/// on purpose: `min_per_sec × window` retries are free, and a large reserve (tower's examples
-/// use 10/s) lets a short burst of failures retry without limit.
+/// The default is `ratio` 0.5, `min_per_sec` 1, a 10 s `window` and an `initial` credit of 32
+/// retries. The standing reserve is kept small on purpose: `min_per_sec × window` retries are
+/// always free, and a large reserve (tower's examples use 10/s) lets every burst of failures
+/// retry without limit; the one-off initial credit covers a cold start instead.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BudgetConfig {
     /// Retries deposited per successful call (0 to 10).
@@ -43,6 +44,9 @@ pub struct BudgetConfig {
     pub min_per_sec: u32,
     /// How long deposits count (1 to 60 s).
     pub window: Duration,
+    /// Retries credited once at start (they expire with the first window), so that a client's
+    /// first burst of failures, before any success could deposit, is not refused.
+    pub initial: u32,
 }
 
 impl Default for BudgetConfig {
@@ -51,6 +55,7 @@ impl Default for BudgetConfig {
             ratio: 0.5,
             min_per_sec: 1,
             window: Duration::from_secs(10),
+            initial: 32,
         }
     }
 }
@@ -168,6 +173,9 @@ impl RetryConfig {
                     "window {:?} is not in [1 s, 60 s]",
                     bc.window
                 )));
+            }
+            if bc.initial > 1_000_000 {
+                return Err(E::BadBudget(format!("initial {} is absurd", bc.initial)));
             }
             if bc.min_per_sec > 1_000_000 {
                 return Err(E::BadBudget(format!(

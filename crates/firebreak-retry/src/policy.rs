@@ -104,6 +104,12 @@ impl PolicyShared {
                 1
             }
         });
+        if let (Some(b), Some(bc)) = (&budget, cfg.budget) {
+            // The one-off start credit: `initial` retries' worth of deposits.
+            for _ in 0..bc.initial.saturating_mul(refund.max(1)).min(1 << 20) {
+                b.deposit();
+            }
+        }
         PolicyShared {
             cfg,
             budget,

@@ -333,6 +333,7 @@ async fn the_budget_is_shared_by_clones() {
             ratio: 0.0,
             min_per_sec: 1,
             window: Duration::from_secs(1),
+            initial: 0,
         };
         let (s, mut h) = svc(cfg().budget(Some(b)).build().unwrap());
         let a = spawn(s.clone(), req());
@@ -364,6 +365,7 @@ async fn a_successful_retry_refunds_its_cost() {
             ratio: 0.2,
             min_per_sec: 1,
             window: Duration::from_secs(1),
+            initial: 0,
         };
         let (s, mut h) = svc(cfg().budget(Some(b)).build().unwrap());
         let a = spawn(s.clone(), req());
