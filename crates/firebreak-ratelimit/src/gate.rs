@@ -1,0 +1,230 @@
+//! The per-process part of a key's gate: an adaptive concurrency limit over a fair (FIFO)
+//! semaphore, the wait queue's bound, and the counters metrics read.
+
+use crate::config::GateConfig;
+use crate::store::{GateKey, RateStore, Reserve};
+use firebreak_classify::{Class, Error};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+#[derive(Debug)]
+struct Limit {
+    limit: u32,
+    /// Permits still to remove after a decrease (taken back as they are released).
+    debt: u32,
+    slow_start: bool,
+    successes: u32,
+}
+
+/// A key's local gate.
+#[derive(Debug)]
+pub(crate) struct LocalGate {
+    pub(crate) key: GateKey,
+    sem: Arc<Semaphore>,
+    limit: Mutex<Limit>,
+    pub(crate) in_flight: AtomicU32,
+    pub(crate) waiting: AtomicUsize,
+    pub(crate) waited_ns: AtomicU64,
+    pub(crate) throttled: AtomicU64,
+    pub(crate) admitted: AtomicU64,
+}
+
+/// Held while a request is in flight (until its response body ends).
+#[derive(Debug)]
+pub(crate) struct Permit {
+    gate: Arc<LocalGate>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.gate.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if let Some(p) = self.permit.take() {
+            let mut l = self.gate.limit.lock().unwrap_or_else(|e| e.into_inner());
+            if l.debt > 0 {
+                l.debt -= 1;
+                p.forget();
+            }
+        }
+    }
+}
+
+/// Decrements the waiting count when the wait ends, however it ends.
+struct Waiting<'a>(&'a LocalGate);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl LocalGate {
+    pub(crate) fn new(key: GateKey, cfg: &GateConfig) -> Self {
+        LocalGate {
+            key,
+            sem: Arc::new(Semaphore::new(cfg.initial_concurrency as usize)),
+            limit: Mutex::new(Limit {
+                limit: cfg.initial_concurrency,
+                debt: 0,
+                slow_start: true,
+                successes: 0,
+            }),
+            in_flight: AtomicU32::new(0),
+            waiting: AtomicUsize::new(0),
+            waited_ns: AtomicU64::new(0),
+            throttled: AtomicU64::new(0),
+            admitted: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn limit(&self) -> u32 {
+        self.limit.lock().unwrap_or_else(|e| e.into_inner()).limit
+    }
+
+    fn grant(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> (Permit, u32) {
+        let n = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        self.admitted.fetch_add(1, Ordering::Relaxed);
+        (
+            Permit {
+                gate: self.clone(),
+                permit: Some(permit),
+            },
+            n,
+        )
+    }
+
+    fn throttled(&self, wait: Option<Duration>, why: &str) -> Error {
+        self.throttled.fetch_add(1, Ordering::Relaxed);
+        let mut e = Error::new(Class::Throttled).with_detail(why.to_string());
+        if let Some(w) = wait {
+            e = e.with_retry_after(w);
+        }
+        e
+    }
+
+    /// Admits at once if a permit is free and no wait is needed: the common case costs no
+    /// allocation and no timer.
+    pub(crate) fn try_admit<S: RateStore>(
+        self: &Arc<Self>,
+        store: &S,
+        tokens: u32,
+        now: Instant,
+    ) -> Option<(Permit, u32)> {
+        if self.waiting.load(Ordering::Acquire) > 0 {
+            return None; // FIFO: do not overtake waiters.
+        }
+        if store.cooldown_until(self.key, now).is_some() {
+            return None;
+        }
+        let permit = self.sem.clone().try_acquire_owned().ok()?;
+        match store.reserve(self.key, now, tokens, Some(now)) {
+            Reserve::At(t) if t <= now => Some(self.grant(permit)),
+            _ => None,
+        }
+    }
+
+    /// Waits, first in line for a permit (FIFO), then for a send slot; fails at once when the
+    /// slot is after the deadline, and at the deadline when no permit came.
+    pub(crate) async fn admit<S: RateStore>(
+        self: Arc<Self>,
+        store: Arc<S>,
+        cfg_max_queue: usize,
+        tokens: u32,
+        deadline: Option<Instant>,
+    ) -> Result<(Permit, u32), Error> {
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= cfg_max_queue {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(self.throttled(None, "not sent: the rate-limit queue is full"));
+        }
+        let _waiting = Waiting(&self);
+        let t0 = Instant::now();
+        let acquire = self.sem.clone().acquire_owned();
+        let permit = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, acquire).await {
+                Ok(p) => p,
+                Err(_) => {
+                    return Err(
+                        self.throttled(None, "not sent: no capacity freed up before the deadline")
+                    );
+                }
+            },
+            None => acquire.await,
+        }
+        .map_err(|_| self.throttled(None, "not sent: the gate was closed"))?;
+        // Bounded: a wait is only redone when a new cooldown started while sleeping.
+        for _ in 0..8 {
+            let now = Instant::now();
+            match store.reserve(self.key, now, tokens, deadline) {
+                Reserve::Refused { wait } => {
+                    return Err(self.throttled(
+                        Some(wait),
+                        &format!(
+                            "not sent: the next send slot is {wait:?} away, after the deadline"
+                        ),
+                    ));
+                }
+                Reserve::At(t) if t <= now => break,
+                Reserve::At(t) => {
+                    tokio::time::sleep_until(t).await;
+                    let now = Instant::now();
+                    if store.cooldown_until(self.key, now).is_none() {
+                        break;
+                    }
+                }
+            }
+        }
+        self.waited_ns.fetch_add(
+            u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        Ok(self.grant(permit))
+    }
+
+    /// Adapts the concurrency limit to one answer.
+    pub(crate) fn observe(
+        &self,
+        class: Class,
+        capacity_signal: bool,
+        in_flight_at_send: u32,
+        cfg: &GateConfig,
+    ) {
+        let mut l = self.limit.lock().unwrap_or_else(|e| e.into_inner());
+        if class.is_success() {
+            l.successes += 1;
+            let step = if l.slow_start {
+                l.limit
+            } else {
+                l.limit.saturating_mul(cfg.increase_after)
+            };
+            if l.successes >= step && l.limit < cfg.max_concurrency {
+                l.successes = 0;
+                let grow = if l.slow_start { l.limit } else { 1 };
+                let new = (l.limit + grow).min(cfg.max_concurrency);
+                let added = new - l.limit;
+                l.limit = new;
+                let repaid = added.min(l.debt);
+                l.debt -= repaid;
+                self.sem.add_permits((added - repaid) as usize);
+            }
+        } else if capacity_signal {
+            // The server refused with `in_flight_at_send` in flight: its capacity is below that.
+            // Aim under it, so the next probe above capacity is a few round trips away.
+            l.slow_start = false;
+            l.successes = 0;
+            let estimate =
+                (f64::from(in_flight_at_send.saturating_sub(1).max(1)) * cfg.decrease) as u32;
+            let new = estimate
+                .clamp(cfg.min_concurrency, cfg.max_concurrency)
+                .min(l.limit);
+            if new < l.limit {
+                let remove = l.limit - new;
+                l.limit = new;
+                let forgotten = self.sem.forget_permits(remove as usize) as u32;
+                l.debt += remove - forgotten;
+            }
+        }
+    }
+}

@@ -1,0 +1,506 @@
+//! [`RateLimitLayer`], the [`RateLimit`] service, its future and its body.
+
+use crate::config::{GateConfig, GateConfigError};
+use crate::gate::{LocalGate, Permit};
+use crate::store::{GateKey, InProcessStore, Observation, RateStore};
+use bytes::Bytes;
+use firebreak_classify::{BoxError, Class, Classification, Error};
+use firebreak_timeout::Deadline;
+use http::{Extensions, HeaderMap, Method, Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+/// The model a request is for, set by the caller (or the facade) in the request extensions so
+/// that gates can be keyed per (API key, model) without reading the body.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Model(pub Arc<str>);
+
+/// The tokens a request will use (prompt + completion), set by the caller in the extensions for
+/// token caps. Without it the gate estimates `body bytes / 4 + default_completion_tokens`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenEstimate(pub u32);
+
+/// The parts of a request a key function may look at.
+#[derive(Debug)]
+pub struct RequestHead<'a> {
+    /// Method.
+    pub method: &'a Method,
+    /// URI.
+    pub uri: &'a Uri,
+    /// Headers (the `Authorization` value must only ever be hashed, never kept).
+    pub headers: &'a HeaderMap,
+    /// Extensions.
+    pub extensions: &'a Extensions,
+}
+
+/// How requests are grouped into gates.
+#[derive(Clone, Default)]
+pub enum KeyBy {
+    /// One gate for the whole client (the default).
+    #[default]
+    Client,
+    /// One gate per (API key, model): Fireworks serverless limits are per account and model.
+    /// The model comes from the [`Model`] extension; the key is hashed, never stored.
+    ApiKeyAndModel,
+    /// Any function of the request head.
+    Custom(Arc<dyn Fn(&RequestHead<'_>) -> GateKey + Send + Sync>),
+}
+
+impl fmt::Debug for KeyBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyBy::Client => f.write_str("Client"),
+            KeyBy::ApiKeyAndModel => f.write_str("ApiKeyAndModel"),
+            KeyBy::Custom(_) => f.write_str("Custom(..)"),
+        }
+    }
+}
+
+impl KeyBy {
+    fn key(&self, head: &RequestHead<'_>) -> GateKey {
+        match self {
+            KeyBy::Client => GateKey(0),
+            KeyBy::ApiKeyAndModel => {
+                let mut h = xxhash_rust::xxh3::Xxh3::new();
+                if let Some(a) = head.headers.get(http::header::AUTHORIZATION) {
+                    a.as_bytes().hash(&mut h);
+                }
+                if let Some(m) = head.extensions.get::<Model>() {
+                    m.0.hash(&mut h);
+                }
+                GateKey(h.finish())
+            }
+            KeyBy::Custom(f) => f(head),
+        }
+    }
+}
+
+/// What a key's gate looks like right now: for metrics and dashboards.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GateSnapshot {
+    /// The adaptive concurrency limit.
+    pub concurrency_limit: u32,
+    /// Requests in flight.
+    pub in_flight: u32,
+    /// Requests waiting to be admitted.
+    pub queue_len: usize,
+    /// The pacing rate in requests per second, when one is known.
+    pub rate_per_sec: Option<f64>,
+    /// Time left in a fleet-wide cooldown.
+    pub cooldown_remaining: Duration,
+    /// Total time requests spent waiting in the gate.
+    pub waited: Duration,
+    /// Requests refused without being sent (queue full, or no slot before the deadline).
+    pub throttled: u64,
+    /// Requests admitted.
+    pub admitted: u64,
+}
+
+#[derive(Debug)]
+struct Shared<S> {
+    cfg: GateConfig,
+    key_by: KeyBy,
+    store: Arc<S>,
+    gates: RwLock<HashMap<GateKey, Arc<LocalGate>>>,
+}
+
+impl<S: RateStore> Shared<S> {
+    fn gate(&self, key: GateKey) -> Arc<LocalGate> {
+        if let Some(g) = self
+            .gates
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return g.clone();
+        }
+        self.gates
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_insert_with(|| Arc::new(LocalGate::new(key, &self.cfg)))
+            .clone()
+    }
+}
+
+/// The 429 gate: see the [crate docs](crate). Clones share every gate.
+#[derive(Debug)]
+pub struct RateLimitLayer<S = InProcessStore> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S> Clone for RateLimitLayer<S> {
+    fn clone(&self) -> Self {
+        RateLimitLayer {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl RateLimitLayer<InProcessStore> {
+    /// A gate with `cfg`, keyed by `key_by`, keeping its state in this process.
+    ///
+    /// # Errors
+    /// [`GateConfigError`] when `cfg` does not validate.
+    pub fn new(cfg: GateConfig, key_by: KeyBy) -> Result<Self, GateConfigError> {
+        cfg.validate()?;
+        let store = InProcessStore::new(cfg.clone());
+        Ok(Self::with_store(cfg, key_by, store))
+    }
+}
+
+impl<S: RateStore> RateLimitLayer<S> {
+    /// A gate whose shared rate and cooldown state lives in `store` (for example a distributed
+    /// one). `cfg` is assumed valid.
+    pub fn with_store(cfg: GateConfig, key_by: KeyBy, store: S) -> Self {
+        RateLimitLayer {
+            shared: Arc::new(Shared {
+                cfg,
+                key_by,
+                store: Arc::new(store),
+                gates: RwLock::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The state of every gate, by key.
+    pub fn snapshot(&self) -> Vec<(GateKey, GateSnapshot)> {
+        let now = Instant::now();
+        let gates: Vec<_> = self
+            .shared
+            .gates
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        gates
+            .into_iter()
+            .map(|g| {
+                let r = self.shared.store.snapshot(g.key, now);
+                (
+                    g.key,
+                    GateSnapshot {
+                        concurrency_limit: g.limit(),
+                        in_flight: g.in_flight.load(Ordering::Acquire),
+                        queue_len: g.waiting.load(Ordering::Acquire),
+                        rate_per_sec: r.and_then(|r| r.rate_per_sec),
+                        cooldown_remaining: r.map_or(Duration::ZERO, |r| r.cooldown_remaining),
+                        waited: Duration::from_nanos(g.waited_ns.load(Ordering::Relaxed)),
+                        throttled: g.throttled.load(Ordering::Relaxed),
+                        admitted: g.admitted.load(Ordering::Relaxed),
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+impl<Svc, S> Layer<Svc> for RateLimitLayer<S> {
+    type Service = RateLimit<Svc, S>;
+    fn layer(&self, inner: Svc) -> RateLimit<Svc, S> {
+        RateLimit {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service [`RateLimitLayer`] makes.
+#[derive(Debug)]
+pub struct RateLimit<Svc, S = InProcessStore> {
+    inner: Svc,
+    shared: Arc<Shared<S>>,
+}
+
+impl<Svc: Clone, S> Clone for RateLimit<Svc, S> {
+    fn clone(&self) -> Self {
+        RateLimit {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<Svc, S> RateLimit<Svc, S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &Svc {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut Svc {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> Svc {
+        self.inner
+    }
+}
+
+type Admission = Pin<Box<dyn Future<Output = Result<(Permit, u32), Error>> + Send>>;
+
+impl<Svc, S, ReqB, ResB> Service<Request<ReqB>> for RateLimit<Svc, S>
+where
+    Svc: Service<Request<ReqB>, Response = Response<ResB>, Error = Error> + Clone,
+    S: RateStore,
+    ReqB: Body,
+{
+    type Response = Response<PermitBody<ResB>>;
+    type Error = Error;
+    type Future = ResponseFuture<Svc, ReqB, S>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        // The clone-and-replace idiom: the service polled ready is the one that will be called.
+        let clone = self.inner.clone();
+        let svc = std::mem::replace(&mut self.inner, clone);
+        let sh = &self.shared;
+        let key = sh.key_by.key(&RequestHead {
+            method: req.method(),
+            uri: req.uri(),
+            headers: req.headers(),
+            extensions: req.extensions(),
+        });
+        let tokens = match req.extensions().get::<TokenEstimate>() {
+            Some(t) => t.0,
+            None if sh.cfg.tokens_per_minute.is_some() => {
+                let bytes = req
+                    .body()
+                    .size_hint()
+                    .exact()
+                    .unwrap_or(req.body().size_hint().lower());
+                u32::try_from(bytes / 4)
+                    .unwrap_or(u32::MAX)
+                    .saturating_add(sh.cfg.default_completion_tokens)
+            }
+            None => 0,
+        };
+        let gate = sh.gate(key);
+        let now = Instant::now();
+        let state = match gate.try_admit(&*sh.store, tokens, now) {
+            Some((permit, n)) => State::Calling {
+                fut: {
+                    let mut svc = svc;
+                    svc.call(req)
+                },
+                permit: Some(permit),
+                in_flight_at_send: n,
+            },
+            None => {
+                let deadline = Deadline::of(&req).map(|d| d.instant());
+                let admit: Admission = Box::pin(gate.clone().admit(
+                    sh.store.clone(),
+                    sh.cfg.max_queue,
+                    tokens,
+                    deadline,
+                ));
+                State::Admitting {
+                    admit,
+                    svc: Some(svc),
+                    req: Some(req),
+                }
+            }
+        };
+        ResponseFuture {
+            state,
+            shared: sh.clone(),
+            gate,
+            key,
+        }
+    }
+}
+
+impl<S: RateStore> Shared<S> {
+    /// Learns from one finished attempt: the local concurrency limit and the shared rate state.
+    fn observe(
+        &self,
+        gate: &LocalGate,
+        key: GateKey,
+        class: Class,
+        c: Option<&Classification>,
+        retry_after: Option<Duration>,
+        in_flight_at_send: u32,
+    ) {
+        let rate_limit = c.and_then(|c| c.rate_limit().copied());
+        // A 429 without rate-limit headers is a capacity signal (a dedicated deployment's
+        // "capacity exceeded"); so is a 503 "overloaded". Both shrink the concurrency limit.
+        let capacity = matches!(class, Class::Overloaded)
+            || (class == Class::RateLimited && rate_limit.is_none());
+        gate.observe(class, capacity, in_flight_at_send, &self.cfg);
+        let obs = Observation {
+            class,
+            retry_after,
+            rate_limit,
+            in_flight_at_send,
+        };
+        self.store.observe(key, &obs, Instant::now());
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<Svc: Service<Request<ReqB>>, ReqB> {
+        Admitting { admit: Admission, svc: Option<Svc>, req: Option<Request<ReqB>> },
+        Calling { #[pin] fut: Svc::Future, permit: Option<Permit>, in_flight_at_send: u32 },
+        Done,
+    }
+}
+
+pin_project! {
+    /// The future of [`RateLimit`].
+    pub struct ResponseFuture<Svc: Service<Request<ReqB>>, ReqB, S> {
+        #[pin]
+        state: State<Svc, ReqB>,
+        shared: Arc<Shared<S>>,
+        gate: Arc<LocalGate>,
+        key: GateKey,
+    }
+}
+
+impl<Svc: Service<Request<ReqB>>, ReqB, S> fmt::Debug for ResponseFuture<Svc, ReqB, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<Svc, ReqB, ResB, S> Future for ResponseFuture<Svc, ReqB, S>
+where
+    Svc: Service<Request<ReqB>, Response = Response<ResB>, Error = Error>,
+    S: RateStore,
+{
+    type Output = Result<Response<PermitBody<ResB>>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        // Bounded: admission happens once, then the call.
+        for _ in 0..2 {
+            match this.state.as_mut().project() {
+                StateProj::Admitting { admit, svc, req } => {
+                    let (permit, n) = match admit.as_mut().poll(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Err(e)) => {
+                            this.state.set(State::Done);
+                            return Poll::Ready(Err(e));
+                        }
+                        Poll::Ready(Ok(p)) => p,
+                    };
+                    let mut svc = svc.take().expect("service present while admitting");
+                    let req = req.take().expect("request present while admitting");
+                    let fut = svc.call(req);
+                    this.state.set(State::Calling {
+                        fut,
+                        permit: Some(permit),
+                        in_flight_at_send: n,
+                    });
+                }
+                StateProj::Calling {
+                    fut,
+                    permit,
+                    in_flight_at_send,
+                } => {
+                    let result = match fut.poll(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(r) => r,
+                    };
+                    let permit = permit.take();
+                    let n = *in_flight_at_send;
+                    this.state.set(State::Done);
+                    return Poll::Ready(match result {
+                        Ok(resp) => {
+                            let c = resp.extensions().get::<Classification>();
+                            let class = c.map_or_else(
+                                || Class::from_status(resp.status()),
+                                Classification::class,
+                            );
+                            this.shared.observe(
+                                this.gate,
+                                *this.key,
+                                class,
+                                c,
+                                c.and_then(Classification::retry_after),
+                                n,
+                            );
+                            Ok(resp.map(|b| PermitBody { inner: b, permit }))
+                        }
+                        Err(e) => {
+                            this.shared.observe(
+                                this.gate,
+                                *this.key,
+                                e.class(),
+                                None,
+                                e.retry_after(),
+                                n,
+                            );
+                            Err(e)
+                        }
+                    });
+                }
+                StateProj::Done => panic!("ResponseFuture polled after completion"),
+            }
+        }
+        Poll::Pending
+    }
+}
+
+pin_project! {
+    /// The response body, holding the request's place in the gate until it ends: a streamed
+    /// generation occupies capacity for as long as it streams.
+    pub struct PermitBody<B> {
+        #[pin]
+        inner: B,
+        permit: Option<Permit>,
+    }
+}
+
+impl<B> fmt::Debug for PermitBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PermitBody")
+            .field("holding", &self.permit.is_some())
+            .finish()
+    }
+}
+
+impl<B> Body for PermitBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let r = this.inner.poll_frame(cx);
+        if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            *this.permit = None;
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
