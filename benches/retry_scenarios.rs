@@ -143,8 +143,9 @@ async fn openai(ctx: &Ctx, id: &str, max_retries: u32) -> bool {
             .request(post(&ctx.base, "/chat/completions", chat_body(id, false)))
             .await;
         let mut server_delay = None;
-        match resp {
-            Ok(r) => {
+        // A connection error is retried like a retryable status, with no server delay.
+        if let Ok(r) = resp {
+            {
                 let s = r.status().as_u16();
                 if s == 200 {
                     return r.into_body().collect().await.is_ok();
@@ -171,7 +172,6 @@ async fn openai(ctx: &Ctx, id: &str, max_retries: u32) -> bool {
                 });
                 server_delay = secs.filter(|s| *s > 0.0 && *s <= 60.0);
             }
-            Err(_) => {}
         }
         if n == max_retries {
             break;

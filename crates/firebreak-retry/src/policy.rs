@@ -142,7 +142,7 @@ impl Replayable for http_body_util::Full<Bytes> {
 
 impl Replayable for http_body_util::Empty<Bytes> {
     fn replay(&self) -> Result<Self, NotReplayable> {
-        Ok(self.clone())
+        Ok(*self)
     }
 }
 

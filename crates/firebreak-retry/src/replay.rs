@@ -135,9 +135,9 @@ where
         let shared = self.shared.clone();
         let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
         // `pos == READING_PAST_CAP` marks the handle that read past the bound: only it may go on.
-        if s.broken.is_some() && self.pos != READING_PAST_CAP {
+        if let (Some(broken), false) = (s.broken, self.pos == READING_PAST_CAP) {
             self.ended = true;
-            return Poll::Ready(Some(Err(Box::new(s.broken.expect("checked")))));
+            return Poll::Ready(Some(Err(Box::new(broken))));
         }
         if let Some(b) = s.frames.get(self.pos).cloned() {
             self.pos += 1;
