@@ -4,7 +4,7 @@ use crate::config::{GateConfig, GateConfigError};
 use crate::gate::{LocalGate, Permit};
 use crate::store::{GateKey, InProcessStore, Observation, RateStore};
 use bytes::Bytes;
-use firebreak_classify::{BoxError, Class, Classification, Error};
+use firebreak_classify::{BoxError, Class, Classification, Error, RateLimitHeaders};
 use firebreak_timeout::Deadline;
 use http::{Extensions, HeaderMap, Method, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
@@ -333,11 +333,10 @@ impl<S: RateStore> Shared<S> {
         gate: &LocalGate,
         key: GateKey,
         class: Class,
-        c: Option<&Classification>,
+        rate_limit: Option<RateLimitHeaders>,
         retry_after: Option<Duration>,
         in_flight_at_send: u32,
     ) {
-        let rate_limit = c.and_then(|c| c.rate_limit().copied());
         // A 429 without rate-limit headers is a capacity signal (a dedicated deployment's
         // "capacity exceeded"); so is a 503 "overloaded". Both shrink the concurrency limit.
         let capacity = matches!(class, Class::Overloaded)
@@ -428,14 +427,15 @@ where
                                 || Class::from_status(resp.status()),
                                 Classification::class,
                             );
-                            this.shared.observe(
-                                this.gate,
-                                *this.key,
-                                class,
-                                c,
-                                c.and_then(Classification::retry_after),
-                                n,
-                            );
+                            // The classification skips rate-limit headers on success (to stay
+                            // cheap); pacing needs them on every answer, so read them here.
+                            let rl = c.and_then(|c| c.rate_limit().copied()).or_else(|| {
+                                let h = RateLimitHeaders::from_headers(resp.headers());
+                                (!h.is_empty()).then_some(h)
+                            });
+                            let delay = c.and_then(Classification::retry_after);
+                            this.shared
+                                .observe(this.gate, *this.key, class, rl, delay, n);
                             Ok(resp.map(|b| PermitBody { inner: b, permit }))
                         }
                         Err(e) => {

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
 
+const MEASURE_WINDOW: Duration = Duration::from_secs(2);
+
 /// Which gate a request belongs to: a hash, so that no API key is ever kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct GateKey(pub u64);
@@ -74,8 +76,12 @@ struct KeyRate {
     cooldown_until: Instant,
     last_decrease: Option<Instant>,
     last_429: Option<Instant>,
-    admit_interval: f64,
-    last_admit: Option<Instant>,
+    /// Admissions counted in the current measuring window (at least 2 s long, so a burst of
+    /// near-simultaneous admissions never reads as a high sustained rate).
+    win_start: Instant,
+    win_count: u32,
+    /// The last full window's admission rate, per second.
+    sampled: Option<f64>,
 }
 
 impl KeyRate {
@@ -90,8 +96,9 @@ impl KeyRate {
             cooldown_until: now,
             last_decrease: None,
             last_429: None,
-            admit_interval: 0.0,
-            last_admit: None,
+            win_start: now,
+            win_count: 0,
+            sampled: None,
         }
     }
 
@@ -102,9 +109,19 @@ impl KeyRate {
             .reduce(f64::min)
     }
 
-    /// Requests per second admitted lately (an exponentially weighted mean of the intervals).
+    /// Requests per second admitted over the last full window.
     fn measured(&self) -> Option<f64> {
-        (self.admit_interval > 0.0).then(|| 1.0 / self.admit_interval)
+        self.sampled
+    }
+
+    fn count_admission(&mut self, at: Instant) {
+        self.win_count += 1;
+        let elapsed = at.saturating_duration_since(self.win_start);
+        if elapsed >= MEASURE_WINDOW {
+            self.sampled = Some(f64::from(self.win_count) / elapsed.as_secs_f64());
+            self.win_start = at;
+            self.win_count = 0;
+        }
     }
 }
 
@@ -164,15 +181,7 @@ impl RateStore for InProcessStore {
             s.tokens_next_free = start.max(s.tokens_next_free)
                 + Duration::from_secs_f64(f64::from(tokens) / per_sec);
         }
-        if let Some(prev) = s.last_admit {
-            let dt = start.saturating_duration_since(prev).as_secs_f64();
-            s.admit_interval = if s.admit_interval == 0.0 {
-                dt
-            } else {
-                0.9 * s.admit_interval + 0.1 * dt
-            };
-        }
-        s.last_admit = Some(start);
+        s.count_admission(start);
         Reserve::At(start)
     }
 
