@@ -1,8 +1,10 @@
-//! Retry policies side by side on the same seeded simulator faults, in one process and one run:
-//! firebreak, reqwest-retry, tower::retry with a count policy, the Fireworks docs' naive loop, and
-//! a faithful reimplementation of the openai SDK's policy.
+//! Clients side by side on the same seeded simulator faults, in one process and one run:
+//! firebreak (retry layer alone, and with the 429 gate), reqwest-retry, tower::retry with a count
+//! policy, the Fireworks docs' naive loop, and a faithful reimplementation of the openai SDK's
+//! policy.
 //!
-//! `cargo bench --bench retry_scenarios` prints a markdown table. Without `--bench` (as under
+//! `cargo bench --bench scenarios -- retry` prints the retry table (issue #5),
+//! `cargo bench --bench scenarios -- ratelimit` the 429 table (issue #6); with neither, both. Without `--bench` (as under
 //! `cargo test`) it runs a small transient scenario and checks every client completed.
 //!
 //! For investigating firebreak alone: `FIREBREAK_BENCH_ONLY_FIREBREAK=2000` (transient) or
@@ -13,7 +15,10 @@ use bytes::Bytes;
 use firebreak_classify::{ClassifyLayer, Error};
 use firebreak_client::{ClientConfig, build};
 use firebreak_retry::{ReplayBody, RetryConfig, RetryLayer};
-use firebreak_sim::{CapacityConfig, CapacityReject, Fault, Latency, Sim, SimConfig, Trigger};
+use firebreak_sim::{
+    CapacityConfig, CapacityReject, Fault, Growth, Latency, RateLimitConfig, RateLimitDelay, Sim,
+    SimConfig, Trigger,
+};
 use firebreak_testkit::{KEY, PlainClient, chat_body, plain_client, post};
 use firebreak_timeout::{AttemptTimeoutLayer, TimedRequestBody, TimeoutConfig, Workload};
 use futures_util::StreamExt;
@@ -29,6 +34,7 @@ use tower::{ServiceBuilder, ServiceExt};
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Peer {
     Firebreak,
+    FirebreakGate,
     ReqwestRetry,
     TowerCount,
     DocsLoop,
@@ -39,6 +45,7 @@ impl Peer {
     fn name(self) -> String {
         match self {
             Peer::Firebreak => "firebreak (retry layer, defaults)".into(),
+            Peer::FirebreakGate => "firebreak (retry + 429 gate, defaults)".into(),
             Peer::ReqwestRetry => "reqwest-retry (4 retries, default backoff)".into(),
             Peer::TowerCount => "tower::retry, count policy (4 retries)".into(),
             Peer::DocsLoop => "Fireworks docs' loop (1 s·2ⁿ + U(0,1), 5 attempts)".into(),
@@ -56,36 +63,44 @@ fn transient(s: u16) -> bool {
 
 type BoxFut = Pin<Box<dyn Future<Output = bool> + Send>>;
 
+/// One call through a firebreak stack; with `FIREBREAK_BENCH_DEBUG` set, says why a call failed.
+async fn via_firebreak<S, B>(svc: S, base: &str, id: &str) -> bool
+where
+    S: tower::Service<Request<Full<Bytes>>, Response = Response<B>, Error = Error>,
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    let debug = std::env::var_os("FIREBREAK_BENCH_DEBUG").is_some();
+    match svc
+        .oneshot(post(base, "/chat/completions", chat_body(id, false)))
+        .await
+    {
+        Ok(r) => {
+            if r.status() != 200 && debug {
+                eprintln!(
+                    "{id}: {} {:?}",
+                    r.status(),
+                    r.extensions().get::<firebreak_retry::RetryInfo>()
+                );
+            }
+            r.status() == 200 && r.into_body().collect().await.is_ok()
+        }
+        Err(e) => {
+            if debug {
+                eprintln!("{id}: {e}");
+            }
+            false
+        }
+    }
+}
+
 /// One logical request through a peer; true on success.
 fn one(peer: Peer, ctx: Arc<Ctx>, i: usize) -> BoxFut {
     let id = format!("req-{i:06}");
     Box::pin(async move {
         match peer {
-            Peer::Firebreak => {
-                let svc = ctx.firebreak.clone();
-                match svc
-                    .oneshot(post(&ctx.base, "/chat/completions", chat_body(&id, false)))
-                    .await
-                {
-                    Ok(r) => {
-                        let debug = std::env::var_os("FIREBREAK_BENCH_DEBUG").is_some();
-                        if r.status() != 200 && debug {
-                            eprintln!(
-                                "{id}: {} {:?}",
-                                r.status(),
-                                r.extensions().get::<firebreak_retry::RetryInfo>()
-                            );
-                        }
-                        r.status() == 200 && r.into_body().collect().await.is_ok()
-                    }
-                    Err(e) => {
-                        if std::env::var_os("FIREBREAK_BENCH_DEBUG").is_some() {
-                            eprintln!("{id}: {e}");
-                        }
-                        false
-                    }
-                }
-            }
+            Peer::Firebreak => via_firebreak(ctx.firebreak.clone(), &ctx.base, &id).await,
+            Peer::FirebreakGate => via_firebreak(ctx.firebreak_gate.clone(), &ctx.base, &id).await,
             Peer::ReqwestRetry => {
                 let r = ctx
                     .reqwest
@@ -235,7 +250,20 @@ struct Ctx {
     plain: PlainClient,
     reqwest: reqwest_middleware::ClientWithMiddleware,
     firebreak: FbSvc,
+    firebreak_gate: FbGateSvc,
 }
+
+type FbGateSvc = tower::util::BoxCloneSyncService<
+    Request<Full<Bytes>>,
+    Response<
+        firebreak_ratelimit::PermitBody<
+            firebreak_timeout::TimedResponseBody<
+                firebreak_classify::ClassifiedBody<hyper::body::Incoming>,
+            >,
+        >,
+    >,
+    Error,
+>;
 
 fn ctx(base: String) -> Arc<Ctx> {
     let client = build::<TimedRequestBody<ReplayBody<Full<Bytes>>>>(&ClientConfig::default())
@@ -263,7 +291,32 @@ fn ctx(base: String) -> Arc<Ctx> {
         policy,
     ))
     .build();
+    let client = build::<TimedRequestBody<ReplayBody<Full<Bytes>>>>(&ClientConfig::default())
+        .expect("client");
+    let gate = firebreak_ratelimit::RateLimitLayer::new(
+        firebreak_ratelimit::GateConfig::default(),
+        firebreak_ratelimit::KeyBy::Client,
+    )
+    .expect("gate");
+    let fbg = ServiceBuilder::new()
+        .layer(
+            RetryLayer::new(
+                RetryConfig::builder()
+                    .seed(11)
+                    .build()
+                    .expect("retry config"),
+            )
+            .expect("retry"),
+        )
+        .layer(gate)
+        .layer(
+            AttemptTimeoutLayer::new(&TimeoutConfig::preset(Workload::Interactive))
+                .expect("timeouts"),
+        )
+        .layer(ClassifyLayer::new())
+        .service(client);
     Arc::new(Ctx {
+        firebreak_gate: tower::util::BoxCloneSyncService::new(fbg),
         base,
         plain: plain_client(),
         reqwest: rq,
@@ -271,10 +324,43 @@ fn ctx(base: String) -> Arc<Ctx> {
     })
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 enum Scenario {
     Transient,
     Overload,
+    /// Token bucket R = 50/s, burst 10; 429s carry `Retry-After` (whole seconds).
+    BucketRetryAfter,
+    /// The same bucket; 429s carry no delay header at all.
+    BucketNoDelay,
+    /// The same bucket, doubling to 100/s after 5 s of sustained use.
+    BucketDoubling,
+    /// At most 8 in flight at 100 ms each; 503 "overloaded" without a delay header.
+    Capacity503,
+    /// The same, answered with 429 "capacity exceeded" (a dedicated deployment).
+    Capacity429,
+}
+
+impl Scenario {
+    fn label(self) -> &'static str {
+        match self {
+            Scenario::Transient => "independent transient faults (30%)",
+            Scenario::Overload => "overloaded (capacity 4, 64 callers)",
+            Scenario::BucketRetryAfter => "bucket 50/s, with Retry-After",
+            Scenario::BucketNoDelay => "bucket 50/s, no delay header",
+            Scenario::BucketDoubling => "bucket 50/s doubling to 100/s",
+            Scenario::Capacity503 => "capacity 8 × 100 ms, 503",
+            Scenario::Capacity429 => "capacity 8 × 100 ms, 429",
+        }
+    }
+
+    /// The ideal makespan for `n` requests, in seconds.
+    fn ideal(self, n: usize) -> Option<f64> {
+        match self {
+            Scenario::BucketRetryAfter | Scenario::BucketNoDelay => Some(n as f64 / 50.0),
+            Scenario::Capacity503 | Scenario::Capacity429 => Some(n as f64 * 0.1 / 8.0),
+            _ => None,
+        }
+    }
 }
 
 fn sim_config(s: Scenario) -> SimConfig {
@@ -284,6 +370,29 @@ fn sim_config(s: Scenario) -> SimConfig {
         delay: vec![],
         should_retry: None,
         message: None,
+    };
+    let bucket = |delay| {
+        SimConfig::default()
+            .api_key(KEY)
+            .seed(42)
+            .latency(Latency {
+                ttfb_ms: 5,
+                ..Latency::default()
+            })
+            .rate_limit(RateLimitConfig::new(50.0, 10.0).delay(delay))
+    };
+    let capacity = |reject_with| {
+        SimConfig::default()
+            .api_key(KEY)
+            .seed(42)
+            .latency(Latency {
+                ttfb_ms: 100,
+                ..Latency::default()
+            })
+            .capacity(CapacityConfig {
+                max_in_flight: 8,
+                reject_with,
+            })
     };
     match s {
         // 30% of attempts fail, 7.5% each of 500/502/503/504 (rules are tried in order).
@@ -310,17 +419,37 @@ fn sim_config(s: Scenario) -> SimConfig {
                 max_in_flight: 4,
                 reject_with: CapacityReject::Overloaded503,
             }),
+        Scenario::BucketRetryAfter => bucket(RateLimitDelay::RetryAfterSecs),
+        Scenario::BucketNoDelay => bucket(RateLimitDelay::None),
+        Scenario::BucketDoubling => {
+            let mut c = bucket(RateLimitDelay::RetryAfterSecs);
+            if let Some(rl) = c.rate_limit.as_mut() {
+                rl.growth = Some(Growth {
+                    after_ms: 5000,
+                    factor: 2.0,
+                    max_rate_per_sec: 100.0,
+                });
+            }
+            c
+        }
+        Scenario::Capacity503 => capacity(CapacityReject::Overloaded503),
+        Scenario::Capacity429 => capacity(CapacityReject::CapacityExceeded429),
     }
 }
 
 struct Row {
     scenario: &'static str,
     peer: String,
+    n: usize,
     success: f64,
     amplification: f64,
+    rejected: usize,
     p50: f64,
     p99: f64,
     makespan: f64,
+    ideal: Option<f64>,
+    /// For the doubling bucket: admitted per second over the last 3 s, and the limit then.
+    tail_rate: Option<(f64, f64)>,
 }
 
 async fn run(s: Scenario, peer: Peer, n: usize, concurrency: usize) -> Row {
@@ -342,37 +471,67 @@ async fn run(s: Scenario, peer: Peer, n: usize, concurrency: usize) -> Row {
     let makespan = t0.elapsed().as_secs_f64();
     // Let the last attempts' log records land.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let attempts = sim.log().len();
+    let log = sim.log();
+    let attempts = log.len();
+    let rejected = log
+        .iter()
+        .filter(|r| r.status == 429 || r.status == 503)
+        .count();
+    let tail_rate = (s == Scenario::BucketDoubling).then(|| {
+        let end = log
+            .iter()
+            .filter(|r| r.status == 200)
+            .map(|r| r.t_ms)
+            .fold(0.0, f64::max);
+        let tail = log
+            .iter()
+            .filter(|r| r.status == 200 && r.t_ms > end - 3000.0)
+            .count();
+        (tail as f64 / 3.0, sim.current_rate().unwrap_or(0.0))
+    });
     let mut lat: Vec<f64> = results.iter().map(|r| r.1.as_secs_f64() * 1000.0).collect();
     lat.sort_by(f64::total_cmp);
     let pct = |q: f64| lat[((lat.len() as f64 - 1.0) * q).round() as usize];
     Row {
-        scenario: match s {
-            Scenario::Transient => "independent transient faults (30%)",
-            Scenario::Overload => "overloaded (capacity 4, 64 callers)",
-        },
+        scenario: s.label(),
         peer: peer.name(),
+        n,
         success: results.iter().filter(|r| r.0).count() as f64 * 100.0 / n as f64,
         amplification: attempts as f64 / n as f64,
+        rejected,
         p50: pct(0.5),
         p99: pct(0.99),
         makespan,
+        ideal: s.ideal(n),
+        tail_rate,
     }
 }
 
 fn main() {
-    let bench = std::env::args().any(|a| a == "--bench");
+    let args: Vec<String> = std::env::args().collect();
+    let bench = args.iter().any(|a| a == "--bench");
+    let want = |section: &str| {
+        let named = args.iter().any(|a| a == "retry" || a == "ratelimit");
+        !named || args.iter().any(|a| a == section)
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    let peers = [
+    let retry_peers = [
         Peer::Firebreak,
         Peer::ReqwestRetry,
         Peer::TowerCount,
         Peer::DocsLoop,
         Peer::OpenAi { max_retries: 4 },
+        Peer::OpenAi { max_retries: 2 },
+    ];
+    let gate_peers = [
+        Peer::FirebreakGate,
+        Peer::Firebreak,
+        Peer::ReqwestRetry,
+        Peer::DocsLoop,
         Peer::OpenAi { max_retries: 2 },
     ];
     rt.block_on(async {
@@ -386,25 +545,63 @@ fn main() {
             return;
         }
         if !bench {
-            for p in peers {
+            for p in retry_peers {
                 let r = tokio::time::timeout(Duration::from_secs(120), run(Scenario::Transient, p, 40, 16)).await.expect("bounded");
                 assert!(r.amplification >= 1.0, "{}: every request reached the server", r.peer);
                 if p == Peer::Firebreak {
                     assert!(r.success >= 90.0, "firebreak success {}", r.success);
                 }
-                println!("retry_scenarios smoke: {} ok ({:.0}% success)", r.peer, r.success);
+                println!("scenarios smoke: {} ok ({:.0}% success)", r.peer, r.success);
             }
+            let r = tokio::time::timeout(Duration::from_secs(120), run(Scenario::BucketRetryAfter, Peer::FirebreakGate, 60, 16))
+                .await
+                .expect("bounded");
+            assert_eq!(r.success, 100.0, "the gate completes every request");
+            println!("scenarios smoke: {} ok ({} rejected)", r.peer, r.rejected);
             return;
         }
-        println!("| scenario | client | success % | attempts / request (amplification) | p50 ms | p99 ms | makespan s |");
-        println!("|---|---|---:|---:|---:|---:|---:|");
-        for (s, n) in [(Scenario::Transient, 2000), (Scenario::Overload, 300)] {
-            for p in peers {
-                let r = tokio::time::timeout(Duration::from_secs(600), run(s, p, n, 64)).await.expect("bounded");
-                println!(
-                    "| {} | {} | {:.1} | {:.3} | {:.0} | {:.0} | {:.1} |",
-                    r.scenario, r.peer, r.success, r.amplification, r.p50, r.p99, r.makespan
-                );
+        if want("retry") {
+            println!("| scenario | client | success % | attempts / request (amplification) | p50 ms | p99 ms | makespan s |");
+            println!("|---|---|---:|---:|---:|---:|---:|");
+            for (s, n) in [(Scenario::Transient, 2000), (Scenario::Overload, 300)] {
+                for p in retry_peers {
+                    let r = tokio::time::timeout(Duration::from_secs(600), run(s, p, n, 64)).await.expect("bounded");
+                    println!(
+                        "| {} | {} | {:.1} | {:.3} | {:.0} | {:.0} | {:.1} |",
+                        r.scenario, r.peer, r.success, r.amplification, r.p50, r.p99, r.makespan
+                    );
+                }
+            }
+        }
+        if want("ratelimit") {
+            println!();
+            println!("| scenario | client | success % | makespan s | ÷ ideal | 429/503 received (% of requests) | attempts / request | tail rate / limit |");
+            println!("|---|---|---:|---:|---:|---:|---:|---:|");
+            for s in [
+                Scenario::BucketRetryAfter,
+                Scenario::BucketNoDelay,
+                Scenario::BucketDoubling,
+                Scenario::Capacity503,
+                Scenario::Capacity429,
+            ] {
+                let n = if s == Scenario::BucketDoubling { 1500 } else { 1000 };
+                for p in gate_peers {
+                    let r = tokio::time::timeout(Duration::from_secs(600), run(s, p, n, 64)).await.expect("bounded");
+                    let ratio = r.ideal.map_or("–".to_string(), |i| format!("{:.2}", r.makespan / i));
+                    let tail = r.tail_rate.map_or("–".to_string(), |(got, limit)| format!("{got:.0} / {limit:.0} = {:.2}", got / limit));
+                    println!(
+                        "| {} | {} | {:.1} | {:.1} | {} | {} ({:.1}%) | {:.3} | {} |",
+                        r.scenario,
+                        r.peer,
+                        r.success,
+                        r.makespan,
+                        ratio,
+                        r.rejected,
+                        r.rejected as f64 * 100.0 / r.n as f64,
+                        r.amplification,
+                        tail
+                    );
+                }
             }
         }
     });
