@@ -14,7 +14,8 @@ pub const DEFAULT_MAX_REPLAY_BODY: usize = 16 * 1024 * 1024;
 
 /// The retry budget, shared by every clone of the layer: each *successful* call deposits
 /// `ratio` of a retry, each retry withdraws one, and a retry that succeeds refunds what it
-/// cost. `min_per_sec` retries per second (over `window`) are always allowed, for quiet clients.
+/// cost. A retry the server scheduled (it sent a usable `Retry-After` or similar) is not
+/// charged: the server is pacing that load itself. `min_per_sec` retries per second (over `window`) are always allowed, for quiet clients.
 ///
 /// Why this shape, having weighed the usual designs:
 /// - tower's `TpsBudget` (as usually used) and Envoy's budget cap retries at a fixed fraction of

@@ -291,7 +291,9 @@ impl FireworksPolicy {
                 return Err(GaveUp::Deadline);
             }
         }
-        if let Some(b) = &self.shared.budget {
+        // A retry the server scheduled (a usable delay header) is not charged to the budget:
+        // the server is pacing that load itself. Only retries on our own schedule are.
+        if let (Some(b), None) = (&self.shared.budget, server_delay) {
             if !b.withdraw() {
                 return Err(GaveUp::BudgetExhausted);
             }

@@ -357,6 +357,36 @@ async fn the_budget_is_shared_by_clones() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn retries_the_server_scheduled_are_not_charged_to_the_budget() {
+    bounded(async {
+        // An empty budget: no reserve, no credit, no deposits.
+        let b = BudgetConfig {
+            ratio: 0.0,
+            min_per_sec: 0,
+            window: Duration::from_secs(1),
+            initial: 0,
+        };
+        let (s, mut h) = svc(cfg().budget(Some(b)).build().unwrap());
+        let call = spawn(s.clone(), req());
+        next(&mut h, answer(429, &[("retry-after", "1")])).await;
+        next(&mut h, answer(200, &[])).await;
+        assert_eq!(
+            call.await.unwrap().unwrap().status(),
+            200,
+            "the server asked for the retry"
+        );
+        let call = spawn(s, req());
+        next(&mut h, answer(503, &[])).await;
+        let resp = call.await.unwrap().unwrap();
+        assert_eq!(
+            resp.extensions().get::<RetryInfo>().unwrap().gave_up(),
+            Some(GaveUp::BudgetExhausted)
+        );
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_successful_retry_refunds_its_cost() {
     bounded(async {
         // A 20% budget whose reserve is one retry: A's retry uses it; A's success refunds it,
