@@ -368,7 +368,7 @@ async fn retries_the_server_scheduled_are_not_charged_to_the_budget() {
         };
         let (s, mut h) = svc(cfg().budget(Some(b)).build().unwrap());
         let call = spawn(s.clone(), req());
-        next(&mut h, answer(429, &[("retry-after", "1")])).await;
+        next(&mut h, answer(429, &[("retry-after", "1".into())])).await;
         next(&mut h, answer(200, &[])).await;
         assert_eq!(
             call.await.unwrap().unwrap().status(),
