@@ -1,7 +1,10 @@
 //! The `firebreak` command.
 //!
-//! The subcommands (`demo`, `load`, `proxy`, `chat`) arrive with the stack; until then each
-//! one says so and exits with status 2 rather than pretending to work.
+//! `firebreak demo` starts the embedded simulator with a realistic fault mix and runs the same
+//! workload through a bare hyper client, the Fireworks docs' retry loop, and firebreak, then
+//! prints them side by side. It needs no API key and no network.
+
+mod demo;
 
 use clap::{Parser, Subcommand};
 
@@ -19,18 +22,28 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the side-by-side demo against the embedded simulator (no API key, no network).
-    Demo,
+    Demo(demo::DemoArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Demo => {
-            eprintln!(
-                "firebreak demo: not implemented yet; it needs the composed stack (see ARCHITECTURE.md). \
-                 The simulator runs today: cargo run --release -p firebreak-sim"
-            );
-            std::process::exit(2);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("firebreak: cannot start the async runtime: {e}");
+            std::process::exit(1);
         }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Demo(args) => demo::run(args).await,
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("firebreak: {e}");
+        std::process::exit(1);
     }
 }

@@ -17,6 +17,9 @@ struct Limit {
     debt: u32,
     slow_start: bool,
     successes: u32,
+    /// When the limit was last lowered: refusals of requests sent before then are already
+    /// accounted for (one decrease per round trip, as TCP does).
+    last_decrease: Option<Instant>,
 }
 
 /// A key's local gate.
@@ -71,6 +74,7 @@ impl LocalGate {
                 debt: 0,
                 slow_start: true,
                 successes: 0,
+                last_decrease: None,
             }),
             in_flight: AtomicU32::new(0),
             waiting: AtomicUsize::new(0),
@@ -189,6 +193,7 @@ impl LocalGate {
         class: Class,
         capacity_signal: bool,
         in_flight_at_send: u32,
+        sent_at: Instant,
         cfg: &GateConfig,
     ) {
         let mut l = self.limit.lock().unwrap_or_else(|e| e.into_inner());
@@ -210,8 +215,17 @@ impl LocalGate {
                 self.sem.add_permits((added - repaid) as usize);
             }
         } else if capacity_signal {
+            // A refusal says something about capacity only when this client was using a good
+            // part of its window (a refusal with 1 of 8 in flight is a transient fault, not a
+            // limit), and only once per round trip: requests sent before the last decrease saw
+            // the old limit.
+            let stale = l.last_decrease.is_some_and(|t| sent_at <= t);
+            if stale || in_flight_at_send.saturating_mul(2) < l.limit {
+                return;
+            }
             // The server refused with `in_flight_at_send` in flight: its capacity is below that.
             // Aim under it, so the next probe above capacity is a few round trips away.
+            l.last_decrease = Some(Instant::now());
             l.slow_start = false;
             l.successes = 0;
             let estimate =

@@ -301,6 +301,7 @@ where
                 },
                 permit: Some(permit),
                 in_flight_at_send: n,
+                sent_at: now,
             },
             None => {
                 let deadline = Deadline::of(&req).map(|d| d.instant());
@@ -328,26 +329,18 @@ where
 
 impl<S: RateStore> Shared<S> {
     /// Learns from one finished attempt: the local concurrency limit and the shared rate state.
-    fn observe(
-        &self,
-        gate: &LocalGate,
-        key: GateKey,
-        class: Class,
-        rate_limit: Option<RateLimitHeaders>,
-        retry_after: Option<Duration>,
-        in_flight_at_send: u32,
-    ) {
+    fn observe(&self, gate: &LocalGate, key: GateKey, obs: Observation, sent_at: Instant) {
         // A 429 without rate-limit headers is a capacity signal (a dedicated deployment's
         // "capacity exceeded"); so is a 503 "overloaded". Both shrink the concurrency limit.
-        let capacity = matches!(class, Class::Overloaded)
-            || (class == Class::RateLimited && rate_limit.is_none());
-        gate.observe(class, capacity, in_flight_at_send, &self.cfg);
-        let obs = Observation {
-            class,
-            retry_after,
-            rate_limit,
-            in_flight_at_send,
-        };
+        let capacity = matches!(obs.class, Class::Overloaded)
+            || (obs.class == Class::RateLimited && obs.rate_limit.is_none());
+        gate.observe(
+            obs.class,
+            capacity,
+            obs.in_flight_at_send,
+            sent_at,
+            &self.cfg,
+        );
         self.store.observe(key, &obs, Instant::now());
     }
 }
@@ -356,7 +349,7 @@ pin_project! {
     #[project = StateProj]
     enum State<Svc: Service<Request<ReqB>>, ReqB> {
         Admitting { admit: Admission, svc: Option<Svc>, req: Option<Request<ReqB>> },
-        Calling { #[pin] fut: Svc::Future, permit: Option<Permit>, in_flight_at_send: u32 },
+        Calling { #[pin] fut: Svc::Future, permit: Option<Permit>, in_flight_at_send: u32, sent_at: Instant },
         Done,
     }
 }
@@ -406,12 +399,14 @@ where
                         fut,
                         permit: Some(permit),
                         in_flight_at_send: n,
+                        sent_at: Instant::now(),
                     });
                 }
                 StateProj::Calling {
                     fut,
                     permit,
                     in_flight_at_send,
+                    sent_at,
                 } => {
                     let result = match fut.poll(cx) {
                         Poll::Pending => return Poll::Pending,
@@ -419,6 +414,7 @@ where
                     };
                     let permit = permit.take();
                     let n = *in_flight_at_send;
+                    let sent = *sent_at;
                     this.state.set(State::Done);
                     return Poll::Ready(match result {
                         Ok(resp) => {
@@ -434,19 +430,23 @@ where
                                 (!h.is_empty()).then_some(h)
                             });
                             let delay = c.and_then(Classification::retry_after);
-                            this.shared
-                                .observe(this.gate, *this.key, class, rl, delay, n);
+                            let obs = Observation {
+                                class,
+                                retry_after: delay,
+                                rate_limit: rl,
+                                in_flight_at_send: n,
+                            };
+                            this.shared.observe(this.gate, *this.key, obs, sent);
                             Ok(resp.map(|b| PermitBody { inner: b, permit }))
                         }
                         Err(e) => {
-                            this.shared.observe(
-                                this.gate,
-                                *this.key,
-                                e.class(),
-                                None,
-                                e.retry_after(),
-                                n,
-                            );
+                            let obs = Observation {
+                                class: e.class(),
+                                retry_after: e.retry_after(),
+                                rate_limit: None,
+                                in_flight_at_send: n,
+                            };
+                            this.shared.observe(this.gate, *this.key, obs, sent);
                             Err(e)
                         }
                     });

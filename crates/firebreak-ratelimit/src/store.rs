@@ -244,11 +244,16 @@ impl RateStore for InProcessStore {
                     let until = now + d.min(cfg.max_cooldown);
                     s.cooldown_until = s.cooldown_until.max(until);
                 }
+                // A 429 without rate-limit headers while the headers of other answers state a
+                // request limit we are pacing inside is not that limit refusing us (a token or
+                // capacity limit, or noise): it does not lower the request rate. The layer
+                // treats it as a capacity signal instead.
+                let explained = obs.rate_limit.is_some() || s.header_rate.is_none();
                 // One decrease per congestion event (a second), from what was actually admitted.
                 let debounced = s
                     .last_decrease
                     .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1));
-                if !debounced {
+                if explained && !debounced {
                     let current = s.rate(self.static_rate()).or(s.measured());
                     if let Some(c) = current {
                         let base = s.measured().map_or(c, |m| m.min(c));

@@ -1,3 +1,324 @@
-//! `firebreak`: reliable calls to the Fireworks AI inference API. This facade composes the layers; it is a skeleton until they land.
+//! `firebreak`: reliable calls to the Fireworks AI inference API, as one tower stack.
+//!
+//! [`Stack`] composes firebreak's layers in the one order that works, outside to inside:
+//!
+//! ```text
+//! overall deadline → retry → 429 gate → per-attempt timeouts → classification → (auth) → hyper client
+//! ```
+//!
+//! - the **deadline** is outermost, so backoff sleeps and 429 waits count against it, and the
+//!   layers below see how much time is left;
+//! - **retry** is outside the gate, so every attempt, retries included, passes the fleet-wide
+//!   429 gate and a retry storm cannot bypass a cooldown;
+//! - **per-attempt timeouts** are inside the gate, so time queued for admission is not charged to
+//!   the attempt;
+//! - **classification** is innermost, so every layer above sees one verdict per attempt.
+//!
+//! Presets follow Fireworks' workloads ([`Stack::interactive`], [`Stack::agentic`],
+//! [`Stack::long_context`], [`Stack::batch_submit`]); every part can be overridden.
+//! [`FireworksClient`] is the ready-made client: base URL, API key and a stack.
+//!
+//! # Example
+//! ```no_run
+//! use bytes::Bytes;
+//! use firebreak::{FireworksClient, Stack};
+//! use http_body_util::BodyExt;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let client = FireworksClient::from_env(Stack::interactive())?; // reads FIREWORKS_API_KEY
+//! let body = br#"{"model":"accounts/fireworks/models/llama-v3p1-8b-instruct","messages":[{"role":"user","content":"Hello"}]}"#;
+//! let resp = client.post("/chat/completions", Bytes::from_static(body)).await?;
+//! println!("{}", String::from_utf8_lossy(&resp.into_body().collect().await?.to_bytes()));
+//! # Ok(()) }
+//! ```
 
-pub use firebreak_client as client;
+pub use firebreak_classify::{self as classify, Class, Classification, Error};
+pub use firebreak_client::{self as client, ApiKey, ClientConfig, FIREWORKS_BASE_URL};
+pub use firebreak_ratelimit::{self as ratelimit, GateConfig, KeyBy};
+pub use firebreak_retry::{self as retry, RetryConfig};
+pub use firebreak_timeout::{self as timeout, TimeoutConfig, Workload};
+
+use bytes::Bytes;
+use firebreak_classify::{Classify, ClassifyLayer};
+use firebreak_ratelimit::{RateLimit, RateLimitLayer};
+use firebreak_retry::{ReplayBody, Retry, RetryLayer};
+use firebreak_timeout::{
+    AttemptTimeout, AttemptTimeoutLayer, DeadlineLayer, DeadlineService, TimedRequestBody,
+};
+use http::{Request, Response};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use std::fmt;
+use std::sync::Arc;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, ServiceBuilder, ServiceExt};
+
+/// The composed service around an inner service `S`.
+pub type StackService<S> = DeadlineService<Retry<RateLimit<AttemptTimeout<Classify<S>>>>>;
+
+/// The request body the innermost service (the hyper client) receives for callers' bodies `B`.
+pub type InnerBody<B> = TimedRequestBody<ReplayBody<B>>;
+
+/// A response body, boxed.
+pub type FireworksBody = BoxBody<Bytes, Error>;
+
+/// The whole stack as one boxed, cloneable service, for callers who do not want to name types.
+pub type BoxStack = BoxCloneSyncService<Request<Full<Bytes>>, Response<FireworksBody>, Error>;
+
+/// A stack that cannot be built.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StackError {
+    /// A timeout setting.
+    Timeout(firebreak_timeout::ConfigError),
+    /// A retry setting.
+    Retry(firebreak_retry::RetryConfigError),
+    /// A 429 gate setting.
+    Gate(firebreak_ratelimit::GateConfigError),
+    /// The HTTP client or the key.
+    Client(firebreak_client::ClientError),
+    /// The base URL.
+    BaseUrl(String),
+}
+
+impl fmt::Display for StackError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StackError::Timeout(e) => write!(f, "{e}"),
+            StackError::Retry(e) => write!(f, "{e}"),
+            StackError::Gate(e) => write!(f, "{e}"),
+            StackError::Client(e) => write!(f, "{e}"),
+            StackError::BaseUrl(u) => write!(
+                f,
+                "invalid base URL {u:?}: expected http:// or https:// with a host"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StackError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StackError::Timeout(e) => Some(e),
+            StackError::Retry(e) => Some(e),
+            StackError::Gate(e) => Some(e),
+            StackError::Client(e) => Some(e),
+            StackError::BaseUrl(_) => None,
+        }
+    }
+}
+
+/// The settings of every layer. Build the layer with [`Stack::layer`].
+#[derive(Debug, Clone)]
+pub struct Stack {
+    /// Timeouts, per phase, and the overall deadline.
+    pub timeouts: TimeoutConfig,
+    /// Retry policy.
+    pub retry: RetryConfig,
+    /// The 429 gate.
+    pub gate: GateConfig,
+    /// How the gate groups requests.
+    pub key_by: KeyBy,
+}
+
+impl Stack {
+    /// The preset for a workload: its timeouts, and the default retry and gate settings.
+    pub fn preset(w: Workload) -> Stack {
+        Stack {
+            timeouts: TimeoutConfig::preset(w),
+            retry: RetryConfig::default(),
+            gate: GateConfig::default(),
+            key_by: KeyBy::Client,
+        }
+    }
+
+    /// Interactive / chat (30–60 s).
+    pub fn interactive() -> Stack {
+        Self::preset(Workload::Interactive)
+    }
+
+    /// Agentic, multi-step (5–30 min).
+    pub fn agentic() -> Stack {
+        Self::preset(Workload::Agentic)
+    }
+
+    /// Long-context inference (10–30 min).
+    pub fn long_context() -> Stack {
+        Self::preset(Workload::LongContext)
+    }
+
+    /// Batch job submission (60 s).
+    pub fn batch_submit() -> Stack {
+        Self::preset(Workload::BatchSubmit)
+    }
+
+    /// Replaces the timeouts.
+    pub fn timeouts(mut self, t: TimeoutConfig) -> Self {
+        self.timeouts = t;
+        self
+    }
+
+    /// Replaces the retry policy.
+    pub fn retry(mut self, r: RetryConfig) -> Self {
+        self.retry = r;
+        self
+    }
+
+    /// Replaces the gate settings.
+    pub fn gate(mut self, g: GateConfig) -> Self {
+        self.gate = g;
+        self
+    }
+
+    /// Sets how the gate groups requests.
+    pub fn key_by(mut self, k: KeyBy) -> Self {
+        self.key_by = k;
+        self
+    }
+
+    /// Validates the settings and builds the layer.
+    ///
+    /// # Errors
+    /// [`StackError`] naming the first invalid setting.
+    pub fn layer(&self) -> Result<StackLayer, StackError> {
+        let deadline = self
+            .timeouts
+            .deadline
+            .unwrap_or(firebreak_timeout::MAX_TIMEOUT);
+        Ok(StackLayer {
+            deadline: DeadlineLayer::new(deadline).map_err(StackError::Timeout)?,
+            retry: RetryLayer::new(self.retry.clone()).map_err(StackError::Retry)?,
+            gate: RateLimitLayer::new(self.gate.clone(), self.key_by.clone())
+                .map_err(StackError::Gate)?,
+            attempt: AttemptTimeoutLayer::new(&self.timeouts).map_err(StackError::Timeout)?,
+            classify: ClassifyLayer::new(),
+        })
+    }
+}
+
+/// The composed layer. Clones share the retry budget and the 429 gate.
+#[derive(Debug, Clone)]
+pub struct StackLayer {
+    deadline: DeadlineLayer,
+    retry: RetryLayer,
+    gate: RateLimitLayer,
+    attempt: AttemptTimeoutLayer,
+    classify: ClassifyLayer,
+}
+
+impl StackLayer {
+    /// The 429 gate, for metrics ([`RateLimitLayer::snapshot`]).
+    pub fn gate(&self) -> &RateLimitLayer {
+        &self.gate
+    }
+}
+
+impl<S> Layer<S> for StackLayer {
+    type Service = StackService<S>;
+    fn layer(&self, inner: S) -> StackService<S> {
+        ServiceBuilder::new()
+            .layer(self.deadline)
+            .layer(self.retry.clone())
+            .layer(self.gate.clone())
+            .layer(self.attempt)
+            .layer(self.classify)
+            .service(inner)
+    }
+}
+
+/// A ready client for the Fireworks API (or any OpenAI-compatible endpoint): HTTPS hyper
+/// client, the key, and the stack.
+#[derive(Clone)]
+pub struct FireworksClient {
+    svc: BoxStack,
+    base: Arc<str>,
+    layer: StackLayer,
+}
+
+impl fmt::Debug for FireworksClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FireworksClient")
+            .field("base_url", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FireworksClient {
+    /// A client for `base_url` (e.g. [`FIREWORKS_BASE_URL`]) with `key` and `stack`.
+    ///
+    /// # Errors
+    /// [`StackError`] for an invalid URL or setting.
+    pub fn new(base_url: &str, key: ApiKey, stack: Stack) -> Result<Self, StackError> {
+        Self::with_client_config(base_url, key, stack, &ClientConfig::default())
+    }
+
+    /// The Fireworks endpoint with the key from `FIREWORKS_API_KEY`.
+    ///
+    /// # Errors
+    /// [`StackError::Client`] when the variable is unset or unusable.
+    pub fn from_env(stack: Stack) -> Result<Self, StackError> {
+        let key = ApiKey::from_env().map_err(StackError::Client)?;
+        Self::new(FIREWORKS_BASE_URL, key, stack)
+    }
+
+    /// As [`FireworksClient::new`], with connection settings. The connect timeout is the
+    /// stack's own (`timeouts.connect`), applied in the connector.
+    ///
+    /// # Errors
+    /// [`StackError`] for an invalid URL or setting.
+    pub fn with_client_config(
+        base_url: &str,
+        key: ApiKey,
+        stack: Stack,
+        cfg: &ClientConfig,
+    ) -> Result<Self, StackError> {
+        let base = base_url.trim_end_matches('/');
+        let uri: http::Uri = base
+            .parse()
+            .map_err(|_| StackError::BaseUrl(base_url.to_string()))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            return Err(StackError::BaseUrl(base_url.to_string()));
+        }
+        let cfg = cfg.clone().connect_timeout(stack.timeouts.connect);
+        let connector = firebreak_client::https_connector(&cfg).map_err(StackError::Client)?;
+        let client = firebreak_client::build_with::<_, InnerBody<Full<Bytes>>>(connector, &cfg);
+        let layer = stack.layer()?;
+        let svc = ServiceBuilder::new()
+            .map_response(|r: Response<_>| r.map(|b: _| BodyExt::boxed(b)))
+            .layer(layer.clone())
+            .layer(firebreak_client::AuthLayer::new(key))
+            .service(client);
+        Ok(FireworksClient {
+            svc: BoxCloneSyncService::new(svc),
+            base: base.into(),
+            layer,
+        })
+    }
+
+    /// The boxed stack, for use as a tower service.
+    pub fn service(&self) -> BoxStack {
+        self.svc.clone()
+    }
+
+    /// The base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// The composed layer (for the gate's metrics).
+    pub fn layer(&self) -> &StackLayer {
+        &self.layer
+    }
+
+    /// A JSON POST to `base_url + path`.
+    ///
+    /// # Errors
+    /// Any [`Error`] from the stack: a non-success answer is a response, not an error.
+    pub async fn post(&self, path: &str, json: Bytes) -> Result<Response<FireworksBody>, Error> {
+        let req = Request::post(format!("{}{path}", self.base))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(json))
+            .map_err(|e| Error::new(Class::Other).with_source(e))?;
+        self.svc.clone().oneshot(req).await
+    }
+}
