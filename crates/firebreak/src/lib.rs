@@ -284,7 +284,7 @@ impl FireworksClient {
         let client = firebreak_client::build_with::<_, InnerBody<Full<Bytes>>>(connector, &cfg);
         let layer = stack.layer()?;
         let svc = ServiceBuilder::new()
-            .map_response(|r: Response<_>| r.map(|b: _| BodyExt::boxed(b)))
+            .map_response(|r: Response<_>| r.map(BodyExt::boxed))
             .layer(layer.clone())
             .layer(firebreak_client::AuthLayer::new(key))
             .service(client);
