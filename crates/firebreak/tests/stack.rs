@@ -1,0 +1,149 @@
+//! The composed stack against firebreak-sim on loopback.
+
+use bytes::Bytes;
+use firebreak::{
+    ApiKey, Class, ClientConfig, FireworksClient, Stack, StackError, TimeoutConfig, Workload,
+};
+use firebreak_sim::{Fault, Sim, SimConfig, Trigger};
+use http_body_util::BodyExt;
+use std::time::Duration;
+
+const KEY: &str = "fw_stack_test_SECRET";
+
+fn chat(id: &str) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}],"max_tokens":3,"user":"{id}"}}"#
+    ))
+}
+
+async fn bounded<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(30), f)
+        .await
+        .expect("test bound")
+}
+
+#[tokio::test]
+async fn a_call_through_the_whole_stack_recovers_and_authenticates() {
+    bounded(async {
+        let sim = Sim::start(SimConfig::default().api_key(KEY).fault(
+            Trigger::FirstAttempts { n: 2 },
+            Fault::Status {
+                status: 503,
+                shape: None,
+                delay: vec![],
+                should_retry: None,
+                message: None,
+            },
+        ))
+        .await
+        .unwrap();
+        let client = FireworksClient::new(
+            &sim.base_url(),
+            ApiKey::new(KEY).unwrap(),
+            Stack::interactive(),
+        )
+        .unwrap();
+        let resp = client.post("/chat/completions", chat("s-1")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let v: serde_json::Value =
+            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!(v["usage"]["completion_tokens"], 3);
+        assert_eq!(
+            sim.attempts_for("s-1")
+                .iter()
+                .map(|r| r.status)
+                .collect::<Vec<_>>(),
+            [503, 503, 200]
+        );
+        let (_, snap) = client.layer().gate().snapshot()[0];
+        assert!(
+            snap.admitted >= 3,
+            "every attempt went through the gate: {snap:?}"
+        );
+        assert!(!format!("{client:?}").contains("SECRET"));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_wrong_key_is_a_401_response_not_retried() {
+    bounded(async {
+        let sim = Sim::start(SimConfig::default().api_key(KEY)).await.unwrap();
+        let client = FireworksClient::new(
+            &sim.base_url(),
+            ApiKey::new("fw_wrong").unwrap(),
+            Stack::interactive(),
+        )
+        .unwrap();
+        let resp = client.post("/chat/completions", chat("bad")).await.unwrap();
+        assert_eq!(resp.status(), 401);
+        assert_eq!(sim.log().len(), 1);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_deadline_bounds_the_whole_call() {
+    bounded(async {
+        let sim = Sim::start(
+            SimConfig::default()
+                .api_key(KEY)
+                .fault(Trigger::Always, Fault::Hang { for_ms: 10_000 }),
+        )
+        .await
+        .unwrap();
+        let t = TimeoutConfig::builder(Workload::Interactive)
+            .headers(Some(Duration::from_secs(5)))
+            .attempt(Some(Duration::from_millis(500)))
+            .deadline(Some(Duration::from_millis(800)))
+            .build()
+            .unwrap();
+        let client = FireworksClient::new(
+            &sim.base_url(),
+            ApiKey::new(KEY).unwrap(),
+            Stack::interactive().timeouts(t),
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        let e = client
+            .post("/chat/completions", chat("dl"))
+            .await
+            .unwrap_err();
+        assert!(e.is_timeout(), "{e}");
+        assert!(matches!(e.class(), Class::Timeout(_)));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "bounded by the deadline, not the hang"
+        );
+    })
+    .await
+}
+
+#[test]
+fn bad_settings_are_typed_errors() {
+    let key = || ApiKey::new(KEY).unwrap();
+    assert!(matches!(
+        FireworksClient::new("ftp://x", key(), Stack::interactive()),
+        Err(StackError::BaseUrl(_))
+    ));
+    assert!(matches!(
+        FireworksClient::new("not a url", key(), Stack::interactive()),
+        Err(StackError::BaseUrl(_))
+    ));
+    let mut s = Stack::agentic();
+    s.retry.max_attempts = 0;
+    let e = s.layer().unwrap_err();
+    assert!(matches!(e, StackError::Retry(_)), "{e}");
+    let mut s = Stack::long_context();
+    s.timeouts.idle = Some(Duration::ZERO);
+    assert!(matches!(s.layer(), Err(StackError::Timeout(_))));
+    for s in [
+        Stack::interactive(),
+        Stack::agentic(),
+        Stack::long_context(),
+        Stack::batch_submit(),
+    ] {
+        s.layer().unwrap();
+    }
+    let _ = ClientConfig::default();
+}
