@@ -382,6 +382,43 @@ async fn keys_do_not_share_a_cooldown() {
     .await
 }
 
+#[tokio::test(start_paused = true)]
+async fn contradictory_or_garbage_rate_headers_are_ignored() {
+    bounded(async {
+        let (layer, svc, mut h) = gate(GateConfig::default(), KeyBy::Client);
+        for headers in [
+            [
+                ("x-ratelimit-limit-requests", "10"),
+                ("x-ratelimit-remaining-requests", "50"),
+            ], // remaining > limit
+            [
+                ("x-ratelimit-limit-requests", "0"),
+                ("x-ratelimit-remaining-requests", "0"),
+            ], // a zero limit
+            [
+                ("x-ratelimit-limit-requests", "-5"),
+                ("x-ratelimit-remaining-requests", "NaN"),
+            ], // garbage
+        ] {
+            let c = spawn(&svc, req());
+            next(&mut h, answer(200, &headers)).await;
+            c.await.unwrap().unwrap();
+            assert_eq!(
+                layer.snapshot()[0].1.rate_per_sec,
+                None,
+                "{headers:?} set no pace"
+            );
+        }
+        // Requests still flow at once.
+        let t0 = Instant::now();
+        let c = spawn(&svc, req());
+        next(&mut h, answer(200, &[])).await;
+        c.await.unwrap().unwrap();
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+    })
+    .await
+}
+
 #[test]
 fn bad_settings_are_rejected() {
     let bad = [
