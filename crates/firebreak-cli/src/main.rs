@@ -1,10 +1,13 @@
 //! The `firebreak` command.
 //!
+//! `firebreak load` drives a workload through the stack against any OpenAI-compatible endpoint.
+//!
 //! `firebreak demo` starts the embedded simulator with a realistic fault mix and runs the same
 //! workload through a bare hyper client, the Fireworks docs' retry loop, and firebreak, then
 //! prints them side by side. It needs no API key and no network.
 
 mod demo;
+mod load;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +26,8 @@ struct Cli {
 enum Command {
     /// Run the side-by-side demo against the embedded simulator (no API key, no network).
     Demo(demo::DemoArgs),
+    /// Drive a workload through firebreak against any OpenAI-compatible endpoint.
+    Load(load::LoadArgs),
 }
 
 fn main() {
@@ -40,6 +45,7 @@ fn main() {
     let result = rt.block_on(async {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,
+            Command::Load(args) => load::run(args).await,
         }
     });
     if let Err(e) = result {

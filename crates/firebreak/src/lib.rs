@@ -34,13 +34,14 @@
 
 pub use firebreak_classify::{self as classify, Class, Classification, Error};
 pub use firebreak_client::{self as client, ApiKey, ClientConfig, FIREWORKS_BASE_URL};
+pub use firebreak_ratelimit::RateLimitLayer;
 pub use firebreak_ratelimit::{self as ratelimit, GateConfig, KeyBy};
 pub use firebreak_retry::{self as retry, RetryConfig};
 pub use firebreak_timeout::{self as timeout, TimeoutConfig, Workload};
 
 use bytes::Bytes;
 use firebreak_classify::{Classify, ClassifyLayer};
-use firebreak_ratelimit::{RateLimit, RateLimitLayer};
+use firebreak_ratelimit::RateLimit;
 use firebreak_retry::{ReplayBody, Retry, RetryLayer};
 use firebreak_timeout::{
     AttemptTimeout, AttemptTimeoutLayer, DeadlineLayer, DeadlineService, TimedRequestBody,

@@ -1,0 +1,337 @@
+//! `firebreak load`: drive a workload through the stack against any OpenAI-compatible endpoint.
+
+use bytes::Bytes;
+use clap::{Args, ValueEnum};
+use firebreak::classify::{Class, Classification, ClassifyLayer, Error};
+use firebreak::ratelimit::RateLimitLayer;
+use firebreak::retry::RetryLayer;
+use firebreak::timeout::{AttemptTimeoutLayer, ConnectTimeoutLayer, DeadlineLayer};
+use firebreak::{ApiKey, ClientConfig, Stack, TimeoutConfig, Workload};
+use futures_util::StreamExt;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+
+/// A workload preset on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum PresetArg {
+    Interactive,
+    Agentic,
+    LongContext,
+    BatchSubmit,
+}
+
+/// Flags of `firebreak load`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct LoadArgs {
+    /// Base URL of an OpenAI-compatible API, e.g. https://api.fireworks.ai/inference/v1.
+    #[arg(long)]
+    base_url: String,
+    /// API key (default: the FIREWORKS_API_KEY environment variable). Never printed.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Model to call.
+    #[arg(long)]
+    model: String,
+    /// Requests to send.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    requests: u32,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    concurrency: u32,
+    /// Ask for streamed (SSE) answers.
+    #[arg(long)]
+    stream: bool,
+    /// Timeout preset (Fireworks' workloads).
+    #[arg(long, value_enum, default_value_t = PresetArg::Interactive)]
+    preset: PresetArg,
+    /// `max_tokens` of each request.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_tokens: u32,
+    /// Print exactly one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Overall deadline per call, in seconds.
+    #[arg(long)]
+    deadline: Option<f64>,
+    /// Connect timeout, in seconds.
+    #[arg(long)]
+    connect_timeout: Option<f64>,
+    /// Time-to-first-byte (response headers) timeout, in seconds.
+    #[arg(long)]
+    first_byte_timeout: Option<f64>,
+    /// Longest gap between two body chunks, in seconds.
+    #[arg(long)]
+    idle_timeout: Option<f64>,
+    /// Attempts per call, the first included.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+    max_attempts: Option<u32>,
+}
+
+fn secs(name: &str, v: Option<f64>) -> Result<Option<Duration>, String> {
+    match v {
+        None => Ok(None),
+        Some(x) if x.is_finite() && x > 0.0 && x <= 86_400.0 => {
+            Ok(Some(Duration::from_secs_f64(x)))
+        }
+        Some(x) => Err(format!(
+            "--{name} must be a number of seconds in (0, 86400], got {x}"
+        )),
+    }
+}
+
+/// Counts every attempt (it sits between the retry layer and the 429 gate), the 429s received
+/// and the attempts that failed without reaching the server.
+#[derive(Debug, Default)]
+struct Counters {
+    attempts: AtomicU64,
+    rate_limited: AtomicU64,
+    client_side: AtomicU64,
+}
+
+#[derive(Clone)]
+struct Count<S> {
+    inner: S,
+    c: Arc<Counters>,
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for Count<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>, Error = Error>,
+    S::Future: Send + 'static,
+    ResB: 'static,
+{
+    type Response = Response<ResB>;
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ResB>, Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let c = self.c.clone();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let r = fut.await;
+            match &r {
+                Ok(resp) => {
+                    c.attempts.fetch_add(1, Ordering::Relaxed);
+                    let class = resp
+                        .extensions()
+                        .get::<Classification>()
+                        .map(Classification::class);
+                    if class == Some(Class::RateLimited) || resp.status() == 429 {
+                        c.rate_limited.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(e) if e.is_client_side() => {
+                    // Never sent (or never connected): counted as a client-side failure, not an attempt the
+                    // server saw.
+                    c.client_side.fetch_add(1, Ordering::Relaxed);
+                    if e.class() != Class::Throttled {
+                        c.attempts.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(_) => {
+                    c.attempts.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            r
+        })
+    }
+}
+
+fn timeouts(args: &LoadArgs) -> Result<TimeoutConfig, String> {
+    let w = match args.preset {
+        PresetArg::Interactive => Workload::Interactive,
+        PresetArg::Agentic => Workload::Agentic,
+        PresetArg::LongContext => Workload::LongContext,
+        PresetArg::BatchSubmit => Workload::BatchSubmit,
+    };
+    let mut t = TimeoutConfig::preset(w);
+    if let Some(d) = secs("deadline", args.deadline)? {
+        t.deadline = Some(d);
+        t.attempt = t.attempt.map(|a| a.min(d));
+    }
+    if let Some(d) = secs("connect-timeout", args.connect_timeout)? {
+        t.connect = Some(d);
+    }
+    if let Some(d) = secs("first-byte-timeout", args.first_byte_timeout)? {
+        t.headers = Some(d);
+    }
+    if let Some(d) = secs("idle-timeout", args.idle_timeout)? {
+        t.idle = Some(d);
+    }
+    t.validate().map_err(|e| e.to_string())?;
+    Ok(t)
+}
+
+/// What one call ended with: success, or the class of its failure.
+type CallResult = Result<(), &'static str>;
+
+pub(crate) async fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let key = match &args.api_key {
+        Some(k) => ApiKey::new(k)?,
+        None => ApiKey::from_env()?,
+    };
+    let base = args.base_url.trim_end_matches('/').to_string();
+    let uri: http::Uri = base
+        .parse()
+        .map_err(|_| format!("invalid --base-url {:?}", args.base_url))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        return Err(format!(
+            "invalid --base-url {:?}: expected http:// or https:// with a host",
+            args.base_url
+        )
+        .into());
+    }
+    let t = timeouts(&args)?;
+    let mut stack = Stack::preset(Workload::Interactive).timeouts(t);
+    if let Some(n) = args.max_attempts {
+        stack.retry.max_attempts = n;
+    }
+    stack.layer()?; // validates every setting with a clear error
+    let counters = Arc::new(Counters::default());
+    let cfg = ClientConfig::default().connect_timeout(None);
+    let connector = firebreak::client::https_connector(&cfg)?;
+    let connector = match t.connect {
+        Some(d) => ConnectTimeoutLayer::new(d)?.layer(connector),
+        None => ConnectTimeoutLayer::new(Duration::from_secs(86_400))?.layer(connector),
+    };
+    let client =
+        firebreak::client::build_with::<_, firebreak::InnerBody<Full<Bytes>>>(connector, &cfg);
+    let svc = ServiceBuilder::new()
+        .layer(DeadlineLayer::new(
+            t.deadline.unwrap_or(firebreak::timeout::MAX_TIMEOUT),
+        )?)
+        .layer(RetryLayer::new(stack.retry.clone())?)
+        .layer(tower::layer::layer_fn({
+            let c = counters.clone();
+            move |inner| Count {
+                inner,
+                c: c.clone(),
+            }
+        }))
+        .layer(RateLimitLayer::new(
+            stack.gate.clone(),
+            stack.key_by.clone(),
+        )?)
+        .layer(AttemptTimeoutLayer::new(&t)?)
+        .layer(ClassifyLayer::new())
+        .layer(firebreak::client::AuthLayer::new(key))
+        .service(client);
+    let bar = if args.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(u64::from(args.requests))
+    };
+    bar.set_style(
+        ProgressStyle::with_template("[{bar:40}] {pos}/{len} {elapsed}")
+            .map_err(|e| e.to_string())?
+            .progress_chars("=> "),
+    );
+    let url = Arc::new(format!("{base}/chat/completions"));
+    let t0 = Instant::now();
+    let results: Vec<(CallResult, Duration)> = futures_util::stream::iter(0..args.requests)
+        .map(|i| {
+            let (svc, url, bar) = (svc.clone(), url.clone(), bar.clone());
+            let body = serde_json::json!({
+                "model": args.model,
+                "messages": [{"role": "user", "content": "Write one sentence about reliability."}],
+                "max_tokens": args.max_tokens,
+                "stream": args.stream,
+                "user": format!("req-{i:06}"),
+            });
+            async move {
+                let t = Instant::now();
+                let req = Request::post(url.as_str())
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(Full::new(Bytes::from(body.to_string())));
+                let r: CallResult = match req {
+                    Err(_) => Err("other"),
+                    Ok(req) => match svc.oneshot(req).await {
+                        Ok(resp) => {
+                            let class = resp
+                                .extensions()
+                                .get::<Classification>()
+                                .map(Classification::class);
+                            let status = resp.status();
+                            match resp.into_body().collect().await {
+                                Ok(_) if status.is_success() => Ok(()),
+                                Ok(_) => {
+                                    Err(class.unwrap_or_else(|| Class::from_status(status)).label())
+                                }
+                                Err(e) => Err(e.class().label()),
+                            }
+                        }
+                        Err(e) => Err(e.class().label()),
+                    },
+                };
+                bar.inc(1);
+                (r, t.elapsed())
+            }
+        })
+        .buffer_unordered(args.concurrency as usize)
+        .collect()
+        .await;
+    bar.finish_and_clear();
+    let elapsed = t0.elapsed().as_secs_f64();
+    let mut lat: Vec<f64> = results.iter().map(|r| r.1.as_secs_f64() * 1000.0).collect();
+    lat.sort_by(f64::total_cmp);
+    let pct = |q: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let mut by_class: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for (r, _) in &results {
+        if let Err(c) = r {
+            *by_class.entry(c).or_default() += 1;
+        }
+    }
+    let succeeded = results.iter().filter(|r| r.0.is_ok()).count();
+    let summary = serde_json::json!({
+        "requests": results.len(),
+        "succeeded": succeeded,
+        "failed": results.len() - succeeded,
+        "attempts": counters.attempts.load(Ordering::Relaxed),
+        "rate_limited_responses": counters.rate_limited.load(Ordering::Relaxed),
+        "client_side_failures": counters.client_side.load(Ordering::Relaxed),
+        "elapsed_s": elapsed,
+        "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": lat.last().copied().unwrap_or(0.0)},
+        "failures_by_class": by_class,
+    });
+    if args.json {
+        println!("{summary}");
+    } else {
+        println!(
+            "{} requests: {} succeeded, {} failed in {:.1} s; {} attempts, {} 429s received, {} client-side failures",
+            results.len(),
+            succeeded,
+            results.len() - succeeded,
+            elapsed,
+            summary["attempts"],
+            summary["rate_limited_responses"],
+            summary["client_side_failures"]
+        );
+        println!(
+            "latency p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            pct(0.5),
+            pct(0.99),
+            lat.last().copied().unwrap_or(0.0)
+        );
+        for (c, n) in &by_class {
+            println!("  {c}: {n}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,223 @@
+//! `firebreak load --json` against firebreak-sim on loopback: the schema, and numbers that agree
+//! with the simulator's own attempt log. Also: the key never shows, and bad input is a clear error.
+
+use firebreak_sim::{DelayHeader, Fault, RateLimitConfig, RateLimitDelay, Sim, SimConfig, Trigger};
+use std::process::Command;
+
+const KEY: &str = "fw_load_SECRET_key";
+
+fn firebreak() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_firebreak"));
+    c.env_remove("FIREWORKS_API_KEY");
+    c
+}
+
+#[test]
+fn load_json_matches_the_simulator_log() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sim = rt
+        .block_on(Sim::start(
+            SimConfig::default()
+                .api_key(KEY)
+                .seed(3)
+                .rate_limit(RateLimitConfig::new(40.0, 5.0).delay(RateLimitDelay::RetryAfterSecs))
+                .fault(
+                    Trigger::Probability { p: 0.2 },
+                    Fault::Status {
+                        status: 503,
+                        shape: None,
+                        delay: vec![DelayHeader::RetryAfterMs { ms: 50.0 }],
+                        should_retry: None,
+                        message: None,
+                    },
+                )
+                .fault(
+                    Trigger::Probability { p: 0.05 },
+                    Fault::Status {
+                        status: 400,
+                        shape: None,
+                        delay: vec![],
+                        should_retry: None,
+                        message: None,
+                    },
+                ),
+        ))
+        .unwrap();
+    let out = firebreak()
+        .args([
+            "load",
+            "--base-url",
+            &sim.base_url(),
+            "--api-key",
+            KEY,
+            "--model",
+            "m",
+            "--requests",
+            "40",
+            "--concurrency",
+            "8",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        !stdout.contains("SECRET") && !stderr.contains("SECRET"),
+        "the key leaked"
+    );
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "exactly one JSON object: {stdout}"
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    for k in [
+        "requests",
+        "succeeded",
+        "failed",
+        "attempts",
+        "rate_limited_responses",
+        "client_side_failures",
+        "elapsed_s",
+        "latency_ms",
+        "failures_by_class",
+    ] {
+        assert!(v.get(k).is_some(), "missing {k}: {v}");
+    }
+    for k in ["p50", "p99", "max"] {
+        assert!(v["latency_ms"][k].as_f64().unwrap() >= 0.0);
+    }
+    assert_eq!(v["requests"], 40);
+    assert_eq!(
+        v["succeeded"].as_u64().unwrap() + v["failed"].as_u64().unwrap(),
+        40
+    );
+    let log = rt.block_on(async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        sim.log()
+    });
+    assert_eq!(
+        v["attempts"].as_u64().unwrap(),
+        log.len() as u64,
+        "attempts agree with the server's log"
+    );
+    assert_eq!(
+        v["rate_limited_responses"].as_u64().unwrap(),
+        log.iter().filter(|r| r.status == 429).count() as u64
+    );
+    // Every logical request ended with the status of its last logged attempt.
+    let mut last: std::collections::HashMap<String, u16> = Default::default();
+    for r in &log {
+        last.insert(r.request_id.clone().unwrap(), r.status);
+    }
+    assert_eq!(last.len(), 40, "every request reached the server");
+    let ok = last.values().filter(|s| **s == 200).count() as u64;
+    assert_eq!(v["succeeded"].as_u64().unwrap(), ok);
+    let bad_requests = last.values().filter(|s| **s == 400).count() as u64;
+    assert_eq!(
+        v["failures_by_class"]["client_error_bad_request"]
+            .as_u64()
+            .unwrap_or(0),
+        bad_requests
+    );
+    assert_eq!(v["client_side_failures"], 0);
+}
+
+#[test]
+fn missing_key_and_bad_urls_are_clear_errors() {
+    let out = firebreak()
+        .args([
+            "load",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--model",
+            "m",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("FIREWORKS_API_KEY"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = firebreak()
+        .args([
+            "load",
+            "--base-url",
+            "ftp://x",
+            "--api-key",
+            KEY,
+            "--model",
+            "m",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--base-url") && !err.contains("SECRET"),
+        "{err}"
+    );
+    let out = firebreak()
+        .args([
+            "load",
+            "--base-url",
+            "http://127.0.0.1:9",
+            "--api-key",
+            KEY,
+            "--model",
+            "m",
+            "--idle-timeout",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--idle-timeout"));
+}
+
+#[test]
+fn refused_connections_are_counted_client_side() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = firebreak()
+        .args([
+            "load",
+            "--base-url",
+            &format!("http://127.0.0.1:{port}/v1"),
+            "--api-key",
+            KEY,
+            "--model",
+            "m",
+            "--requests",
+            "3",
+            "--max-attempts",
+            "2",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(v["failed"], 3);
+    assert_eq!(
+        v["client_side_failures"], 6,
+        "two refused attempts per request, none seen by a server"
+    );
+    assert_eq!(v["failures_by_class"]["connect_refused"], 3);
+}
