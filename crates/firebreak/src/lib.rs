@@ -32,6 +32,9 @@
 //! # Ok(()) }
 //! ```
 
+mod ext;
+
+pub use ext::ServiceBuilderExt;
 pub use firebreak_classify::{self as classify, Class, Classification, Error};
 pub use firebreak_client::{self as client, ApiKey, ClientConfig, FIREWORKS_BASE_URL};
 pub use firebreak_ratelimit::RateLimitLayer;

@@ -147,3 +147,58 @@ fn bad_settings_are_typed_errors() {
     }
     let _ = ClientConfig::default();
 }
+
+#[tokio::test]
+async fn layers_one_by_one_in_order_through_the_builder_ext() {
+    use firebreak::{GateConfig, KeyBy, RetryConfig, ServiceBuilderExt};
+    use tower::{ServiceBuilder, ServiceExt};
+    bounded(async {
+        let sim = Sim::start(SimConfig::default().api_key(KEY).fault(
+            Trigger::FirstAttempts { n: 1 },
+            Fault::Status {
+                status: 502,
+                shape: None,
+                delay: vec![],
+                should_retry: None,
+                message: None,
+            },
+        ))
+        .await
+        .unwrap();
+        let t = TimeoutConfig::preset(Workload::Interactive);
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<firebreak::InnerBody<http_body_util::Full<Bytes>>>();
+        let svc = ServiceBuilder::new()
+            .fireworks_deadline(Duration::from_secs(30))
+            .unwrap()
+            .fireworks_retry(RetryConfig::default())
+            .unwrap()
+            .fireworks_gate(GateConfig::default(), KeyBy::Client)
+            .unwrap()
+            .fireworks_attempt_timeouts(&t)
+            .unwrap()
+            .fireworks_classify()
+            .service(client);
+        let req = http::Request::post(format!("{}/chat/completions", sim.base_url()))
+            .header("authorization", format!("Bearer {KEY}"))
+            .body(http_body_util::Full::new(chat("ext")))
+            .unwrap();
+        let resp = svc.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            sim.attempts_for("ext").len(),
+            2,
+            "retried once through the builder-made stack"
+        );
+        assert!(
+            ServiceBuilder::new()
+                .fireworks_retry(RetryConfig {
+                    max_attempts: 0,
+                    ..RetryConfig::default()
+                })
+                .is_err()
+        );
+    })
+    .await
+}
