@@ -8,6 +8,7 @@
 
 mod demo;
 mod load;
+mod proxy;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +29,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Drive a workload through firebreak against any OpenAI-compatible endpoint.
     Load(load::LoadArgs),
+    /// Serve a reliability sidecar in front of an OpenAI-compatible endpoint.
+    Proxy(proxy::ProxyArgs),
 }
 
 fn main() {
@@ -46,6 +49,7 @@ fn main() {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,
             Command::Load(args) => load::run(args).await,
+            Command::Proxy(args) => proxy::run(args).await,
         }
     });
     if let Err(e) = result {

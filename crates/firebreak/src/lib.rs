@@ -123,6 +123,9 @@ pub struct Stack {
     pub gate: GateConfig,
     /// How the gate groups requests.
     pub key_by: KeyBy,
+    /// Whether an error event inside an SSE stream ends the body with an error (the default), or
+    /// passes through untouched (what a proxy wants).
+    pub sse_errors_as_failures: bool,
 }
 
 impl Stack {
@@ -133,6 +136,7 @@ impl Stack {
             retry: RetryConfig::default(),
             gate: GateConfig::default(),
             key_by: KeyBy::Client,
+            sse_errors_as_failures: true,
         }
     }
 
@@ -195,7 +199,7 @@ impl Stack {
             gate: RateLimitLayer::new(self.gate.clone(), self.key_by.clone())
                 .map_err(StackError::Gate)?,
             attempt: AttemptTimeoutLayer::new(&self.timeouts).map_err(StackError::Timeout)?,
-            classify: ClassifyLayer::new(),
+            classify: ClassifyLayer::new().sse_errors_as_failures(self.sse_errors_as_failures),
         })
     }
 }

@@ -1,0 +1,193 @@
+//! `firebreak proxy` in front of firebreak-sim: JSON and SSE through the stack, error mapping,
+//! health, body limit, and the key (injected only when the caller sends none; never printed).
+
+use firebreak_sim::{Fault, Sim, SimConfig, Trigger};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const KEY: &str = "fw_proxy_SECRET";
+
+struct Proxy {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn proxy(upstream: &str, extra: &[&str]) -> Proxy {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_firebreak"))
+        .args(["proxy", "--listen", "127.0.0.1:0", "--upstream", upstream])
+        .args(extra)
+        .env_remove("FIREWORKS_API_KEY")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(!line.contains("SECRET"), "{line}");
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    Proxy { child, addr }
+}
+
+/// A raw HTTP/1.1 request (Connection: close), returning status, headers and body.
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: &str,
+) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let auth = auth
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head.to_string(), body.to_string())
+}
+
+fn chat(user: &str, stream: bool) -> String {
+    format!(r#"{{"model":"m","messages":[],"max_tokens":3,"stream":{stream},"user":"{user}"}}"#)
+}
+
+#[test]
+fn proxies_json_and_sse_through_the_stack() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sim = rt
+        .block_on(Sim::start(SimConfig::default().api_key(KEY).fault(
+            Trigger::FirstAttempts { n: 1 },
+            Fault::Status {
+                status: 503,
+                shape: None,
+                delay: vec![],
+                should_retry: None,
+                message: None,
+            },
+        )))
+        .unwrap();
+    let p = proxy(&sim.base_url(), &["--api-key", KEY]);
+    let (s, _, body) = http(&p.addr, "GET", "/healthz", None, "");
+    assert_eq!((s, body.as_str()), (200, "ok"));
+    // JSON: the 503 is retried behind the proxy; the key is injected.
+    let (s, _, body) = http(
+        &p.addr,
+        "POST",
+        "/inference/v1/chat/completions",
+        None,
+        &chat("p-1", false),
+    );
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains("chat.completion"));
+    assert_eq!(rt.block_on(async { sim.attempts_for("p-1") }).len(), 2);
+    // SSE through the /v1 prefix: chunks and [DONE] arrive.
+    let (s, head, body) = http(
+        &p.addr,
+        "POST",
+        "/v1/chat/completions",
+        None,
+        &chat("p-2", true),
+    );
+    assert_eq!(s, 200);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/event-stream"),
+        "{head}"
+    );
+    assert!(
+        body.contains("chat.completion.chunk") && body.contains("data: [DONE]"),
+        "{body}"
+    );
+    // A caller's own key is passed through (the simulator rejects this one).
+    let (s, _, body) = http(
+        &p.addr,
+        "POST",
+        "/v1/chat/completions",
+        Some("fw_callers_own"),
+        &chat("p-3", false),
+    );
+    assert_eq!(s, 401, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], "UNAUTHORIZED");
+    // Over the body limit: 413 in the OpenAI shape.
+    drop(p);
+    let p = proxy(&sim.base_url(), &["--api-key", KEY, "--max-body", "64"]);
+    let (s, _, body) = http(
+        &p.addr,
+        "POST",
+        "/v1/chat/completions",
+        None,
+        &"x".repeat(200),
+    );
+    assert_eq!(s, 413);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("64-byte limit")
+    );
+}
+
+#[test]
+fn upstream_failures_come_back_as_openai_errors() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sim = rt
+        .block_on(Sim::start(
+            SimConfig::default().fault(Trigger::Always, Fault::Hang { for_ms: 5_000 }),
+        ))
+        .unwrap();
+    let p = proxy(
+        &sim.base_url(),
+        &["--api-key", KEY, "--first-byte-timeout", "0.3"],
+    );
+    let (s, _, body) = http(
+        &p.addr,
+        "POST",
+        "/v1/chat/completions",
+        None,
+        &chat("h", false),
+    );
+    assert_eq!(s, 504, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["type"], "firebreak_error");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("timeout"),
+        "{body}"
+    );
+    assert!(!body.contains("SECRET"));
+    let out = Command::new(env!("CARGO_BIN_EXE_firebreak"))
+        .args(["proxy", "--upstream", "ftp://nope"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--upstream"));
+}
