@@ -1,0 +1,159 @@
+//! The official openai Python SDK, with its own retries off, through `firebreak proxy` in front
+//! of firebreak-sim with faults: JSON and streamed completions succeed, and a 401 is the SDK's
+//! `AuthenticationError`. The SDK is installed into a throwaway virtualenv under `target/`
+//! on first use (from PyPI), so `scripts/test` and CI need no extra step beyond python3.
+
+use firebreak_sim::{DelayHeader, Fault, Sim, SimConfig, Trigger};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Runs `cmd`, failing the test after `limit`.
+fn run_bounded(mut cmd: Command, limit: Duration, what: &str) -> std::process::Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let t = Instant::now();
+    loop {
+        if let Some(_status) = child.try_wait().unwrap() {
+            return child.wait_with_output().unwrap();
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            panic!("{what} took longer than {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn venv_python() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/openai-venv");
+    let py = root.join("bin/python");
+    let ready = py.exists()
+        && Command::new(&py)
+            .args(["-c", "import openai"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !ready {
+        let mut c = Command::new("python3");
+        c.args(["-m", "venv"]).arg(&root);
+        let out = run_bounded(
+            c,
+            Duration::from_secs(120),
+            "python3 -m venv (is python3 installed?)",
+        );
+        assert!(
+            out.status.success(),
+            "venv: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut c = Command::new(root.join("bin/pip"));
+        c.args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "openai>=1",
+        ]);
+        let out = run_bounded(c, Duration::from_secs(600), "pip install openai");
+        assert!(
+            out.status.success(),
+            "pip: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    py
+}
+
+struct Proxy(Child);
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_openai_sdk_works_through_the_proxy_despite_faults() {
+    let python = venv_python();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sim = rt
+        .block_on(Sim::start(
+            SimConfig::default()
+                .api_key("fw_sdk_key")
+                .fault(
+                    Trigger::FirstAttempts { n: 1 },
+                    Fault::Status {
+                        status: 503,
+                        shape: None,
+                        delay: vec![],
+                        should_retry: None,
+                        message: None,
+                    },
+                )
+                .fault(
+                    Trigger::FirstAttempts { n: 2 },
+                    Fault::Status {
+                        status: 429,
+                        shape: None,
+                        delay: vec![DelayHeader::RetryAfterMs { ms: 100.0 }],
+                        should_retry: None,
+                        message: None,
+                    },
+                ),
+        ))
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_firebreak"))
+        .args([
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &sim.base_url(),
+        ])
+        .env_remove("FIREWORKS_API_KEY")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _proxy = Proxy(child);
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_string();
+    let mut c = Command::new(&python);
+    c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/openai_sdk_check.py"))
+        .env("FIREBREAK_PROXY", &url);
+    let out = run_bounded(c, Duration::from_secs(120), "the SDK check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("openai SDK ok"));
+    let log = rt.block_on(async { sim.log() });
+    let statuses = |id: &str| {
+        log.iter()
+            .filter(|r| r.request_id.as_deref() == Some(id))
+            .map(|r| r.status)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        statuses("sdk-json"),
+        [503, 429, 200],
+        "the proxy absorbed both faults"
+    );
+    assert_eq!(statuses("sdk-stream"), [503, 429, 200]);
+    assert_eq!(statuses("sdk-401"), [401], "a 401 is not retried");
+}
