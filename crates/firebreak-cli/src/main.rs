@@ -6,6 +6,7 @@
 //! workload through a bare hyper client, the Fireworks docs' retry loop, and firebreak, then
 //! prints them side by side. It needs no API key and no network.
 
+mod chat;
 mod demo;
 mod load;
 mod proxy;
@@ -31,6 +32,8 @@ enum Command {
     Load(load::LoadArgs),
     /// Serve a reliability sidecar in front of an OpenAI-compatible endpoint.
     Proxy(proxy::ProxyArgs),
+    /// Ask one question and stream the answer to the terminal.
+    Chat(chat::ChatArgs),
 }
 
 fn main() {
@@ -50,6 +53,7 @@ fn main() {
             Command::Demo(args) => demo::run(args).await,
             Command::Load(args) => load::run(args).await,
             Command::Proxy(args) => proxy::run(args).await,
+            Command::Chat(args) => chat::run(args).await,
         }
     });
     if let Err(e) = result {

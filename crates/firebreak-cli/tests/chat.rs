@@ -1,0 +1,71 @@
+//! `firebreak chat` against firebreak-sim: the streamed answer on stdout; a wrong key is a one-line
+//! error and a non-zero exit, with the key never shown.
+
+use firebreak_sim::{Fault, Sim, SimConfig, Trigger};
+use std::process::Command;
+
+const KEY: &str = "fw_chat_SECRET";
+
+#[test]
+fn streams_the_answer_and_reports_errors_in_one_line() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sim = rt
+        // Anonymous requests (chat sends no `user`) count every attempt as a first one in the
+        // simulator, so the fault is a seeded coin: deterministic here, attempts being sequential.
+        .block_on(Sim::start(SimConfig::default().api_key(KEY).seed(3).fault(
+            Trigger::Probability { p: 0.5 },
+            Fault::Status {
+                status: 502,
+                shape: None,
+                delay: vec![],
+                should_retry: None,
+                message: None,
+            },
+        )))
+        .unwrap();
+    let run = |key: &str| {
+        Command::new(env!("CARGO_BIN_EXE_firebreak"))
+            .args([
+                "chat",
+                "Say hello",
+                "--base-url",
+                &sim.base_url(),
+                "--api-key",
+                key,
+                "--max-tokens",
+                "5",
+            ])
+            .env_remove("FIREWORKS_API_KEY")
+            .output()
+            .unwrap()
+    };
+    let out = run(KEY);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "tok0 tok1 tok2 tok3 tok4 \n"
+    );
+    let statuses: Vec<u16> = rt
+        .block_on(async { sim.log() })
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert!(
+        statuses.ends_with(&[200]) && statuses.len() >= 2,
+        "a 502 was retried first: {statuses:?}"
+    );
+    let out = run("fw_wrong_SECRET");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("firebreak: 401 Unauthorized"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(!err.contains("SECRET"));
+}
