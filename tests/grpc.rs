@@ -121,3 +121,91 @@ async fn grpc_statuses_are_classified_from_a_real_tonic_server() {
     })
     .await
 }
+
+/// Fails twice (UNAVAILABLE, then RESOURCE_EXHAUSTED with a pushback), then answers SERVING.
+struct Flaky(std::sync::atomic::AtomicU32);
+
+#[tonic::async_trait]
+impl Health for Flaky {
+    async fn check(
+        &self,
+        _req: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        match self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+            0 => Err(Status::unavailable("warming up")),
+            1 => {
+                let mut s = Status::resource_exhausted("quota");
+                s.metadata_mut()
+                    .insert("grpc-retry-pushback-ms", "200".parse().unwrap());
+                Err(s)
+            }
+            _ => Ok(Response::new(HealthCheckResponse {
+                status: ServingStatus::Serving as i32,
+            })),
+        }
+    }
+
+    type WatchStream = tokio_stream::Empty<Result<HealthCheckResponse, Status>>;
+
+    async fn watch(
+        &self,
+        _req: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        Err(Status::unimplemented("watch"))
+    }
+}
+
+#[tokio::test]
+async fn a_tonic_channel_with_firebreak_retries_unavailable_and_resource_exhausted() {
+    use firebreak_retry::{Jitter, RetryConfig, RetryLayer};
+    use firebreak_timeout::{AttemptTimeoutLayer, TimeoutConfig, Workload};
+    bounded(30, async {
+        let flaky = std::sync::Arc::new(Flaky(std::sync::atomic::AtomicU32::new(0)));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(HealthServer::from_arc(flaky.clone()))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let retry = RetryConfig::builder()
+            .backoff(
+                Jitter::Full,
+                Duration::from_millis(10),
+                Duration::from_millis(50),
+            )
+            .build()
+            .unwrap();
+        let svc = tower::ServiceBuilder::new()
+            .layer(RetryLayer::new(retry).unwrap())
+            .layer(AttemptTimeoutLayer::new(&TimeoutConfig::preset(Workload::Interactive)).unwrap())
+            .layer(firebreak_classify::ClassifyLayer::new())
+            .map_request(|r: http::Request<_>| r.map(tonic::body::Body::new))
+            .service(channel);
+        let mut client = HealthClient::new(svc);
+        let t0 = std::time::Instant::now();
+        let resp = client
+            .check(HealthCheckRequest {
+                service: "x".into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(resp.into_inner().status, ServingStatus::Serving as i32);
+        assert_eq!(
+            flaky.0.load(std::sync::atomic::Ordering::SeqCst),
+            3,
+            "UNAVAILABLE and RESOURCE_EXHAUSTED were retried"
+        );
+        assert!(
+            t0.elapsed() >= Duration::from_millis(200),
+            "the pushback was honoured: {:?}",
+            t0.elapsed()
+        );
+    })
+    .await
+}

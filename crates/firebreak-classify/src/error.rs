@@ -77,6 +77,54 @@ impl Classification {
         }
     }
 
+    /// The classification of a gRPC response whose `grpc-status` is in its headers (a
+    /// "trailers-only" answer, how unary calls usually fail); `None` without one. UNAVAILABLE
+    /// and RESOURCE_EXHAUSTED are retryable, with `grpc-retry-pushback-ms` as the server's delay
+    /// (a negative pushback, gRPC's "do not retry", makes the call not retryable).
+    pub fn from_grpc_headers(
+        status: StatusCode,
+        headers: &HeaderMap,
+        now: SystemTime,
+    ) -> Option<Self> {
+        let code: i32 = headers
+            .get("grpc-status")?
+            .to_str()
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let class = crate::grpc::grpc_class(code);
+        let delay = server_delay(headers, now);
+        let refused = matches!(
+            delay,
+            DelayVerdict::Unusable {
+                error: crate::DelayError::Negative,
+                ..
+            }
+        );
+        let message = headers
+            .get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            .map(str::to_owned);
+        let api = ApiError {
+            code: Some(crate::parse::body::grpc_code_name(i64::from(code)).to_string()),
+            message,
+            shape: crate::BodyShape::GrpcGateway,
+            ..ApiError::default()
+        };
+        Some(Classification {
+            class,
+            status,
+            details: Some(Box::new(Details {
+                should_retry: refused.then_some(false),
+                delay,
+                rate_limit: None,
+                api_error: Some(Arc::new(api)),
+                request_id: None,
+            })),
+        })
+    }
+
     /// Marks the response as having carried an error event inside its SSE stream.
     pub fn with_stream_error(mut self, e: ApiError) -> Self {
         self.class = Class::StreamError;

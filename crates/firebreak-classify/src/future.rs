@@ -86,12 +86,26 @@ where
                     if status.as_u16() < 400 {
                         this.state.set(State::Done);
                         let (mut parts, body) = resp.into_parts();
+                        let ct = parts
+                            .headers
+                            .get(http::header::CONTENT_TYPE)
+                            .map(|v| v.as_bytes());
                         let sse = this.cfg.sse_errors
-                            && parts
-                                .headers
-                                .get(http::header::CONTENT_TYPE)
-                                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-                        parts.extensions.insert(Classification::success(status));
+                            && ct.is_some_and(|v| v.starts_with(b"text/event-stream"));
+                        // A gRPC failure answered "trailers-only" carries its status in the headers:
+                        // classify it like an HTTP error, so retry and the 429 gate see it.
+                        let c = match ct {
+                            Some(v) if v.starts_with(b"application/grpc") => {
+                                Classification::from_grpc_headers(
+                                    status,
+                                    &parts.headers,
+                                    SystemTime::now(),
+                                )
+                                .unwrap_or_else(|| Classification::success(status))
+                            }
+                            _ => Classification::success(status),
+                        };
+                        parts.extensions.insert(c);
                         let body = ClassifiedBody::direct(body, sse, this.cfg.sse_errors);
                         return Poll::Ready(Ok(Response::from_parts(parts, body)));
                     }
