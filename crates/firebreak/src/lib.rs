@@ -330,3 +330,8 @@ impl FireworksClient {
         self.svc.clone().oneshot(req).await
     }
 }
+
+/// The README's Rust snippets, compiled as doc tests so they cannot rot.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
