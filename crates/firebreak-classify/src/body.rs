@@ -83,21 +83,6 @@ impl<B> ClassifiedBody<B> {
             sse_errors: false,
         }
     }
-
-    /// A body with the given bytes and nothing else (for callers building responses).
-    pub fn from_bytes(bytes: Bytes) -> ClassifiedBody<http_body_util::Empty<Bytes>> {
-        let mut prefix = VecDeque::new();
-        if !bytes.is_empty() {
-            prefix.push_back(bytes);
-        }
-        ClassifiedBody::replay(
-            Box::pin(http_body_util::Empty::new()),
-            prefix,
-            None,
-            true,
-            None,
-        )
-    }
 }
 
 impl<B> Body for ClassifiedBody<B>
