@@ -1,0 +1,135 @@
+//! Preliminary figure for issue #9: the whole firebreak stack around an in-memory service that
+//! answers 200 at once, beside the bare service, tower's `Retry` (count policy) + `Timeout`, and
+//! each firebreak layer alone, in one criterion run. Each iteration makes one call and reads the
+//! one-frame body; every future is ready on its first poll (inside a runtime context, for timers).
+//!
+//! `cargo bench --bench stack_overhead && scripts/criterion-medians stack_overhead`
+
+// criterion_group! generates an undocumented pub fn.
+#![allow(missing_docs)]
+
+use bytes::Bytes;
+use criterion::{Criterion, black_box, criterion_group, criterion_main};
+use firebreak::{ServiceBuilderExt, Stack};
+use firebreak_classify::{ClassifyLayer, Error};
+use firebreak_ratelimit::{GateConfig, KeyBy, RateLimitLayer};
+use firebreak_retry::{RetryConfig, RetryLayer};
+use firebreak_timeout::{AttemptTimeoutLayer, DeadlineLayer, TimeoutConfig, Workload};
+use futures_util::FutureExt;
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::{BodyExt, Full};
+use std::future::{Ready, ready};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tower::{Layer, Service, ServiceBuilder};
+
+/// Answers at once with a small body; accepts any request body; fails with firebreak's error
+/// type so that every layer can sit on it directly.
+#[derive(Clone)]
+struct Ok200(Bytes);
+
+impl<B> Service<Request<B>> for Ok200 {
+    type Response = Response<Full<Bytes>>;
+    type Error = Error;
+    type Future = Ready<Result<Response<Full<Bytes>>, Error>>;
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, _: Request<B>) -> Self::Future {
+        ready(Ok(Response::new(Full::new(self.0.clone()))))
+    }
+}
+
+#[derive(Clone)]
+struct CountPolicy(u32);
+
+impl<Res> tower::retry::Policy<Request<Full<Bytes>>, Res, tower::BoxError> for CountPolicy {
+    type Future = Ready<()>;
+    fn retry(
+        &mut self,
+        _: &mut Request<Full<Bytes>>,
+        result: &mut Result<Res, tower::BoxError>,
+    ) -> Option<Ready<()>> {
+        (result.is_err() && self.0 > 0).then(|| {
+            self.0 -= 1;
+            ready(())
+        })
+    }
+    fn clone_request(&mut self, req: &Request<Full<Bytes>>) -> Option<Request<Full<Bytes>>> {
+        let mut r = Request::new(req.body().clone());
+        *r.uri_mut() = req.uri().clone();
+        Some(r)
+    }
+}
+
+fn run<S, RB>(svc: &mut S)
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<RB>>,
+    S::Error: std::fmt::Debug,
+    RB: Body<Data = Bytes>,
+    RB::Error: std::fmt::Debug,
+{
+    let req = Request::post("http://api.fireworks.ai/inference/v1/chat/completions")
+        .body(Full::new(Bytes::from_static(br#"{"messages":[]}"#)))
+        .unwrap();
+    futures_util::future::poll_fn(|cx| svc.poll_ready(cx))
+        .now_or_never()
+        .expect("ready")
+        .expect("ok");
+    let resp = svc.call(req).now_or_never().expect("ready").expect("ok");
+    black_box(
+        resp.into_body()
+            .collect()
+            .now_or_never()
+            .expect("ready")
+            .expect("ok"),
+    );
+}
+
+fn benches(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let body = Bytes::from_static(br#"{"id":"x","object":"chat.completion","choices":[]}"#);
+    let t = TimeoutConfig::preset(Workload::Interactive);
+    let mut bare = Ok200(body.clone());
+    let mut tower_pair = ServiceBuilder::new()
+        .layer(tower::retry::RetryLayer::new(CountPolicy(4)))
+        .layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(60)))
+        .service(Ok200(body.clone()));
+    let mut classify = ClassifyLayer::new().layer(Ok200(body.clone()));
+    let mut attempt = AttemptTimeoutLayer::new(&t)
+        .unwrap()
+        .layer(Ok200(body.clone()));
+    let mut gate = RateLimitLayer::new(GateConfig::default(), KeyBy::Client)
+        .unwrap()
+        .layer(Ok200(body.clone()));
+    let mut retry = RetryLayer::new(RetryConfig::default())
+        .unwrap()
+        .layer(Ok200(body.clone()));
+    let mut deadline = DeadlineLayer::new(Duration::from_secs(120))
+        .unwrap()
+        .layer(Ok200(body.clone()));
+    let mut full = ServiceBuilder::new()
+        .fireworks_stack(&Stack::interactive())
+        .unwrap()
+        .service(Ok200(body.clone()));
+    let mut g = c.benchmark_group("stack_overhead");
+    g.bench_function("bare", |b| b.iter(|| run(&mut bare)));
+    g.bench_function("tower_retry+timeout", |b| b.iter(|| run(&mut tower_pair)));
+    g.bench_function("firebreak_classify", |b| b.iter(|| run(&mut classify)));
+    g.bench_function("firebreak_attempt_timeouts", |b| {
+        b.iter(|| run(&mut attempt))
+    });
+    g.bench_function("firebreak_gate", |b| b.iter(|| run(&mut gate)));
+    g.bench_function("firebreak_retry", |b| b.iter(|| run(&mut retry)));
+    g.bench_function("firebreak_deadline", |b| b.iter(|| run(&mut deadline)));
+    g.bench_function("firebreak_full_stack", |b| b.iter(|| run(&mut full)));
+    g.finish();
+}
+
+criterion_group!(stack_overhead, benches);
+criterion_main!(stack_overhead);
