@@ -4,9 +4,10 @@
 //! on first use (from PyPI), so `scripts/test` and CI need no extra step beyond python3.
 
 use firebreak_sim::{DelayHeader, Fault, Sim, SimConfig, Trigger};
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Runs `cmd`, failing the test after `limit`.
@@ -67,14 +68,6 @@ fn venv_python() -> PathBuf {
     py
 }
 
-struct Proxy(Child);
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn the_openai_sdk_works_through_the_proxy_despite_faults() {
     let python = venv_python();
@@ -109,28 +102,8 @@ fn the_openai_sdk_works_through_the_proxy_despite_faults() {
                 ),
         ))
         .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_firebreak"))
-        .args([
-            "proxy",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &sim.base_url(),
-        ])
-        .env_remove("FIREWORKS_API_KEY")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _proxy = Proxy(child);
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .to_string();
+    let proxy = common::proxy(&sim.base_url(), &[]);
+    let url = format!("http://{}", proxy.addr);
     let mut c = Command::new(&python);
     c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/openai_sdk_check.py"))
         .env("FIREBREAK_PROXY", &url);

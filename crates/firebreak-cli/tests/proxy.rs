@@ -2,48 +2,15 @@
 //! health, body limit, and the key (injected only when the caller sends none; never printed).
 
 use firebreak_sim::{Fault, Sim, SimConfig, Trigger};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 const KEY: &str = "fw_proxy_SECRET";
 
-struct Proxy {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn proxy(upstream: &str, extra: &[&str]) -> Proxy {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_firebreak"))
-        .args(["proxy", "--listen", "127.0.0.1:0", "--upstream", upstream])
-        .args(extra)
-        .env_remove("FIREWORKS_API_KEY")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(!line.contains("SECRET"), "{line}");
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
-    Proxy { child, addr }
-}
+mod common;
+use common::proxy;
 
 /// A raw HTTP/1.1 request (Connection: close), returning status, headers and body.
 fn http(
@@ -150,6 +117,47 @@ fn proxies_json_and_sse_through_the_stack() {
             .as_str()
             .unwrap()
             .contains("64-byte limit")
+    );
+}
+
+#[test]
+fn a_server_delay_over_the_cap_comes_back_as_a_429_with_retry_after() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sim = rt
+        .block_on(Sim::start(SimConfig::default().fault(
+            Trigger::Always,
+            Fault::Status {
+                status: 429,
+                shape: None,
+                delay: vec![firebreak_sim::DelayHeader::RetryAfterSecs { secs: 120.0 }],
+                should_retry: None,
+                message: None,
+            },
+        )))
+        .unwrap();
+    let p = proxy(&sim.base_url(), &["--api-key", KEY]);
+    let (s, head, body) = http(
+        &p.addr,
+        "POST",
+        "/v1/chat/completions",
+        None,
+        &chat("ra", false),
+    );
+    assert_eq!(s, 429, "{body}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 120"),
+        "{head}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], "rate_limited");
+    assert_eq!(
+        rt.block_on(async { sim.log() }).len(),
+        1,
+        "a 120 s wait is not slept behind the caller's back"
     );
 }
 

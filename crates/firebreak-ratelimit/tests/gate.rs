@@ -419,6 +419,140 @@ async fn contradictory_or_garbage_rate_headers_are_ignored() {
     .await
 }
 
+/// Sends `n` requests at once; returns when each reached the upstream.
+async fn arrivals(svc: &Svc, h: &mut Handle, reqs: Vec<Req>) -> Vec<Instant> {
+    let calls: Vec<Call> = reqs.into_iter().map(|r| spawn(svc, r)).collect();
+    let mut at = Vec::new();
+    for _ in 0..calls.len() {
+        at.push(next(h, answer(200, &[])).await);
+    }
+    for c in calls {
+        c.await.unwrap().unwrap();
+    }
+    at
+}
+
+fn gaps(at: &[Instant]) -> Vec<Duration> {
+    at.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_static_requests_per_minute_cap_paces_sends() {
+    bounded(async {
+        let cfg = GateConfig {
+            requests_per_minute: Some(120),
+            initial_concurrency: 8,
+            ..GateConfig::default()
+        };
+        let (layer, svc, mut h) = gate(cfg, KeyBy::Client);
+        let at = arrivals(&svc, &mut h, (0..4).map(|_| req()).collect()).await;
+        // 120/min = one every 500 ms, with no header and no 429 involved.
+        assert!(
+            gaps(&at).iter().all(|g| *g == Duration::from_millis(500)),
+            "{:?}",
+            gaps(&at)
+        );
+        assert_eq!(layer.snapshot()[0].1.rate_per_sec, Some(2.0));
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_static_tokens_per_minute_cap_uses_the_estimate() {
+    bounded(async {
+        // 600 tokens/min = 10 tokens/s.
+        let cfg = GateConfig {
+            tokens_per_minute: Some(600),
+            default_completion_tokens: 10,
+            initial_concurrency: 8,
+            ..GateConfig::default()
+        };
+        let (_layer, svc, mut h) = gate(cfg, KeyBy::Client);
+        // With the caller's estimate: 20 tokens each, so 2 s apart.
+        let with_estimate = (0..3)
+            .map(|_| {
+                let mut r = req();
+                r.extensions_mut().insert(TokenEstimate(20));
+                r
+            })
+            .collect();
+        let at = arrivals(&svc, &mut h, with_estimate).await;
+        assert!(
+            gaps(&at).iter().all(|g| *g == Duration::from_secs(2)),
+            "{:?}",
+            gaps(&at)
+        );
+        // Without one: 40 body bytes / 4 + 10 completion tokens = 20 tokens, the same pace.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let body = || {
+            Request::post("http://h/x")
+                .body(Full::new(Bytes::from(vec![b'x'; 40])))
+                .unwrap()
+        };
+        let at = arrivals(&svc, &mut h, (0..3).map(|_| body()).collect()).await;
+        assert!(
+            gaps(&at).iter().all(|g| *g == Duration::from_secs(2)),
+            "{:?}",
+            gaps(&at)
+        );
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn header_limits_can_be_read_per_second() {
+    bounded(async {
+        let cfg = GateConfig {
+            header_unit: HeaderUnit::PerSecond,
+            initial_concurrency: 8,
+            ..GateConfig::default()
+        };
+        let (layer, svc, mut h) = gate(cfg, KeyBy::Client);
+        let c = spawn(&svc, req());
+        next(&mut h, answer(200, &[("x-ratelimit-limit-requests", "5")])).await;
+        c.await.unwrap().unwrap();
+        // 5 per second at 98%: 4.9/s, about 204 ms apart.
+        let at = arrivals(&svc, &mut h, (0..3).map(|_| req()).collect()).await;
+        for g in gaps(&at) {
+            assert!(
+                g >= Duration::from_millis(200) && g <= Duration::from_millis(210),
+                "{g:?}"
+            );
+        }
+        assert!((layer.snapshot()[0].1.rate_per_sec.unwrap() - 4.9).abs() < 1e-9);
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_custom_key_function_separates_gates() {
+    bounded(async {
+        let by_tenant = KeyBy::Custom(Arc::new(|h: &RequestHead<'_>| {
+            GateKey(
+                h.headers
+                    .get("x-tenant")
+                    .map_or(0, |v| v.as_bytes().len() as u64),
+            )
+        }));
+        let (layer, svc, mut h) = gate(GateConfig::default(), by_tenant);
+        let tenant = |t: &str| {
+            let mut r = req();
+            r.headers_mut().insert("x-tenant", t.parse().unwrap());
+            r
+        };
+        let c = spawn(&svc, tenant("a"));
+        next(&mut h, answer(429, &[("retry-after", "30")])).await;
+        c.await.unwrap().unwrap();
+        let t0 = Instant::now();
+        let other = spawn(&svc, tenant("bb"));
+        next(&mut h, answer(200, &[])).await;
+        other.await.unwrap().unwrap();
+        assert_eq!(t0.elapsed(), Duration::ZERO, "another tenant is not held");
+        assert_eq!(layer.snapshot().len(), 2);
+    })
+    .await
+}
+
 #[test]
 fn bad_settings_are_rejected() {
     let bad = [
