@@ -1,7 +1,7 @@
 //! [`AttemptTimeoutLayer`]: the per-attempt phases (ready, write, headers, first event, idle,
 //! attempt total), bounded by the overall [`Deadline`] when the request carries one.
 
-use crate::body::{EndBy, TimedRequestBody, TimedResponseBody, WriteProgress, arm};
+use crate::body::{Earliest, EndBy, TimedRequestBody, TimedResponseBody, WriteProgress, arm};
 use crate::config::TimeoutConfig;
 use crate::deadline::Deadline;
 use bytes::Bytes;
@@ -287,39 +287,34 @@ where
         for _ in 0..2 {
             let now = Instant::now();
             let started = *this.started.get_or_insert(now);
-            let mut next: Option<(Instant, TimeoutPhase, Duration)> = None;
-            let mut consider = |at: Instant, p: TimeoutPhase, d: Duration| {
-                if next.is_none_or(|(b, _, _)| at < b) {
-                    next = Some((at, p, d));
-                }
-            };
+            let mut next = Earliest::default();
             if let Some(d) = this.t.attempt {
-                consider(started + d, TimeoutPhase::Attempt, d);
+                next.consider(started + d, TimeoutPhase::Attempt, d);
             }
             if let Some(e) = deadline_end {
-                consider(e.at, e.phase, e.configured);
+                next.consider(e.at, e.phase, e.configured);
             }
             match this.progress.as_ref() {
                 Some(p) => match p.done_at() {
                     None => {
                         p.register(cx);
                         if let Some(w) = this.t.write {
-                            consider(started + w, TimeoutPhase::RequestWrite, w);
+                            next.consider(started + w, TimeoutPhase::RequestWrite, w);
                         }
                     }
                     Some(done) => {
                         if let Some(h) = this.t.headers {
-                            consider(done + h, TimeoutPhase::ResponseHeaders, h);
+                            next.consider(done + h, TimeoutPhase::ResponseHeaders, h);
                         }
                     }
                 },
                 None => {
                     if let Some(h) = this.t.headers {
-                        consider(started + h, TimeoutPhase::ResponseHeaders, h);
+                        next.consider(started + h, TimeoutPhase::ResponseHeaders, h);
                     }
                 }
             }
-            let Some((at, phase, d)) = next else {
+            let Some((at, phase, d)) = next.0 else {
                 return Poll::Pending;
             };
             if now >= at {

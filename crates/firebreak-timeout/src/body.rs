@@ -46,23 +46,70 @@ pin_project! {
         #[pin]
         inner: B,
         sleep: Option<Pin<Box<Sleep>>>,
-        idle: Option<Duration>,
-        idle_at: Option<Instant>,
-        saw_frame: bool,
-        first_at: Option<(Instant, Duration)>,
-        attempt: Option<(Option<Instant>, Duration)>,
-        deadline: Option<EndBy>,
+        timers: Timers,
         done: bool,
+    }
+}
+
+/// The earliest of several deadlines, with the phase and configured duration it stands for.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Earliest(pub(crate) Option<(Instant, TimeoutPhase, Duration)>);
+
+impl Earliest {
+    pub(crate) fn consider(&mut self, at: Instant, phase: TimeoutPhase, configured: Duration) {
+        if self.0.is_none_or(|(b, _, _)| at < b) {
+            self.0 = Some((at, phase, configured));
+        }
+    }
+}
+
+/// A response body's timers: plain data, so the pinned body can borrow it whole.
+#[derive(Debug)]
+struct Timers {
+    idle: Option<Duration>,
+    idle_at: Option<Instant>,
+    saw_frame: bool,
+    first_at: Option<(Instant, Duration)>,
+    attempt: Option<(Option<Instant>, Duration)>,
+    deadline: Option<EndBy>,
+}
+
+impl Timers {
+    /// The earliest pending deadline and what it bounds, anchoring lazy timers at `now`.
+    fn next(&mut self, now: Instant) -> Option<(Instant, TimeoutPhase, Duration)> {
+        if let Some(d) = self.idle {
+            if self.saw_frame || self.idle_at.is_none() {
+                self.idle_at = Some(now + d);
+                self.saw_frame = false;
+            }
+        }
+        if let Some((start @ None, _)) = &mut self.attempt {
+            *start = Some(now);
+        }
+        let mut e = Earliest::default();
+        if let (Some(at), Some(d)) = (self.idle_at, self.idle) {
+            e.consider(at, TimeoutPhase::BodyIdle, d);
+        }
+        if let Some((at, d)) = self.first_at {
+            e.consider(at, TimeoutPhase::FirstEvent, d);
+        }
+        if let Some((Some(start), d)) = self.attempt {
+            e.consider(start + d, TimeoutPhase::Attempt, d);
+        }
+        if let Some(end) = self.deadline {
+            e.consider(end.at, end.phase, end.configured);
+        }
+        e.0
     }
 }
 
 impl<B> std::fmt::Debug for TimedResponseBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TimedResponseBody")
-            .field("idle", &self.idle)
-            .field("waiting_first_event", &self.first_at.is_some())
-            .field("attempt", &self.attempt)
-            .field("deadline", &self.deadline)
+            .field("idle", &self.timers.idle)
+            .field("waiting_first_event", &self.timers.first_at.is_some())
+            .field("attempt", &self.timers.attempt)
+            .field("deadline", &self.timers.deadline)
             .finish()
     }
 }
@@ -81,12 +128,14 @@ impl<B> TimedResponseBody<B> {
         TimedResponseBody {
             inner,
             sleep,
-            idle,
-            idle_at: None,
-            saw_frame: false,
-            first_at: first_event.map(|d| (Instant::now() + d, d)),
-            attempt,
-            deadline,
+            timers: Timers {
+                idle,
+                idle_at: None,
+                saw_frame: false,
+                first_at: first_event.map(|d| (Instant::now() + d, d)),
+                attempt,
+                deadline,
+            },
             done: false,
         }
     }
@@ -109,12 +158,12 @@ where
         }
         match self.as_mut().project().inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let this = self.project();
-                *this.saw_frame = true;
-                if this.first_at.is_some() {
+                let t = self.project().timers;
+                t.saw_frame = true;
+                if t.first_at.is_some() {
                     if let Some(d) = frame.data_ref() {
                         if memchr::memmem::find(d, b"data:").is_some() {
-                            *this.first_at = None;
+                            t.first_at = None;
                         }
                     }
                 }
@@ -134,7 +183,7 @@ where
         let mut fired = false;
         for _ in 0..2 {
             let now = Instant::now();
-            let Some((at, phase, d)) = self.as_mut().get_mut_next(now) else {
+            let Some((at, phase, d)) = self.as_mut().project().timers.next(now) else {
                 return Poll::Pending;
             };
             if now >= at {
@@ -157,68 +206,6 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-impl<B> TimedResponseBody<B> {
-    fn get_mut_next(
-        self: Pin<&mut Self>,
-        now: Instant,
-    ) -> Option<(Instant, TimeoutPhase, Duration)> {
-        let this = self.project();
-        // Re-borrow the plain fields as a struct view to reuse `next`.
-        let mut view = NextView {
-            idle: *this.idle,
-            idle_at: this.idle_at,
-            saw_frame: this.saw_frame,
-            first_at: *this.first_at,
-            attempt: this.attempt,
-            deadline: *this.deadline,
-        };
-        view.next(now)
-    }
-}
-
-/// The timer fields of a [`TimedResponseBody`], borrowed out of its pinned projection.
-struct NextView<'a> {
-    idle: Option<Duration>,
-    idle_at: &'a mut Option<Instant>,
-    saw_frame: &'a mut bool,
-    first_at: Option<(Instant, Duration)>,
-    attempt: &'a mut Option<(Option<Instant>, Duration)>,
-    deadline: Option<EndBy>,
-}
-
-impl NextView<'_> {
-    fn next(&mut self, now: Instant) -> Option<(Instant, TimeoutPhase, Duration)> {
-        if let Some(d) = self.idle {
-            if *self.saw_frame || self.idle_at.is_none() {
-                *self.idle_at = Some(now + d);
-                *self.saw_frame = false;
-            }
-        }
-        if let Some((start @ None, _)) = self.attempt.as_mut() {
-            *start = Some(now);
-        }
-        let mut best: Option<(Instant, TimeoutPhase, Duration)> = None;
-        let mut consider = |at: Instant, p: TimeoutPhase, d: Duration| {
-            if best.is_none_or(|(b, _, _)| at < b) {
-                best = Some((at, p, d));
-            }
-        };
-        if let (Some(at), Some(d)) = (*self.idle_at, self.idle) {
-            consider(at, TimeoutPhase::BodyIdle, d);
-        }
-        if let Some((at, d)) = self.first_at {
-            consider(at, TimeoutPhase::FirstEvent, d);
-        }
-        if let Some((Some(start), d)) = *self.attempt {
-            consider(start + d, TimeoutPhase::Attempt, d);
-        }
-        if let Some(e) = self.deadline {
-            consider(e.at, e.phase, e.configured);
-        }
-        best
     }
 }
 
