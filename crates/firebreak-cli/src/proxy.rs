@@ -7,14 +7,15 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use bytes::Bytes;
 use clap::Args;
 use firebreak::classify::{Class, Error};
-use firebreak::{ApiKey, BoxStack, ClientConfig, Stack, TimeoutConfig, Workload};
+use firebreak::{
+    ApiKey, BoxStack, ClientConfig, FireworksClient, Stack, StackError, TimeoutConfig, Workload,
+};
 use http_body_util::{BodyExt, Full, Limited};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tower::{Layer, ServiceBuilder, ServiceExt};
+use tower::ServiceExt;
 
 /// Flags of `firebreak proxy`.
 #[derive(Debug, Clone, Args)]
@@ -160,17 +161,6 @@ fn app(p: Proxy) -> Router {
 }
 
 pub(crate) async fn run(args: ProxyArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let upstream = args.upstream.trim_end_matches('/').to_string();
-    let uri: http::Uri = upstream
-        .parse()
-        .map_err(|_| format!("invalid --upstream {:?}", args.upstream))?;
-    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-        return Err(format!(
-            "invalid --upstream {:?}: expected http:// or https:// with a host",
-            args.upstream
-        )
-        .into());
-    }
     let key = match &args.api_key {
         Some(k) => Some(ApiKey::new(k)?),
         None => ApiKey::from_env().ok(),
@@ -187,32 +177,23 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), Box<dyn std::error::Error
     let mut stack = Stack::interactive().timeouts(t);
     // SSE error events reach the caller as the upstream sent them.
     stack.sse_errors_as_failures = false;
-    let cfg = ClientConfig::default().connect_timeout(t.connect);
-    let connector = firebreak::client::https_connector(&cfg)?;
-    let client =
-        firebreak::client::build_with::<_, firebreak::InnerBody<Full<Bytes>>>(connector, &cfg);
-    let layer = stack.layer()?;
-    let svc: BoxStack = match key {
-        Some(k) => tower::util::BoxCloneSyncService::new(
-            ServiceBuilder::new()
-                .map_response(|r: http::Response<_>| r.map(BodyExt::boxed))
-                .layer(layer)
-                .layer(firebreak::client::AuthLayer::new(k).if_missing())
-                .service(client),
-        ),
-        None => tower::util::BoxCloneSyncService::new(
-            ServiceBuilder::new()
-                .map_response(|r: http::Response<_>| r.map(BodyExt::boxed))
-                .service(layer.layer(client)),
-        ),
-    };
+    // The caller's own key passes through; the configured one fills in where there is none.
+    let auth = key.map(|k| firebreak::client::AuthLayer::new(k).if_missing());
+    let client = FireworksClient::with_auth(&args.upstream, auth, stack, &ClientConfig::default())
+        .map_err(|e| match e {
+            StackError::BaseUrl(u) => {
+                format!("invalid --upstream {u:?}: expected http:// or https:// with a host")
+            }
+            other => other.to_string(),
+        })?;
+    let upstream = client.base_url().to_string();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr()?;
     println!("firebreak proxy listening on http://{addr} -> {upstream}");
     let p = Proxy {
-        svc,
+        svc: client.service(),
         upstream: upstream.into(),
         max_body: args.max_body,
     };

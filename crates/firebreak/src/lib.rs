@@ -47,7 +47,8 @@ use firebreak_classify::{Classify, ClassifyLayer};
 use firebreak_ratelimit::RateLimit;
 use firebreak_retry::{ReplayBody, Retry, RetryLayer};
 use firebreak_timeout::{
-    AttemptTimeout, AttemptTimeoutLayer, DeadlineLayer, DeadlineService, TimedRequestBody,
+    AttemptTimeout, AttemptTimeoutLayer, ConnectTimeoutLayer, DeadlineLayer, DeadlineService,
+    TimedRequestBody,
 };
 use http::{Request, Response};
 use http_body_util::combinators::BoxBody;
@@ -280,6 +281,26 @@ impl FireworksClient {
         stack: Stack,
         cfg: &ClientConfig,
     ) -> Result<Self, StackError> {
+        Self::with_auth(
+            base_url,
+            Some(firebreak_client::AuthLayer::new(key)),
+            stack,
+            cfg,
+        )
+    }
+
+    /// The general constructor: `auth` decides how requests are authenticated (`None` sends
+    /// them as they come, e.g. a proxy passing its callers' keys through; `AuthLayer::if_missing`
+    /// fills a key in only where there is none).
+    ///
+    /// # Errors
+    /// [`StackError`] for an invalid URL or setting.
+    pub fn with_auth(
+        base_url: &str,
+        auth: Option<firebreak_client::AuthLayer>,
+        stack: Stack,
+        cfg: &ClientConfig,
+    ) -> Result<Self, StackError> {
         let base = base_url.trim_end_matches('/');
         let uri: http::Uri = base
             .parse()
@@ -287,14 +308,23 @@ impl FireworksClient {
         if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
             return Err(StackError::BaseUrl(base_url.to_string()));
         }
-        let cfg = cfg.clone().connect_timeout(stack.timeouts.connect);
+        // The connect timeout is the stack's, in the connector, so its error names the phase
+        // and the configured duration like every other timeout.
+        let cfg = cfg.clone().connect_timeout(None);
         let connector = firebreak_client::https_connector(&cfg).map_err(StackError::Client)?;
+        let connect = stack
+            .timeouts
+            .connect
+            .unwrap_or(firebreak_timeout::MAX_TIMEOUT);
+        let connector = ConnectTimeoutLayer::new(connect)
+            .map_err(StackError::Timeout)?
+            .layer(connector);
         let client = firebreak_client::build_with::<_, InnerBody<Full<Bytes>>>(connector, &cfg);
         let layer = stack.layer()?;
         let svc = ServiceBuilder::new()
             .map_response(|r: Response<_>| r.map(BodyExt::boxed))
             .layer(layer.clone())
-            .layer(firebreak_client::AuthLayer::new(key))
+            .option_layer(auth)
             .service(client);
         Ok(FireworksClient {
             svc: BoxCloneSyncService::new(svc),
