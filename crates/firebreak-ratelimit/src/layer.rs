@@ -31,6 +31,24 @@ pub struct Model(pub Arc<str>);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenEstimate(pub u32);
 
+impl TokenEstimate {
+    /// Estimates a JSON request: its bytes / 4 for the prompt (about four bytes a token), plus
+    /// its `max_tokens` (or `default_completion`) for the answer. An estimate, not a count; a body
+    /// that is not JSON counts its bytes / 4 plus the default.
+    pub fn from_json_body(body: &[u8], default_completion: u32) -> TokenEstimate {
+        #[derive(serde::Deserialize)]
+        struct MaxTokens {
+            max_tokens: Option<u32>,
+        }
+        let completion = serde_json::from_slice::<MaxTokens>(body)
+            .ok()
+            .and_then(|m| m.max_tokens)
+            .unwrap_or(default_completion);
+        let prompt = u32::try_from(body.len() / 4).unwrap_or(u32::MAX);
+        TokenEstimate(prompt.saturating_add(completion))
+    }
+}
+
 /// The parts of a request a key function may look at.
 #[derive(Debug)]
 pub struct RequestHead<'a> {
@@ -172,6 +190,11 @@ impl<S: RateStore> RateLimitLayer<S> {
                 gates: RwLock::new(HashMap::new()),
             }),
         }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &GateConfig {
+        &self.shared.cfg
     }
 
     /// The state of every gate, by key.

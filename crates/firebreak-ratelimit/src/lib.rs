@@ -24,8 +24,10 @@
 //!    per second at most) and it then grows by 1% per success, so the client follows a limit that
 //!    grows with sustained use without ramping into 429s.
 //! 4. **Optional static caps** in requests and tokens per minute ([`GateConfig`]). Tokens are
-//!    taken from a [`TokenEstimate`] extension when the caller sets one, else estimated as the
-//!    request body's bytes / 4 plus `default_completion_tokens` (256): an estimate, not a count.
+//!    taken from a [`TokenEstimate`] extension when the caller sets one
+//!    ([`TokenEstimate::from_json_body`] reads the body's size and its `max_tokens`;
+//!    `firebreak::FireworksClient` sets it on every call), else estimated as the request body's
+//!    bytes / 4 plus `default_completion_tokens` (256): an estimate, not a count.
 //! 5. **A bounded, fair wait.** Requests wait in FIFO order (a fair semaphore), at most
 //!    `max_queue` per key. A request that cannot get a send slot before its deadline (from
 //!    `firebreak-timeout`'s [`Deadline`](firebreak_timeout::Deadline)) fails at once with a

@@ -554,6 +554,25 @@ async fn a_custom_key_function_separates_gates() {
 }
 
 #[test]
+fn token_estimates_read_the_body_and_max_tokens() {
+    let body =
+        br#"{"model":"m","messages":[{"role":"user","content":"hello there"}],"max_tokens":100}"#;
+    assert_eq!(
+        TokenEstimate::from_json_body(body, 256),
+        TokenEstimate(body.len() as u32 / 4 + 100)
+    );
+    let no_max = br#"{"model":"m","messages":[]}"#;
+    assert_eq!(
+        TokenEstimate::from_json_body(no_max, 256),
+        TokenEstimate(no_max.len() as u32 / 4 + 256)
+    );
+    assert_eq!(
+        TokenEstimate::from_json_body(b"not json at all!", 7),
+        TokenEstimate(4 + 7)
+    );
+}
+
+#[test]
 fn bad_settings_are_rejected() {
     let bad = [
         GateConfig {

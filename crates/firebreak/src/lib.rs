@@ -220,6 +220,11 @@ impl StackLayer {
     pub fn gate(&self) -> &RateLimitLayer {
         &self.gate
     }
+
+    /// The 429 gate's settings.
+    pub fn gate_config(&self) -> &GateConfig {
+        self.gate.config()
+    }
 }
 
 impl<S> Layer<S> for StackLayer {
@@ -353,10 +358,16 @@ impl FireworksClient {
     /// # Errors
     /// Any [`Error`] from the stack: a non-success answer is a response, not an error.
     pub async fn post(&self, path: &str, json: Bytes) -> Result<Response<FireworksBody>, Error> {
-        let req = Request::post(format!("{}{path}", self.base))
+        // Token caps in the 429 gate use the body's size and its `max_tokens`.
+        let estimate = firebreak_ratelimit::TokenEstimate::from_json_body(
+            &json,
+            self.layer.gate_config().default_completion_tokens,
+        );
+        let mut req = Request::post(format!("{}{path}", self.base))
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(json))
             .map_err(|e| Error::new(Class::Other).with_source(e))?;
+        req.extensions_mut().insert(estimate);
         self.svc.clone().oneshot(req).await
     }
 }
