@@ -210,8 +210,13 @@ async fn the_client_estimates_tokens_from_the_body_and_max_tokens() {
         // 60,000 tokens/min = 1,000 tokens/s; each call asks for 1,000 completion tokens.
         let mut stack = Stack::interactive();
         stack.gate.tokens_per_minute = Some(60_000);
-        let client = FireworksClient::new(&sim.base_url(), ApiKey::new(KEY).unwrap(), stack).unwrap();
-        let body = |id: &str| Bytes::from(format!(r#"{{"model":"m","messages":[],"max_tokens":1000,"user":"{id}"}}"#));
+        let client =
+            FireworksClient::new(&sim.base_url(), ApiKey::new(KEY).unwrap(), stack).unwrap();
+        let body = |id: &str| {
+            Bytes::from(format!(
+                r#"{{"model":"m","messages":[],"max_tokens":1000,"user":"{id}"}}"#
+            ))
+        };
         for id in ["t-1", "t-2"] {
             let resp = client.post("/chat/completions", body(id)).await.unwrap();
             assert_eq!(resp.status(), 200);
@@ -219,7 +224,10 @@ async fn the_client_estimates_tokens_from_the_body_and_max_tokens() {
         }
         let log = sim.log();
         let gap = log[1].t_ms - log[0].t_ms;
-        assert!(gap >= 1000.0, "the second call waited for the first one's ~1,014 tokens: {gap} ms");
+        assert!(
+            gap >= 1000.0,
+            "the second call waited for the first one's ~1,014 tokens: {gap} ms"
+        );
     })
     .await
 }
