@@ -106,6 +106,109 @@ pub enum TimeoutPhase {
 }
 
 impl Class {
+    /// Every class, in a fixed order: `Class::ALL[c.index()] == c`. Metrics use it to register
+    /// one series per class up front, so label cardinality is bounded by this list.
+    pub const ALL: [Class; 32] = [
+        Class::Success,
+        Class::RateLimited,
+        Class::Overloaded,
+        Class::ServerError,
+        Class::RequestTimeout,
+        Class::ClientError(ClientErrorKind::BadRequest),
+        Class::ClientError(ClientErrorKind::Unauthorized),
+        Class::ClientError(ClientErrorKind::PaymentRequired),
+        Class::ClientError(ClientErrorKind::Forbidden),
+        Class::ClientError(ClientErrorKind::NotFound),
+        Class::ClientError(ClientErrorKind::PreconditionFailed),
+        Class::ClientError(ClientErrorKind::PayloadTooLarge),
+        Class::ClientError(ClientErrorKind::Unprocessable),
+        Class::ClientError(ClientErrorKind::Other),
+        Class::StreamError,
+        Class::Connect(ConnectKind::Dns),
+        Class::Connect(ConnectKind::Refused),
+        Class::Connect(ConnectKind::Tls),
+        Class::Connect(ConnectKind::Other),
+        Class::Timeout(TimeoutPhase::Connect),
+        Class::Timeout(TimeoutPhase::Pool),
+        Class::Timeout(TimeoutPhase::RequestWrite),
+        Class::Timeout(TimeoutPhase::ResponseHeaders),
+        Class::Timeout(TimeoutPhase::FirstEvent),
+        Class::Timeout(TimeoutPhase::BodyIdle),
+        Class::Timeout(TimeoutPhase::Attempt),
+        Class::Timeout(TimeoutPhase::Deadline),
+        Class::ResetBeforeResponse,
+        Class::ResetMidBody,
+        Class::Protocol,
+        Class::Throttled,
+        Class::Other,
+    ];
+
+    /// This class's position in [`Class::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            Class::Success => 0,
+            Class::RateLimited => 1,
+            Class::Overloaded => 2,
+            Class::ServerError => 3,
+            Class::RequestTimeout => 4,
+            Class::ClientError(k) => {
+                5 + match k {
+                    ClientErrorKind::BadRequest => 0,
+                    ClientErrorKind::Unauthorized => 1,
+                    ClientErrorKind::PaymentRequired => 2,
+                    ClientErrorKind::Forbidden => 3,
+                    ClientErrorKind::NotFound => 4,
+                    ClientErrorKind::PreconditionFailed => 5,
+                    ClientErrorKind::PayloadTooLarge => 6,
+                    ClientErrorKind::Unprocessable => 7,
+                    ClientErrorKind::Other => 8,
+                }
+            }
+            Class::StreamError => 14,
+            Class::Connect(k) => {
+                15 + match k {
+                    ConnectKind::Dns => 0,
+                    ConnectKind::Refused => 1,
+                    ConnectKind::Tls => 2,
+                    ConnectKind::Other => 3,
+                }
+            }
+            Class::Timeout(p) => {
+                19 + match p {
+                    TimeoutPhase::Connect => 0,
+                    TimeoutPhase::Pool => 1,
+                    TimeoutPhase::RequestWrite => 2,
+                    TimeoutPhase::ResponseHeaders => 3,
+                    TimeoutPhase::FirstEvent => 4,
+                    TimeoutPhase::BodyIdle => 5,
+                    TimeoutPhase::Attempt => 6,
+                    TimeoutPhase::Deadline => 7,
+                }
+            }
+            Class::ResetBeforeResponse => 27,
+            Class::ResetMidBody => 28,
+            Class::Protocol => 29,
+            Class::Throttled => 30,
+            Class::Other => 31,
+        }
+    }
+
+    /// For a client-side failure (one the provider's dashboard never sees), its kind as a
+    /// metric label: `dns`, `refused`, `tls`, `connect_other`, `connect_timeout`,
+    /// `pool_timeout` or `gate_rejected`. `None` when the request reached the server.
+    pub fn client_side_kind(self) -> Option<&'static str> {
+        Some(match self {
+            Class::Connect(ConnectKind::Dns) => "dns",
+            Class::Connect(ConnectKind::Refused) => "refused",
+            Class::Connect(ConnectKind::Tls) => "tls",
+            Class::Connect(ConnectKind::Other) => "connect_other",
+            Class::Timeout(TimeoutPhase::Connect) => "connect_timeout",
+            Class::Timeout(TimeoutPhase::Pool) => "pool_timeout",
+            Class::Throttled => "gate_rejected",
+            _ => return None,
+        })
+    }
+
     /// The class of an HTTP status.
     pub fn from_status(status: StatusCode) -> Class {
         match status.as_u16() {
@@ -270,6 +373,16 @@ impl fmt::Display for Class {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_and_index_agree_and_labels_are_unique() {
+        let mut labels = std::collections::HashSet::new();
+        for (i, c) in Class::ALL.iter().enumerate() {
+            assert_eq!(c.index(), i, "{c:?}");
+            assert!(labels.insert(c.label()), "duplicate label {}", c.label());
+            assert_eq!(c.client_side_kind().is_some(), c.is_client_side(), "{c:?}");
+        }
+    }
 
     #[test]
     fn status_table() {

@@ -10,6 +10,78 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+/// The metric names the gate records (documented with the others in `firebreak-observe`).
+pub mod metric_names {
+    /// Time a request waited in the gate, in ms, by `reason` (`concurrency`, `pacing`,
+    /// `cooldown`): only requests that waited.
+    pub const GATE_WAIT_MS: &str = "firebreak_gate_wait_ms";
+    /// The adaptive concurrency limit, summed over keys.
+    pub const GATE_LIMIT: &str = "firebreak_gate_concurrency_limit";
+    /// Requests waiting to be admitted, summed over keys.
+    pub const GATE_QUEUE: &str = "firebreak_gate_queue_length";
+}
+
+/// Why a request waited in the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WaitReason {
+    /// For a free slot under the concurrency limit.
+    Concurrency = 0,
+    /// For its paced send slot.
+    Pacing = 1,
+    /// For a fleet-wide cooldown after a 429 to end.
+    Cooldown = 2,
+}
+
+impl WaitReason {
+    fn label(self) -> &'static str {
+        match self {
+            WaitReason::Concurrency => "concurrency",
+            WaitReason::Pacing => "pacing",
+            WaitReason::Cooldown => "cooldown",
+        }
+    }
+}
+
+/// The gate's metric handles, registered with the current recorder when the layer is built
+/// (see `firebreak-observe` for why up front). All no-ops when no recorder is installed.
+#[derive(Debug, Clone)]
+pub(crate) struct GateMetrics {
+    wait: [metrics::Histogram; 3],
+    limit: metrics::Gauge,
+    queue: metrics::Gauge,
+}
+
+impl GateMetrics {
+    pub(crate) fn register() -> Self {
+        use metric_names::*;
+        metrics::describe_histogram!(
+            GATE_WAIT_MS,
+            metrics::Unit::Milliseconds,
+            "Time a request waited in the 429 gate before being sent, by reason"
+        );
+        metrics::describe_gauge!(
+            GATE_LIMIT,
+            metrics::Unit::Count,
+            "The 429 gate's adaptive concurrency limit, summed over keys"
+        );
+        metrics::describe_gauge!(
+            GATE_QUEUE,
+            metrics::Unit::Count,
+            "Requests waiting in the 429 gate, summed over keys"
+        );
+        GateMetrics {
+            wait: [
+                WaitReason::Concurrency,
+                WaitReason::Pacing,
+                WaitReason::Cooldown,
+            ]
+            .map(|r| metrics::histogram!(GATE_WAIT_MS, "reason" => r.label())),
+            limit: metrics::gauge!(GATE_LIMIT),
+            queue: metrics::gauge!(GATE_QUEUE),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Limit {
     limit: u32,
@@ -33,6 +105,7 @@ pub(crate) struct LocalGate {
     pub(crate) waited_ns: AtomicU64,
     pub(crate) throttled: AtomicU64,
     pub(crate) admitted: AtomicU64,
+    metrics: GateMetrics,
 }
 
 /// Held while a request is in flight (until its response body ends).
@@ -61,11 +134,13 @@ struct Waiting<'a>(&'a LocalGate);
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.queue.decrement(1.0);
     }
 }
 
 impl LocalGate {
-    pub(crate) fn new(key: GateKey, cfg: &GateConfig) -> Self {
+    pub(crate) fn new(key: GateKey, cfg: &GateConfig, metrics: GateMetrics) -> Self {
+        metrics.limit.increment(f64::from(cfg.initial_concurrency));
         LocalGate {
             key,
             sem: Arc::new(Semaphore::new(cfg.initial_concurrency as usize)),
@@ -81,6 +156,7 @@ impl LocalGate {
             waited_ns: AtomicU64::new(0),
             throttled: AtomicU64::new(0),
             admitted: AtomicU64::new(0),
+            metrics,
         }
     }
 
@@ -143,8 +219,10 @@ impl LocalGate {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(self.throttled(None, "not sent: the rate-limit queue is full"));
         }
+        self.metrics.queue.increment(1.0);
         let _waiting = Waiting(&self);
         let t0 = Instant::now();
+        let mut reason = WaitReason::Concurrency;
         let acquire = self.sem.clone().acquire_owned();
         let permit = match deadline {
             Some(d) => match tokio::time::timeout_at(d, acquire).await {
@@ -172,6 +250,13 @@ impl LocalGate {
                 }
                 Reserve::At(t) if t <= now => break,
                 Reserve::At(t) => {
+                    reason = if store.cooldown_until(self.key, now).is_some() {
+                        WaitReason::Cooldown
+                    } else if reason == WaitReason::Cooldown {
+                        reason
+                    } else {
+                        WaitReason::Pacing
+                    };
                     tokio::time::sleep_until(t).await;
                     let now = Instant::now();
                     if store.cooldown_until(self.key, now).is_none() {
@@ -180,10 +265,19 @@ impl LocalGate {
                 }
             }
         }
+        let waited = t0.elapsed();
         self.waited_ns.fetch_add(
-            u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
+        if !waited.is_zero() {
+            let ms = waited.as_secs_f64() * 1000.0;
+            self.metrics.wait[reason as usize].record(ms);
+            // The attempt span (firebreak-observe's, when it is in the stack) is current here.
+            let span = tracing::Span::current();
+            span.record("gate_wait_ms", ms);
+            span.record("gate_wait_reason", reason.label());
+        }
         Ok(self.grant(permit))
     }
 
@@ -210,6 +304,7 @@ impl LocalGate {
                 let new = (l.limit + grow).min(cfg.max_concurrency);
                 let added = new - l.limit;
                 l.limit = new;
+                self.metrics.limit.increment(f64::from(added));
                 let repaid = added.min(l.debt);
                 l.debt -= repaid;
                 self.sem.add_permits((added - repaid) as usize);
@@ -236,6 +331,7 @@ impl LocalGate {
             if new < l.limit {
                 let remove = l.limit - new;
                 l.limit = new;
+                self.metrics.limit.decrement(f64::from(remove));
                 let forgotten = self.sem.forget_permits(remove as usize) as u32;
                 l.debt += remove - forgotten;
             }

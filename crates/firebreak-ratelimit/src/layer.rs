@@ -1,7 +1,7 @@
 //! [`RateLimitLayer`], the [`RateLimit`] service, its future and its body.
 
 use crate::config::{GateConfig, GateConfigError};
-use crate::gate::{LocalGate, Permit};
+use crate::gate::{GateMetrics, LocalGate, Permit};
 use crate::store::{GateKey, InProcessStore, Observation, RateStore};
 use bytes::Bytes;
 use firebreak_classify::{BoxError, Class, Classification, Error, RateLimitHeaders};
@@ -131,6 +131,7 @@ struct Shared<S> {
     key_by: KeyBy,
     store: Arc<S>,
     gates: RwLock<HashMap<GateKey, Arc<LocalGate>>>,
+    metrics: GateMetrics,
 }
 
 impl<S: RateStore> Shared<S> {
@@ -147,7 +148,7 @@ impl<S: RateStore> Shared<S> {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .entry(key)
-            .or_insert_with(|| Arc::new(LocalGate::new(key, &self.cfg)))
+            .or_insert_with(|| Arc::new(LocalGate::new(key, &self.cfg, self.metrics.clone())))
             .clone()
     }
 }
@@ -188,6 +189,7 @@ impl<S: RateStore> RateLimitLayer<S> {
                 key_by,
                 store: Arc::new(store),
                 gates: RwLock::new(HashMap::new()),
+                metrics: GateMetrics::register(),
             }),
         }
     }

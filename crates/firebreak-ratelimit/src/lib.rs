@@ -61,6 +61,7 @@ mod layer;
 mod store;
 
 pub use config::{GateConfig, GateConfigError, HeaderUnit};
+pub use gate::metric_names;
 pub use layer::{
     GateSnapshot, KeyBy, Model, PermitBody, RateLimit, RateLimitLayer, RequestHead, ResponseFuture,
     TokenEstimate,

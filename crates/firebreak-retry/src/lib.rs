@@ -69,5 +69,5 @@ pub use config::{
     RetryConfigError, RetryOn,
 };
 pub use layer::{ResponseFuture, Retry, RetryLayer};
-pub use policy::{FireworksPolicy, GaveUp, Replayable, RetryInfo};
+pub use policy::{AttemptContext, DelayReason, FireworksPolicy, GaveUp, Replayable, RetryInfo};
 pub use replay::{NotReplayable, ReplayBody};

@@ -83,6 +83,42 @@ impl RetryInfo {
     }
 }
 
+/// Why the retry layer waited before an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DelayReason {
+    /// Its own exponential backoff with jitter.
+    Backoff,
+    /// The server asked for the wait (`Retry-After`, `retry-after-ms`), and it was longer than
+    /// the backoff.
+    Server,
+}
+
+impl DelayReason {
+    /// A metric label: `backoff` or `server`.
+    pub fn label(self) -> &'static str {
+        match self {
+            DelayReason::Backoff => "backoff",
+            DelayReason::Server => "server",
+        }
+    }
+}
+
+/// In the request extensions of every retry (attempt 2 onwards), for the layers below it
+/// (tracing and metrics): which attempt this is, the wait before it, why, and what the previous
+/// attempt got. A first attempt carries none, so the common path inserts nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptContext {
+    /// This attempt's number, from 2.
+    pub attempt: u32,
+    /// The wait before it.
+    pub delay: Duration,
+    /// Why that wait.
+    pub reason: DelayReason,
+    /// The previous attempt's class: the reason for the retry.
+    pub after: Class,
+}
+
 #[derive(Debug)]
 pub(crate) struct PolicyShared {
     pub(crate) cfg: RetryConfig,
@@ -251,7 +287,7 @@ impl FireworksPolicy {
         should_retry: Option<bool>,
         server_delay: Option<Duration>,
         retryable_by_error: bool,
-    ) -> Result<Duration, GaveUp> {
+    ) -> Result<(Duration, DelayReason), GaveUp> {
         let cfg = &self.shared.cfg;
         let retryable = match status {
             Some(s) if cfg.retry_on.never.contains(&s.as_u16()) => false,
@@ -279,6 +315,11 @@ impl FireworksPolicy {
         let backoff = self.draw();
         // Never earlier than the server asked.
         let wait = backoff.max(server_delay.unwrap_or(Duration::ZERO));
+        let reason = if server_delay.is_some_and(|d| d > backoff) {
+            DelayReason::Server
+        } else {
+            DelayReason::Backoff
+        };
         let now = Instant::now();
         let first_end = *self.first_end.get_or_insert(now);
         if let Some(max) = self.shared.cfg.max_retry_time {
@@ -298,7 +339,7 @@ impl FireworksPolicy {
                 return Err(GaveUp::BudgetExhausted);
             }
         }
-        Ok(wait)
+        Ok((wait, reason))
     }
 }
 
@@ -360,8 +401,14 @@ where
             return None;
         }
         match self.decide(req, class, status, should_retry, delay, by_error) {
-            Ok(wait) => {
+            Ok((wait, reason)) => {
                 self.slept += wait;
+                req.extensions_mut().insert(AttemptContext {
+                    attempt: self.attempts + 1,
+                    delay: wait,
+                    reason,
+                    after: class,
+                });
                 self.previous = Some(wait);
                 if let Some(h) = &self.shared.cfg.attempt_header {
                     req.headers_mut()

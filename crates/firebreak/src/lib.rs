@@ -3,9 +3,15 @@
 //! [`Stack`] composes firebreak's layers in the one order that works, outside to inside:
 //!
 //! ```text
-//! overall deadline → retry → 429 gate → per-attempt timeouts → classification → (auth) → hyper client
+//! observe → overall deadline → retry → observe attempt → 429 gate → per-attempt timeouts
+//!         → classification → (auth) → hyper client
 //! ```
 //!
+//! - **observation** of the logical request is outermost, so its span and its total latency
+//!   cover everything, and each request is counted once however it ends; observation of each
+//!   **attempt** sits between retry and the gate, so it sees every attempt, including the ones
+//!   the gate refused to send (client-side failures the provider never sees). See
+//!   [`observe`] for the spans and the metrics table;
 //! - the **deadline** is outermost, so backoff sleeps and 429 waits count against it, and the
 //!   layers below see how much time is left;
 //! - **retry** is outside the gate, so every attempt, retries included, passes the fleet-wide
@@ -37,6 +43,7 @@ mod ext;
 pub use ext::ServiceBuilderExt;
 pub use firebreak_classify::{self as classify, Class, Classification, Error};
 pub use firebreak_client::{self as client, ApiKey, ClientConfig, FIREWORKS_BASE_URL};
+pub use firebreak_observe::{self as observe, Observer};
 pub use firebreak_ratelimit::RateLimitLayer;
 pub use firebreak_ratelimit::{self as ratelimit, GateConfig, KeyBy};
 pub use firebreak_retry::{self as retry, RetryConfig};
@@ -44,6 +51,7 @@ pub use firebreak_timeout::{self as timeout, TimeoutConfig, Workload};
 
 use bytes::Bytes;
 use firebreak_classify::{Classify, ClassifyLayer};
+use firebreak_observe::{AttemptObserve, AttemptObserveLayer, Observe, ObserveLayer};
 use firebreak_ratelimit::RateLimit;
 use firebreak_retry::{ReplayBody, Retry, RetryLayer};
 use firebreak_timeout::{
@@ -59,7 +67,8 @@ use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceBuilder, ServiceExt};
 
 /// The composed service around an inner service `S`.
-pub type StackService<S> = DeadlineService<Retry<RateLimit<AttemptTimeout<Classify<S>>>>>;
+pub type StackService<S> =
+    Observe<DeadlineService<Retry<AttemptObserve<RateLimit<AttemptTimeout<Classify<S>>>>>>>;
 
 /// The request body the innermost service (the hyper client) receives for callers' bodies `B`.
 pub type InnerBody<B> = TimedRequestBody<ReplayBody<B>>;
@@ -127,6 +136,8 @@ pub struct Stack {
     /// Whether an error event inside an SSE stream ends the body with an error (the default), or
     /// passes through untouched (what a proxy wants).
     pub sse_errors_as_failures: bool,
+    /// Whether to record tracing spans and metrics (on by default; see [`observe`]).
+    pub observe: bool,
 }
 
 impl Stack {
@@ -138,6 +149,7 @@ impl Stack {
             gate: GateConfig::default(),
             key_by: KeyBy::Client,
             sse_errors_as_failures: true,
+            observe: true,
         }
     }
 
@@ -185,7 +197,15 @@ impl Stack {
         self
     }
 
-    /// Validates the settings and builds the layer.
+    /// Turns tracing spans and metrics on (the default) or off. Off, the observation layers are
+    /// pass-throughs that read no clock.
+    pub fn observe(mut self, on: bool) -> Self {
+        self.observe = on;
+        self
+    }
+
+    /// Validates the settings and builds the layer. Metric handles are registered here, with
+    /// the recorder current at that moment: install the exporter first.
     ///
     /// # Errors
     /// [`StackError`] naming the first invalid setting.
@@ -194,7 +214,13 @@ impl Stack {
             .timeouts
             .deadline
             .unwrap_or(firebreak_timeout::MAX_TIMEOUT);
+        let observer = if self.observe {
+            Observer::new()
+        } else {
+            Observer::disabled()
+        };
         Ok(StackLayer {
+            observer,
             deadline: DeadlineLayer::new(deadline).map_err(StackError::Timeout)?,
             retry: RetryLayer::new(self.retry.clone()).map_err(StackError::Retry)?,
             gate: RateLimitLayer::new(self.gate.clone(), self.key_by.clone())
@@ -208,6 +234,7 @@ impl Stack {
 /// The composed layer. Clones share the retry budget and the 429 gate.
 #[derive(Debug, Clone)]
 pub struct StackLayer {
+    observer: Observer,
     deadline: DeadlineLayer,
     retry: RetryLayer,
     gate: RateLimitLayer,
@@ -221,6 +248,11 @@ impl StackLayer {
         &self.gate
     }
 
+    /// The observer recording spans and metrics.
+    pub fn observer(&self) -> &Observer {
+        &self.observer
+    }
+
     /// The 429 gate's settings.
     pub fn gate_config(&self) -> &GateConfig {
         self.gate.config()
@@ -231,8 +263,10 @@ impl<S> Layer<S> for StackLayer {
     type Service = StackService<S>;
     fn layer(&self, inner: S) -> StackService<S> {
         ServiceBuilder::new()
+            .layer(ObserveLayer::new(self.observer.clone()))
             .layer(self.deadline)
             .layer(self.retry.clone())
+            .layer(AttemptObserveLayer::new(self.observer.clone()))
             .layer(self.gate.clone())
             .layer(self.attempt)
             .layer(self.classify)
