@@ -10,6 +10,9 @@ use hyper_util::rt::TokioExecutor;
 use std::future::Future;
 use std::time::Duration;
 
+mod recorded;
+pub use recorded::Recorded;
+
 /// The key tests send. The simulator in a test accepts it via `SimConfig::api_key`.
 pub const KEY: &str = "fw_test_key_0123456789";
 

@@ -41,6 +41,7 @@ pub(crate) struct ProxyArgs {
 #[derive(Clone)]
 struct Proxy {
     svc: BoxStack,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     upstream: Arc<str>,
     max_body: usize,
 }
@@ -151,10 +152,67 @@ async fn forward(State(p): State<Proxy>, req: Request) -> Response {
     }
 }
 
+/// The Prometheus text exposition of every firebreak metric (see `firebreak::observe`).
+async fn metrics_text(State(p): State<Proxy>) -> Response {
+    match &p.metrics {
+        Some(h) => {
+            h.run_upkeep();
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                h.render(),
+            )
+                .into_response()
+        }
+        None => error_response(
+            StatusCode::NOT_FOUND,
+            "metrics are not enabled in this process",
+            "not_found",
+            None,
+        ),
+    }
+}
+
+/// Histogram buckets for the millisecond metrics: 5 ms to 30 min, roughly ×2.5 apart, so the
+/// same series serve a chat call and a long-context one.
+const MS_BUCKETS: [f64; 16] = [
+    5.0,
+    10.0,
+    25.0,
+    50.0,
+    100.0,
+    250.0,
+    500.0,
+    1_000.0,
+    2_500.0,
+    5_000.0,
+    10_000.0,
+    30_000.0,
+    60_000.0,
+    300_000.0,
+    600_000.0,
+    1_800_000.0,
+];
+
+/// Installs the Prometheus recorder for this process. It must come before the stack is built:
+/// the stack registers its series with the recorder current at that moment.
+fn install_prometheus() -> Result<metrics_exporter_prometheus::PrometheusHandle, String> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("_ms".into()),
+            &MS_BUCKETS,
+        )
+        .and_then(|b| b.install_recorder())
+        .map_err(|e| format!("cannot set up /metrics: {e}"))
+}
+
 /// The proxy's router around a stack.
 fn app(p: Proxy) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics_text))
         .route("/inference/v1/{*rest}", any(forward))
         .route("/v1/{*rest}", any(forward))
         .with_state(p)
@@ -174,6 +232,7 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), Box<dyn std::error::Error
         }
         t.headers = Some(std::time::Duration::from_secs_f64(s));
     }
+    let metrics = install_prometheus()?;
     let mut stack = Stack::interactive().timeouts(t);
     // SSE error events reach the caller as the upstream sent them.
     stack.sse_errors_as_failures = false;
@@ -194,6 +253,7 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), Box<dyn std::error::Error
     println!("firebreak proxy listening on http://{addr} -> {upstream}");
     let p = Proxy {
         svc: client.service(),
+        metrics: Some(metrics),
         upstream: upstream.into(),
         max_body: args.max_body,
     };

@@ -137,12 +137,7 @@ impl Observer {
 }
 
 impl Instruments {
-    pub(crate) fn request_done(
-        &self,
-        outcome: Outcome,
-        class: Option<Class>,
-        total: Duration,
-    ) {
+    pub(crate) fn request_done(&self, outcome: Outcome, class: Option<Class>, total: Duration) {
         match outcome {
             Outcome::Success => self.requests_success.increment(1),
             Outcome::Failure => {
