@@ -148,8 +148,11 @@ where
         if !self.only_if_missing || !h.contains_key(AUTHORIZATION) {
             h.insert(AUTHORIZATION, self.key.header.clone());
         }
-        // Any caller-supplied key is marked sensitive too.
+        // Any caller-supplied key is marked sensitive too, in either header.
         if let Some(v) = h.get_mut(AUTHORIZATION) {
+            v.set_sensitive(true);
+        }
+        if let Some(v) = h.get_mut("x-api-key") {
             v.set_sensitive(true);
         }
         self.inner.call(req)

@@ -28,7 +28,9 @@
 //! | `firebreak.request` | `method`, `uri`, `version`, `request_id` (the `x-request-id` sent, else the one answered), `attempts`, `status`, `class`, `outcome`, `ttfb_ms`, `total_ms` |
 //! | `firebreak.attempt` (child) | `attempt`, `delay_ms` and `delay_reason` (`none`, `backoff`, `server`) before it, `retry_after_class`, `gate_wait_ms` and `gate_wait_reason` (`concurrency`, `pacing`, `cooldown`), `status`, `class`, `headers_ms` |
 //!
-//! Headers are never recorded: `Authorization` and `x-api-key` cannot leak through a span.
+//! Headers are never recorded, and [`ObserveLayer`] marks `Authorization` and `x-api-key` as
+//! sensitive (on or off), so that nothing below it, a `TraceLayer` logging headers included,
+//! prints them.
 //!
 //! # Metrics
 //! Names are chosen to sit beside Fireworks' own dedicated-deployment metrics
@@ -82,7 +84,7 @@ mod request;
 
 pub use attempt::{AttemptFuture, AttemptObserve, AttemptObserveLayer};
 pub use instruments::{Observer, Outcome};
-pub use request::{Observe, ObserveLayer, ObservedBody, RequestFuture};
+pub use request::{Observe, ObserveLayer, ObservedBody, RequestFuture, mark_sensitive};
 
 /// The metric names, as constants.
 pub mod names {

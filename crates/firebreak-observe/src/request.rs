@@ -87,7 +87,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        mark_sensitive(req.headers_mut());
         let Some(ins) = &self.obs.inner else {
             return RequestFuture {
                 inner: self.inner.call(req),
@@ -121,6 +122,18 @@ where
             span,
             record: Some(Record::new(ins.clone())),
         }
+    }
+}
+
+/// Marks the credentials a caller may have set as sensitive, so that nothing below (a
+/// tower-http `TraceLayer` logging headers, a `Debug` of the request) can print them.
+pub fn mark_sensitive(headers: &mut http::HeaderMap) {
+    static X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
+    if let Some(v) = headers.get_mut(http::header::AUTHORIZATION) {
+        v.set_sensitive(true);
+    }
+    if let Some(v) = headers.get_mut(&X_API_KEY) {
+        v.set_sensitive(true);
     }
 }
 

@@ -4,101 +4,15 @@
 use bytes::Bytes;
 use firebreak_classify::{Class, ClassifyLayer, Error};
 use firebreak_observe::{AttemptObserveLayer, ObserveLayer, Observer, names};
-use firebreak_ratelimit::{GateConfig, KeyBy, RateLimitLayer};
-use firebreak_retry::{Jitter, RetryConfig, RetryLayer};
+use firebreak_ratelimit::GateConfig;
 use firebreak_testkit::Recorded;
+
+mod common;
+use common::*;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
-use std::collections::VecDeque;
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tower::{Layer, Service, ServiceBuilder, ServiceExt};
-
-/// Answers with the next status of a script (200 when it runs out), after `delay`.
-#[derive(Clone)]
-struct Script {
-    statuses: Arc<Mutex<VecDeque<u16>>>,
-    delay: Duration,
-}
-
-impl Script {
-    fn new(statuses: &[u16], delay: Duration) -> Self {
-        Script {
-            statuses: Arc::new(Mutex::new(statuses.iter().copied().collect())),
-            delay,
-        }
-    }
-}
-
-impl<B: Send + 'static> Service<Request<B>> for Script {
-    type Response = Response<Full<Bytes>>;
-    type Error = Infallible;
-    type Future =
-        std::pin::Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send>>;
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-    fn call(&mut self, _req: Request<B>) -> Self::Future {
-        let s = self.statuses.lock().unwrap().pop_front().unwrap_or(200);
-        let delay = self.delay;
-        Box::pin(async move {
-            tokio::time::sleep(delay).await;
-            Ok(Response::builder()
-                .status(s)
-                .body(Full::new(Bytes::from_static(b"{\"ok\":true}")))
-                .unwrap())
-        })
-    }
-}
-
-fn retry() -> RetryConfig {
-    RetryConfig::builder()
-        .backoff(
-            Jitter::Full,
-            Duration::from_millis(100),
-            Duration::from_millis(100),
-        )
-        .seed(7)
-        .build()
-        .unwrap()
-}
-
-fn req() -> Request<Full<Bytes>> {
-    Request::post("http://sim.invalid/chat/completions")
-        .header("x-request-id", "req-1")
-        .body(Full::new(Bytes::from_static(b"{}")))
-        .unwrap()
-}
-
-type Svc = tower::util::BoxCloneSyncService<
-    Request<Full<Bytes>>,
-    Response<firebreak_observe::ObservedBody<http_body_util::combinators::BoxBody<Bytes, Error>>>,
-    Error,
->;
-
-/// observe → retry → observe attempt → gate → classify → script, built under `rec`.
-fn stack(rec: &Recorded, script: Script, gate: GateConfig, obs_on: bool) -> Svc {
-    rec.build(|| {
-        let obs = if obs_on {
-            Observer::new()
-        } else {
-            Observer::disabled()
-        };
-        let svc = ServiceBuilder::new()
-            .layer(ObserveLayer::new(obs.clone()))
-            .map_response(|r: Response<_>| r.map(BodyExt::boxed))
-            .layer(RetryLayer::new(retry()).unwrap())
-            .layer(AttemptObserveLayer::new(obs))
-            .layer(RateLimitLayer::new(gate, KeyBy::Client).unwrap())
-            .layer(ClassifyLayer::new())
-            .service(script);
-        tower::util::BoxCloneSyncService::new(svc)
-    })
-}
+use tower::{Layer, ServiceExt};
 
 #[tokio::test(start_paused = true)]
 async fn a_retried_request_is_one_request_two_attempts_and_one_retry() {
@@ -297,89 +211,6 @@ fn every_series_is_registered_up_front_with_bounded_labels() {
     }
 }
 
-/// A `MakeWriter` into a shared buffer.
-#[derive(Clone, Default)]
-struct Buf(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Buf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buf {
-    type Writer = Buf;
-    fn make_writer(&'a self) -> Buf {
-        self.clone()
-    }
-}
-
-#[test]
-fn spans_nest_attempts_under_the_request_with_their_fields() {
-    let buf = Buf::default();
-    let sub = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
-        .with_writer(buf.clone())
-        .with_ansi(false)
-        .finish();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
-    tracing::subscriber::with_default(sub, || {
-        rt.block_on(async {
-            let rec = Recorded::new();
-            let gate = GateConfig {
-                initial_concurrency: 1,
-                min_concurrency: 1,
-                max_concurrency: 1,
-                ..GateConfig::default()
-            };
-            let svc = stack(
-                &rec,
-                Script::new(&[503], Duration::from_millis(10)),
-                gate,
-                true,
-            );
-            // Two calls through a gate of one: one waits for the other's slot. Each reads its
-            // body (the slot is held until the body ends).
-            let call = |svc: Svc| async move {
-                let resp = svc.oneshot(req()).await.unwrap();
-                resp.into_body().collect().await.unwrap();
-            };
-            let other = tokio::spawn(call(svc.clone()));
-            call(svc).await;
-            other.await.unwrap();
-        })
-    });
-    let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-    let lines: Vec<&str> = out.lines().collect();
-    // The second attempt's span is a child of the request span and says why it waited.
-    let retry_line = lines
-        .iter()
-        .find(|l| l.contains("firebreak.request{") && l.contains("firebreak.attempt{attempt=2"))
-        .unwrap_or_else(|| panic!("no nested second attempt in:\n{out}"));
-    assert!(
-        retry_line.contains("delay_reason=\"backoff\""),
-        "{retry_line}"
-    );
-    assert!(
-        retry_line.contains("retry_after_class=\"overloaded\""),
-        "{retry_line}"
-    );
-    assert!(out.contains("request_id=\"req-1\""), "{out}");
-    assert!(out.contains("gate_wait_reason=\"concurrency\""), "{out}");
-    assert!(out.contains("outcome=\"success\""), "{out}");
-    assert!(out.contains("finished processing request"), "{out}");
-    assert!(out.contains("attempt failed"), "{out}");
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_layer_alone_passes_answers_through_untouched() {
     let obs = Observer::disabled();
@@ -389,4 +220,24 @@ async fn a_layer_alone_passes_answers_through_untouched() {
     );
     let resp = svc.oneshot(req()).await.unwrap();
     assert_eq!(resp.status(), 418);
+}
+
+#[tokio::test]
+async fn credentials_are_marked_sensitive_for_everything_below() {
+    for obs in [Observer::new(), Observer::disabled()] {
+        let inner = tower::service_fn(|r: Request<Full<Bytes>>| async move {
+            assert!(r.headers()["authorization"].is_sensitive());
+            assert!(r.headers()["x-api-key"].is_sensitive());
+            assert!(!format!("{r:?}").contains("SECRET"), "{r:?}");
+            Ok::<_, Error>(Response::new(Full::new(Bytes::new())))
+        });
+        let svc = ObserveLayer::new(obs).layer(inner);
+        let mut r = req();
+        r.headers_mut()
+            .insert("authorization", "Bearer fw_SECRET".parse().unwrap());
+        r.headers_mut()
+            .insert("x-api-key", "fw_SECRET".parse().unwrap());
+        let resp = svc.oneshot(r).await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
 }

@@ -1,0 +1,96 @@
+//! The spans the observation layers open, captured with a tracing subscriber. Alone in its test
+//! binary: the subscriber is the global default, so no other test's thread can race it.
+
+use firebreak_ratelimit::GateConfig;
+use firebreak_testkit::Recorded;
+use http_body_util::BodyExt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tower::ServiceExt;
+
+mod common;
+use common::*;
+
+/// A `MakeWriter` into a shared buffer.
+#[derive(Clone, Default)]
+struct Buf(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Buf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buf {
+    type Writer = Buf;
+    fn make_writer(&'a self) -> Buf {
+        self.clone()
+    }
+}
+
+#[test]
+fn spans_nest_attempts_under_the_request_with_their_fields() {
+    let buf = Buf::default();
+    let sub = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .with_writer(buf.clone())
+        .with_ansi(false)
+        .finish();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    tracing::subscriber::set_global_default(sub).unwrap();
+    {
+        rt.block_on(async {
+            let rec = Recorded::new();
+            let gate = GateConfig {
+                initial_concurrency: 1,
+                min_concurrency: 1,
+                max_concurrency: 1,
+                ..GateConfig::default()
+            };
+            let svc = stack(
+                &rec,
+                Script::new(&[503], Duration::from_millis(10)),
+                gate,
+                true,
+            );
+            // Two calls through a gate of one: one waits for the other's slot. Each reads its
+            // body (the slot is held until the body ends).
+            let call = |svc: Svc| async move {
+                let resp = svc.oneshot(req()).await.unwrap();
+                resp.into_body().collect().await.unwrap();
+            };
+            let other = tokio::spawn(call(svc.clone()));
+            call(svc).await;
+            other.await.unwrap();
+        })
+    }
+    let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    // The second attempt's span is a child of the request span and says why it waited.
+    let retry_line = lines
+        .iter()
+        .find(|l| l.contains("firebreak.request{") && l.contains("firebreak.attempt{attempt=2"))
+        .unwrap_or_else(|| panic!("no nested second attempt in:\n{out}"));
+    assert!(
+        retry_line.contains("delay_reason=\"backoff\""),
+        "{retry_line}"
+    );
+    assert!(
+        retry_line.contains("retry_after_class=\"overloaded\""),
+        "{retry_line}"
+    );
+    assert!(out.contains("request_id=\"req-1\""), "{out}");
+    assert!(out.contains("gate_wait_reason=\"concurrency\""), "{out}");
+    assert!(out.contains("outcome=\"success\""), "{out}");
+    assert!(out.contains("finished processing request"), "{out}");
+    assert!(out.contains("attempt failed"), "{out}");
+}
