@@ -1,0 +1,192 @@
+//! The API key never shows: not in any tracing output (everything, at TRACE, captured from a run
+//! with faults against firebreak-sim), not in the `Debug` or `Display` of any error that run
+//! produced, nor of the client and its settings. Alone in its binary: the capturing subscriber
+//! is the process's global default.
+
+use firebreak::{ApiKey, Class, Error, FireworksClient, RetryConfig, Stack};
+use firebreak_retry::Jitter;
+use firebreak_sim::{DelayHeader, Fault, Sim, SimConfig, Trigger};
+use firebreak_testkit::*;
+use firebreak_timeout::{TimeoutConfig, Workload};
+use http_body_util::BodyExt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const SECRET: &str = "fw_SECRETkey_do_not_print_8c1f";
+const WRONG: &str = "fw_WRONGkey_do_not_print_77aa";
+
+#[derive(Clone, Default)]
+struct Buf(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Buf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buf {
+    type Writer = Buf;
+    fn make_writer(&'a self) -> Buf {
+        self.clone()
+    }
+}
+
+/// Every way an error can be printed: Display, Debug, pretty Debug, and its source chain.
+fn renderings(e: &Error) -> String {
+    let mut out = format!("{e}\n{e:?}\n{e:#?}\n");
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        out.push_str(&format!("{s}\n{s:?}\n"));
+        src = s.source();
+    }
+    out
+}
+
+fn status(s: u16) -> Fault {
+    Fault::Status {
+        status: s,
+        shape: None,
+        delay: vec![DelayHeader::RetryAfterMs { ms: 20.0 }],
+        should_retry: None,
+        message: None,
+    }
+}
+
+#[test]
+fn the_key_never_appears_in_traces_errors_or_debug_output() {
+    let buf = Buf::default();
+    let sub = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::FULL)
+        .with_writer(buf.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::set_global_default(sub).unwrap();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let printed = rt.block_on(bounded(60, async {
+        let sim = Sim::start(
+            SimConfig::default()
+                .api_key(SECRET)
+                .seed(5)
+                .fault(Trigger::Probability { p: 0.15 }, status(503))
+                .fault(Trigger::Probability { p: 0.15 }, status(429))
+                .fault(Trigger::Probability { p: 0.1 }, Fault::ResetBeforeResponse)
+                .fault(Trigger::Probability { p: 0.1 }, Fault::Hang { for_ms: 400 })
+                .fault(
+                    Trigger::Probability { p: 0.1 },
+                    Fault::ResetMidStream { after_chunks: 1 },
+                )
+                .fault(Trigger::Probability { p: 0.1 }, status(404)),
+        )
+        .await
+        .unwrap();
+        let timeouts = TimeoutConfig::builder(Workload::Interactive)
+            .headers(Some(Duration::from_millis(150)))
+            .build()
+            .unwrap();
+        // Two attempts only, so that failures reach the caller as errors.
+        let retry = RetryConfig::builder()
+            .max_attempts(2)
+            .backoff(
+                Jitter::Full,
+                Duration::from_millis(5),
+                Duration::from_millis(20),
+            )
+            .build()
+            .unwrap();
+        let stack = Stack::interactive().timeouts(timeouts).retry(retry);
+        let mut printed = String::new();
+        let mut classes = std::collections::HashSet::new();
+
+        let client =
+            FireworksClient::new(&sim.base_url(), ApiKey::new(SECRET).unwrap(), stack.clone())
+                .unwrap();
+        let wrong =
+            FireworksClient::new(&sim.base_url(), ApiKey::new(WRONG).unwrap(), stack.clone())
+                .unwrap();
+        let refused = FireworksClient::new(
+            &format!("http://{}", refused_addr()),
+            ApiKey::new(SECRET).unwrap(),
+            stack.clone(),
+        )
+        .unwrap();
+        for (i, c) in [&client, &wrong, &refused]
+            .into_iter()
+            .cycle()
+            .take(90)
+            .enumerate()
+        {
+            let stream = i % 2 == 0;
+            match c
+                .post("/chat/completions", chat_body(&format!("s{i}"), stream))
+                .await
+            {
+                Err(e) => {
+                    classes.insert(e.class());
+                    printed.push_str(&renderings(&e));
+                }
+                Ok(resp) => {
+                    let s = resp.status();
+                    printed.push_str(&format!("{resp:?}\n"));
+                    match resp.into_body().collect().await {
+                        Ok(b) => {
+                            if !s.is_success() {
+                                classes.insert(Class::from_status(s));
+                                printed.push_str(&String::from_utf8_lossy(&b.to_bytes()));
+                            }
+                        }
+                        Err(e) => {
+                            classes.insert(e.class());
+                            printed.push_str(&renderings(&e));
+                        }
+                    }
+                }
+            }
+        }
+        // The client, its layer, its settings, and a rejected key.
+        printed.push_str(&format!(
+            "{client:?}\n{:?}\n{stack:?}\n{:?}\n",
+            client.layer(),
+            ApiKey::new(SECRET).unwrap()
+        ));
+        let bad = ApiKey::new(format!("{SECRET}\n")).unwrap_err();
+        printed.push_str(&format!("{bad}\n{bad:?}\n"));
+        // The run must have produced the failures it is meant to check.
+        for c in [
+            Class::ClientError(firebreak::classify::ClientErrorKind::Unauthorized),
+            Class::Connect(firebreak::classify::ConnectKind::Refused),
+            Class::Timeout(firebreak::classify::TimeoutPhase::ResponseHeaders),
+            Class::ResetMidBody,
+        ] {
+            assert!(classes.contains(&c), "no {c:?} in {classes:?}");
+        }
+        assert!(classes.len() >= 6, "{classes:?}");
+        printed
+    }));
+
+    let traces = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        traces.contains("firebreak.request") && traces.contains("firebreak.attempt"),
+        "the subscriber captured nothing of the stack"
+    );
+    assert!(traces.contains("response failed"), "no failure events captured");
+    for (what, text) in [("tracing output", &traces), ("errors and Debug", &printed)] {
+        for secret in [SECRET, WRONG, "SECRETkey", "WRONGkey"] {
+            assert!(
+                !text.contains(secret),
+                "{what} contains the key: …{}…",
+                &text[text.find(secret).unwrap().saturating_sub(200)..]
+                    [..(200 + secret.len()).min(text.len())]
+            );
+        }
+    }
+}
