@@ -178,7 +178,10 @@ fn the_key_never_appears_in_traces_errors_or_debug_output() {
         traces.contains("firebreak.request") && traces.contains("firebreak.attempt"),
         "the subscriber captured nothing of the stack"
     );
-    assert!(traces.contains("response failed"), "no failure events captured");
+    assert!(
+        traces.contains("response failed"),
+        "no failure events captured"
+    );
     for (what, text) in [("tracing output", &traces), ("errors and Debug", &printed)] {
         for secret in [SECRET, WRONG, "SECRETkey", "WRONGkey"] {
             assert!(

@@ -2,23 +2,16 @@
 
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
-use firebreak::classify::{Class, Classification, ClassifyLayer, Error};
-use firebreak::ratelimit::RateLimitLayer;
-use firebreak::retry::RetryLayer;
-use firebreak::timeout::{AttemptTimeoutLayer, ConnectTimeoutLayer, DeadlineLayer};
-use firebreak::{ApiKey, ClientConfig, Stack, TimeoutConfig, Workload};
+use firebreak::classify::{Class, Classification};
+use firebreak::{ApiKey, FireworksClient, Stack, TimeoutConfig, Workload};
 use futures_util::StreamExt;
-use http::{Request, Response};
+use http::Request;
 use http_body_util::{BodyExt, Full};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+use tower::ServiceExt;
 
 /// A workload preset on the command line.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -88,65 +81,55 @@ fn secs(name: &str, v: Option<f64>) -> Result<Option<Duration>, String> {
     }
 }
 
-/// Counts every attempt (it sits between the retry layer and the 429 gate), the 429s received
-/// and the attempts that failed without reaching the server.
+/// What the stack's metrics said about the run, read once at the end from a recorder local to
+/// this command.
 #[derive(Debug, Default)]
-struct Counters {
-    attempts: AtomicU64,
-    rate_limited: AtomicU64,
-    client_side: AtomicU64,
+struct Seen {
+    attempts: u64,
+    reached_server: u64,
+    rate_limited: u64,
+    client_side: BTreeMap<String, u64>,
+    server_failures: BTreeMap<String, u64>,
 }
 
-#[derive(Clone)]
-struct Count<S> {
-    inner: S,
-    c: Arc<Counters>,
-}
-
-impl<S, ReqB, ResB> Service<Request<ReqB>> for Count<S>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>, Error = Error>,
-    S::Future: Send + 'static,
-    ResB: 'static,
-{
-    type Response = Response<ResB>;
-    type Error = Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ResB>, Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let c = self.c.clone();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let r = fut.await;
-            match &r {
-                Ok(resp) => {
-                    c.attempts.fetch_add(1, Ordering::Relaxed);
-                    let class = resp
-                        .extensions()
-                        .get::<Classification>()
-                        .map(Classification::class);
-                    if class == Some(Class::RateLimited) || resp.status() == 429 {
-                        c.rate_limited.fetch_add(1, Ordering::Relaxed);
+impl Seen {
+    fn read(snapshotter: &metrics_util::debugging::Snapshotter) -> Seen {
+        use firebreak::observe::names;
+        use metrics_util::debugging::DebugValue;
+        let mut seen = Seen::default();
+        for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+            let DebugValue::Counter(n) = value else {
+                continue;
+            };
+            let key = key.key();
+            let label = |name: &str| {
+                key.labels()
+                    .find(|l| l.key() == name)
+                    .map(|l| l.value().to_string())
+            };
+            match key.name() {
+                names::ATTEMPTS => {
+                    seen.attempts += n;
+                    if label("reached_server").as_deref() == Some("true") {
+                        seen.reached_server += n;
+                        match label("class") {
+                            Some(c) if c != "success" && n > 0 => {
+                                *seen.server_failures.entry(c).or_default() += n;
+                            }
+                            _ => {}
+                        }
                     }
                 }
-                Err(e) if e.is_client_side() => {
-                    // Never sent (or never connected): counted as a client-side failure, not an attempt the
-                    // server saw.
-                    c.client_side.fetch_add(1, Ordering::Relaxed);
-                    if e.class() != Class::Throttled {
-                        c.attempts.fetch_add(1, Ordering::Relaxed);
+                names::HTTP_429 => seen.rate_limited += n,
+                names::CLIENT_FAILURES if n > 0 => {
+                    if let Some(k) = label("kind") {
+                        *seen.client_side.entry(k).or_default() += n;
                     }
                 }
-                Err(_) => {
-                    c.attempts.fetch_add(1, Ordering::Relaxed);
-                }
+                _ => {}
             }
-            r
-        })
+        }
+        seen
     }
 }
 
@@ -199,36 +182,13 @@ pub(crate) async fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>
     if let Some(n) = args.max_attempts {
         stack.retry.max_attempts = n;
     }
-    stack.layer()?; // validates every setting with a clear error
-    let counters = Arc::new(Counters::default());
-    let cfg = ClientConfig::default().connect_timeout(None);
-    let connector = firebreak::client::https_connector(&cfg)?;
-    let connector = match t.connect {
-        Some(d) => ConnectTimeoutLayer::new(d)?.layer(connector),
-        None => ConnectTimeoutLayer::new(Duration::from_secs(86_400))?.layer(connector),
-    };
+    // The stack's own metrics count attempts, 429s and client-side failures; a recorder local
+    // to this command receives them (the handles are bound when the client is built).
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
     let client =
-        firebreak::client::build_with::<_, firebreak::InnerBody<Full<Bytes>>>(connector, &cfg);
-    let svc = ServiceBuilder::new()
-        .layer(DeadlineLayer::new(
-            t.deadline.unwrap_or(firebreak::timeout::MAX_TIMEOUT),
-        )?)
-        .layer(RetryLayer::new(stack.retry.clone())?)
-        .layer(tower::layer::layer_fn({
-            let c = counters.clone();
-            move |inner| Count {
-                inner,
-                c: c.clone(),
-            }
-        }))
-        .layer(RateLimitLayer::new(
-            stack.gate.clone(),
-            stack.key_by.clone(),
-        )?)
-        .layer(AttemptTimeoutLayer::new(&t)?)
-        .layer(ClassifyLayer::new())
-        .layer(firebreak::client::AuthLayer::new(key))
-        .service(client);
+        metrics::with_local_recorder(&recorder, || FireworksClient::new(&base, key, stack))?;
+    let svc = client.service();
     let bar = if args.json {
         ProgressBar::hidden()
     } else {
@@ -299,13 +259,17 @@ pub(crate) async fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>
         }
     }
     let succeeded = results.iter().filter(|r| r.0.is_ok()).count();
+    let seen = Seen::read(&snapshotter);
     let summary = serde_json::json!({
         "requests": results.len(),
         "succeeded": succeeded,
         "failed": results.len() - succeeded,
-        "attempts": counters.attempts.load(Ordering::Relaxed),
-        "rate_limited_responses": counters.rate_limited.load(Ordering::Relaxed),
-        "client_side_failures": counters.client_side.load(Ordering::Relaxed),
+        "attempts": seen.attempts,
+        "attempts_reached_server": seen.reached_server,
+        "rate_limited_responses": seen.rate_limited,
+        "client_side_failures": seen.client_side.values().sum::<u64>(),
+        "client_side_by_kind": seen.client_side,
+        "server_acknowledged_failures_by_class": seen.server_failures,
         "elapsed_s": elapsed,
         "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": lat.last().copied().unwrap_or(0.0)},
         "failures_by_class": by_class,
@@ -332,6 +296,28 @@ pub(crate) async fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>
         for (c, n) in &by_class {
             println!("  {c}: {n}");
         }
+        println!("{}", breakdown(&seen));
     }
     Ok(())
+}
+
+/// The short breakdown printed at the end: what the provider's dashboard can see, and what only
+/// this client saw.
+fn breakdown(seen: &Seen) -> String {
+    let list = |m: &BTreeMap<String, u64>| {
+        if m.is_empty() {
+            "none".to_string()
+        } else {
+            m.iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    format!(
+        "failed attempts the server acknowledged (on the provider's dashboard): {}\n\
+         failed attempts that never reached the server (client-side only): {}",
+        list(&seen.server_failures),
+        list(&seen.client_side)
+    )
 }

@@ -82,8 +82,11 @@ fn load_json_matches_the_simulator_log() {
         "succeeded",
         "failed",
         "attempts",
+        "attempts_reached_server",
         "rate_limited_responses",
         "client_side_failures",
+        "client_side_by_kind",
+        "server_acknowledged_failures_by_class",
         "elapsed_s",
         "latency_ms",
         "failures_by_class",
@@ -107,6 +110,16 @@ fn load_json_matches_the_simulator_log() {
         log.len() as u64,
         "attempts agree with the server's log"
     );
+    assert_eq!(v["attempts_reached_server"], v["attempts"]);
+    // Failed attempts the server acknowledged, by class, as the simulator logged them.
+    let mut failed: std::collections::BTreeMap<String, u64> = Default::default();
+    for r in log.iter().filter(|r| r.status != 200) {
+        let c = firebreak::Class::from_status(http::StatusCode::from_u16(r.status).unwrap());
+        *failed.entry(c.label().to_string()).or_default() += 1;
+    }
+    let seen: std::collections::BTreeMap<String, u64> =
+        serde_json::from_value(v["server_acknowledged_failures_by_class"].clone()).unwrap();
+    assert_eq!(seen, failed);
     assert_eq!(
         v["rate_limited_responses"].as_u64().unwrap(),
         log.iter().filter(|r| r.status == 429).count() as u64
@@ -220,4 +233,45 @@ fn refused_connections_are_counted_client_side() {
         "two refused attempts per request, none seen by a server"
     );
     assert_eq!(v["failures_by_class"]["connect_refused"], 3);
+    assert_eq!(v["client_side_by_kind"]["refused"], 6);
+    assert_eq!(v["attempts_reached_server"], 0);
+}
+
+#[test]
+fn the_summary_separates_client_side_from_server_acknowledged_failures() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = firebreak()
+        .args([
+            "load",
+            "--base-url",
+            &format!("http://127.0.0.1:{port}/v1"),
+            "--api-key",
+            KEY,
+            "--model",
+            "m",
+            "--requests",
+            "2",
+            "--max-attempts",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "failed attempts the server acknowledged (on the provider's dashboard): none"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "failed attempts that never reached the server (client-side only): refused 4"
+        ),
+        "{stdout}"
+    );
 }

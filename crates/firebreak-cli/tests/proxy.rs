@@ -199,3 +199,149 @@ fn upstream_failures_come_back_as_openai_errors() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--upstream"));
 }
+
+/// Parses the Prometheus text format: every sample line is `name{labels} value`. Returns the
+/// samples keyed by name and sorted labels, and the `# TYPE` of each metric.
+type Samples = std::collections::BTreeMap<(String, Vec<(String, String)>), f64>;
+
+fn parse_prometheus(text: &str) -> (Samples, std::collections::BTreeMap<String, String>) {
+    let mut samples = Samples::new();
+    let mut types = std::collections::BTreeMap::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, ty) = rest.split_once(' ').expect("# TYPE name type");
+            types.insert(name.to_string(), ty.to_string());
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("a value");
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let (name, labels) = match series.split_once('{') {
+            None => (series.to_string(), vec![]),
+            Some((name, rest)) => {
+                let body = rest.strip_suffix('}').expect("closing brace");
+                let mut labels: Vec<(String, String)> = body
+                    .split(',')
+                    .filter(|kv| !kv.is_empty())
+                    .map(|kv| {
+                        let (k, v) = kv.split_once('=').expect("label=value");
+                        (k.to_string(), v.trim_matches('"').to_string())
+                    })
+                    .collect();
+                labels.sort();
+                (name.to_string(), labels)
+            }
+        };
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "bad metric name {name:?}"
+        );
+        samples.insert((name, labels), value);
+    }
+    (samples, types)
+}
+
+#[test]
+fn metrics_are_served_in_the_prometheus_text_format() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sim = rt
+        .block_on(Sim::start(SimConfig::default().api_key(KEY).fault(
+            Trigger::FirstAttempts { n: 1 },
+            Fault::Status {
+                status: 503,
+                shape: None,
+                delay: vec![],
+                should_retry: None,
+                message: None,
+            },
+        )))
+        .unwrap();
+    let p = proxy(&sim.base_url(), &["--api-key", KEY]);
+    for i in 0..3 {
+        let (s, _, body) = http(
+            &p.addr,
+            "POST",
+            "/v1/chat/completions",
+            None,
+            &chat(&format!("m-{i}"), i == 2),
+        );
+        assert_eq!(s, 200, "{body}");
+    }
+    let (s, head, text) = http(&p.addr, "GET", "/metrics", None, "");
+    assert_eq!(s, 200);
+    assert!(
+        head.to_lowercase().contains("content-type: text/plain"),
+        "{head}"
+    );
+    assert!(!text.contains("SECRET"));
+    let (samples, types) = parse_prometheus(&text);
+    let get = |name: &str, labels: &[(&str, &str)]| {
+        let mut l: Vec<(String, String)> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        l.sort();
+        samples
+            .get(&(name.to_string(), l))
+            .copied()
+            .unwrap_or_else(|| panic!("no {name}{labels:?} in:\n{text}"))
+    };
+    let log = rt.block_on(async { sim.log() });
+    let overloaded = log.iter().filter(|r| r.status == 503).count() as f64;
+    assert_eq!(overloaded, 3.0);
+    assert_eq!(
+        get(
+            "firebreak_requests_total",
+            &[("outcome", "success"), ("class", "success")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        get(
+            "firebreak_attempts_total",
+            &[("class", "overloaded"), ("reached_server", "true")]
+        ),
+        overloaded
+    );
+    assert_eq!(
+        get(
+            "firebreak_attempts_total",
+            &[("class", "success"), ("reached_server", "true")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        get("firebreak_retries_total", &[("reason", "overloaded")]),
+        3.0
+    );
+    assert_eq!(
+        get("firebreak_client_failures_total", &[("kind", "refused")]),
+        0.0
+    );
+    assert_eq!(
+        get(
+            "firebreak_latency_overall_ms_count",
+            &[("outcome", "success")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        get(
+            "firebreak_latency_overall_ms_bucket",
+            &[("outcome", "success"), ("le", "+Inf")]
+        ),
+        3.0
+    );
+    assert_eq!(get("firebreak_gate_queue_length", &[]), 0.0);
+    assert_eq!(types["firebreak_requests_total"], "counter");
+    assert_eq!(types["firebreak_latency_overall_ms"], "histogram");
+    assert_eq!(types["firebreak_gate_concurrency_limit"], "gauge");
+}
