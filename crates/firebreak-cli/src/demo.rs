@@ -1,5 +1,6 @@
 //! `firebreak demo`: one workload, three clients, the same faults.
 
+use crate::breakdown::{Seen, breakdown};
 use bytes::Bytes;
 use clap::Args;
 use firebreak::{ApiKey, ClientConfig, FireworksClient, Stack, TimeoutConfig, Workload};
@@ -192,6 +193,8 @@ struct Row {
     r429: usize,
     client_side: usize,
     server_failures: usize,
+    /// firebreak's own breakdown of failed attempts, from its metrics.
+    breakdown: Option<String>,
     p50: f64,
     p99: f64,
     makespan: f64,
@@ -212,12 +215,18 @@ async fn run_client(
         .first_event(Some(Duration::from_secs(1)))
         .idle(Some(Duration::from_secs(1)))
         .build()?;
-    let fb = FireworksClient::with_client_config(
-        &sim.base_url(),
-        ApiKey::new(KEY)?,
-        Stack::interactive().timeouts(timeouts),
-        &ClientConfig::default(),
-    )?;
+    // The stack's metrics go to a recorder local to this run, for the breakdown at the end.
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let key = ApiKey::new(KEY)?;
+    let fb = metrics::with_local_recorder(&recorder, || {
+        FireworksClient::with_client_config(
+            &sim.base_url(),
+            key,
+            Stack::interactive().timeouts(timeouts),
+            &ClientConfig::default(),
+        )
+    })?;
     let (plain, fb, url) = (Arc::new(plain), Arc::new(fb), Arc::new(url));
     let t0 = Instant::now();
     let outcomes: Vec<Outcome> = futures_util::stream::iter(0..args.requests)
@@ -260,6 +269,7 @@ async fn run_client(
         p50: pct(0.5),
         p99: pct(0.99),
         makespan,
+        breakdown: (kind == Kind::Firebreak).then(|| breakdown(&Seen::read(&snapshotter))),
     })
 }
 
@@ -323,6 +333,9 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>
     println!(
         "Client-side failures never reached the server, so a provider's dashboard would not show them."
     );
+    if let Some(b) = fb.and_then(|r| r.breakdown.as_deref()) {
+        println!("\nfirebreak's metrics, attempt by attempt:\n{b}");
+    }
     Ok(())
 }
 

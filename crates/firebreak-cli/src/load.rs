@@ -1,5 +1,6 @@
 //! `firebreak load`: drive a workload through the stack against any OpenAI-compatible endpoint.
 
+use crate::breakdown::{Seen, breakdown};
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use firebreak::classify::{Class, Classification};
@@ -78,58 +79,6 @@ fn secs(name: &str, v: Option<f64>) -> Result<Option<Duration>, String> {
         Some(x) => Err(format!(
             "--{name} must be a number of seconds in (0, 86400], got {x}"
         )),
-    }
-}
-
-/// What the stack's metrics said about the run, read once at the end from a recorder local to
-/// this command.
-#[derive(Debug, Default)]
-struct Seen {
-    attempts: u64,
-    reached_server: u64,
-    rate_limited: u64,
-    client_side: BTreeMap<String, u64>,
-    server_failures: BTreeMap<String, u64>,
-}
-
-impl Seen {
-    fn read(snapshotter: &metrics_util::debugging::Snapshotter) -> Seen {
-        use firebreak::observe::names;
-        use metrics_util::debugging::DebugValue;
-        let mut seen = Seen::default();
-        for (key, _, _, value) in snapshotter.snapshot().into_vec() {
-            let DebugValue::Counter(n) = value else {
-                continue;
-            };
-            let key = key.key();
-            let label = |name: &str| {
-                key.labels()
-                    .find(|l| l.key() == name)
-                    .map(|l| l.value().to_string())
-            };
-            match key.name() {
-                names::ATTEMPTS => {
-                    seen.attempts += n;
-                    if label("reached_server").as_deref() == Some("true") {
-                        seen.reached_server += n;
-                        match label("class") {
-                            Some(c) if c != "success" && n > 0 => {
-                                *seen.server_failures.entry(c).or_default() += n;
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-                names::HTTP_429 => seen.rate_limited += n,
-                names::CLIENT_FAILURES if n > 0 => {
-                    if let Some(k) = label("kind") {
-                        *seen.client_side.entry(k).or_default() += n;
-                    }
-                }
-                _ => {}
-            }
-        }
-        seen
     }
 }
 
@@ -299,25 +248,4 @@ pub(crate) async fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>
         println!("{}", breakdown(&seen));
     }
     Ok(())
-}
-
-/// The short breakdown printed at the end: what the provider's dashboard can see, and what only
-/// this client saw.
-fn breakdown(seen: &Seen) -> String {
-    let list = |m: &BTreeMap<String, u64>| {
-        if m.is_empty() {
-            "none".to_string()
-        } else {
-            m.iter()
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        }
-    };
-    format!(
-        "failed attempts the server acknowledged (on the provider's dashboard): {}\n\
-         failed attempts that never reached the server (client-side only): {}",
-        list(&seen.server_failures),
-        list(&seen.client_side)
-    )
 }

@@ -6,6 +6,7 @@
 //! workload through a bare hyper client, the Fireworks docs' retry loop, and firebreak, then
 //! prints them side by side. It needs no API key and no network.
 
+mod breakdown;
 mod chat;
 mod demo;
 mod load;

@@ -47,6 +47,18 @@ fn the_demo_runs_and_prints_the_side_by_side_table() {
         assert!((0.0..=100.0).contains(&success), "{line}");
     }
     assert!(stdout.contains("client-side"));
+    // firebreak's own breakdown, from its metrics: the injected faults reached the server.
+    let acked = stdout
+        .lines()
+        .find(|l| l.starts_with("failed attempts the server acknowledged"))
+        .unwrap_or_else(|| panic!("no breakdown:\n{stdout}"));
+    assert!(!acked.ends_with(": none"), "{acked}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("failed attempts that never reached the server")),
+        "{stdout}"
+    );
 }
 
 #[test]
