@@ -1,6 +1,8 @@
-//! Preliminary figure for issue #9: the whole firebreak stack around an in-memory service that
-//! answers 200 at once, beside the bare service, tower's `Retry` (count policy) + `Timeout`, and
-//! each firebreak layer alone, in one criterion run. Each iteration makes one call and reads the
+//! Issues #8 and #9: the whole firebreak stack around an in-memory service that answers 200 at
+//! once, beside the bare service, tower's `Retry` (count policy) + `Timeout`, and each firebreak
+//! layer alone, in one criterion run; and the stack with observation off, on with no recorder or
+//! subscriber (the default for a library user who installs neither), on with a Prometheus
+//! recorder, and on with both a recorder and a tracing subscriber at DEBUG (writing to a sink). Each iteration makes one call and reads the
 //! one-frame body; every future is ready on its first poll (inside a runtime context, for timers).
 //!
 //! `cargo bench --bench stack_overhead && scripts/criterion-medians stack_overhead`
@@ -113,10 +115,23 @@ fn benches(c: &mut Criterion) {
     let mut deadline = DeadlineLayer::new(Duration::from_secs(120))
         .unwrap()
         .layer(Ok200(body.clone()));
-    let mut full = ServiceBuilder::new()
-        .fireworks_stack(&Stack::interactive())
-        .unwrap()
+    let observer = firebreak::Observer::new();
+    let mut observe = ServiceBuilder::new()
+        .layer(firebreak::observe::ObserveLayer::new(observer.clone()))
+        .layer(firebreak::observe::AttemptObserveLayer::new(observer))
         .service(Ok200(body.clone()));
+    let stack = |s: Stack| {
+        ServiceBuilder::new()
+            .fireworks_stack(&s)
+            .unwrap()
+            .service(Ok200(body.clone()))
+    };
+    let mut full = stack(Stack::interactive());
+    let mut full_off = stack(Stack::interactive().observe(false));
+    // A Prometheus recorder, current while the stack is built (so its handles record there).
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let mut full_recorded =
+        metrics::with_local_recorder(&prometheus, || stack(Stack::interactive()));
     let mut g = c.benchmark_group("stack_overhead");
     g.bench_function("bare", |b| b.iter(|| run(&mut bare)));
     g.bench_function("tower_retry+timeout", |b| b.iter(|| run(&mut tower_pair)));
@@ -127,8 +142,27 @@ fn benches(c: &mut Criterion) {
     g.bench_function("firebreak_gate", |b| b.iter(|| run(&mut gate)));
     g.bench_function("firebreak_retry", |b| b.iter(|| run(&mut retry)));
     g.bench_function("firebreak_deadline", |b| b.iter(|| run(&mut deadline)));
+    g.bench_function("firebreak_observe", |b| b.iter(|| run(&mut observe)));
     g.bench_function("firebreak_full_stack", |b| b.iter(|| run(&mut full)));
+    g.bench_function("firebreak_full_stack_observe_off", |b| {
+        b.iter(|| run(&mut full_off))
+    });
+    g.bench_function("firebreak_full_stack_recorder", |b| {
+        b.iter(|| run(&mut full_recorded))
+    });
+    // Last: once a subscriber has been seen, callsite interest is no longer "never".
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(std::io::sink)
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    g.bench_function("firebreak_full_stack_recorder_subscriber", |b| {
+        b.iter(|| run(&mut full_recorded))
+    });
+    drop(guard);
     g.finish();
+    // Keep the recorder alive as long as its handles are used.
+    drop(prometheus);
 }
 
 criterion_group!(stack_overhead, benches);

@@ -77,14 +77,20 @@
 //! ```
 //!
 //! The `firebreak` facade's `Stack` does this for you; `Stack::observe(false)` turns it off.
+//!
+//! How to read these metrics beside Fireworks' own: [`client_failures`].
 
 mod attempt;
+#[doc = include_str!("../docs/client-failures.md")]
+pub mod client_failures {}
 mod instruments;
 mod request;
 
 pub use attempt::{AttemptFuture, AttemptObserve, AttemptObserveLayer};
 pub use instruments::{Observer, Outcome};
-pub use request::{Observe, ObserveLayer, ObservedBody, RequestFuture, mark_sensitive};
+pub use request::{
+    BodyErrorClass, Observe, ObserveLayer, ObservedBody, RequestFuture, mark_sensitive,
+};
 
 /// The metric names, as constants.
 pub mod names {

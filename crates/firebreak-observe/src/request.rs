@@ -311,17 +311,44 @@ impl<B> fmt::Debug for ObservedBody<B> {
     }
 }
 
+/// The class of a body error, for the request's outcome. Implemented for firebreak's [`Error`]
+/// (its own class), boxed errors (firebreak's class when one is inside, else `other`) and
+/// `Infallible`.
+pub trait BodyErrorClass {
+    /// The class of this error.
+    fn class(&self) -> Class;
+}
+
+impl BodyErrorClass for Error {
+    fn class(&self) -> Class {
+        Error::class(self)
+    }
+}
+
+impl BodyErrorClass for firebreak_classify::BoxError {
+    fn class(&self) -> Class {
+        self.downcast_ref::<Error>().map_or(Class::Other, Error::class)
+    }
+}
+
+impl BodyErrorClass for std::convert::Infallible {
+    fn class(&self) -> Class {
+        match *self {}
+    }
+}
+
 impl<B> Body for ObservedBody<B>
 where
-    B: Body<Data = Bytes, Error = Error>,
+    B: Body<Data = Bytes>,
+    B::Error: BodyErrorClass,
 {
     type Data = Bytes;
-    type Error = Error;
+    type Error = B::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let mut this = self.project();
         let r = this.inner.as_mut().poll_frame(cx);
         let Some(record) = this.record.as_mut() else {
