@@ -1,0 +1,225 @@
+//! Issue #9, measurement 3: heap allocations per call on the success path, counted with a
+//! counting global allocator, for the bare service, tower's Retry+Timeout, each firebreak layer
+//! alone and the whole stack (observation on, no recorder). Prints a table. The counting
+//! allocator is `stats_alloc`'s (the workspace forbids `unsafe`).
+//!
+//! `cargo bench --bench allocations`
+//!
+//! Also the workload for instruction-count profiles:
+//! `valgrind --tool=callgrind target/release/deps/allocations-* full 20000`
+
+#![allow(missing_docs)]
+
+use bytes::Bytes;
+use firebreak::{ServiceBuilderExt, Stack};
+use firebreak_classify::{ClassifyLayer, Error};
+use firebreak_ratelimit::{GateConfig, KeyBy, RateLimitLayer};
+use firebreak_retry::{RetryConfig, RetryLayer};
+use firebreak_timeout::{AttemptTimeoutLayer, DeadlineLayer, TimeoutConfig, Workload};
+use futures_util::FutureExt;
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::{BodyExt, Full};
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use std::alloc::System;
+use std::future::{Ready, ready};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tower::{Layer, Service, ServiceBuilder};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+#[derive(Clone)]
+struct Ok200(Bytes);
+
+impl<B> Service<Request<B>> for Ok200 {
+    type Response = Response<Full<Bytes>>;
+    type Error = Error;
+    type Future = Ready<Result<Response<Full<Bytes>>, Error>>;
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, _: Request<B>) -> Self::Future {
+        ready(Ok(Response::new(Full::new(self.0.clone()))))
+    }
+}
+
+#[derive(Clone)]
+struct CountPolicy(u32);
+
+impl<Res> tower::retry::Policy<Request<Full<Bytes>>, Res, tower::BoxError> for CountPolicy {
+    type Future = Ready<()>;
+    fn retry(
+        &mut self,
+        _: &mut Request<Full<Bytes>>,
+        result: &mut Result<Res, tower::BoxError>,
+    ) -> Option<Ready<()>> {
+        (result.is_err() && self.0 > 0).then(|| {
+            self.0 -= 1;
+            ready(())
+        })
+    }
+    fn clone_request(&mut self, req: &Request<Full<Bytes>>) -> Option<Request<Full<Bytes>>> {
+        let mut r = Request::new(req.body().clone());
+        *r.uri_mut() = req.uri().clone();
+        Some(r)
+    }
+}
+
+fn request() -> Request<Full<Bytes>> {
+    Request::post("http://api.fireworks.ai/inference/v1/chat/completions")
+        .body(Full::new(Bytes::from_static(br#"{"messages":[]}"#)))
+        .unwrap()
+}
+
+/// One call, body read; the request is built before counting starts.
+fn call<S, RB>(svc: &mut S, req: Request<Full<Bytes>>)
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<RB>>,
+    S::Error: std::fmt::Debug,
+    RB: Body<Data = Bytes>,
+    RB::Error: std::fmt::Debug,
+{
+    futures_util::future::poll_fn(|cx| svc.poll_ready(cx))
+        .now_or_never()
+        .expect("ready")
+        .expect("ok");
+    let resp = svc.call(req).now_or_never().expect("ready").expect("ok");
+    std::hint::black_box(
+        resp.into_body()
+            .collect()
+            .now_or_never()
+            .expect("ready")
+            .expect("ok"),
+    );
+}
+
+/// Allocations and bytes per call, over `n` calls after a warm-up.
+fn measure<S, RB>(svc: &mut S, n: u64) -> (f64, f64)
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<RB>>,
+    S::Error: std::fmt::Debug,
+    RB: Body<Data = Bytes>,
+    RB::Error: std::fmt::Debug,
+{
+    for _ in 0..100 {
+        call(svc, request());
+    }
+    let (mut a, mut b) = (0, 0);
+    for _ in 0..n {
+        let req = request();
+        let region = Region::new(GLOBAL);
+        call(svc, req);
+        let c = region.change();
+        a += (c.allocations + c.reallocations) as u64;
+        b += (c.bytes_allocated + c.bytes_reallocated.max(0) as usize) as u64;
+    }
+    (a as f64 / n as f64, b as f64 / n as f64)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let body = Bytes::from_static(br#"{"id":"x","object":"chat.completion","choices":[]}"#);
+    let t = TimeoutConfig::preset(Workload::Interactive);
+    let full = || {
+        ServiceBuilder::new()
+            .fireworks_stack(&Stack::interactive())
+            .unwrap()
+            .service(Ok200(body.clone()))
+    };
+    // Profiling mode: `full N` makes N calls through the whole stack and prints nothing else.
+    if let (Some("full"), Some(n)) = (args.first().map(String::as_str), args.get(1)) {
+        let n: u64 = n.parse().expect("a count");
+        let mut svc = full();
+        for _ in 0..n.min(10_000_000) {
+            call(&mut svc, request());
+        }
+        return;
+    }
+    let n = 10_000;
+    let mut rows: Vec<(&str, (f64, f64))> = Vec::new();
+    rows.push(("bare", measure(&mut Ok200(body.clone()), n)));
+    rows.push((
+        "tower retry+timeout",
+        measure(
+            &mut ServiceBuilder::new()
+                .layer(tower::retry::RetryLayer::new(CountPolicy(4)))
+                .layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(60)))
+                .service(Ok200(body.clone())),
+            n,
+        ),
+    ));
+    rows.push((
+        "firebreak classify",
+        measure(&mut ClassifyLayer::new().layer(Ok200(body.clone())), n),
+    ));
+    rows.push((
+        "firebreak attempt timeouts",
+        measure(
+            &mut AttemptTimeoutLayer::new(&t)
+                .unwrap()
+                .layer(Ok200(body.clone())),
+            n,
+        ),
+    ));
+    rows.push((
+        "firebreak 429 gate",
+        measure(
+            &mut RateLimitLayer::new(GateConfig::default(), KeyBy::Client)
+                .unwrap()
+                .layer(Ok200(body.clone())),
+            n,
+        ),
+    ));
+    rows.push((
+        "firebreak retry",
+        measure(
+            &mut RetryLayer::new(RetryConfig::default())
+                .unwrap()
+                .layer(Ok200(body.clone())),
+            n,
+        ),
+    ));
+    rows.push((
+        "firebreak deadline",
+        measure(
+            &mut DeadlineLayer::new(Duration::from_secs(120))
+                .unwrap()
+                .layer(Ok200(body.clone())),
+            n,
+        ),
+    ));
+    let obs = firebreak::Observer::new();
+    rows.push((
+        "firebreak observe (both layers)",
+        measure(
+            &mut ServiceBuilder::new()
+                .layer(firebreak::observe::ObserveLayer::new(obs.clone()))
+                .layer(firebreak::observe::AttemptObserveLayer::new(obs))
+                .service(Ok200(body.clone())),
+            n,
+        ),
+    ));
+    rows.push(("firebreak full stack", measure(&mut full(), n)));
+    rows.push((
+        "firebreak full stack, observe off",
+        measure(
+            &mut ServiceBuilder::new()
+                .fireworks_stack(&Stack::interactive().observe(false))
+                .unwrap()
+                .service(Ok200(body.clone())),
+            n,
+        ),
+    ));
+    println!("| service | allocations / call | bytes / call |");
+    println!("|---|---:|---:|");
+    for (name, (a, b)) in rows {
+        println!("| {name} | {a:.2} | {b:.0} |");
+    }
+}
