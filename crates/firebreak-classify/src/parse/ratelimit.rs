@@ -36,44 +36,64 @@ pub struct RateLimitHeaders {
     pub malformed: bool,
 }
 
+/// Where one header's value goes.
+enum Slot<'a> {
+    Count(&'a mut Option<u64>),
+    Duration(&'a mut Option<Duration>),
+    Flag(&'a mut bool),
+}
+
 impl RateLimitHeaders {
     /// Reads every known `x-ratelimit-*` header. Unknown ones are ignored; garbage values are
     /// dropped and flagged in [`RateLimitHeaders::malformed`].
     pub fn from_headers(h: &HeaderMap) -> RateLimitHeaders {
+        // One pass over the map, matching on the name's suffix, instead of a dozen lookups by
+        // string (each of which parses the name): this runs on every answer, successes included,
+        // and most answers carry none of these headers.
+        let mut r = RateLimitHeaders::default();
         let mut malformed = false;
-        let mut num = |name: &str| -> Option<u64> {
-            let v = h.get(name)?;
-            let parsed = v.to_str().ok().and_then(parse_count);
-            malformed |= parsed.is_none();
-            parsed
-        };
-        let mut r = RateLimitHeaders {
-            limit_requests: num("x-ratelimit-limit-requests"),
-            remaining_requests: num("x-ratelimit-remaining-requests"),
-            limit_tokens_prompt: num("x-ratelimit-limit-tokens-prompt"),
-            remaining_tokens_prompt: num("x-ratelimit-remaining-tokens-prompt"),
-            limit_tokens_generated: num("x-ratelimit-limit-tokens-generated"),
-            remaining_tokens_generated: num("x-ratelimit-remaining-tokens-generated"),
-            limit_tokens_cache_adjusted_prompt: num(
-                "x-ratelimit-limit-tokens-cache-adjusted-prompt",
-            ),
-            limit_tokens: num("x-ratelimit-limit-tokens"),
-            remaining_tokens: num("x-ratelimit-remaining-tokens"),
-            ..RateLimitHeaders::default()
-        };
-        let mut dur = |name: &str| -> Option<Duration> {
-            let v = h.get(name)?;
-            let parsed = v.to_str().ok().and_then(|s| parse_duration_str(s).ok());
-            malformed |= parsed.is_none();
-            parsed
-        };
-        r.reset_requests = dur("x-ratelimit-reset-requests");
-        r.reset_tokens = dur("x-ratelimit-reset-tokens");
+        let mut seen = 0u16; // bit i: header i already read (the first value wins, as `get` does)
+        for (name, v) in h {
+            let Some(rest) = name.as_str().strip_prefix("x-ratelimit-") else {
+                continue;
+            };
+            let (bit, slot): (u16, Slot<'_>) = match rest {
+                "limit-requests" => (0, Slot::Count(&mut r.limit_requests)),
+                "remaining-requests" => (1, Slot::Count(&mut r.remaining_requests)),
+                "limit-tokens-prompt" => (2, Slot::Count(&mut r.limit_tokens_prompt)),
+                "remaining-tokens-prompt" => (3, Slot::Count(&mut r.remaining_tokens_prompt)),
+                "limit-tokens-generated" => (4, Slot::Count(&mut r.limit_tokens_generated)),
+                "remaining-tokens-generated" => {
+                    (5, Slot::Count(&mut r.remaining_tokens_generated))
+                }
+                "limit-tokens-cache-adjusted-prompt" => {
+                    (6, Slot::Count(&mut r.limit_tokens_cache_adjusted_prompt))
+                }
+                "limit-tokens" => (7, Slot::Count(&mut r.limit_tokens)),
+                "remaining-tokens" => (8, Slot::Count(&mut r.remaining_tokens)),
+                "reset-requests" => (9, Slot::Duration(&mut r.reset_requests)),
+                "reset-tokens" => (10, Slot::Duration(&mut r.reset_tokens)),
+                "over-limit" => (11, Slot::Flag(&mut r.over_limit)),
+                _ => continue,
+            };
+            if seen & (1 << bit) != 0 {
+                continue;
+            }
+            seen |= 1 << bit;
+            let text = v.to_str().ok();
+            match slot {
+                Slot::Count(c) => {
+                    *c = text.and_then(parse_count);
+                    malformed |= c.is_none();
+                }
+                Slot::Duration(d) => {
+                    *d = text.and_then(|s| parse_duration_str(s).ok());
+                    malformed |= d.is_none();
+                }
+                Slot::Flag(f) => *f = text.is_some_and(|v| v.trim().eq_ignore_ascii_case("yes")),
+            }
+        }
         r.malformed = malformed;
-        r.over_limit = h
-            .get("x-ratelimit-over-limit")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("yes"));
         r
     }
 
@@ -115,6 +135,24 @@ fn parse_count(s: &str) -> Option<u64> {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn the_first_value_of_a_repeated_header_wins_and_others_are_ignored() {
+        let mut h = HeaderMap::new();
+        h.append("x-ratelimit-limit-requests", HeaderValue::from_static("60"));
+        h.append("x-ratelimit-limit-requests", HeaderValue::from_static("junk"));
+        h.append("x-ratelimit-remaining-requests", HeaderValue::from_static("junk"));
+        h.append("x-ratelimit-remaining-requests", HeaderValue::from_static("5"));
+        h.insert("x-ratelimit-over-limit", HeaderValue::from_static(" YES "));
+        h.insert("x-ratelimit-something-new", HeaderValue::from_static("1"));
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        let r = RateLimitHeaders::from_headers(&h);
+        assert_eq!(r.limit_requests, Some(60));
+        assert_eq!(r.remaining_requests, None, "the first value was garbage");
+        assert!(r.malformed);
+        assert!(r.over_limit);
+        assert!(RateLimitHeaders::from_headers(&HeaderMap::new()).is_empty());
+    }
 
     #[test]
     fn parses_fireworks_and_openai_headers() {
