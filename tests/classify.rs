@@ -35,11 +35,7 @@ async fn classify(
         .layer(client)
         .oneshot(request(url, stream))
         .await?;
-    let c = resp
-        .extensions()
-        .get::<Classification>()
-        .expect("classified")
-        .clone();
+    let c = Classification::of(&resp);
     let body = resp.into_body().collect().await.map(|b| b.to_bytes());
     Ok((c, body))
 }

@@ -41,6 +41,23 @@ impl Classification {
         }
     }
 
+    /// The classification [`ClassifyLayer`](crate::ClassifyLayer) gave `resp`. Plain successes
+    /// carry none (attaching one would allocate on every call); for them this is
+    /// [`Classification::success`].
+    pub fn of<B>(resp: &http::Response<B>) -> Classification {
+        resp.extensions()
+            .get::<Classification>()
+            .cloned()
+            .unwrap_or_else(|| Classification::success(resp.status()))
+    }
+
+    /// The class of `resp`: its classification's, or the status's when it carries none.
+    pub fn class_of<B>(resp: &http::Response<B>) -> Class {
+        resp.extensions()
+            .get::<Classification>()
+            .map_or_else(|| Class::from_status(resp.status()), Classification::class)
+    }
+
     /// Classifies a response from its status, headers and (for errors) its parsed body.
     /// `now` resolves HTTP-date `Retry-After` values.
     pub fn from_response(

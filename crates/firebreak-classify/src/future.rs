@@ -94,18 +94,18 @@ where
                             && ct.is_some_and(|v| v.starts_with(b"text/event-stream"));
                         // A gRPC failure answered "trailers-only" carries its status in the headers:
                         // classify it like an HTTP error, so retry and the 429 gate see it.
-                        let c = match ct {
-                            Some(v) if v.starts_with(b"application/grpc") => {
-                                Classification::from_grpc_headers(
-                                    status,
-                                    &parts.headers,
-                                    SystemTime::now(),
-                                )
-                                .unwrap_or_else(|| Classification::success(status))
+                        // A plain success carries no `Classification`: its absence means
+                        // `Classification::success(status)`, and inserting one would allocate
+                        // the extensions map on every call (see `Classification::of`).
+                        if ct.is_some_and(|v| v.starts_with(b"application/grpc")) {
+                            if let Some(c) = Classification::from_grpc_headers(
+                                status,
+                                &parts.headers,
+                                SystemTime::now(),
+                            ) {
+                                parts.extensions.insert(c);
                             }
-                            _ => Classification::success(status),
-                        };
-                        parts.extensions.insert(c);
+                        }
                         let body = ClassifiedBody::direct(body, sse, this.cfg.sse_errors);
                         return Poll::Ready(Ok(Response::from_parts(parts, body)));
                     }

@@ -11,8 +11,10 @@
 //!   did, so client-side failures must be counted by the client.
 //! - [`parse`], pure and total parsers: error bodies in every shape seen from Fireworks, the
 //!   server-requested delay in all its forms, `x-should-retry`, and the `x-ratelimit-*` headers.
-//! - [`ClassifyLayer`], a tower layer that attaches a [`Classification`] to every response's
-//!   extensions and turns transport errors into [`Error`]. Success bodies stream through
+//! - [`ClassifyLayer`], a tower layer that attaches a [`Classification`] to the extensions of
+//!   every response that is not a plain success (read it with [`Classification::of`], which
+//!   gives plain successes theirs without the allocation), and turns transport errors into
+//!   [`Error`]. Success bodies stream through
 //!   untouched; error bodies are read up to a bound (64 KiB), parsed, and replayed to the caller
 //!   followed by the rest of the body, so nothing is lost and nothing large is held.
 //! - [`Error`], the one public error: predicates (`is_timeout`, `is_rate_limited`,

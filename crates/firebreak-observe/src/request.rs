@@ -234,9 +234,7 @@ where
                 if !span.is_disabled() {
                     span.record("status", resp.status().as_u16());
                     span.record("class", class.label());
-                    if let Some(info) = resp.extensions().get::<RetryInfo>() {
-                        span.record("attempts", info.attempts());
-                    }
+                    span.record("attempts", RetryInfo::of(&resp).attempts());
                     if let Some(id) = c.and_then(Classification::request_id) {
                         span.record("request_id", id);
                     }
@@ -327,7 +325,8 @@ impl BodyErrorClass for Error {
 
 impl BodyErrorClass for firebreak_classify::BoxError {
     fn class(&self) -> Class {
-        self.downcast_ref::<Error>().map_or(Class::Other, Error::class)
+        self.downcast_ref::<Error>()
+            .map_or(Class::Other, Error::class)
     }
 }
 

@@ -53,7 +53,7 @@
 //!     .service(upstream);
 //! let resp = svc.oneshot(http::Request::new(Full::new(Bytes::from_static(b"{}")))).await.unwrap();
 //! assert_eq!(resp.status(), 200);
-//! assert_eq!(resp.extensions().get::<RetryInfo>().unwrap().attempts(), 3);
+//! assert_eq!(RetryInfo::of(&resp).attempts(), 3);
 //! # }
 //! ```
 

@@ -52,7 +52,9 @@ impl fmt::Display for GaveUp {
     }
 }
 
-/// What the retry layer did for one call; in the final response's extensions.
+/// What the retry layer did for one call; in the final response's extensions, except after a
+/// first-attempt success (the common case, kept free of allocations): read it with
+/// [`RetryInfo::of`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryInfo {
     attempts: u32,
@@ -62,6 +64,24 @@ pub struct RetryInfo {
 }
 
 impl RetryInfo {
+    /// The retry layer's record for `resp`: the one in its extensions, or, when there is none,
+    /// a single attempt with no wait (what a first-attempt success means).
+    pub fn of<B>(resp: &Response<B>) -> RetryInfo {
+        resp.extensions()
+            .get::<RetryInfo>()
+            .copied()
+            .unwrap_or_else(|| {
+                let mut classes = [None; 8];
+                classes[0] = Some(Class::from_status(resp.status()));
+                RetryInfo {
+                    attempts: 1,
+                    slept: Duration::ZERO,
+                    classes,
+                    gave_up: None,
+                }
+            })
+    }
+
     /// Attempts made, the first included.
     pub fn attempts(&self) -> u32 {
         self.attempts
@@ -359,6 +379,8 @@ where
             Ok(resp) => {
                 let c = match resp.extensions().get::<Classification>() {
                     Some(c) => c.clone(),
+                    // The classify layer leaves plain successes unmarked.
+                    None if resp.status().as_u16() < 400 => Classification::success(resp.status()),
                     None => Classification::from_response(
                         resp.status(),
                         resp.headers(),
@@ -395,7 +417,9 @@ where
             }
         }
         if class.is_success() {
-            if let Ok(resp) = result {
+            // A first-attempt success carries no `RetryInfo` (see `RetryInfo::of`): inserting
+            // one would allocate the extensions map on every call.
+            if let (Ok(resp), true) = (result, self.attempts > 1) {
                 resp.extensions_mut().insert(self.info(None));
             }
             return None;

@@ -63,9 +63,7 @@ impl RateLimitHeaders {
                 "limit-tokens-prompt" => (2, Slot::Count(&mut r.limit_tokens_prompt)),
                 "remaining-tokens-prompt" => (3, Slot::Count(&mut r.remaining_tokens_prompt)),
                 "limit-tokens-generated" => (4, Slot::Count(&mut r.limit_tokens_generated)),
-                "remaining-tokens-generated" => {
-                    (5, Slot::Count(&mut r.remaining_tokens_generated))
-                }
+                "remaining-tokens-generated" => (5, Slot::Count(&mut r.remaining_tokens_generated)),
                 "limit-tokens-cache-adjusted-prompt" => {
                     (6, Slot::Count(&mut r.limit_tokens_cache_adjusted_prompt))
                 }
@@ -140,9 +138,18 @@ mod tests {
     fn the_first_value_of_a_repeated_header_wins_and_others_are_ignored() {
         let mut h = HeaderMap::new();
         h.append("x-ratelimit-limit-requests", HeaderValue::from_static("60"));
-        h.append("x-ratelimit-limit-requests", HeaderValue::from_static("junk"));
-        h.append("x-ratelimit-remaining-requests", HeaderValue::from_static("junk"));
-        h.append("x-ratelimit-remaining-requests", HeaderValue::from_static("5"));
+        h.append(
+            "x-ratelimit-limit-requests",
+            HeaderValue::from_static("junk"),
+        );
+        h.append(
+            "x-ratelimit-remaining-requests",
+            HeaderValue::from_static("junk"),
+        );
+        h.append(
+            "x-ratelimit-remaining-requests",
+            HeaderValue::from_static("5"),
+        );
         h.insert("x-ratelimit-over-limit", HeaderValue::from_static(" YES "));
         h.insert("x-ratelimit-something-new", HeaderValue::from_static("1"));
         h.insert("content-type", HeaderValue::from_static("application/json"));
