@@ -85,8 +85,6 @@ impl GateMetrics {
 #[derive(Debug)]
 struct Limit {
     limit: u32,
-    /// Permits still to remove after a decrease (taken back as they are released).
-    debt: u32,
     slow_start: bool,
     successes: u32,
     /// When the limit was last lowered: refusals of requests sent before then are already
@@ -100,6 +98,10 @@ pub(crate) struct LocalGate {
     pub(crate) key: GateKey,
     sem: Arc<Semaphore>,
     limit: Mutex<Limit>,
+    /// Permits still to remove after a decrease (taken back as they are released). Changed
+    /// under the `limit` lock when the limit moves; a release only needs the atomic, so the
+    /// common release (no debt) takes no lock.
+    debt: AtomicU32,
     pub(crate) in_flight: AtomicU32,
     pub(crate) waiting: AtomicUsize,
     pub(crate) waited_ns: AtomicU64,
@@ -119,9 +121,11 @@ impl Drop for Permit {
     fn drop(&mut self) {
         self.gate.in_flight.fetch_sub(1, Ordering::AcqRel);
         if let Some(p) = self.permit.take() {
-            let mut l = self.gate.limit.lock().unwrap_or_else(|e| e.into_inner());
-            if l.debt > 0 {
-                l.debt -= 1;
+            let paid = self
+                .gate
+                .debt
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1));
+            if paid.is_ok() {
                 p.forget();
             }
         }
@@ -146,11 +150,11 @@ impl LocalGate {
             sem: Arc::new(Semaphore::new(cfg.initial_concurrency as usize)),
             limit: Mutex::new(Limit {
                 limit: cfg.initial_concurrency,
-                debt: 0,
                 slow_start: true,
                 successes: 0,
                 last_decrease: None,
             }),
+            debt: AtomicU32::new(0),
             in_flight: AtomicU32::new(0),
             waiting: AtomicUsize::new(0),
             waited_ns: AtomicU64::new(0),
@@ -196,9 +200,7 @@ impl LocalGate {
         if self.waiting.load(Ordering::Acquire) > 0 {
             return None; // FIFO: do not overtake waiters.
         }
-        if store.cooldown_until(self.key, now).is_some() {
-            return None;
-        }
+        // A cooldown shows as a send slot after `now`: `reserve` refuses it below.
         let permit = self.sem.clone().try_acquire_owned().ok()?;
         match store.reserve(self.key, now, tokens, Some(now)) {
             Reserve::At(t) if t <= now => Some(self.grant(permit)),
@@ -305,8 +307,12 @@ impl LocalGate {
                 let added = new - l.limit;
                 l.limit = new;
                 self.metrics.limit.increment(f64::from(added));
-                let repaid = added.min(l.debt);
-                l.debt -= repaid;
+                let repaid = self
+                    .debt
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                        Some(d - added.min(d))
+                    })
+                    .map_or(0, |d| added.min(d));
                 self.sem.add_permits((added - repaid) as usize);
             }
         } else if capacity_signal {
@@ -333,7 +339,7 @@ impl LocalGate {
                 l.limit = new;
                 self.metrics.limit.decrement(f64::from(remove));
                 let forgotten = self.sem.forget_permits(remove as usize) as u32;
-                l.debt += remove - forgotten;
+                self.debt.fetch_add(remove - forgotten, Ordering::AcqRel);
             }
         }
     }

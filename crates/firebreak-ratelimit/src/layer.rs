@@ -9,7 +9,6 @@ use firebreak_timeout::Deadline;
 use http::{Extensions, HeaderMap, Method, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
@@ -130,7 +129,7 @@ struct Shared<S> {
     cfg: GateConfig,
     key_by: KeyBy,
     store: Arc<S>,
-    gates: RwLock<HashMap<GateKey, Arc<LocalGate>>>,
+    gates: RwLock<nohash_hasher::IntMap<GateKey, Arc<LocalGate>>>,
     metrics: GateMetrics,
 }
 
@@ -188,7 +187,7 @@ impl<S: RateStore> RateLimitLayer<S> {
                 cfg,
                 key_by,
                 store: Arc::new(store),
-                gates: RwLock::new(HashMap::new()),
+                gates: RwLock::new(nohash_hasher::IntMap::default()),
                 metrics: GateMetrics::register(),
             }),
         }

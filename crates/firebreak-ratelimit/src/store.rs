@@ -3,8 +3,7 @@
 
 use crate::config::{GateConfig, HeaderUnit};
 use firebreak_classify::{Class, RateLimitHeaders};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -13,6 +12,9 @@ const MEASURE_WINDOW: Duration = Duration::from_secs(2);
 /// Which gate a request belongs to: a hash, so that no API key is ever kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct GateKey(pub u64);
+
+// Already a hash: maps keyed by it skip hashing it again.
+impl nohash_hasher::IsEnabled for GateKey {}
 
 /// What one answer told the gate.
 #[derive(Debug, Clone, Copy)]
@@ -130,7 +132,7 @@ impl KeyRate {
 #[derive(Debug)]
 pub struct InProcessStore {
     cfg: GateConfig,
-    keys: RwLock<HashMap<GateKey, Arc<Mutex<KeyRate>>>>,
+    keys: RwLock<nohash_hasher::IntMap<GateKey, Mutex<KeyRate>>>,
 }
 
 impl InProcessStore {
@@ -138,21 +140,25 @@ impl InProcessStore {
     pub fn new(cfg: GateConfig) -> Self {
         InProcessStore {
             cfg,
-            keys: RwLock::new(HashMap::new()),
+            keys: RwLock::new(nohash_hasher::IntMap::default()),
         }
     }
 
-    fn key(&self, k: GateKey, now: Instant) -> Arc<Mutex<KeyRate>> {
-        if let Some(s) = self.keys.read().unwrap_or_else(|e| e.into_inner()).get(&k) {
-            return s.clone();
+    /// Runs `f` on `k`'s state, under the read lock of the map and the key's own mutex (keys
+    /// do not contend with each other; the map is written only when a key is first seen).
+    fn with_key<R>(&self, k: GateKey, now: Instant, f: impl FnOnce(&mut KeyRate) -> R) -> R {
+        {
+            let map = self.keys.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(m) = map.get(&k) {
+                return f(&mut m.lock().unwrap_or_else(|e| e.into_inner()));
+            }
         }
         let per_second = self.cfg.header_unit == HeaderUnit::PerSecond;
-        self.keys
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
+        let mut map = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        let m = map
             .entry(k)
-            .or_insert_with(|| Arc::new(Mutex::new(KeyRate::new(now, per_second))))
-            .clone()
+            .or_insert_with(|| Mutex::new(KeyRate::new(now, per_second)));
+        f(m.get_mut().unwrap_or_else(|e| e.into_inner()))
     }
 
     fn static_rate(&self) -> Option<f64> {
@@ -162,8 +168,38 @@ impl InProcessStore {
 
 impl RateStore for InProcessStore {
     fn reserve(&self, key: GateKey, now: Instant, tokens: u32, latest: Option<Instant>) -> Reserve {
-        let k = self.key(key, now);
-        let mut s = k.lock().unwrap_or_else(|e| e.into_inner());
+        self.with_key(key, now, |s| self.reserve_in(s, now, tokens, latest))
+    }
+
+    fn cooldown_until(&self, key: GateKey, now: Instant) -> Option<Instant> {
+        self.with_key(key, now, |s| {
+            (s.cooldown_until > now).then_some(s.cooldown_until)
+        })
+    }
+
+    fn observe(&self, key: GateKey, obs: &Observation, now: Instant) {
+        self.with_key(key, now, |s| self.observe_in(s, obs, now));
+    }
+
+    fn snapshot(&self, key: GateKey, now: Instant) -> Option<RateSnapshot> {
+        let map = self.keys.read().unwrap_or_else(|e| e.into_inner());
+        let s = map.get(&key)?.lock().unwrap_or_else(|e| e.into_inner());
+        Some(RateSnapshot {
+            rate_per_sec: s.rate(self.static_rate()),
+            cooldown_remaining: s.cooldown_until.saturating_duration_since(now),
+            per_second_headers: s.per_second,
+        })
+    }
+}
+
+impl InProcessStore {
+    fn reserve_in(
+        &self,
+        s: &mut KeyRate,
+        now: Instant,
+        tokens: u32,
+        latest: Option<Instant>,
+    ) -> Reserve {
         let start = now
             .max(s.next_free)
             .max(s.cooldown_until)
@@ -185,15 +221,7 @@ impl RateStore for InProcessStore {
         Reserve::At(start)
     }
 
-    fn cooldown_until(&self, key: GateKey, now: Instant) -> Option<Instant> {
-        let k = self.key(key, now);
-        let s = k.lock().unwrap_or_else(|e| e.into_inner());
-        (s.cooldown_until > now).then_some(s.cooldown_until)
-    }
-
-    fn observe(&self, key: GateKey, obs: &Observation, now: Instant) {
-        let k = self.key(key, now);
-        let mut s = k.lock().unwrap_or_else(|e| e.into_inner());
+    fn observe_in(&self, s: &mut KeyRate, obs: &Observation, now: Instant) {
         let cfg = &self.cfg;
         // Learn the limit from the headers, when they make sense.
         if let Some(h) = &obs.rate_limit {
@@ -270,20 +298,5 @@ impl RateStore for InProcessStore {
             }
             _ => {}
         }
-    }
-
-    fn snapshot(&self, key: GateKey, now: Instant) -> Option<RateSnapshot> {
-        let k = self
-            .keys
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)?
-            .clone();
-        let s = k.lock().unwrap_or_else(|e| e.into_inner());
-        Some(RateSnapshot {
-            rate_per_sec: s.rate(self.static_rate()),
-            cooldown_remaining: s.cooldown_until.saturating_duration_since(now),
-            per_second_headers: s.per_second,
-        })
     }
 }
