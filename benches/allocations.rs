@@ -145,6 +145,13 @@ fn main() {
         }
         return;
     }
+    if args.first().map(String::as_str) == Some("sizes") {
+        let mut svc = full();
+        let fut = svc.call(request());
+        println!("full stack future: {} bytes", std::mem::size_of_val(&fut));
+        println!("request: {} bytes", std::mem::size_of::<Request<Full<Bytes>>>());
+        return;
+    }
     let n = 10_000;
     let mut rows: Vec<(&str, (f64, f64))> = Vec::new();
     rows.push(("bare", measure(&mut Ok200(body.clone()), n)));
