@@ -149,7 +149,14 @@ fn main() {
         let mut svc = full();
         let fut = svc.call(request());
         println!("full stack future: {} bytes", std::mem::size_of_val(&fut));
-        println!("request: {} bytes", std::mem::size_of::<Request<Full<Bytes>>>());
+        println!(
+            "request: {} bytes",
+            std::mem::size_of::<Request<Full<Bytes>>>()
+        );
+        return;
+    }
+    if args.first().map(String::as_str) == Some("net") {
+        net(&rt);
         return;
     }
     let n = 10_000;
@@ -232,4 +239,50 @@ fn main() {
     for (name, (a, b)) in rows {
         println!("| {name} | {a:.2} | {b:.0} |");
     }
+}
+
+/// Allocations per request over loopback against firebreak-sim in this process, one request at a
+/// time: a bare hyper client against the `FireworksClient`. The simulator's own allocations are in
+/// both figures; the difference is the stack's.
+fn net(rt: &tokio::runtime::Runtime) {
+    use firebreak_testkit::{KEY, chat_body, plain_client, post};
+    rt.block_on(async {
+        let sim = firebreak_sim::Sim::start(firebreak_sim::SimConfig::default().api_key(KEY))
+            .await
+            .expect("sim");
+        let base = sim.base_url();
+        let bare = plain_client();
+        let fb = firebreak::FireworksClient::new(
+            &base,
+            firebreak::ApiKey::new(KEY).expect("key"),
+            Stack::interactive(),
+        )
+        .expect("client");
+        let body = chat_body("a", false);
+        let n = 2_000u64;
+        for round in 0..2 {
+            let (mut a_bare, mut a_fb) = (0u64, 0u64);
+            for _ in 0..n {
+                let req = post(&base, "/chat/completions", body.clone());
+                let r = Region::new(GLOBAL);
+                let resp = bare.request(req).await.expect("bare");
+                resp.into_body().collect().await.expect("body");
+                a_bare += r.change().allocations as u64;
+                let r = Region::new(GLOBAL);
+                let resp = fb
+                    .post("/chat/completions", body.clone())
+                    .await
+                    .expect("fb");
+                resp.into_body().collect().await.expect("body");
+                a_fb += r.change().allocations as u64;
+            }
+            if round == 1 {
+                println!(
+                    "loopback, per request (simulator included): bare hyper {:.1}, firebreak {:.1}",
+                    a_bare as f64 / n as f64,
+                    a_fb as f64 / n as f64
+                );
+            }
+        }
+    });
 }

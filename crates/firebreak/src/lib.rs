@@ -392,16 +392,22 @@ impl FireworksClient {
     /// # Errors
     /// Any [`Error`] from the stack: a non-success answer is a response, not an error.
     pub async fn post(&self, path: &str, json: Bytes) -> Result<Response<FireworksBody>, Error> {
-        // Token caps in the 429 gate use the body's size and its `max_tokens`.
-        let estimate = firebreak_ratelimit::TokenEstimate::from_json_body(
-            &json,
-            self.layer.gate_config().default_completion_tokens,
-        );
+        // Token caps in the 429 gate use the body's size and its `max_tokens`. Reading
+        // `max_tokens` means parsing the body, so it is done only when there is a token cap.
+        let gate = self.layer.gate_config();
+        let estimate = gate.tokens_per_minute.map(|_| {
+            firebreak_ratelimit::TokenEstimate::from_json_body(
+                &json,
+                gate.default_completion_tokens,
+            )
+        });
         let mut req = Request::post(format!("{}{path}", self.base))
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(json))
             .map_err(|e| Error::new(Class::Other).with_source(e))?;
-        req.extensions_mut().insert(estimate);
+        if let Some(e) = estimate {
+            req.extensions_mut().insert(e);
+        }
         self.svc.clone().oneshot(req).await
     }
 }
