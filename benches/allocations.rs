@@ -260,6 +260,106 @@ fn net(rt: &tokio::runtime::Runtime) {
         .expect("client");
         let body = chat_body("a", false);
         let n = 2_000u64;
+        // Each layer over the same (shared) bare hyper client, to attribute the difference.
+        let hyper = firebreak::client::SharedClient::new(
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<firebreak::InnerBody<Full<Bytes>>>(),
+        );
+        let layered = |s: Stack| {
+            ServiceBuilder::new()
+                .fireworks_stack(&s)
+                .unwrap()
+                .service(hyper.clone())
+        };
+        for (name, svc) in [
+            ("stack, observe on", layered(Stack::interactive())),
+            (
+                "stack, observe off",
+                layered(Stack::interactive().observe(false)),
+            ),
+        ] {
+            let mut svc = svc;
+            let mut total = 0u64;
+            for i in 0..n + 200 {
+                let req = post(&base, "/chat/completions", body.clone());
+                let r = Region::new(GLOBAL);
+                let resp = tower::ServiceExt::ready(&mut svc)
+                    .await
+                    .expect("ready")
+                    .call(req)
+                    .await
+                    .expect("call");
+                resp.into_body().collect().await.expect("body");
+                if i >= 200 {
+                    total += r.change().allocations as u64;
+                }
+            }
+            println!(
+                "loopback, per request: {name} over bare hyper {:.1}",
+                total as f64 / n as f64
+            );
+        }
+        fn hyper_for<B>()
+        -> firebreak::client::SharedClient<hyper_util::client::legacy::connect::HttpConnector, B>
+        where
+            B: Body + Send + Unpin + 'static,
+            B::Data: Send,
+            B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        {
+            firebreak::client::SharedClient::new(
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http::<B>(),
+            )
+        }
+        let t = TimeoutConfig::preset(Workload::Interactive);
+        count(
+            &base,
+            &body,
+            n,
+            "classify",
+            ClassifyLayer::new().layer(hyper_for()),
+        )
+        .await;
+        count(
+            &base,
+            &body,
+            n,
+            "attempt timeouts + classify",
+            AttemptTimeoutLayer::new(&t)
+                .unwrap()
+                .layer(ClassifyLayer::new().layer(hyper_for())),
+        )
+        .await;
+        count(
+            &base,
+            &body,
+            n,
+            "429 gate + classify",
+            RateLimitLayer::new(GateConfig::default(), KeyBy::Client)
+                .unwrap()
+                .layer(ClassifyLayer::new().layer(hyper_for())),
+        )
+        .await;
+        count(
+            &base,
+            &body,
+            n,
+            "retry + classify",
+            RetryLayer::new(RetryConfig::default())
+                .unwrap()
+                .layer(ClassifyLayer::new().layer(hyper_for())),
+        )
+        .await;
+        count(
+            &base,
+            &body,
+            n,
+            "deadline + classify",
+            DeadlineLayer::new(Duration::from_secs(120))
+                .unwrap()
+                .layer(ClassifyLayer::new().layer(hyper_for())),
+        )
+        .await;
         for round in 0..2 {
             let (mut a_bare, mut a_fb) = (0u64, 0u64);
             for _ in 0..n {
@@ -285,4 +385,33 @@ fn net(rt: &tokio::runtime::Runtime) {
             }
         }
     });
+}
+
+/// Allocations per request through `svc` over loopback, after a warm-up.
+async fn count<S, RB>(base: &str, body: &Bytes, n: u64, name: &str, mut svc: S)
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<RB>>,
+    S::Error: std::fmt::Debug,
+    RB: Body<Data = Bytes>,
+    RB::Error: std::fmt::Debug,
+{
+    let mut total = 0u64;
+    for i in 0..n + 200 {
+        let req = firebreak_testkit::post(base, "/chat/completions", body.clone());
+        let r = Region::new(GLOBAL);
+        let resp = tower::ServiceExt::ready(&mut svc)
+            .await
+            .expect("ready")
+            .call(req)
+            .await
+            .expect("call");
+        resp.into_body().collect().await.expect("body");
+        if i >= 200 {
+            total += r.change().allocations as u64;
+        }
+    }
+    println!(
+        "loopback, per request: {name} over bare hyper {:.1}",
+        total as f64 / n as f64
+    );
 }

@@ -8,17 +8,29 @@
 //! client and checks every request succeeded.
 
 use bytes::Bytes;
-use firebreak::{ApiKey, FireworksClient, Stack};
+use firebreak::{ApiKey, FireworksClient, ServiceBuilderExt, Stack};
 use firebreak_sim::{Sim, SimConfig};
 use firebreak_testkit::{KEY, chat_body, plain_client, post};
 use http_body_util::BodyExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use tower::ServiceExt;
+
+type Boxed = tower::util::BoxCloneSyncService<
+    http::Request<http_body_util::Full<Bytes>>,
+    http::Response<firebreak::FireworksBody>,
+    firebreak::Error,
+>;
 
 #[derive(Clone)]
 enum Client {
     Bare(firebreak_testkit::PlainClient),
+    /// The hyper client `FireworksClient` builds (its pool settings and connector), no layers.
+    FbHyper(firebreak::client::HttpsClient<http_body_util::Full<Bytes>>),
+    /// firebreak's layers (`ServiceBuilderExt::fireworks_stack`) over the bare hyper client
+    /// (shared behind one `Arc`, as the facade does).
+    Layers(Boxed),
     Firebreak(FireworksClient),
     Reqwest(reqwest_middleware::ClientWithMiddleware),
 }
@@ -27,6 +39,8 @@ impl Client {
     fn name(&self) -> &'static str {
         match self {
             Client::Bare(_) => "bare hyper client",
+            Client::FbHyper(_) => "firebreak's hyper client, no layers",
+            Client::Layers(_) => "firebreak layers over bare hyper",
             Client::Firebreak(_) => "firebreak full stack",
             Client::Reqwest(_) => "reqwest + reqwest-retry",
         }
@@ -37,6 +51,23 @@ impl Client {
             Client::Bare(c) => {
                 let resp = c
                     .request(post(base, "/chat/completions", body))
+                    .await
+                    .expect("request");
+                assert_eq!(resp.status(), 200);
+                resp.into_body().collect().await.expect("body");
+            }
+            Client::FbHyper(c) => {
+                let resp = c
+                    .request(post(base, "/chat/completions", body))
+                    .await
+                    .expect("request");
+                assert_eq!(resp.status(), 200);
+                resp.into_body().collect().await.expect("body");
+            }
+            Client::Layers(c) => {
+                let resp = c
+                    .clone()
+                    .oneshot(post(base, "/chat/completions", body))
                     .await
                     .expect("request");
                 assert_eq!(resp.status(), 200);
@@ -115,11 +146,37 @@ fn main() {
             reqwest_retry::policies::ExponentialBackoff::builder().build_with_max_retries(4),
         ))
         .build();
+        let hyper_bare =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build({
+                    let mut c = hyper_util::client::legacy::connect::HttpConnector::new();
+                    c.set_nodelay(true);
+                    c
+                });
+        let layers: Boxed = Boxed::new(
+            tower::ServiceBuilder::new()
+                .map_response(|r: http::Response<_>| r.map(BodyExt::boxed))
+                .fireworks_stack(&Stack::interactive())
+                .expect("stack")
+                .service(firebreak::client::SharedClient::new(hyper_bare)),
+        );
         let clients = [
             Client::Bare(plain_client()),
+            Client::FbHyper(
+                firebreak::client::build(&firebreak::ClientConfig::default()).expect("client"),
+            ),
+            Client::Layers(layers),
             Client::Firebreak(firebreak),
             Client::Reqwest(reqwest),
         ];
+        // For profiling: FIREBREAK_THROUGHPUT_CLIENT=<index> runs that client alone.
+        let clients: Vec<Client> = match std::env::var("FIREBREAK_THROUGHPUT_CLIENT")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            Some(i) => vec![clients[i].clone()],
+            None => clients.to_vec(),
+        };
         if !bench {
             for c in &clients {
                 let rps = run(c, base.clone(), 4, Duration::from_secs(5), 100).await;

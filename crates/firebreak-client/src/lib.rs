@@ -27,8 +27,10 @@
 //! ```
 
 mod auth;
+mod shared;
 
 pub use auth::{ApiKey, Auth, AuthLayer};
+pub use shared::SharedClient;
 
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;

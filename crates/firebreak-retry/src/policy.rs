@@ -239,8 +239,12 @@ pub struct FireworksPolicy {
 
 impl Clone for FireworksPolicy {
     fn clone(&self) -> Self {
-        // A clone serves a new call: fresh per-call state, shared settings and budget.
-        let n = self.shared.calls.fetch_add(1, Ordering::Relaxed);
+        // A clone serves a new call: fresh per-call state, shared settings and budget. The call
+        // counter (a contended atomic) is touched only when a seed asks for reproducible jitter.
+        let rng = self.shared.cfg.seed.map(|s| {
+            let n = self.shared.calls.fetch_add(1, Ordering::Relaxed);
+            SmallRng::seed_from_u64(s ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        });
         FireworksPolicy {
             shared: self.shared.clone(),
             attempts: 0,
@@ -248,11 +252,7 @@ impl Clone for FireworksPolicy {
             first_end: None,
             previous: None,
             classes: [None; 8],
-            rng: self
-                .shared
-                .cfg
-                .seed
-                .map(|s| SmallRng::seed_from_u64(s ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15))),
+            rng,
         }
     }
 }

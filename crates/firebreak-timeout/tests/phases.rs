@@ -356,6 +356,58 @@ async fn the_overall_deadline_bounds_the_attempt_and_is_visible_below() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_deadline_enforced_below_is_stamped_and_still_ends_the_call_through_the_attempt() {
+    bounded(async {
+        let (m, mut h) = mock::pair::<Request<TimedRequestBody<Full<Bytes>>>, Response<ChanBody>>();
+        let svc = DeadlineLayer::new(Duration::from_secs(8))
+            .unwrap()
+            .enforced_below()
+            .layer(AttemptTimeoutLayer::new(&cfg()).unwrap().layer(m));
+        let t0 = Instant::now();
+        let call = tokio::spawn(svc.oneshot(Request::new(Full::new(Bytes::new()))));
+        let (req, _send) = h.next_request().await.unwrap();
+        assert!(Deadline::of(&req).is_some(), "stamped");
+        // The attempt layer, which reads the stamp, ends the call at the deadline.
+        let e = call.await.unwrap().unwrap_err();
+        assert_eq!(
+            phase_of(&e),
+            (TimeoutPhase::Deadline, Duration::from_secs(8))
+        );
+        assert_eq!(t0.elapsed(), Duration::from_secs(8));
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_enforced_below_arms_no_timer_of_its_own() {
+    bounded(async {
+        // An inner service that ignores the stamp: only a deadline that enforces itself ends it.
+        let (m, mut h) = mock::pair::<Request<Full<Bytes>>, Response<ChanBody>>();
+        let svc = DeadlineLayer::new(Duration::from_secs(1))
+            .unwrap()
+            .enforced_below()
+            .layer(m);
+        let call = svc.oneshot(Request::new(Full::new(Bytes::new())));
+        let serve = async {
+            let _keep = h.next_request().await;
+            std::future::pending::<()>().await
+        };
+        let raced = tokio::time::timeout(Duration::from_secs(5), async {
+            tokio::select! {
+                r = call => r.map(|_| ()),
+                () = serve => Ok(()),
+            }
+        })
+        .await;
+        assert!(
+            raced.is_err(),
+            "nothing ended the call before 5 s: no timer was armed"
+        );
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_expired_deadline_fails_fast_without_calling_the_inner_service() {
     bounded(async {
         let (mut svc, mut h) = attempt_svc::<Full<Bytes>>(&cfg());

@@ -28,9 +28,12 @@ mod sealed {
 /// # #[tokio::main]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 /// let sim = Sim::start(SimConfig::default()).await?; // a local stand-in for Fireworks
-/// // Any hyper-util client, with the request body the stack sends.
-/// let hyper_client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-///     .build_http::<firebreak::InnerBody<Full<Bytes>>>();
+/// // Any hyper-util client, with the request body the stack sends. `SharedClient` puts it
+/// // behind one `Arc`: the layers clone the service below them on every call.
+/// let hyper_client = firebreak::client::SharedClient::new(
+///     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+///         .build_http::<firebreak::InnerBody<Full<Bytes>>>(),
+/// );
 /// let svc = ServiceBuilder::new()
 ///     .fireworks_stack(&Stack::interactive())?
 ///     .service(hyper_client);

@@ -221,7 +221,10 @@ impl Stack {
         };
         Ok(StackLayer {
             observer,
-            deadline: DeadlineLayer::new(deadline).map_err(StackError::Timeout)?,
+            // The layers below all end their waits at the deadline: no timer of its own.
+            deadline: DeadlineLayer::new(deadline)
+                .map_err(StackError::Timeout)?
+                .enforced_below(),
             retry: RetryLayer::new(self.retry.clone()).map_err(StackError::Retry)?,
             gate: RateLimitLayer::new(self.gate.clone(), self.key_by.clone())
                 .map_err(StackError::Gate)?,
@@ -358,7 +361,11 @@ impl FireworksClient {
         let connector = ConnectTimeoutLayer::new(connect)
             .map_err(StackError::Timeout)?
             .layer(connector);
-        let client = firebreak_client::build_with::<_, InnerBody<Full<Bytes>>>(connector, &cfg);
+        // Shared behind one `Arc`: the layers clone the service below them on every call.
+        let client = firebreak_client::SharedClient::new(firebreak_client::build_with::<
+            _,
+            InnerBody<Full<Bytes>>,
+        >(connector, &cfg));
         let layer = stack.layer()?;
         let svc = ServiceBuilder::new()
             .map_response(|r: Response<_>| r.map(BodyExt::boxed))
