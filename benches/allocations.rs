@@ -160,7 +160,7 @@ fn main() {
         return;
     }
     let n = 10_000;
-    let mut rows: Vec<(&str, (f64, f64))> = Vec::new();
+    let mut rows: Vec<(&str, (f64, f64))> = Vec::with_capacity(10);
     rows.push(("bare", measure(&mut Ok200(body.clone()), n)));
     rows.push((
         "tower retry+timeout",

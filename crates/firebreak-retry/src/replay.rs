@@ -5,6 +5,7 @@ use bytes::Bytes;
 use firebreak_classify::BoxError;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
+use smallvec::SmallVec;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -44,7 +45,9 @@ const READING_PAST_CAP: usize = usize::MAX;
 
 struct Shared<B> {
     inner: Option<Pin<Box<B>>>,
-    frames: Vec<Bytes>,
+    /// The chunks kept for a replay. Most request bodies are one chunk (`Full<Bytes>`): kept
+    /// inline, that costs no allocation.
+    frames: SmallVec<[Bytes; 1]>,
     len: usize,
     cap: usize,
     trailers: Option<HeaderMap>,
@@ -79,7 +82,7 @@ impl<B> ReplayBody<B> {
         ReplayBody {
             shared: Arc::new(Mutex::new(Shared {
                 inner: Some(Box::pin(body)),
-                frames: Vec::new(),
+                frames: SmallVec::new(),
                 len: 0,
                 cap,
                 trailers: None,
@@ -132,23 +135,24 @@ where
         if self.ended {
             return Poll::Ready(None);
         }
-        let shared = self.shared.clone();
-        let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+        // The handle is `Unpin`: borrow its fields apart (the shared state, and our position).
+        let this = &mut *self;
+        let mut s = this.shared.lock().unwrap_or_else(|e| e.into_inner());
         // `pos == READING_PAST_CAP` marks the handle that read past the bound: only it may go on.
-        if let (Some(broken), false) = (s.broken, self.pos == READING_PAST_CAP) {
-            self.ended = true;
+        if let (Some(broken), false) = (s.broken, this.pos == READING_PAST_CAP) {
+            this.ended = true;
             return Poll::Ready(Some(Err(Box::new(broken))));
         }
-        if let Some(b) = s.frames.get(self.pos).cloned() {
-            self.pos += 1;
+        if let Some(b) = s.frames.get(this.pos).cloned() {
+            this.pos += 1;
             return Poll::Ready(Some(Ok(Frame::data(b))));
         }
         if s.inner_done {
-            self.ended = true;
+            this.ended = true;
             return Poll::Ready(s.trailers.clone().map(|t| Ok(Frame::trailers(t))));
         }
         let Some(inner) = s.inner.as_mut() else {
-            self.ended = true;
+            this.ended = true;
             return Poll::Ready(Some(Err("request body already consumed".into())));
         };
         match inner.as_mut().poll_frame(cx) {
@@ -156,13 +160,13 @@ where
             Poll::Ready(None) => {
                 s.inner_done = true;
                 s.inner = None;
-                self.ended = true;
+                this.ended = true;
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
                 s.broken = Some(NotReplayable::ReadFailed);
-                s.frames = Vec::new();
-                self.ended = true;
+                s.frames = SmallVec::new();
+                this.ended = true;
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
@@ -172,12 +176,12 @@ where
                         if s.len > s.cap {
                             let cap = s.cap;
                             s.broken = Some(NotReplayable::OverCap { cap });
-                            s.frames = Vec::new();
-                            self.pos = READING_PAST_CAP;
+                            s.frames = SmallVec::new();
+                            this.pos = READING_PAST_CAP;
                         } else {
                             // A zero-copy clone: the replay buffer shares the caller's bytes.
                             s.frames.push(data.clone());
-                            self.pos = s.frames.len();
+                            this.pos = s.frames.len();
                         }
                     }
                     Poll::Ready(Some(Ok(Frame::data(data))))
@@ -186,7 +190,7 @@ where
                     s.trailers = frame.trailers_ref().cloned();
                     s.inner_done = true;
                     s.inner = None;
-                    self.ended = true;
+                    this.ended = true;
                     Poll::Ready(Some(Ok(frame)))
                 }
             },

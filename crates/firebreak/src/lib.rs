@@ -277,11 +277,21 @@ impl<S> Layer<S> for StackLayer {
     }
 }
 
+/// The service under the stack in a [`FireworksClient`]: the shared HTTPS client, with or
+/// without the auth layer.
+type ClientService = tower::util::Either<firebreak_client::Auth<SharedHttps>, SharedHttps>;
+
+type SharedHttps = firebreak_client::SharedClient<
+    firebreak_timeout::ConnectTimeout<firebreak_client::Connector>,
+    InnerBody<Full<Bytes>>,
+>;
+
 /// A ready client for the Fireworks API (or any OpenAI-compatible endpoint): HTTPS hyper
 /// client, the key, and the stack.
 #[derive(Clone)]
 pub struct FireworksClient {
-    svc: BoxStack,
+    // The concrete stack: `post` clones and calls it without boxing; `service` boxes it.
+    svc: StackService<ClientService>,
     base: Arc<str>,
     layer: StackLayer,
 }
@@ -368,12 +378,11 @@ impl FireworksClient {
         >(connector, &cfg));
         let layer = stack.layer()?;
         let svc = ServiceBuilder::new()
-            .map_response(|r: Response<_>| r.map(BodyExt::boxed))
             .layer(layer.clone())
             .option_layer(auth)
             .service(client);
         Ok(FireworksClient {
-            svc: BoxCloneSyncService::new(svc),
+            svc,
             base: base.into(),
             layer,
         })
@@ -381,7 +390,11 @@ impl FireworksClient {
 
     /// The boxed stack, for use as a tower service.
     pub fn service(&self) -> BoxStack {
-        self.svc.clone()
+        BoxCloneSyncService::new(
+            self.svc
+                .clone()
+                .map_response(|r: Response<_>| r.map(BodyExt::boxed)),
+        )
     }
 
     /// The base URL.
@@ -409,13 +422,18 @@ impl FireworksClient {
             )
         });
         let mut req = Request::post(format!("{}{path}", self.base))
-            .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(json))
             .map_err(|e| Error::new(Class::Other).with_source(e))?;
+        // A static value: cloning it (the retry layer keeps a copy) allocates nothing.
+        req.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
         if let Some(e) = estimate {
             req.extensions_mut().insert(e);
         }
-        self.svc.clone().oneshot(req).await
+        let resp = self.svc.clone().oneshot(req).await?;
+        Ok(resp.map(BodyExt::boxed))
     }
 }
 
