@@ -12,7 +12,7 @@
 
 use bytes::Bytes;
 use firebreak::{ServiceBuilderExt, Stack};
-use firebreak_classify::{ClassifyLayer, Error};
+use firebreak_classify::ClassifyLayer;
 use firebreak_ratelimit::{GateConfig, KeyBy, RateLimitLayer};
 use firebreak_retry::{RetryConfig, RetryLayer};
 use firebreak_timeout::{AttemptTimeoutLayer, DeadlineLayer, TimeoutConfig, Workload};
@@ -22,56 +22,13 @@ use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use std::alloc::System;
-use std::future::{Ready, ready};
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tower::{Layer, Service, ServiceBuilder};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-#[derive(Clone)]
-struct Ok200(Bytes);
-
-impl<B> Service<Request<B>> for Ok200 {
-    type Response = Response<Full<Bytes>>;
-    type Error = Error;
-    type Future = Ready<Result<Response<Full<Bytes>>, Error>>;
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        Poll::Ready(Ok(()))
-    }
-    fn call(&mut self, _: Request<B>) -> Self::Future {
-        ready(Ok(Response::new(Full::new(self.0.clone()))))
-    }
-}
-
-#[derive(Clone)]
-struct CountPolicy(u32);
-
-impl<Res> tower::retry::Policy<Request<Full<Bytes>>, Res, tower::BoxError> for CountPolicy {
-    type Future = Ready<()>;
-    fn retry(
-        &mut self,
-        _: &mut Request<Full<Bytes>>,
-        result: &mut Result<Res, tower::BoxError>,
-    ) -> Option<Ready<()>> {
-        (result.is_err() && self.0 > 0).then(|| {
-            self.0 -= 1;
-            ready(())
-        })
-    }
-    fn clone_request(&mut self, req: &Request<Full<Bytes>>) -> Option<Request<Full<Bytes>>> {
-        let mut r = Request::new(req.body().clone());
-        *r.uri_mut() = req.uri().clone();
-        Some(r)
-    }
-}
-
-fn request() -> Request<Full<Bytes>> {
-    Request::post("http://api.fireworks.ai/inference/v1/chat/completions")
-        .body(Full::new(Bytes::from_static(br#"{"messages":[]}"#)))
-        .unwrap()
-}
+use firebreak_testkit::{CountPolicy, Ok200, inmem_request as request};
 
 /// One call, body read; the request is built before counting starts.
 fn call<S, RB>(svc: &mut S, req: Request<Full<Bytes>>)
@@ -271,34 +228,22 @@ fn net(rt: &tokio::runtime::Runtime) {
                 .unwrap()
                 .service(hyper.clone())
         };
-        for (name, svc) in [
-            ("stack, observe on", layered(Stack::interactive())),
-            (
-                "stack, observe off",
-                layered(Stack::interactive().observe(false)),
-            ),
-        ] {
-            let mut svc = svc;
-            let mut total = 0u64;
-            for i in 0..n + 200 {
-                let req = post(&base, "/chat/completions", body.clone());
-                let r = Region::new(GLOBAL);
-                let resp = tower::ServiceExt::ready(&mut svc)
-                    .await
-                    .expect("ready")
-                    .call(req)
-                    .await
-                    .expect("call");
-                resp.into_body().collect().await.expect("body");
-                if i >= 200 {
-                    total += r.change().allocations as u64;
-                }
-            }
-            println!(
-                "loopback, per request: {name} over bare hyper {:.1}",
-                total as f64 / n as f64
-            );
-        }
+        count(
+            &base,
+            &body,
+            n,
+            "stack, observe on",
+            layered(Stack::interactive()),
+        )
+        .await;
+        count(
+            &base,
+            &body,
+            n,
+            "stack, observe off",
+            layered(Stack::interactive().observe(false)),
+        )
+        .await;
         fn hyper_for<B>()
         -> firebreak::client::SharedClient<hyper_util::client::legacy::connect::HttpConnector, B>
         where

@@ -15,55 +15,12 @@ use firebreak_ratelimit::GateKey;
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
-use std::future::{Ready, ready};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tower::{Service, ServiceBuilder, ServiceExt};
 
-#[derive(Clone)]
-struct Ok200(Bytes);
-
-impl<B> Service<Request<B>> for Ok200 {
-    type Response = Response<Full<Bytes>>;
-    type Error = Error;
-    type Future = Ready<Result<Response<Full<Bytes>>, Error>>;
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        Poll::Ready(Ok(()))
-    }
-    fn call(&mut self, _: Request<B>) -> Self::Future {
-        ready(Ok(Response::new(Full::new(self.0.clone()))))
-    }
-}
-
-#[derive(Clone)]
-struct CountPolicy(u32);
-
-impl<Res> tower::retry::Policy<Request<Full<Bytes>>, Res, tower::BoxError> for CountPolicy {
-    type Future = Ready<()>;
-    fn retry(
-        &mut self,
-        _: &mut Request<Full<Bytes>>,
-        result: &mut Result<Res, tower::BoxError>,
-    ) -> Option<Ready<()>> {
-        (result.is_err() && self.0 > 0).then(|| {
-            self.0 -= 1;
-            ready(())
-        })
-    }
-    fn clone_request(&mut self, req: &Request<Full<Bytes>>) -> Option<Request<Full<Bytes>>> {
-        let mut r = Request::new(req.body().clone());
-        *r.uri_mut() = req.uri().clone();
-        Some(r)
-    }
-}
-
-fn request() -> Request<Full<Bytes>> {
-    Request::post("http://api.fireworks.ai/inference/v1/chat/completions")
-        .body(Full::new(Bytes::from_static(br#"{"messages":[]}"#)))
-        .unwrap()
-}
+use firebreak_testkit::{CountPolicy, Ok200, inmem_request as request};
 
 async fn call<S, RB>(svc: &mut S)
 where

@@ -13,7 +13,7 @@
 use bytes::Bytes;
 use criterion::{Criterion, black_box, criterion_group, criterion_main};
 use firebreak::{ServiceBuilderExt, Stack};
-use firebreak_classify::{ClassifyLayer, Error};
+use firebreak_classify::ClassifyLayer;
 use firebreak_ratelimit::{GateConfig, KeyBy, RateLimitLayer};
 use firebreak_retry::{RetryConfig, RetryLayer};
 use firebreak_timeout::{AttemptTimeoutLayer, DeadlineLayer, TimeoutConfig, Workload};
@@ -21,49 +21,12 @@ use futures_util::FutureExt;
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
-use std::future::{Ready, ready};
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tower::{Layer, Service, ServiceBuilder};
 
 /// Answers at once with a small body; accepts any request body; fails with firebreak's error
 /// type so that every layer can sit on it directly.
-#[derive(Clone)]
-struct Ok200(Bytes);
-
-impl<B> Service<Request<B>> for Ok200 {
-    type Response = Response<Full<Bytes>>;
-    type Error = Error;
-    type Future = Ready<Result<Response<Full<Bytes>>, Error>>;
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        Poll::Ready(Ok(()))
-    }
-    fn call(&mut self, _: Request<B>) -> Self::Future {
-        ready(Ok(Response::new(Full::new(self.0.clone()))))
-    }
-}
-
-#[derive(Clone)]
-struct CountPolicy(u32);
-
-impl<Res> tower::retry::Policy<Request<Full<Bytes>>, Res, tower::BoxError> for CountPolicy {
-    type Future = Ready<()>;
-    fn retry(
-        &mut self,
-        _: &mut Request<Full<Bytes>>,
-        result: &mut Result<Res, tower::BoxError>,
-    ) -> Option<Ready<()>> {
-        (result.is_err() && self.0 > 0).then(|| {
-            self.0 -= 1;
-            ready(())
-        })
-    }
-    fn clone_request(&mut self, req: &Request<Full<Bytes>>) -> Option<Request<Full<Bytes>>> {
-        let mut r = Request::new(req.body().clone());
-        *r.uri_mut() = req.uri().clone();
-        Some(r)
-    }
-}
+use firebreak_testkit::{CountPolicy, Ok200};
 
 fn run<S, RB>(svc: &mut S)
 where

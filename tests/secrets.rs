@@ -9,31 +9,10 @@ use firebreak_sim::{DelayHeader, Fault, Sim, SimConfig, Trigger};
 use firebreak_testkit::*;
 use firebreak_timeout::{TimeoutConfig, Workload};
 use http_body_util::BodyExt;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const SECRET: &str = "fw_SECRETkey_do_not_print_8c1f";
 const WRONG: &str = "fw_WRONGkey_do_not_print_77aa";
-
-#[derive(Clone, Default)]
-struct Buf(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Buf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buf {
-    type Writer = Buf;
-    fn make_writer(&'a self) -> Buf {
-        self.clone()
-    }
-}
 
 /// Every way an error can be printed: Display, Debug, pretty Debug, and its source chain.
 fn renderings(e: &Error) -> String {
@@ -58,7 +37,7 @@ fn status(s: u16) -> Fault {
 
 #[test]
 fn the_key_never_appears_in_traces_errors_or_debug_output() {
-    let buf = Buf::default();
+    let buf = firebreak_testkit::Captured::default();
     let sub = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
         .with_span_events(tracing_subscriber::fmt::format::FmtSpan::FULL)
@@ -173,7 +152,7 @@ fn the_key_never_appears_in_traces_errors_or_debug_output() {
         printed
     }));
 
-    let traces = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let traces = buf.text();
     assert!(
         traces.contains("firebreak.request") && traces.contains("firebreak.attempt"),
         "the subscriber captured nothing of the stack"

@@ -10,7 +10,9 @@ use hyper_util::rt::TokioExecutor;
 use std::future::Future;
 use std::time::Duration;
 
+mod inmem;
 mod recorded;
+pub use inmem::{Captured, CountPolicy, Ok200, inmem_request};
 pub use recorded::Recorded;
 
 /// The key tests send. The simulator in a test accepts it via `SimConfig::api_key`.

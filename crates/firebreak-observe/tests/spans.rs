@@ -4,37 +4,15 @@
 use firebreak_ratelimit::GateConfig;
 use firebreak_testkit::Recorded;
 use http_body_util::BodyExt;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tower::ServiceExt;
 
 mod common;
 use common::*;
 
-/// A `MakeWriter` into a shared buffer.
-#[derive(Clone, Default)]
-struct Buf(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Buf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buf {
-    type Writer = Buf;
-    fn make_writer(&'a self) -> Buf {
-        self.clone()
-    }
-}
-
 #[test]
 fn spans_nest_attempts_under_the_request_with_their_fields() {
-    let buf = Buf::default();
+    let buf = firebreak_testkit::Captured::default();
     let sub = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
         .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
@@ -73,7 +51,7 @@ fn spans_nest_attempts_under_the_request_with_their_fields() {
             other.await.unwrap();
         })
     }
-    let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let out = buf.text();
     let lines: Vec<&str> = out.lines().collect();
     // The second attempt's span is a child of the request span and says why it waited.
     let retry_line = lines
