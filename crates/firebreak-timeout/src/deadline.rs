@@ -11,11 +11,17 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
+tokio::task_local! {
+    /// The deadline of a [`DeadlineLayer::scoped`] layer, for the code it calls and polls.
+    static SCOPED: Deadline;
+}
+
 /// When the whole call must be over, across attempts, backoff sleeps and rate-limit waits.
 ///
-/// [`DeadlineLayer`] puts it in the request extensions; the retry and 429 layers read it with
-/// [`Deadline::of`] and never start an attempt or a wait that cannot finish in time
-/// ([`Deadline::check_wait`]): they fail at once instead.
+/// [`DeadlineLayer`] puts it in the request extensions (or, [scoped](DeadlineLayer::scoped), in
+/// a task-local); the retry and 429 layers read it with [`Deadline::of`] and never start an
+/// attempt or a wait that cannot finish in time ([`Deadline::check_wait`]): they fail at once
+/// instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadline {
     at: Instant,
@@ -31,9 +37,13 @@ impl Deadline {
         }
     }
 
-    /// The deadline a request carries, if any.
+    /// The deadline a request carries, if any: in its extensions, else the one of the scoped
+    /// [`DeadlineLayer`] whose call or poll this code runs in.
     pub fn of<B>(req: &Request<B>) -> Option<Deadline> {
-        req.extensions().get::<Deadline>().copied()
+        req.extensions()
+            .get::<Deadline>()
+            .copied()
+            .or_else(|| SCOPED.try_with(|d| *d).ok())
     }
 
     /// Sets this deadline on `req`, unless it already carries an earlier one (a deadline is only
@@ -105,6 +115,7 @@ impl Deadline {
 pub struct DeadlineLayer {
     total: Duration,
     enforce: bool,
+    scoped: bool,
 }
 
 impl DeadlineLayer {
@@ -122,7 +133,19 @@ impl DeadlineLayer {
         Ok(DeadlineLayer {
             total,
             enforce: true,
+            scoped: false,
         })
+    }
+
+    /// Carries the deadline in a task-local, set while the layers below are called and polled,
+    /// instead of in the request extensions. [`Deadline::of`] finds it either way, and it costs
+    /// no allocation (an extension allocates the map, and a retry's copy of the request
+    /// allocates it again). The catch: code that runs on another task (below a
+    /// `tower::buffer::Buffer`, say) does not see it. firebreak's `Stack` uses it; keep the
+    /// default when a layer below may move the call to another task.
+    pub fn scoped(mut self) -> Self {
+        self.scoped = true;
+        self
     }
 
     /// Stamps the deadline without arming a timer of its own, for stacks in which every wait
@@ -143,6 +166,7 @@ impl<S> Layer<S> for DeadlineLayer {
             inner,
             total: self.total,
             enforce: self.enforce,
+            scoped: self.scoped,
         }
     }
 }
@@ -153,6 +177,7 @@ pub struct DeadlineService<S> {
     inner: S,
     total: Duration,
     enforce: bool,
+    scoped: bool,
 }
 
 impl<S> DeadlineService<S> {
@@ -186,12 +211,24 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
-        let dl = Deadline::after(self.total).apply(&mut req);
+        let (dl, fut) = if self.scoped {
+            // A deadline is only ever shortened: an outer one that ends first stays in force.
+            let mine = Deadline::after(self.total);
+            let dl = match Deadline::of(&req) {
+                Some(outer) if outer.at <= mine.at => outer,
+                _ => mine,
+            };
+            (dl, SCOPED.sync_scope(dl, || self.inner.call(req)))
+        } else {
+            let dl = Deadline::after(self.total).apply(&mut req);
+            (dl, self.inner.call(req))
+        };
         DeadlineFuture {
-            fut: self.inner.call(req),
+            fut,
             sleep: None,
             dl,
             enforce: self.enforce,
+            scoped: self.scoped,
         }
     }
 }
@@ -204,6 +241,7 @@ pin_project! {
         sleep: Option<Pin<Box<Sleep>>>,
         dl: Deadline,
         enforce: bool,
+        scoped: bool,
     }
 }
 
@@ -224,7 +262,13 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        match this.fut.poll(cx) {
+        let polled = if *this.scoped {
+            let fut = this.fut;
+            SCOPED.sync_scope(*this.dl, || fut.poll(cx))
+        } else {
+            this.fut.poll(cx)
+        };
+        match polled {
             Poll::Ready(Ok(resp)) => {
                 let end = (*this.enforce).then(|| EndBy {
                     at: this.dl.instant(),

@@ -379,6 +379,45 @@ async fn a_deadline_enforced_below_is_stamped_and_still_ends_the_call_through_th
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_scoped_deadline_is_seen_below_without_an_extension_and_only_shortens() {
+    bounded(async {
+        let (m, mut h) = mock::pair::<Request<TimedRequestBody<Full<Bytes>>>, Response<ChanBody>>();
+        // An outer (extension) deadline of 5 s around a scoped one of 8 s: 5 s is in force.
+        let svc = DeadlineLayer::new(Duration::from_secs(5)).unwrap().layer(
+            DeadlineLayer::new(Duration::from_secs(8))
+                .unwrap()
+                .scoped()
+                .layer(AttemptTimeoutLayer::new(&cfg()).unwrap().layer(m)),
+        );
+        let t0 = Instant::now();
+        let call = tokio::spawn(svc.oneshot(Request::new(Full::new(Bytes::new()))));
+        let (req, _send) = h.next_request().await.unwrap();
+        assert!(Deadline::of(&req).is_some(), "the outer extension");
+        let e = call.await.unwrap().unwrap_err();
+        assert_eq!(phase_of(&e).0, TimeoutPhase::Deadline);
+        assert_eq!(t0.elapsed(), Duration::from_secs(5));
+
+        // Scoped alone: no extension on the request, yet the attempt layer below sees it.
+        let (m, mut h) = mock::pair::<Request<TimedRequestBody<Full<Bytes>>>, Response<ChanBody>>();
+        let svc = DeadlineLayer::new(Duration::from_secs(3))
+            .unwrap()
+            .scoped()
+            .layer(AttemptTimeoutLayer::new(&cfg()).unwrap().layer(m));
+        let t0 = Instant::now();
+        let call = tokio::spawn(svc.oneshot(Request::new(Full::new(Bytes::new()))));
+        let (req, _send) = h.next_request().await.unwrap();
+        assert!(req.extensions().get::<Deadline>().is_none(), "no extension");
+        let e = call.await.unwrap().unwrap_err();
+        assert_eq!(
+            phase_of(&e),
+            (TimeoutPhase::Deadline, Duration::from_secs(3))
+        );
+        assert_eq!(t0.elapsed(), Duration::from_secs(3));
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_deadline_enforced_below_arms_no_timer_of_its_own() {
     bounded(async {
         // An inner service that ignores the stamp: only a deadline that enforces itself ends it.

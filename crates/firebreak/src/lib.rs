@@ -221,10 +221,13 @@ impl Stack {
         };
         Ok(StackLayer {
             observer,
-            // The layers below all end their waits at the deadline: no timer of its own.
+            // The layers below all end their waits at the deadline: no timer of its own. They
+            // all run on the caller's task: the deadline travels in a task-local, not in an
+            // extension map (which the retry layer's copy of the request would clone).
             deadline: DeadlineLayer::new(deadline)
                 .map_err(StackError::Timeout)?
-                .enforced_below(),
+                .enforced_below()
+                .scoped(),
             retry: RetryLayer::new(self.retry.clone()).map_err(StackError::Retry)?,
             gate: RateLimitLayer::new(self.gate.clone(), self.key_by.clone())
                 .map_err(StackError::Gate)?,
