@@ -48,36 +48,17 @@ impl Client {
 
     async fn call(&self, base: &str, body: Bytes) {
         match self {
-            Client::Bare(c) => {
-                let resp = c
-                    .request(post(base, "/chat/completions", body))
-                    .await
-                    .expect("request");
-                assert_eq!(resp.status(), 200);
-                resp.into_body().collect().await.expect("body");
-            }
+            Client::Bare(c) => ok(c.request(post(base, "/chat/completions", body)).await).await,
             Client::FbHyper(c) => {
-                let resp = c
-                    .request(post(base, "/chat/completions", body))
-                    .await
-                    .expect("request");
-                assert_eq!(resp.status(), 200);
-                resp.into_body().collect().await.expect("body");
+                ok(c.request(post(base, "/chat/completions", body)).await).await;
             }
             Client::Layers(c) => {
-                let resp = c
-                    .clone()
+                ok(c.clone()
                     .oneshot(post(base, "/chat/completions", body))
-                    .await
-                    .expect("request");
-                assert_eq!(resp.status(), 200);
-                resp.into_body().collect().await.expect("body");
+                    .await)
+                .await;
             }
-            Client::Firebreak(c) => {
-                let resp = c.post("/chat/completions", body).await.expect("request");
-                assert_eq!(resp.status(), 200);
-                resp.into_body().collect().await.expect("body");
-            }
+            Client::Firebreak(c) => ok(c.post("/chat/completions", body).await).await,
             Client::Reqwest(c) => {
                 let resp = c
                     .post(format!("{base}/chat/completions"))
@@ -92,6 +73,18 @@ impl Client {
             }
         }
     }
+}
+
+/// Checks a 200 and reads its body to the end.
+async fn ok<B, E>(resp: Result<http::Response<B>, E>)
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+    E: std::fmt::Debug,
+{
+    let resp = resp.expect("request");
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.expect("body");
 }
 
 /// Requests per second with `concurrency` workers for `dur` (and at most `max` requests).

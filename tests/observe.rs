@@ -13,15 +13,7 @@ use http_body_util::BodyExt;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-fn status(s: u16, delay: Vec<DelayHeader>) -> Fault {
-    Fault::Status {
-        status: s,
-        shape: None,
-        delay,
-        should_retry: None,
-        message: None,
-    }
-}
+use firebreak_testkit::status_fault as status;
 
 fn stack(max_attempts: u32) -> Stack {
     let timeouts = TimeoutConfig::builder(Workload::Interactive)

@@ -41,15 +41,7 @@ fn fast() -> RetryConfig {
         .unwrap()
 }
 
-fn status(s: u16, delay: Vec<DelayHeader>) -> Fault {
-    Fault::Status {
-        status: s,
-        shape: None,
-        delay,
-        should_retry: None,
-        message: None,
-    }
-}
+use firebreak_testkit::status_fault as status;
 
 #[tokio::test]
 async fn a_non_retryable_status_is_attempted_exactly_once() {

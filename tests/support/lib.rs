@@ -214,3 +214,14 @@ pub async fn garbage_server() -> std::net::SocketAddr {
     });
     addr
 }
+
+/// A simulator fault answering `status` with the default error body and these delay headers.
+pub fn status_fault(status: u16, delay: Vec<firebreak_sim::DelayHeader>) -> firebreak_sim::Fault {
+    firebreak_sim::Fault::Status {
+        status,
+        shape: None,
+        delay,
+        should_retry: None,
+        message: None,
+    }
+}

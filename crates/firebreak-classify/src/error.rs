@@ -43,12 +43,19 @@ impl Classification {
 
     /// The classification [`ClassifyLayer`](crate::ClassifyLayer) gave `resp`. Plain successes
     /// carry none (attaching one would allocate on every call); for them this is
-    /// [`Classification::success`].
+    /// [`Classification::success`]. A failure that never passed through the layer is classified
+    /// here from its status and headers (its body is not read).
     pub fn of<B>(resp: &http::Response<B>) -> Classification {
-        resp.extensions()
-            .get::<Classification>()
-            .cloned()
-            .unwrap_or_else(|| Classification::success(resp.status()))
+        match resp.extensions().get::<Classification>() {
+            Some(c) => c.clone(),
+            None if resp.status().as_u16() < 400 => Classification::success(resp.status()),
+            None => Classification::from_response(
+                resp.status(),
+                resp.headers(),
+                None,
+                SystemTime::now(),
+            ),
+        }
     }
 
     /// The class of `resp`: its classification's, or the status's when it carries none.

@@ -112,17 +112,8 @@ where
             Ok(r) => r,
             Err(e) => return Poll::Ready(Err(with_host(Error::transport(e), this.host))),
         };
-        let failed = match resp.extensions().get::<Classification>() {
-            Some(c) if c.class().is_success() => None,
-            Some(c) => Some(Error::from_classification(c)),
-            None if resp.status().as_u16() < 400 => None,
-            None => Some(Error::from_classification(&Classification::from_response(
-                resp.status(),
-                resp.headers(),
-                None,
-                std::time::SystemTime::now(),
-            ))),
-        };
+        let failed = (!Classification::class_of(&resp).is_success())
+            .then(|| Error::from_classification(&Classification::of(&resp)));
         Poll::Ready(match failed {
             None => Ok(resp),
             Some(e) => Err(with_host(e, this.host)),

@@ -32,11 +32,7 @@ impl ClassifyResponse for FireworksClassifier {
         self,
         res: &Response<B>,
     ) -> ClassifiedResponse<Class, Self::ClassifyEos> {
-        let class = res
-            .extensions()
-            .get::<Classification>()
-            .map(Classification::class)
-            .unwrap_or_else(|| Class::from_status(res.status()));
+        let class = Classification::class_of(res);
         ClassifiedResponse::Ready(if class.is_success() {
             Ok(())
         } else {

@@ -3,7 +3,7 @@
 use crate::breakdown::{Seen, breakdown};
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
-use firebreak::classify::{Class, Classification};
+use firebreak::classify::Classification;
 use firebreak::{ApiKey, FireworksClient, Stack, TimeoutConfig, Workload};
 use futures_util::StreamExt;
 use http::Request;
@@ -169,16 +169,11 @@ pub(crate) async fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>
                     Err(_) => Err("other"),
                     Ok(req) => match svc.oneshot(req).await {
                         Ok(resp) => {
-                            let class = resp
-                                .extensions()
-                                .get::<Classification>()
-                                .map(Classification::class);
+                            let class = Classification::class_of(&resp);
                             let status = resp.status();
                             match resp.into_body().collect().await {
                                 Ok(_) if status.is_success() => Ok(()),
-                                Ok(_) => {
-                                    Err(class.unwrap_or_else(|| Class::from_status(status)).label())
-                                }
+                                Ok(_) => Err(class.label()),
                                 Err(e) => Err(e.class().label()),
                             }
                         }

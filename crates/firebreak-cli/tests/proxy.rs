@@ -34,29 +34,38 @@ fn http(
     (status, head.to_string(), body.to_string())
 }
 
+/// A runtime and a simulator started on it (the proxy runs in its own process).
+fn sim_on_runtime(cfg: SimConfig) -> (tokio::runtime::Runtime, Sim) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sim = rt.block_on(Sim::start(cfg)).unwrap();
+    (rt, sim)
+}
+
+/// The test key, and a 503 on every request's first attempt.
+fn first_attempt_503() -> SimConfig {
+    SimConfig::default().api_key(KEY).fault(
+        Trigger::FirstAttempts { n: 1 },
+        Fault::Status {
+            status: 503,
+            shape: None,
+            delay: vec![],
+            should_retry: None,
+            message: None,
+        },
+    )
+}
+
 fn chat(user: &str, stream: bool) -> String {
     format!(r#"{{"model":"m","messages":[],"max_tokens":3,"stream":{stream},"user":"{user}"}}"#)
 }
 
 #[test]
 fn proxies_json_and_sse_through_the_stack() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let sim = rt
-        .block_on(Sim::start(SimConfig::default().api_key(KEY).fault(
-            Trigger::FirstAttempts { n: 1 },
-            Fault::Status {
-                status: 503,
-                shape: None,
-                delay: vec![],
-                should_retry: None,
-                message: None,
-            },
-        )))
-        .unwrap();
+    let (rt, sim) = sim_on_runtime(first_attempt_503());
     let p = proxy(&sim.base_url(), &["--api-key", KEY]);
     let (s, _, body) = http(&p.addr, "GET", "/healthz", None, "");
     assert_eq!((s, body.as_str()), (200, "ok"));
@@ -122,23 +131,16 @@ fn proxies_json_and_sse_through_the_stack() {
 
 #[test]
 fn a_server_delay_over_the_cap_comes_back_as_a_429_with_retry_after() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let sim = rt
-        .block_on(Sim::start(SimConfig::default().fault(
-            Trigger::Always,
-            Fault::Status {
-                status: 429,
-                shape: None,
-                delay: vec![firebreak_sim::DelayHeader::RetryAfterSecs { secs: 120.0 }],
-                should_retry: None,
-                message: None,
-            },
-        )))
-        .unwrap();
+    let (rt, sim) = sim_on_runtime(SimConfig::default().fault(
+        Trigger::Always,
+        Fault::Status {
+            status: 429,
+            shape: None,
+            delay: vec![firebreak_sim::DelayHeader::RetryAfterSecs { secs: 120.0 }],
+            should_retry: None,
+            message: None,
+        },
+    ));
     let p = proxy(&sim.base_url(), &["--api-key", KEY]);
     let (s, head, body) = http(
         &p.addr,
@@ -163,16 +165,8 @@ fn a_server_delay_over_the_cap_comes_back_as_a_429_with_retry_after() {
 
 #[test]
 fn upstream_failures_come_back_as_openai_errors() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let sim = rt
-        .block_on(Sim::start(
-            SimConfig::default().fault(Trigger::Always, Fault::Hang { for_ms: 5_000 }),
-        ))
-        .unwrap();
+    let (_rt, sim) =
+        sim_on_runtime(SimConfig::default().fault(Trigger::Always, Fault::Hang { for_ms: 5_000 }));
     let p = proxy(
         &sim.base_url(),
         &["--api-key", KEY, "--first-byte-timeout", "0.3"],
@@ -247,23 +241,7 @@ fn parse_prometheus(text: &str) -> (Samples, std::collections::BTreeMap<String, 
 
 #[test]
 fn metrics_are_served_in_the_prometheus_text_format() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let sim = rt
-        .block_on(Sim::start(SimConfig::default().api_key(KEY).fault(
-            Trigger::FirstAttempts { n: 1 },
-            Fault::Status {
-                status: 503,
-                shape: None,
-                delay: vec![],
-                should_retry: None,
-                message: None,
-            },
-        )))
-        .unwrap();
+    let (rt, sim) = sim_on_runtime(first_attempt_503());
     let p = proxy(&sim.base_url(), &["--api-key", KEY]);
     for i in 0..3 {
         let (s, _, body) = http(

@@ -1,7 +1,7 @@
 //! [`AttemptObserveLayer`]: one child span and one class per attempt.
 
 use crate::instruments::{Instruments, Observer, ms};
-use firebreak_classify::{Class, Classification, Error};
+use firebreak_classify::{Classification, Error};
 use firebreak_retry::AttemptContext;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
@@ -161,12 +161,7 @@ where
             return Poll::Ready(result);
         };
         let (class, status) = match &result {
-            Ok(resp) => (
-                resp.extensions()
-                    .get::<Classification>()
-                    .map_or_else(|| Class::from_status(resp.status()), Classification::class),
-                Some(resp.status().as_u16()),
-            ),
+            Ok(resp) => (Classification::class_of(resp), Some(resp.status().as_u16())),
             Err(e) => (e.class(), e.status().map(|s| s.as_u16())),
         };
         ins.attempt_done(class, status);

@@ -142,7 +142,6 @@ pub fn mark_sensitive(headers: &mut http::HeaderMap) {
 struct Record {
     ins: Arc<Instruments>,
     start: Instant,
-    class: Option<Class>,
     done: bool,
 }
 
@@ -151,7 +150,6 @@ impl Record {
         Record {
             ins,
             start: Instant::now(),
-            class: None,
             done: false,
         }
     }
@@ -183,10 +181,9 @@ impl Record {
 impl Drop for Record {
     fn drop(&mut self) {
         if !self.done {
-            let class = self.class;
             self.done = true;
-            let total = self.start.elapsed();
-            self.ins.request_done(Outcome::Cancelled, class, total);
+            self.ins
+                .request_done(Outcome::Cancelled, None, self.start.elapsed());
         }
     }
 }
@@ -229,33 +226,32 @@ where
         let span = std::mem::replace(this.span, Span::none());
         Poll::Ready(match result {
             Ok(resp) => {
-                let c = resp.extensions().get::<Classification>();
-                let class = c.map_or_else(|| Class::from_status(resp.status()), |c| c.class());
+                let class = Classification::class_of(&resp);
                 if !span.is_disabled() {
                     span.record("status", resp.status().as_u16());
                     span.record("class", class.label());
                     span.record("attempts", RetryInfo::of(&resp).attempts());
+                    let c = resp.extensions().get::<Classification>();
                     if let Some(id) = c.and_then(Classification::request_id) {
                         span.record("request_id", id);
                     }
                 }
-                record.class = Some(class);
                 if !class.is_success() {
                     // A non-success answer is a failure whatever its body holds.
                     record.finish(Outcome::Failure, Some(class), &span);
                     return Poll::Ready(Ok(resp.map(ObservedBody::passthrough)));
                 }
                 let ended = resp.body().is_end_stream();
-                let mut body = resp.map(|b| ObservedBody {
+                let mut resp = resp.map(|b| ObservedBody {
                     inner: b,
                     record: Some(record),
                     span,
                     first_byte: false,
                 });
                 if ended {
-                    body.body_mut().end();
+                    resp.body_mut().end();
                 }
-                Ok(body)
+                Ok(resp)
             }
             Err(e) => {
                 if !span.is_disabled() {
@@ -295,9 +291,19 @@ impl<B> ObservedBody<B> {
     }
 
     fn end(&mut self) {
-        if let Some(mut r) = self.record.take() {
-            r.finish(Outcome::Success, Some(Class::Success), &self.span);
-        }
+        settle(
+            &mut self.record,
+            Outcome::Success,
+            Class::Success,
+            &self.span,
+        );
+    }
+}
+
+/// Counts the request's outcome, if it is still pending.
+fn settle(record: &mut Option<Record>, outcome: Outcome, class: Class, span: &Span) {
+    if let Some(mut r) = record.take() {
+        r.finish(outcome, Some(class), span);
     }
 }
 
@@ -353,8 +359,8 @@ where
         let Some(record) = this.record.as_mut() else {
             return r;
         };
-        match &r {
-            Poll::Pending => {}
+        let ended = match &r {
+            Poll::Pending => None,
             Poll::Ready(Some(Ok(frame))) => {
                 if !*this.first_byte && frame.data_ref().is_some_and(|d| !d.is_empty()) {
                     *this.first_byte = true;
@@ -364,19 +370,15 @@ where
                 }
                 // Some readers (hyper's server among them) stop at `is_end_stream` and never
                 // poll for the final `None`.
-                if this.inner.is_end_stream() {
-                    record.finish(Outcome::Success, Some(Class::Success), this.span);
-                    *this.record = None;
-                }
+                this.inner
+                    .is_end_stream()
+                    .then_some((Outcome::Success, Class::Success))
             }
-            Poll::Ready(Some(Err(e))) => {
-                record.finish(Outcome::Failure, Some(e.class()), this.span);
-                *this.record = None;
-            }
-            Poll::Ready(None) => {
-                record.finish(Outcome::Success, Some(Class::Success), this.span);
-                *this.record = None;
-            }
+            Poll::Ready(Some(Err(e))) => Some((Outcome::Failure, e.class())),
+            Poll::Ready(None) => Some((Outcome::Success, Class::Success)),
+        };
+        if let Some((outcome, class)) = ended {
+            settle(this.record, outcome, class, this.span);
         }
         r
     }

@@ -377,17 +377,7 @@ where
         self.attempts += 1;
         let (class, status, should_retry, delay, by_error) = match result {
             Ok(resp) => {
-                let c = match resp.extensions().get::<Classification>() {
-                    Some(c) => c.clone(),
-                    // The classify layer leaves plain successes unmarked.
-                    None if resp.status().as_u16() < 400 => Classification::success(resp.status()),
-                    None => Classification::from_response(
-                        resp.status(),
-                        resp.headers(),
-                        None,
-                        std::time::SystemTime::now(),
-                    ),
-                };
+                let c = Classification::of(resp);
                 (
                     c.class(),
                     Some(c.status()),
@@ -479,19 +469,7 @@ fn finalize<ResB, B>(
                 resp.extensions_mut().insert(info);
                 return Ok(resp);
             }
-            let c = resp
-                .extensions()
-                .get::<Classification>()
-                .cloned()
-                .unwrap_or_else(|| {
-                    Classification::from_response(
-                        resp.status(),
-                        resp.headers(),
-                        None,
-                        std::time::SystemTime::now(),
-                    )
-                });
-            Error::from_classification(&c)
+            Error::from_classification(&Classification::of(&resp))
         }
         Err(e) => e,
     };
