@@ -191,6 +191,14 @@ fn main() {
             n,
         ),
     ));
+    // Every wrapper allocates at least what the service under it does.
+    let bare = rows[0].1.0;
+    for (name, (a, _)) in &rows {
+        assert!(
+            *a >= bare,
+            "{name}: {a} allocations, below the bare service's {bare}"
+        );
+    }
     println!("| service | allocations / call | bytes / call |");
     println!("|---|---:|---:|");
     for (name, (a, b)) in rows {

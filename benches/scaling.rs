@@ -125,10 +125,13 @@ fn main() {
         .expect("runtime");
     rt.block_on(async {
         if !bench {
+            // Every call is checked inside (`call` fails on an error or a non-200 body).
             for keys in [1, 100] {
-                ns_per_call(stack(keys), 4, 2_000).await;
+                let ns = ns_per_call(stack(keys), 4, 2_000).await;
+                assert!(ns.is_finite() && ns > 0.0, "{ns}");
             }
-            ns_per_call(tower_pair(), 4, 2_000).await;
+            let ns = ns_per_call(tower_pair(), 4, 2_000).await;
+            assert!(ns.is_finite() && ns > 0.0, "{ns}");
             println!("scaling smoke: ok");
             return;
         }

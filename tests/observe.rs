@@ -210,7 +210,7 @@ async fn counters_match_the_simulators_attempt_log_exactly() {
 }
 
 #[tokio::test]
-async fn refused_connects_and_connect_timeouts_are_client_side() {
+async fn refused_connects_bad_certificates_and_connect_timeouts_are_client_side() {
     bounded(30, async {
         let rec = Recorded::new();
         let refused = rec
@@ -247,6 +247,33 @@ async fn refused_connects_and_connect_timeouts_are_client_side() {
                 &[("outcome", "failure"), ("class", "connect_refused")]
             ),
             4
+        );
+
+        // A bad certificate: client-side, and not retried (it will not fix itself).
+        let tls = self_signed_tls_server().await;
+        let rec = Recorded::new();
+        let bad_cert = rec
+            .build(|| {
+                FireworksClient::new(
+                    &format!("https://localhost:{}", tls.port()),
+                    ApiKey::new(KEY).unwrap(),
+                    stack(3),
+                )
+            })
+            .unwrap();
+        let e = bad_cert
+            .post("/chat/completions", chat_body("tls", false))
+            .await
+            .unwrap_err();
+        assert!(e.is_client_side(), "{e}");
+        assert_eq!(rec.counter(names::CLIENT_FAILURES, &[("kind", "tls")]), 1);
+        assert_eq!(rec.counter(names::CLIENT_FAILURES, &[]), 1);
+        assert_eq!(
+            rec.counter(
+                names::REQUESTS,
+                &[("outcome", "failure"), ("class", "connect_tls")]
+            ),
+            1
         );
 
         let (addr, _fill, _listener) = blackhole();

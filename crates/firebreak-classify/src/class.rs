@@ -385,6 +385,31 @@ mod tests {
     }
 
     #[test]
+    fn client_side_kinds_have_their_metric_labels() {
+        let table = [
+            (Class::Connect(ConnectKind::Dns), "dns"),
+            (Class::Connect(ConnectKind::Refused), "refused"),
+            (Class::Connect(ConnectKind::Tls), "tls"),
+            (Class::Connect(ConnectKind::Other), "connect_other"),
+            (Class::Timeout(TimeoutPhase::Connect), "connect_timeout"),
+            (Class::Timeout(TimeoutPhase::Pool), "pool_timeout"),
+            (Class::Throttled, "gate_rejected"),
+        ];
+        for (c, kind) in table {
+            assert_eq!(c.client_side_kind(), Some(kind), "{c:?}");
+        }
+        let kinds = Class::ALL
+            .iter()
+            .filter_map(|c| c.client_side_kind())
+            .count();
+        assert_eq!(
+            kinds,
+            table.len(),
+            "every client-side class is in the table"
+        );
+    }
+
+    #[test]
     fn status_table() {
         let table = [
             (200, Class::Success, false),

@@ -49,6 +49,14 @@ fn spans_nest_attempts_under_the_request_with_their_fields() {
             let other = tokio::spawn(call(svc.clone()));
             call(svc).await;
             other.await.unwrap();
+            // A 429 asking for 500 ms, longer than any backoff drawn: a server-requested wait.
+            let limited = stack(
+                &rec,
+                Script::new(&[429], Duration::from_millis(10)),
+                GateConfig::default(),
+                true,
+            );
+            call(limited).await;
         })
     }
     let out = buf.text();
@@ -71,4 +79,28 @@ fn spans_nest_attempts_under_the_request_with_their_fields() {
     assert!(out.contains("outcome=\"success\""), "{out}");
     assert!(out.contains("finished processing request"), "{out}");
     assert!(out.contains("attempt failed"), "{out}");
+    let server_wait = lines
+        .iter()
+        .find(|l| {
+            l.contains("firebreak.attempt{attempt=2") && l.contains("delay_reason=\"server\"")
+        })
+        .unwrap_or_else(|| panic!("no server-requested wait in:\n{out}"));
+    assert!(server_wait.contains("delay_ms=500"), "{server_wait}");
+    assert!(
+        server_wait.contains("retry_after_class=\"rate_limited\""),
+        "{server_wait}"
+    );
+    // The request span, closed, carries its timings.
+    let closed = lines
+        .iter()
+        .find(|l| {
+            l.contains("firebreak.request{")
+                && !l.contains("firebreak.attempt{")
+                && l.contains(" close ")
+        })
+        .unwrap_or_else(|| panic!("no closed request span in:\n{out}"));
+    assert!(
+        closed.contains("ttfb_ms=") && closed.contains("total_ms="),
+        "{closed}"
+    );
 }
