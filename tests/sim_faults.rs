@@ -17,6 +17,21 @@ fn status(status: u16) -> Fault {
     }
 }
 
+/// A simulator with the test key and one fault rule.
+async fn sim_with(when: Trigger, fault: Fault) -> Sim {
+    Sim::start(cfg().fault(when, fault)).await.unwrap()
+}
+
+/// One chat completion through a plain client.
+async fn chat(sim: &Sim, id: &str, stream: bool) -> Answer {
+    send(
+        &plain_client(),
+        post(&sim.base_url(), CHAT, chat_body(id, stream)),
+    )
+    .await
+    .unwrap()
+}
+
 fn cfg() -> SimConfig {
     SimConfig::default().api_key(KEY)
 }
@@ -102,12 +117,7 @@ async fn normal_routes_and_headers() {
 async fn stream_has_role_delta_tokens_usage_last_and_done() {
     bounded(20, async {
         let sim = Sim::start(cfg()).await.unwrap();
-        let a = send(
-            &plain_client(),
-            post(&sim.base_url(), CHAT, chat_body("s-1", true)),
-        )
-        .await
-        .unwrap();
+        let a = chat(&sim, "s-1", true).await;
         assert_eq!(a.header("content-type"), Some("text/event-stream"));
         let events = sse_data(&a.body);
         assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
@@ -200,9 +210,7 @@ async fn transient_5xx_are_seeded_and_reproducible() {
 #[tokio::test]
 async fn first_attempts_trigger_recovers() {
     bounded(20, async {
-        let sim = Sim::start(cfg().fault(Trigger::FirstAttempts { n: 2 }, status(502)))
-            .await
-            .unwrap();
+        let sim = sim_with(Trigger::FirstAttempts { n: 2 }, status(502)).await;
         let c = plain_client();
         let got: Vec<u16> = {
             let mut v = Vec::new();
@@ -357,7 +365,7 @@ async fn delay_headers_in_every_form_and_garbage() {
                 value: "99999999999999999999".into(),
             },
         ];
-        let sim = Sim::start(cfg().fault(
+        let sim = sim_with(
             Trigger::Always,
             Fault::Status {
                 status: 503,
@@ -366,15 +374,9 @@ async fn delay_headers_in_every_form_and_garbage() {
                 should_retry: Some(true),
                 message: None,
             },
-        ))
-        .await
-        .unwrap();
-        let a = send(
-            &plain_client(),
-            post(&sim.base_url(), CHAT, chat_body("d", false)),
         )
-        .await
-        .unwrap();
+        .await;
+        let a = chat(&sim, "d", false).await;
         assert_eq!(a.status, 503);
         assert_eq!(a.header("retry-after-ms"), Some("1500.5"));
         assert_eq!(a.header("x-should-retry"), Some("true"));
@@ -399,7 +401,7 @@ async fn delay_headers_in_every_form_and_garbage() {
 #[tokio::test]
 async fn should_retry_false_is_sent() {
     bounded(20, async {
-        let sim = Sim::start(cfg().fault(
+        let sim = sim_with(
             Trigger::Always,
             Fault::Status {
                 status: 500,
@@ -408,15 +410,9 @@ async fn should_retry_false_is_sent() {
                 should_retry: Some(false),
                 message: None,
             },
-        ))
-        .await
-        .unwrap();
-        let a = send(
-            &plain_client(),
-            post(&sim.base_url(), CHAT, chat_body("n", false)),
         )
-        .await
-        .unwrap();
+        .await;
+        let a = chat(&sim, "n", false).await;
         assert_eq!(a.header("x-should-retry"), Some("false"));
     })
     .await
@@ -434,15 +430,8 @@ async fn non_retryable_statuses_with_their_codes() {
             (412, "PRECONDITION_FAILED"),
             (413, "PAYLOAD_TOO_LARGE"),
         ] {
-            let sim = Sim::start(cfg().fault(Trigger::Always, status(s)))
-                .await
-                .unwrap();
-            let a = send(
-                &plain_client(),
-                post(&sim.base_url(), CHAT, chat_body("x", false)),
-            )
-            .await
-            .unwrap();
+            let sim = sim_with(Trigger::Always, status(s)).await;
+            let a = chat(&sim, "x", false).await;
             assert_eq!(a.status.as_u16(), s);
             let v = a.json();
             assert_eq!(v["error"]["code"], code, "{s}");
@@ -456,15 +445,8 @@ async fn non_retryable_statuses_with_their_codes() {
                 }
             );
         }
-        let sim = Sim::start(cfg().fault(Trigger::Always, status(422)))
-            .await
-            .unwrap();
-        let a = send(
-            &plain_client(),
-            post(&sim.base_url(), CHAT, chat_body("x", false)),
-        )
-        .await
-        .unwrap();
+        let sim = sim_with(Trigger::Always, status(422)).await;
+        let a = chat(&sim, "x", false).await;
         assert_eq!(a.status, 422);
         assert!(a.json()["detail"][0]["msg"].is_string(), "FastAPI shape");
     })
@@ -553,7 +535,7 @@ async fn every_error_body_shape() {
             ),
         ];
         for (shape, assert_fn) in check {
-            let sim = Sim::start(cfg().fault(
+            let sim = sim_with(
                 Trigger::Always,
                 Fault::Status {
                     status: 503,
@@ -562,15 +544,9 @@ async fn every_error_body_shape() {
                     should_retry: None,
                     message: None,
                 },
-            ))
-            .await
-            .unwrap();
-            let a = send(
-                &plain_client(),
-                post(&sim.base_url(), CHAT, chat_body("e", false)),
             )
-            .await
-            .unwrap();
+            .await;
+            let a = chat(&sim, "e", false).await;
             assert_eq!(a.status, 503, "{shape:?}");
             assert_fn(&a);
             assert_eq!(sim.log()[0].bytes_sent, a.body.len() as u64, "{shape:?}");
@@ -605,9 +581,7 @@ async fn latency_ttfb_and_token_pacing() {
             t.elapsed()
         );
 
-        let sim = Sim::start(cfg().fault(Trigger::Always, Fault::SlowTtfb { delay_ms: 200 }))
-            .await
-            .unwrap();
+        let sim = sim_with(Trigger::Always, Fault::SlowTtfb { delay_ms: 200 }).await;
         let t = Instant::now();
         let a = send(&c, post(&sim.base_url(), CHAT, chat_body("slow", false)))
             .await
@@ -622,9 +596,7 @@ async fn latency_ttfb_and_token_pacing() {
 #[tokio::test]
 async fn hang_before_headers() {
     bounded(20, async {
-        let sim = Sim::start(cfg().fault(Trigger::Always, Fault::Hang { for_ms: 400 }))
-            .await
-            .unwrap();
+        let sim = sim_with(Trigger::Always, Fault::Hang { for_ms: 400 }).await;
         let c = plain_client();
         let r = tokio::time::timeout(
             Duration::from_millis(200),
@@ -661,15 +633,14 @@ async fn read_frames(
 #[tokio::test]
 async fn stream_stalls_after_n_chunks() {
     bounded(20, async {
-        let sim = Sim::start(cfg().fault(
+        let sim = sim_with(
             Trigger::Always,
             Fault::StallAfter {
                 after_chunks: 3,
                 for_ms: 500,
             },
-        ))
-        .await
-        .unwrap();
+        )
+        .await;
         let resp = plain_client()
             .request(post(&sim.base_url(), CHAT, chat_body("st", true)))
             .await
@@ -690,10 +661,7 @@ async fn stream_stalls_after_n_chunks() {
 #[tokio::test]
 async fn reset_before_response() {
     bounded(20, async {
-        let sim =
-            Sim::start(cfg().fault(Trigger::FirstAttempts { n: 1 }, Fault::ResetBeforeResponse))
-                .await
-                .unwrap();
+        let sim = sim_with(Trigger::FirstAttempts { n: 1 }, Fault::ResetBeforeResponse).await;
         let c = plain_client();
         let err = c
             .request(post(&sim.base_url(), CHAT, chat_body("rb", false)))
@@ -723,10 +691,7 @@ async fn reset_before_response() {
 async fn reset_mid_stream_and_mid_body() {
     bounded(20, async {
         for stream in [true, false] {
-            let sim =
-                Sim::start(cfg().fault(Trigger::Always, Fault::ResetMidStream { after_chunks: 2 }))
-                    .await
-                    .unwrap();
+            let sim = sim_with(Trigger::Always, Fault::ResetMidStream { after_chunks: 2 }).await;
             let resp = plain_client()
                 .request(post(&sim.base_url(), CHAT, chat_body("rm", stream)))
                 .await
@@ -753,21 +718,15 @@ async fn reset_mid_stream_and_mid_body() {
 #[tokio::test]
 async fn error_event_inside_stream() {
     bounded(20, async {
-        let sim = Sim::start(cfg().fault(
+        let sim = sim_with(
             Trigger::Always,
             Fault::SseError {
                 after_chunks: 2,
                 message: None,
             },
-        ))
-        .await
-        .unwrap();
-        let a = send(
-            &plain_client(),
-            post(&sim.base_url(), CHAT, chat_body("se", true)),
         )
-        .await
-        .unwrap();
+        .await;
+        let a = chat(&sim, "se", true).await;
         let events = sse_data(&a.body);
         assert_eq!(events.len(), 3);
         let last: serde_json::Value = serde_json::from_str(&events[2]).unwrap();
@@ -781,16 +740,9 @@ async fn error_event_inside_stream() {
 #[tokio::test]
 async fn slow_upload_delays_reading_the_body() {
     bounded(20, async {
-        let sim = Sim::start(cfg().fault(Trigger::Always, Fault::SlowUpload { delay_ms: 200 }))
-            .await
-            .unwrap();
+        let sim = sim_with(Trigger::Always, Fault::SlowUpload { delay_ms: 200 }).await;
         let t = Instant::now();
-        let a = send(
-            &plain_client(),
-            post(&sim.base_url(), CHAT, chat_body("up", false)),
-        )
-        .await
-        .unwrap();
+        let a = chat(&sim, "up", false).await;
         assert_eq!(a.status, 200);
         assert!(t.elapsed() >= Duration::from_millis(200));
     })
