@@ -30,6 +30,25 @@ fn stack(
         .service(client)
 }
 
+/// A simulator with the test key and one fault rule.
+async fn sim_with(when: Trigger, fault: Fault) -> Sim {
+    Sim::start(SimConfig::default().api_key(KEY).fault(when, fault))
+        .await
+        .unwrap()
+}
+
+/// One chat completion through the retry stack with the fast policy.
+async fn chat(sim: &Sim, id: &str) -> Resp {
+    stack(fast())
+        .oneshot(post(
+            &sim.base_url(),
+            "/chat/completions",
+            chat_body(id, false),
+        ))
+        .await
+        .unwrap()
+}
+
 fn fast() -> RetryConfig {
     RetryConfig::builder()
         .backoff(
@@ -54,14 +73,7 @@ async fn a_non_retryable_status_is_attempted_exactly_once() {
             )
             .await
             .unwrap();
-            let resp = stack(fast())
-                .oneshot(post(
-                    &sim.base_url(),
-                    "/chat/completions",
-                    chat_body("once", false),
-                ))
-                .await
-                .unwrap();
+            let resp = chat(&sim, "once").await;
             assert_eq!(resp.status().as_u16(), s);
             tokio::time::sleep(Duration::from_millis(20)).await;
             assert_eq!(sim.attempts_for("once").len(), 1, "{s}");
@@ -73,20 +85,12 @@ async fn a_non_retryable_status_is_attempted_exactly_once() {
 #[tokio::test]
 async fn retried_bodies_are_byte_identical_and_waits_honour_the_server() {
     bounded(30, async {
-        let sim = Sim::start(SimConfig::default().api_key(KEY).fault(
+        let sim = sim_with(
             Trigger::FirstAttempts { n: 2 },
             status(503, vec![DelayHeader::RetryAfterMs { ms: 300.0 }]),
-        ))
-        .await
-        .unwrap();
-        let resp = stack(fast())
-            .oneshot(post(
-                &sim.base_url(),
-                "/chat/completions",
-                chat_body("same", false),
-            ))
-            .await
-            .unwrap();
+        )
+        .await;
+        let resp = chat(&sim, "same").await;
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.extensions().get::<RetryInfo>().unwrap().attempts(), 3);
         let log = sim.attempts_for("same");
@@ -112,20 +116,12 @@ async fn retried_bodies_are_byte_identical_and_waits_honour_the_server() {
 #[tokio::test]
 async fn a_retry_after_in_seconds_is_honoured() {
     bounded(30, async {
-        let sim = Sim::start(SimConfig::default().api_key(KEY).fault(
+        let sim = sim_with(
             Trigger::FirstAttempts { n: 1 },
             status(429, vec![DelayHeader::RetryAfterSecs { secs: 1.0 }]),
-        ))
-        .await
-        .unwrap();
-        let resp = stack(fast())
-            .oneshot(post(
-                &sim.base_url(),
-                "/chat/completions",
-                chat_body("ra", false),
-            ))
-            .await
-            .unwrap();
+        )
+        .await;
+        let resp = chat(&sim, "ra").await;
         assert_eq!(resp.status(), 200);
         let log = sim.attempts_for("ra");
         assert_eq!(log.len(), 2);
@@ -148,14 +144,7 @@ async fn a_reset_is_retried_and_then_succeeds() {
         )
         .await
         .unwrap();
-        let resp = stack(fast())
-            .oneshot(post(
-                &sim.base_url(),
-                "/chat/completions",
-                chat_body("rst", false),
-            ))
-            .await
-            .unwrap();
+        let resp = chat(&sim, "rst").await;
         assert_eq!(resp.status(), 200);
         let log = sim.attempts_for("rst");
         assert_eq!(log.iter().map(|r| r.status).collect::<Vec<_>>(), [0, 200]);
