@@ -241,3 +241,45 @@ async fn credentials_are_marked_sensitive_for_everything_below() {
         assert_eq!(resp.status(), 200);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_gate_says_when_it_waited_for_a_cooldown_or_for_pacing() {
+    // Cooldown: a 429 asking for 500 ms holds the next call in the gate until it ends.
+    let rec = Recorded::new();
+    let svc = stack(
+        &rec,
+        Script::new(&[429], Duration::from_millis(10)),
+        GateConfig::default(),
+        true,
+    );
+    let first = tokio::spawn(svc.clone().oneshot(req()));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let resp = svc.oneshot(req()).await.unwrap();
+    resp.into_body().collect().await.unwrap();
+    first
+        .await
+        .unwrap()
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap();
+    let cooled = rec.samples(names::GATE_WAIT_MS, &[("reason", "cooldown")]);
+    assert!(!cooled.is_empty(), "no cooldown wait recorded");
+    assert!(cooled.iter().all(|w| *w > 0.0 && *w <= 500.0), "{cooled:?}");
+
+    // Pacing: a cap of 60 requests a minute spaces sends a second apart.
+    let rec = Recorded::new();
+    let gate = GateConfig {
+        requests_per_minute: Some(60),
+        ..GateConfig::default()
+    };
+    let svc = stack(&rec, Script::new(&[], Duration::from_millis(1)), gate, true);
+    for _ in 0..2 {
+        let resp = svc.clone().oneshot(req()).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+    }
+    let paced = rec.samples(names::GATE_WAIT_MS, &[("reason", "pacing")]);
+    assert_eq!(paced.len(), 1, "{paced:?}");
+    assert!(paced[0] > 900.0 && paced[0] <= 1000.0, "{paced:?}");
+}
