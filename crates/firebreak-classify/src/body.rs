@@ -65,22 +65,25 @@ impl<B> ClassifiedBody<B> {
         }
     }
 
-    /// Replays `prefix` (and `trailers`, `pending`), then the rest of `body` unless it ended.
+    /// Replays `prefix` (and `trailers`, `pending`), then the rest of `body` unless it ended,
+    /// scanning what follows for SSE error events with `sse` when given.
     pub(crate) fn replay(
         body: Pin<Box<B>>,
         prefix: VecDeque<Bytes>,
         trailers: Option<HeaderMap>,
         inner_done: bool,
         pending: Option<Error>,
+        sse: Option<Box<SseScanner>>,
     ) -> Self {
+        let sse_errors = sse.is_some();
         ClassifiedBody {
             inner: Inner::Boxed { body },
             prefix,
             trailers,
             inner_done,
             pending,
-            sse: None,
-            sse_errors: false,
+            sse,
+            sse_errors,
         }
     }
 }

@@ -39,10 +39,16 @@ pub enum Class {
     ResetMidBody,
     /// The peer broke the protocol (unparseable response, HTTP/2 protocol error).
     Protocol,
-    /// The client's own 429 gate refused to send the request (it could not be admitted in time).
+    /// The client's own 429 gate refused to send the request (it could not be admitted in time,
+    /// or the key's quota was found exhausted moments ago).
     Throttled,
     /// Anything else (a bug, a user error in building the request, an unknown transport error).
     Other,
+    /// The account's quota, spending limit or billing is exhausted (402, an `insufficient_quota`
+    /// 429, a 412 "account suspended", …): not a rate limit, and retrying will not help.
+    QuotaExhausted,
+    /// 501 Not Implemented: the server does not support the request; retrying will not help.
+    NotImplemented,
 }
 
 /// The named 4xx classes.
@@ -108,7 +114,7 @@ pub enum TimeoutPhase {
 impl Class {
     /// Every class, in a fixed order: `Class::ALL[c.index()] == c`. Metrics use it to register
     /// one series per class up front, so label cardinality is bounded by this list.
-    pub const ALL: [Class; 32] = [
+    pub const ALL: [Class; 34] = [
         Class::Success,
         Class::RateLimited,
         Class::Overloaded,
@@ -141,6 +147,8 @@ impl Class {
         Class::Protocol,
         Class::Throttled,
         Class::Other,
+        Class::QuotaExhausted,
+        Class::NotImplemented,
     ];
 
     /// This class's position in [`Class::ALL`].
@@ -190,6 +198,8 @@ impl Class {
             Class::Protocol => 29,
             Class::Throttled => 30,
             Class::Other => 31,
+            Class::QuotaExhausted => 32,
+            Class::NotImplemented => 33,
         }
     }
 
@@ -215,6 +225,7 @@ impl Class {
             100..=399 => Class::Success,
             429 => Class::RateLimited,
             503 => Class::Overloaded,
+            501 => Class::NotImplemented,
             408 => Class::RequestTimeout,
             400..=499 => Class::ClientError(ClientErrorKind::from_status(status.as_u16())),
             _ => Class::ServerError,
@@ -245,8 +256,8 @@ impl Class {
         !self.reached_server()
     }
 
-    /// The default retry decision, following Fireworks' guidance: retry 429, 500, 502, 503, 504
-    /// and 408, connect failures (but not TLS: a bad certificate will not fix itself), resets
+    /// The default retry decision, following Fireworks' guidance: retry 429 (a rate limit, not an
+    /// exhausted quota), 500, 502, 503, 504 and other 5xx but 501, and 408, connect failures (but not TLS: a bad certificate will not fix itself), resets
     /// before the response, and connect, pool and response-header timeouts. Never retry 400, 401,
     /// 402, 403, 404, 412, 413, 422, mid-body failures (the caller may already hold part of the
     /// body), or a blown deadline. `x-should-retry` overrides this for server answers.
@@ -271,7 +282,9 @@ impl Class {
             | Class::ResetMidBody
             | Class::Protocol
             | Class::Throttled
-            | Class::Other => false,
+            | Class::Other
+            | Class::QuotaExhausted
+            | Class::NotImplemented => false,
         }
     }
 
@@ -327,6 +340,8 @@ impl Class {
             Class::Protocol => "protocol",
             Class::Throttled => "throttled",
             Class::Other => "other",
+            Class::QuotaExhausted => "quota_exhausted",
+            Class::NotImplemented => "not_implemented",
         }
     }
 }
@@ -446,6 +461,7 @@ mod tests {
             ),
             (429, Class::RateLimited, true),
             (500, Class::ServerError, true),
+            (501, Class::NotImplemented, false),
             (502, Class::ServerError, true),
             (503, Class::Overloaded, true),
             (504, Class::ServerError, true),

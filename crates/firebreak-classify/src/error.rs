@@ -73,7 +73,14 @@ impl Classification {
         api_error: Option<ApiError>,
         now: SystemTime,
     ) -> Self {
-        let class = Class::from_status(status);
+        let class = match Class::from_status(status) {
+            Class::RateLimited | Class::ClientError(_)
+                if crate::parse::body::quota_exhausted(status.as_u16(), api_error.as_ref()) =>
+            {
+                Class::QuotaExhausted
+            }
+            c => c,
+        };
         let request_id = request_id_header(headers).map(Arc::from).or_else(|| {
             api_error
                 .as_ref()
@@ -154,6 +161,14 @@ impl Classification {
         self.class = Class::StreamError;
         self.details.get_or_insert_with(Box::default).api_error = Some(Arc::new(e));
         self
+    }
+
+    /// Marks the response as a stream whose first event was an error: nothing reached the
+    /// caller yet, so, unlike an error after content, it is retryable.
+    pub(crate) fn with_stream_error_before_content(self, e: ApiError) -> Self {
+        let mut c = self.with_stream_error(e);
+        c.details.get_or_insert_with(Box::default).should_retry = Some(true);
+        c
     }
 
     /// The class.
@@ -272,6 +287,7 @@ struct Inner {
     retry_after: Option<Duration>,
     host: Option<Box<str>>,
     detail: Option<Box<str>>,
+    quota: bool,
     source: Option<BoxError>,
 }
 
@@ -288,6 +304,7 @@ impl Error {
                 retry_after: None,
                 host: None,
                 detail: None,
+                quota: false,
                 source: None,
             }),
         }
@@ -320,6 +337,7 @@ impl Error {
             e.inner.request_id = inner.inner.request_id.clone();
             e.inner.retry_after = inner.inner.retry_after;
             e.inner.detail = inner.inner.detail.clone();
+            e.inner.quota = inner.inner.quota;
             let timeout = inner
                 .inner
                 .source
@@ -400,6 +418,20 @@ impl Error {
         self.inner.class.is_rate_limited()
     }
 
+    /// Whether the account's quota, spending limit or billing is exhausted: the server said so
+    /// ([`Class::QuotaExhausted`]), or the 429 gate refused to send because it said so moments
+    /// ago on the same key. Retrying will not help; adding credits or raising the limit will.
+    pub fn is_quota_exhausted(&self) -> bool {
+        self.inner.class == Class::QuotaExhausted || self.inner.quota
+    }
+
+    /// Marks a client-side refusal as caused by an exhausted quota (see
+    /// [`Error::is_quota_exhausted`]).
+    pub fn with_quota_exhausted(mut self) -> Self {
+        self.inner.quota = true;
+        self
+    }
+
     /// Whether retrying could help: `x-should-retry` if the server sent it, else the class default.
     pub fn is_retryable(&self) -> bool {
         self.inner
@@ -451,10 +483,14 @@ impl Error {
             Class::ResetBeforeResponse => "connection closed before the response".into(),
             Class::ResetMidBody => "connection closed while reading the response body".into(),
             Class::Protocol => "protocol error".into(),
+            Class::Throttled if self.inner.quota => {
+                "not sent: the account's quota or spending limit was found exhausted on this key".into()
+            }
             Class::Throttled => {
                 "not sent: the client-side rate limiter could not admit the request in time".into()
             }
             Class::StreamError => "error event in the response stream".into(),
+            Class::QuotaExhausted => "quota exhausted".into(),
             other => other.label().replace('_', " "),
         }
     }
@@ -496,7 +532,10 @@ impl fmt::Display for Error {
             (None, Some(r)) => write!(f, " (request id {r})")?,
             (None, None) => {}
         }
-        if let Some(d) = i.retry_after {
+        if i.class == Class::QuotaExhausted {
+            // What to do, on the same line: this is not a rate limit that refills by itself.
+            f.write_str("; the account's quota or spending limit is exhausted: add credits or raise the limit (retrying will not help)")?;
+        } else if let Some(d) = i.retry_after {
             write!(f, "; retry after {d:?}")?;
         }
         if let Some(d) = &i.detail {
@@ -525,6 +564,9 @@ impl fmt::Debug for Error {
         }
         if let Some(x) = &i.detail {
             d.field("detail", x);
+        }
+        if i.quota {
+            d.field("quota_exhausted", &true);
         }
         if let Some(s) = &i.source {
             d.field("source", s);

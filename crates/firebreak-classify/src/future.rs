@@ -4,6 +4,7 @@ use crate::body::ClassifiedBody;
 use crate::error::{Classification, Error};
 use crate::layer::Config;
 use crate::parse::body::parse_error_body;
+use crate::parse::sse::SseScanner;
 use crate::transport::BoxError;
 use bytes::Bytes;
 use http::{HeaderMap, Response};
@@ -25,6 +26,15 @@ pin_project! {
             buf: VecDeque<Bytes>,
             len: usize,
             trailers: Option<HeaderMap>,
+        },
+        // An SSE success: read up to the first event, so that a stream whose first event is an
+        // error (nothing reached the caller yet) is classified, and retried, like an error answer.
+        Peeking {
+            parts: Option<http::response::Parts>,
+            body: Option<Pin<Box<B>>>,
+            buf: VecDeque<Bytes>,
+            len: usize,
+            scanner: Option<Box<SseScanner>>,
         },
         Done,
     }
@@ -90,8 +100,18 @@ where
                             .headers
                             .get(http::header::CONTENT_TYPE)
                             .map(|v| v.as_bytes());
-                        let sse = this.cfg.sse_errors
-                            && ct.is_some_and(|v| v.starts_with(b"text/event-stream"));
+                        let is_sse = ct.is_some_and(|v| v.starts_with(b"text/event-stream"));
+                        if is_sse && status.as_u16() < 300 {
+                            this.state.set(State::Peeking {
+                                parts: Some(parts),
+                                body: Some(Box::pin(body)),
+                                buf: VecDeque::new(),
+                                len: 0,
+                                scanner: Some(Box::new(SseScanner::new())),
+                            });
+                            continue;
+                        }
+                        let sse = this.cfg.sse_errors && is_sse;
                         // A gRPC failure answered "trailers-only" carries its status in the headers:
                         // classify it like an HTTP error, so retry and the 429 gate see it.
                         // A plain success carries no `Classification`: its absence means
@@ -169,6 +189,84 @@ where
                         trailers.take(),
                         ended,
                         pending,
+                        None,
+                    );
+                    this.state.set(State::Done);
+                    return Poll::Ready(Ok(Response::from_parts(parts, body)));
+                }
+                StateProj::Peeking {
+                    parts,
+                    body,
+                    buf,
+                    len,
+                    scanner,
+                } => {
+                    let b = body.as_mut().expect("body present while peeking");
+                    let sc = scanner.as_mut().expect("scanner present while peeking");
+                    let mut ended = false;
+                    let mut pending = None;
+                    let mut trailers = None;
+                    let mut first_error = None;
+                    // Bounded by the error-body limit: a stream that sends no complete event
+                    // within it is handed on as it is.
+                    while *len < this.cfg.max_error_body {
+                        match ready!(b.as_mut().poll_frame(cx)) {
+                            None => {
+                                ended = true;
+                                break;
+                            }
+                            Some(Ok(frame)) => match frame.into_data() {
+                                Ok(d) => {
+                                    *len += d.len();
+                                    let found = sc.feed(&d);
+                                    buf.push_back(d);
+                                    if let Some(api) = found {
+                                        if sc.events() == sc.errors() {
+                                            first_error = Some(api);
+                                        } else if this.cfg.sse_errors {
+                                            pending = Some(Error::stream_error(api));
+                                        }
+                                        break;
+                                    }
+                                    if sc.events() > 0 {
+                                        break;
+                                    }
+                                }
+                                Err(f) => {
+                                    trailers = f.into_trailers().ok();
+                                    ended = true;
+                                    break;
+                                }
+                            },
+                            Some(Err(e)) => {
+                                pending = Some(Error::body(e));
+                                ended = true;
+                                break;
+                            }
+                        }
+                    }
+                    let mut parts = parts.take().expect("parts present while peeking");
+                    let scanner = scanner.take();
+                    let keep_scanning = if let Some(api) = first_error {
+                        if this.cfg.sse_errors {
+                            pending = Some(Error::stream_error(api.clone()));
+                        }
+                        let c = Classification::success(parts.status)
+                            .with_stream_error_before_content(api);
+                        parts.extensions.insert(c);
+                        None
+                    } else if this.cfg.sse_errors && pending.is_none() {
+                        scanner
+                    } else {
+                        None
+                    };
+                    let body = ClassifiedBody::replay(
+                        body.take().expect("body present while peeking"),
+                        std::mem::take(buf),
+                        trailers,
+                        ended,
+                        pending,
+                        keep_scanning,
                     );
                     this.state.set(State::Done);
                     return Poll::Ready(Ok(Response::from_parts(parts, body)));

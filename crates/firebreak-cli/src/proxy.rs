@@ -126,6 +126,10 @@ async fn forward(State(p): State<Proxy>, req: Request) -> Response {
     for (k, v) in forwardable(&parts.headers) {
         up = up.header(k, v);
     }
+    // Each caller's key and model get their own gate: one tenant's 429s never hold another.
+    if let Some(m) = firebreak::ratelimit::Model::from_json_body(&bytes) {
+        up = up.extension(m);
+    }
     let up = match up.body(Full::new(bytes)) {
         Ok(r) => r,
         Err(e) => {
@@ -233,7 +237,11 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), Box<dyn std::error::Error
         t.headers = Some(std::time::Duration::from_secs_f64(s));
     }
     let metrics = install_prometheus()?;
-    let mut stack = Stack::interactive().timeouts(t);
+    // One gate per (caller's key, model): tenants are isolated (the configured key, filled in
+    // below the gate, is used for callers that send none).
+    let mut stack = Stack::interactive()
+        .timeouts(t)
+        .key_by(firebreak::KeyBy::ApiKeyAndModel);
     // SSE error events reach the caller as the upstream sent them.
     stack.sse_errors_as_failures = false;
     // The caller's own key passes through; the configured one fills in where there is none.

@@ -83,6 +83,11 @@ impl AuthLayer {
         self.only_if_missing = true;
         self
     }
+
+    /// The key this layer sends (its `Debug` is redacted).
+    pub fn key(&self) -> &ApiKey {
+        &self.key
+    }
 }
 
 impl<S> Layer<S> for AuthLayer {

@@ -3,12 +3,13 @@
 use std::fmt;
 use std::time::Duration;
 
-/// How `x-ratelimit-limit-*` values are read when the server does not say (Fireworks does not
-/// document it).
+/// How `x-ratelimit-limit-requests` is read when the server does not say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum HeaderUnit {
-    /// Per minute (Fireworks states its account caps in RPM), switching to per second when the
-    /// client sustains more than the per-minute reading allows without a 429.
+    /// Per second first (Fireworks' current docs state its limits per second, and the higher
+    /// reading never stalls anyone), as a hypothesis: a rate-limit 429 that arrives while the
+    /// client sent less than the per-second reading drops it for per minute; sustaining more
+    /// than the per-minute reading with no throttle brings it back.
     #[default]
     Detect,
     /// Always per minute.
@@ -22,14 +23,18 @@ pub enum HeaderUnit {
 /// limit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GateConfig {
-    /// Requests in flight at first, per key. The limit doubles each round trip without an
-    /// overload signal (slow start), then grows by one every `increase_after` × limit successes.
+    /// Requests in flight at first, per key (16, Fireworks' own SDK's start). Until the first
+    /// fleet-wide signal the window doubles every `ramp_interval` by the clock, whatever the
+    /// answers' latency, so a healthy key reaches `max_concurrency` within a few hundred ms.
     pub initial_concurrency: u32,
+    /// How often the window doubles before any evidence (50 ms).
+    pub ramp_interval: Duration,
     /// Lowest concurrency limit.
     pub min_concurrency: u32,
     /// Highest concurrency limit.
     pub max_concurrency: u32,
-    /// Successes, in multiples of the current limit, before the limit grows by one.
+    /// After a decrease: successes, in multiples of the current limit, before the limit grows
+    /// by one (on top of the recovery with time).
     pub increase_after: u32,
     /// Multiplier on a decrease (of the concurrency limit or of the learned rate).
     pub decrease: f64,
@@ -44,16 +49,31 @@ pub struct GateConfig {
     pub tokens_per_minute: Option<u32>,
     /// Completion tokens assumed for a request that does not say (no `TokenEstimate`).
     pub default_completion_tokens: u32,
-    /// Longest fleet-wide cooldown a server delay can impose (longer ones are capped).
+    /// Longest server delay trusted fleet-wide. A longer one cools nobody down: only the
+    /// request that got it fails (the retry layer refuses to wait past its own cap).
     pub max_cooldown: Duration,
     /// Requests allowed to wait at once per key; one more is refused at once.
     pub max_queue: usize,
+    /// Capacity refusals (503 "overloaded", a 429 that is not a rate limit), each from a request
+    /// that was in flight with the previous one, that make fleet-wide evidence (3). Fewer
+    /// concern those requests alone.
+    pub fleet_signals: u32,
+    /// Time without a fleet-wide throttle after which a key is back at full speed: a learned
+    /// rate is forgotten and the window is back at `max_concurrency` (30 s). The window starts
+    /// growing again by the clock after a sixth of it.
+    pub recovery: Duration,
+    /// After a quota-exhausted answer, how long calls on the same key fail fast, client-side,
+    /// before one is let through to recheck (60 s).
+    pub quota_recheck: Duration,
+    /// Keys kept at most; idle ones are evicted, least recently used first (10,000).
+    pub max_keys: usize,
 }
 
 impl Default for GateConfig {
     fn default() -> Self {
         GateConfig {
-            initial_concurrency: 4,
+            initial_concurrency: 16,
+            ramp_interval: Duration::from_millis(50),
             min_concurrency: 1,
             max_concurrency: 1024,
             increase_after: 2,
@@ -65,6 +85,10 @@ impl Default for GateConfig {
             default_completion_tokens: 256,
             max_cooldown: Duration::from_secs(60),
             max_queue: 4096,
+            fleet_signals: 3,
+            recovery: Duration::from_secs(30),
+            quota_recheck: Duration::from_secs(60),
+            max_keys: 10_000,
         }
     }
 }
@@ -107,6 +131,30 @@ impl GateConfig {
         }
         if self.max_queue == 0 {
             return bad("max_queue must be at least 1".into());
+        }
+        if self.ramp_interval.is_zero() || self.ramp_interval > Duration::from_secs(60) {
+            return bad(format!(
+                "ramp_interval {:?} must be in (0, 60 s]",
+                self.ramp_interval
+            ));
+        }
+        if self.fleet_signals == 0 {
+            return bad("fleet_signals must be at least 1".into());
+        }
+        if self.recovery < Duration::from_millis(600) || self.recovery > Duration::from_secs(3600) {
+            return bad(format!(
+                "recovery {:?} must be in [600 ms, 1 h]",
+                self.recovery
+            ));
+        }
+        if self.quota_recheck.is_zero() || self.quota_recheck > Duration::from_secs(3600) {
+            return bad(format!(
+                "quota_recheck {:?} must be in (0, 1 h]",
+                self.quota_recheck
+            ));
+        }
+        if self.max_keys == 0 {
+            return bad("max_keys must be at least 1".into());
         }
         if self.max_cooldown.is_zero() || self.max_cooldown > Duration::from_secs(3600) {
             return bad(format!(

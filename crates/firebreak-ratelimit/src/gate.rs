@@ -2,9 +2,9 @@
 //! semaphore, the wait queue's bound, and the counters metrics read.
 
 use crate::config::GateConfig;
-use crate::store::{GateKey, RateStore, Reserve};
+use crate::store::{GateKey, RateStore, Reserve, Signal};
 use firebreak_classify::{Class, Error};
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -19,6 +19,8 @@ pub mod metric_names {
     pub const GATE_LIMIT: &str = "firebreak_gate_concurrency_limit";
     /// Requests waiting to be admitted, summed over keys.
     pub const GATE_QUEUE: &str = "firebreak_gate_queue_length";
+    /// Idle keys evicted to keep the gate's map within `max_keys`.
+    pub const GATE_EVICTIONS: &str = "firebreak_gate_evictions_total";
 }
 
 /// Why a request waited in the gate.
@@ -49,6 +51,7 @@ pub(crate) struct GateMetrics {
     wait: [metrics::Histogram; 3],
     limit: metrics::Gauge,
     queue: metrics::Gauge,
+    pub(crate) evictions: metrics::Counter,
 }
 
 impl GateMetrics {
@@ -69,6 +72,11 @@ impl GateMetrics {
             metrics::Unit::Count,
             "Requests waiting in the 429 gate, summed over keys"
         );
+        metrics::describe_counter!(
+            GATE_EVICTIONS,
+            metrics::Unit::Count,
+            "Idle keys the 429 gate evicted to stay within max_keys"
+        );
         GateMetrics {
             wait: [
                 WaitReason::Concurrency,
@@ -78,6 +86,7 @@ impl GateMetrics {
             .map(|r| metrics::histogram!(GATE_WAIT_MS, "reason" => r.label())),
             limit: metrics::gauge!(GATE_LIMIT),
             queue: metrics::gauge!(GATE_QUEUE),
+            evictions: metrics::counter!(GATE_EVICTIONS),
         }
     }
 }
@@ -85,7 +94,11 @@ impl GateMetrics {
 #[derive(Debug)]
 struct Limit {
     limit: u32,
-    slow_start: bool,
+    /// Before any evidence: the window doubles by the clock from here.
+    ramp_from: Option<Instant>,
+    /// The last fleet-wide evidence, and the window right after it: the window grows back by the
+    /// clock from there and is back at the maximum `recovery` later.
+    evidence: Option<(Instant, u32)>,
     successes: u32,
     /// When the limit was last lowered: refusals of requests sent before then are already
     /// accounted for (one decrease per round trip, as TCP does).
@@ -98,6 +111,9 @@ pub(crate) struct LocalGate {
     pub(crate) key: GateKey,
     sem: Arc<Semaphore>,
     limit: Mutex<Limit>,
+    /// Whether the window still changes with the clock (ramping, or recovering): only then does
+    /// an admission take the `limit` lock.
+    growing: AtomicBool,
     /// Permits still to remove after a decrease (taken back as they are released). Changed
     /// under the `limit` lock when the limit moves; a release only needs the atomic, so the
     /// common release (no debt) takes no lock.
@@ -107,6 +123,8 @@ pub(crate) struct LocalGate {
     pub(crate) waited_ns: AtomicU64,
     pub(crate) throttled: AtomicU64,
     pub(crate) admitted: AtomicU64,
+    /// Nanoseconds since the layer's epoch at the last use (for eviction).
+    pub(crate) last_used: AtomicU64,
     metrics: GateMetrics,
 }
 
@@ -142,30 +160,133 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// A send slot reserved in the store and not used yet: given back if the waiter goes away
+/// (cancelled, or timed out) before its time.
+struct Reservation<'a, S: RateStore> {
+    store: &'a S,
+    key: GateKey,
+    slot: Instant,
+    tokens: u32,
+    armed: bool,
+}
+
+impl<S: RateStore> Drop for Reservation<'_, S> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.store
+                .release(self.key, self.slot, self.tokens, Instant::now());
+        }
+    }
+}
+
 impl LocalGate {
-    pub(crate) fn new(key: GateKey, cfg: &GateConfig, metrics: GateMetrics) -> Self {
+    pub(crate) fn new(key: GateKey, cfg: &GateConfig, metrics: GateMetrics, now: Instant) -> Self {
+        let ramping = cfg.initial_concurrency < cfg.max_concurrency;
         metrics.limit.increment(f64::from(cfg.initial_concurrency));
         LocalGate {
             key,
             sem: Arc::new(Semaphore::new(cfg.initial_concurrency as usize)),
             limit: Mutex::new(Limit {
                 limit: cfg.initial_concurrency,
-                slow_start: true,
+                ramp_from: ramping.then_some(now),
+                evidence: None,
                 successes: 0,
                 last_decrease: None,
             }),
+            growing: AtomicBool::new(ramping),
             debt: AtomicU32::new(0),
             in_flight: AtomicU32::new(0),
             waiting: AtomicUsize::new(0),
             waited_ns: AtomicU64::new(0),
             throttled: AtomicU64::new(0),
             admitted: AtomicU64::new(0),
+            last_used: AtomicU64::new(0),
             metrics,
         }
     }
 
     pub(crate) fn limit(&self) -> u32 {
         self.limit.lock().unwrap_or_else(|e| e.into_inner()).limit
+    }
+
+    /// Whether nothing is in flight or waiting (the gate may be evicted).
+    pub(crate) fn is_idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0 && self.waiting.load(Ordering::Acquire) == 0
+    }
+
+    /// Gives the gauge back its share when the gate is evicted.
+    pub(crate) fn retire(&self) {
+        self.metrics.limit.decrement(f64::from(self.limit()));
+    }
+
+    /// Moves the limit to `new`, adding permits or taking them back (as they are released).
+    fn set_limit(&self, l: &mut Limit, new: u32) {
+        if new > l.limit {
+            let added = new - l.limit;
+            l.limit = new;
+            self.metrics.limit.increment(f64::from(added));
+            let repaid = self
+                .debt
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                    Some(d - added.min(d))
+                })
+                .map_or(0, |d| added.min(d));
+            self.sem.add_permits((added - repaid) as usize);
+        } else if new < l.limit {
+            let remove = l.limit - new;
+            l.limit = new;
+            self.metrics.limit.decrement(f64::from(remove));
+            let forgotten = self.sem.forget_permits(remove as usize) as u32;
+            self.debt.fetch_add(remove - forgotten, Ordering::AcqRel);
+        }
+    }
+
+    /// Applies the growth that time alone brings (the ramp, or the recovery after evidence);
+    /// returns when to look again, if the window may still grow by the clock.
+    fn grow_by_clock(&self, l: &mut Limit, now: Instant, cfg: &GateConfig) -> Option<Instant> {
+        let (target, next) = if let Some(from) = l.ramp_from {
+            let steps = (now.saturating_duration_since(from).as_nanos()
+                / cfg.ramp_interval.as_nanos().max(1))
+            .min(32) as u32;
+            let t = u64::from(cfg.initial_concurrency) << steps;
+            let t = t.min(u64::from(cfg.max_concurrency)) as u32;
+            if t >= cfg.max_concurrency {
+                l.ramp_from = None;
+                (t, None)
+            } else {
+                (t, Some(from + cfg.ramp_interval * (steps + 1)))
+            }
+        } else if let Some((at, floor)) = l.evidence {
+            let quiet = now.saturating_duration_since(at);
+            let step = cfg.recovery / 6;
+            if quiet >= cfg.recovery {
+                l.evidence = None;
+                (cfg.max_concurrency, None)
+            } else if quiet <= step {
+                (l.limit, Some(at + step))
+            } else {
+                // Doubling every `step` once the key has been quiet for one.
+                let k = (quiet - step).as_secs_f64() / step.as_secs_f64();
+                let t = (f64::from(floor) * k.exp2()).min(f64::from(cfg.max_concurrency)) as u32;
+                (t, Some(now + (step / 8).max(Duration::from_millis(10))))
+            }
+        } else {
+            (l.limit, None)
+        };
+        if target > l.limit {
+            self.set_limit(l, target);
+        }
+        self.growing.store(next.is_some(), Ordering::Release);
+        next
+    }
+
+    /// The clock's growth, when it may apply; when to look again.
+    fn grow(&self, now: Instant, cfg: &GateConfig) -> Option<Instant> {
+        if !self.growing.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut l = self.limit.lock().unwrap_or_else(|e| e.into_inner());
+        self.grow_by_clock(&mut l, now, cfg)
     }
 
     fn grant(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> (Permit, u32) {
@@ -189,6 +310,16 @@ impl LocalGate {
         e
     }
 
+    fn quota_refusal(&self, recheck_in: Duration) -> Error {
+        self.throttled.fetch_add(1, Ordering::Relaxed);
+        Error::new(Class::Throttled)
+            .with_quota_exhausted()
+            .with_detail(format!(
+                "a call on this key was just answered quota exhausted: add credits or raise the spending limit; the next call goes through in {:.0?}",
+                recheck_in
+            ))
+    }
+
     /// Admits at once if a permit is free and no wait is needed: the common case costs no
     /// allocation and no timer.
     pub(crate) fn try_admit<S: RateStore>(
@@ -196,10 +327,14 @@ impl LocalGate {
         store: &S,
         tokens: u32,
         now: Instant,
+        cfg: &GateConfig,
     ) -> Option<(Permit, u32)> {
         if self.waiting.load(Ordering::Acquire) > 0 {
-            return None; // FIFO: do not overtake waiters.
+            // FIFO: do not overtake waiters. (Needed: a permit released while a waiter is
+            // between its permit and its send slot would otherwise go to a newcomer.)
+            return None;
         }
+        self.grow(now, cfg);
         // A cooldown shows as a send slot after `now`: `reserve` refuses it below.
         let permit = self.sem.clone().try_acquire_owned().ok()?;
         match store.reserve(self.key, now, tokens, Some(now)) {
@@ -209,15 +344,19 @@ impl LocalGate {
     }
 
     /// Waits, first in line for a permit (FIFO), then for a send slot; fails at once when the
-    /// slot is after the deadline, and at the deadline when no permit came.
+    /// slot is after the deadline or the key's quota is spent, and at the deadline when no
+    /// permit came.
     pub(crate) async fn admit<S: RateStore>(
         self: Arc<Self>,
         store: Arc<S>,
-        cfg_max_queue: usize,
+        cfg: Arc<GateConfig>,
         tokens: u32,
         deadline: Option<Instant>,
     ) -> Result<(Permit, u32), Error> {
-        if self.waiting.fetch_add(1, Ordering::AcqRel) >= cfg_max_queue {
+        if let Some(recheck_in) = store.quota_recheck_in(self.key, Instant::now()) {
+            return Err(self.quota_refusal(recheck_in));
+        }
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= cfg.max_queue {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(self.throttled(None, "not sent: the rate-limit queue is full"));
         }
@@ -225,19 +364,40 @@ impl LocalGate {
         let _waiting = Waiting(&self);
         let t0 = Instant::now();
         let mut reason = WaitReason::Concurrency;
-        let acquire = self.sem.clone().acquire_owned();
-        let permit = match deadline {
-            Some(d) => match tokio::time::timeout_at(d, acquire).await {
-                Ok(p) => p,
-                Err(_) => {
+        // One acquire future for the whole wait, so the place in line is kept while the
+        // window grows by the clock underneath it.
+        let mut acquire = std::pin::pin!(self.sem.clone().acquire_owned());
+        let mut permit = None;
+        // Bounded: each turn ends with a permit, an error, or a clock step of the window
+        // (the ramp has at most 32 steps; recovery ends after `recovery`).
+        for _ in 0..4096 {
+            let wake = self.grow(Instant::now(), &cfg);
+            let until = match (wake, deadline) {
+                (Some(w), Some(d)) => Some(w.min(d)),
+                (w, d) => w.or(d),
+            };
+            let got = match until {
+                Some(u) => tokio::time::timeout_at(u, &mut acquire).await.ok(),
+                None => Some(acquire.as_mut().await),
+            };
+            match got {
+                Some(p) => {
+                    permit = Some(
+                        p.map_err(|_| self.throttled(None, "not sent: the gate was closed"))?,
+                    );
+                    break;
+                }
+                None if deadline.is_some_and(|d| Instant::now() >= d) => {
                     return Err(
                         self.throttled(None, "not sent: no capacity freed up before the deadline")
                     );
                 }
-            },
-            None => acquire.await,
+                None => {}
+            }
         }
-        .map_err(|_| self.throttled(None, "not sent: the gate was closed"))?;
+        let Some(permit) = permit else {
+            return Err(self.throttled(None, "not sent: no capacity freed up"));
+        };
         // Bounded: a wait is only redone when a new cooldown started while sleeping.
         for _ in 0..8 {
             let now = Instant::now();
@@ -250,6 +410,9 @@ impl LocalGate {
                         ),
                     ));
                 }
+                Reserve::QuotaExhausted { recheck_in } => {
+                    return Err(self.quota_refusal(recheck_in));
+                }
                 Reserve::At(t) if t <= now => break,
                 Reserve::At(t) => {
                     reason = if store.cooldown_until(self.key, now).is_some() {
@@ -259,7 +422,15 @@ impl LocalGate {
                     } else {
                         WaitReason::Pacing
                     };
+                    let mut held = Reservation {
+                        store: &*store,
+                        key: self.key,
+                        slot: t,
+                        tokens,
+                        armed: true,
+                    };
                     tokio::time::sleep_until(t).await;
+                    held.armed = false;
                     let now = Instant::now();
                     if store.cooldown_until(self.key, now).is_none() {
                         break;
@@ -283,64 +454,73 @@ impl LocalGate {
         Ok(self.grant(permit))
     }
 
-    /// Adapts the concurrency limit to one answer.
+    /// Adapts the concurrency window to one answer. `fleet` says whether the store found it
+    /// completes fleet-wide capacity evidence.
     pub(crate) fn observe(
         &self,
-        class: Class,
-        capacity_signal: bool,
+        signal: Signal,
+        fleet: bool,
         in_flight_at_send: u32,
         sent_at: Instant,
         cfg: &GateConfig,
     ) {
-        let mut l = self.limit.lock().unwrap_or_else(|e| e.into_inner());
-        if class.is_success() {
-            l.successes += 1;
-            let step = if l.slow_start {
-                l.limit
-            } else {
-                l.limit.saturating_mul(cfg.increase_after)
-            };
-            if l.successes >= step && l.limit < cfg.max_concurrency {
+        let now = Instant::now();
+        match signal {
+            Signal::None => {
+                if !self.growing.load(Ordering::Acquire) {
+                    return; // No evidence, or fully recovered: nothing to learn.
+                }
+                let mut l = self.limit.lock().unwrap_or_else(|e| e.into_inner());
+                if l.evidence.is_none() {
+                    return;
+                }
+                // After evidence: one more every `increase_after` round trips of successes.
+                l.successes += 1;
+                if l.successes >= l.limit.saturating_mul(cfg.increase_after)
+                    && l.limit < cfg.max_concurrency
+                {
+                    l.successes = 0;
+                    let new = l.limit + 1;
+                    self.set_limit(&mut l, new);
+                }
+            }
+            Signal::RateLimit => {
+                // A rate limit is paced by the store; here it only ends the ramp, and the window
+                // recovers with time like after any other evidence.
+                let mut l = self.limit.lock().unwrap_or_else(|e| e.into_inner());
+                l.ramp_from = None;
+                l.evidence = Some((now, l.limit));
+                self.growing.store(true, Ordering::Release);
+            }
+            Signal::Capacity => {
+                let mut l = self.limit.lock().unwrap_or_else(|e| e.into_inner());
+                // Before fleet-wide evidence, one request's refusal changes nothing for the
+                // others. After it, a refusal says something about capacity only when this
+                // client was using a good part of its window, and only once per round trip
+                // (requests sent before the last decrease saw the old limit).
+                let engaged = l.evidence.is_some();
+                if !fleet && !engaged {
+                    return;
+                }
+                let stale = l.last_decrease.is_some_and(|t| sent_at <= t);
+                if stale || (!fleet && in_flight_at_send.saturating_mul(2) < l.limit) {
+                    return;
+                }
+                // The server refused with `in_flight_at_send` in flight: its capacity is below
+                // that. Aim under it, so the next probe above capacity is a few round trips away.
+                l.last_decrease = Some(now);
+                l.ramp_from = None;
                 l.successes = 0;
-                let grow = if l.slow_start { l.limit } else { 1 };
-                let new = (l.limit + grow).min(cfg.max_concurrency);
-                let added = new - l.limit;
-                l.limit = new;
-                self.metrics.limit.increment(f64::from(added));
-                let repaid = self
-                    .debt
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
-                        Some(d - added.min(d))
-                    })
-                    .map_or(0, |d| added.min(d));
-                self.sem.add_permits((added - repaid) as usize);
+                let estimate =
+                    (f64::from(in_flight_at_send.saturating_sub(1).max(1)) * cfg.decrease) as u32;
+                let new = estimate
+                    .clamp(cfg.min_concurrency, cfg.max_concurrency)
+                    .min(l.limit);
+                self.set_limit(&mut l, new);
+                l.evidence = Some((now, l.limit));
+                self.growing.store(true, Ordering::Release);
             }
-        } else if capacity_signal {
-            // A refusal says something about capacity only when this client was using a good
-            // part of its window (a refusal with 1 of 8 in flight is a transient fault, not a
-            // limit), and only once per round trip: requests sent before the last decrease saw
-            // the old limit.
-            let stale = l.last_decrease.is_some_and(|t| sent_at <= t);
-            if stale || in_flight_at_send.saturating_mul(2) < l.limit {
-                return;
-            }
-            // The server refused with `in_flight_at_send` in flight: its capacity is below that.
-            // Aim under it, so the next probe above capacity is a few round trips away.
-            l.last_decrease = Some(Instant::now());
-            l.slow_start = false;
-            l.successes = 0;
-            let estimate =
-                (f64::from(in_flight_at_send.saturating_sub(1).max(1)) * cfg.decrease) as u32;
-            let new = estimate
-                .clamp(cfg.min_concurrency, cfg.max_concurrency)
-                .min(l.limit);
-            if new < l.limit {
-                let remove = l.limit - new;
-                l.limit = new;
-                self.metrics.limit.decrement(f64::from(remove));
-                let forgotten = self.sem.forget_permits(remove as usize) as u32;
-                self.debt.fetch_add(remove - forgotten, Ordering::AcqRel);
-            }
+            Signal::Quota => {}
         }
     }
 }

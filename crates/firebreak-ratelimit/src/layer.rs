@@ -3,6 +3,7 @@
 use crate::config::{GateConfig, GateConfigError};
 use crate::gate::{GateMetrics, LocalGate, Permit};
 use crate::store::{GateKey, InProcessStore, Observation, RateStore};
+use std::sync::atomic::AtomicU64;
 use bytes::Bytes;
 use firebreak_classify::{BoxError, Class, Classification, Error, RateLimitHeaders};
 use firebreak_timeout::Deadline;
@@ -20,10 +21,25 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-/// The model a request is for, set by the caller (or the facade) in the request extensions so
-/// that gates can be keyed per (API key, model) without reading the body.
+/// The model a request is for, in the request extensions, so that gates can be keyed per
+/// (API key, model) without reading the body. `firebreak::FireworksClient::post` and the proxy
+/// set it from the body's `model` when the gate is keyed by [`KeyBy::ApiKeyAndModel`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Model(pub Arc<str>);
+
+impl Model {
+    /// The `model` of a JSON request body, if it names one (a body that is not JSON, or has no
+    /// string `model`, gives `None`).
+    pub fn from_json_body(body: &[u8]) -> Option<Model> {
+        #[derive(serde::Deserialize)]
+        struct M<'a> {
+            #[serde(borrow)]
+            model: Option<std::borrow::Cow<'a, str>>,
+        }
+        let m = serde_json::from_slice::<M<'_>>(body).ok()?.model?;
+        Some(Model(Arc::from(m.as_ref())))
+    }
+}
 
 /// The tokens a request will use (prompt + completion), set by the caller in the extensions for
 /// token caps. Without it the gate estimates `body bytes / 4 + default_completion_tokens`.
@@ -68,7 +84,9 @@ pub enum KeyBy {
     #[default]
     Client,
     /// One gate per (API key, model): Fireworks serverless limits are per account and model.
-    /// The model comes from the [`Model`] extension; the key is hashed, never stored.
+    /// The key is the request's `Authorization` header or, when it has none (the auth layer
+    /// adds it below the gate), the key given to [`RateLimitLayer::fallback_credential`]; it is
+    /// hashed, never stored. The model comes from the [`Model`] extension.
     ApiKeyAndModel,
     /// Any function of the request head.
     Custom(Arc<dyn Fn(&RequestHead<'_>) -> GateKey + Send + Sync>),
@@ -85,13 +103,14 @@ impl fmt::Debug for KeyBy {
 }
 
 impl KeyBy {
-    fn key(&self, head: &RequestHead<'_>) -> GateKey {
+    fn key(&self, head: &RequestHead<'_>, fallback: u64) -> GateKey {
         match self {
             KeyBy::Client => GateKey(0),
             KeyBy::ApiKeyAndModel => {
                 let mut h = xxhash_rust::xxh3::Xxh3::new();
-                if let Some(a) = head.headers.get(http::header::AUTHORIZATION) {
-                    a.as_bytes().hash(&mut h);
+                match head.headers.get(http::header::AUTHORIZATION) {
+                    Some(a) => xxhash_rust::xxh3::xxh3_64(a.as_bytes()).hash(&mut h),
+                    None => fallback.hash(&mut h),
                 }
                 if let Some(m) = head.extensions.get::<Model>() {
                     m.0.hash(&mut h);
@@ -122,33 +141,67 @@ pub struct GateSnapshot {
     pub throttled: u64,
     /// Requests admitted.
     pub admitted: u64,
+    /// Time before a key whose quota is exhausted lets a call through to recheck.
+    pub quota_recheck_in: Duration,
 }
 
 #[derive(Debug)]
 struct Shared<S> {
-    cfg: GateConfig,
+    cfg: Arc<GateConfig>,
     key_by: KeyBy,
+    /// The hash of the credential used when a request carries no `Authorization`.
+    fallback: AtomicU64,
     store: Arc<S>,
     gates: RwLock<nohash_hasher::IntMap<GateKey, Arc<LocalGate>>>,
     metrics: GateMetrics,
+    epoch: Instant,
 }
 
 impl<S: RateStore> Shared<S> {
-    fn gate(&self, key: GateKey) -> Arc<LocalGate> {
+    fn gate(&self, key: GateKey, now: Instant) -> Arc<LocalGate> {
+        let stamp = u64::try_from(now.saturating_duration_since(self.epoch).as_nanos())
+            .unwrap_or(u64::MAX);
         if let Some(g) = self
             .gates
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
         {
+            g.last_used.store(stamp, Ordering::Relaxed);
             return g.clone();
         }
-        self.gates
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
+        let mut gates = self.gates.write().unwrap_or_else(|e| e.into_inner());
+        if !gates.contains_key(&key) && gates.len() >= self.cfg.max_keys {
+            self.evict(&mut gates);
+        }
+        let g = gates
             .entry(key)
-            .or_insert_with(|| Arc::new(LocalGate::new(key, &self.cfg, self.metrics.clone())))
-            .clone()
+            .or_insert_with(|| {
+                Arc::new(LocalGate::new(key, &self.cfg, self.metrics.clone(), now))
+            })
+            .clone();
+        g.last_used.store(stamp, Ordering::Relaxed);
+        g
+    }
+
+    /// Evicts idle gates, least recently used first: an eighth of the map (at least one), so
+    /// that the scan is paid once per many new keys. A gate in use is never evicted; when all
+    /// are in use the map grows past `max_keys` until some are idle.
+    fn evict(&self, gates: &mut nohash_hasher::IntMap<GateKey, Arc<LocalGate>>) {
+        let mut idle: Vec<(u64, GateKey)> = gates
+            .iter()
+            .filter(|(_, g)| g.is_idle())
+            .map(|(k, g)| (g.last_used.load(Ordering::Relaxed), *k))
+            .collect();
+        idle.sort_unstable_by_key(|(t, k)| (*t, k.0));
+        let n = (gates.len() / 8).max(1).min(idle.len());
+        for (_, k) in idle.into_iter().take(n) {
+            if let Some(g) = gates.remove(&k) {
+                g.retire();
+                self.store.forget(k);
+                self.metrics.evictions.increment(1);
+            }
+        }
     }
 }
 
@@ -176,6 +229,17 @@ impl RateLimitLayer<InProcessStore> {
         let store = InProcessStore::new(cfg.clone());
         Ok(Self::with_store(cfg, key_by, store))
     }
+
+    /// The credential [`KeyBy::ApiKeyAndModel`] uses for requests that carry no
+    /// `Authorization` header (an auth layer below the gate adds it): the header value that
+    /// layer sends. Only its hash is kept.
+    pub fn fallback_credential(self, header_value: &[u8]) -> Self {
+        self.shared.fallback.store(
+            xxhash_rust::xxh3::xxh3_64(header_value),
+            Ordering::Relaxed,
+        );
+        self
+    }
 }
 
 impl<S: RateStore> RateLimitLayer<S> {
@@ -184,11 +248,13 @@ impl<S: RateStore> RateLimitLayer<S> {
     pub fn with_store(cfg: GateConfig, key_by: KeyBy, store: S) -> Self {
         RateLimitLayer {
             shared: Arc::new(Shared {
-                cfg,
+                cfg: Arc::new(cfg),
                 key_by,
+                fallback: AtomicU64::new(0),
                 store: Arc::new(store),
                 gates: RwLock::new(nohash_hasher::IntMap::default()),
                 metrics: GateMetrics::register(),
+                epoch: Instant::now(),
             }),
         }
     }
@@ -196,6 +262,11 @@ impl<S: RateStore> RateLimitLayer<S> {
     /// The settings.
     pub fn config(&self) -> &GateConfig {
         &self.shared.cfg
+    }
+
+    /// How requests are grouped into gates.
+    pub fn key_by(&self) -> &KeyBy {
+        &self.shared.key_by
     }
 
     /// The state of every gate, by key.
@@ -224,6 +295,7 @@ impl<S: RateStore> RateLimitLayer<S> {
                         waited: Duration::from_nanos(g.waited_ns.load(Ordering::Relaxed)),
                         throttled: g.throttled.load(Ordering::Relaxed),
                         admitted: g.admitted.load(Ordering::Relaxed),
+                        quota_recheck_in: r.map_or(Duration::ZERO, |r| r.quota_recheck_in),
                     },
                 )
             })
@@ -295,12 +367,15 @@ where
         let clone = self.inner.clone();
         let svc = std::mem::replace(&mut self.inner, clone);
         let sh = &self.shared;
-        let key = sh.key_by.key(&RequestHead {
-            method: req.method(),
-            uri: req.uri(),
-            headers: req.headers(),
-            extensions: req.extensions(),
-        });
+        let key = sh.key_by.key(
+            &RequestHead {
+                method: req.method(),
+                uri: req.uri(),
+                headers: req.headers(),
+                extensions: req.extensions(),
+            },
+            sh.fallback.load(Ordering::Relaxed),
+        );
         let tokens = match req.extensions().get::<TokenEstimate>() {
             Some(t) => t.0,
             None if sh.cfg.tokens_per_minute.is_some() => {
@@ -315,9 +390,9 @@ where
             }
             None => 0,
         };
-        let gate = sh.gate(key);
         let now = Instant::now();
-        let state = match gate.try_admit(&*sh.store, tokens, now) {
+        let gate = sh.gate(key, now);
+        let state = match gate.try_admit(&*sh.store, tokens, now, &sh.cfg) {
             Some((permit, n)) => State::Calling {
                 fut: {
                     let mut svc = svc;
@@ -331,7 +406,7 @@ where
                 let deadline = Deadline::of(&req).map(|d| d.instant());
                 let admit: Admission = Box::pin(gate.clone().admit(
                     sh.store.clone(),
-                    sh.cfg.max_queue,
+                    sh.cfg.clone(),
                     tokens,
                     deadline,
                 ));
@@ -352,21 +427,27 @@ where
 }
 
 impl<S: RateStore> Shared<S> {
-    /// Learns from one finished attempt: the local concurrency limit and the shared rate state.
-    fn observe(&self, gate: &LocalGate, key: GateKey, obs: Observation, sent_at: Instant) {
-        // A 429 without rate-limit headers is a capacity signal (a dedicated deployment's
-        // "capacity exceeded"); so is a 503 "overloaded". Both shrink the concurrency limit.
-        let capacity = matches!(obs.class, Class::Overloaded)
-            || (obs.class == Class::RateLimited && obs.rate_limit.is_none());
+    /// Learns from one finished attempt: the shared rate state, then the local window.
+    fn observe(&self, gate: &LocalGate, key: GateKey, obs: Observation) {
+        let fleet = self.store.observe(key, &obs, Instant::now());
         gate.observe(
-            obs.class,
-            capacity,
+            obs.signal(),
+            fleet,
             obs.in_flight_at_send,
-            sent_at,
+            obs.sent_at,
             &self.cfg,
         );
-        self.store.observe(key, &obs, Instant::now());
     }
+}
+
+/// Whether an error body names a rate limit (`RATE_LIMIT_EXCEEDED`, `rate_limit_error`, "rate
+/// limit exceeded"): then a 429 is an account or model limit, not a capacity refusal.
+fn says_rate_limit(api: &firebreak_classify::ApiError) -> bool {
+    let norm = |s: &str| s.to_ascii_lowercase().replace([' ', '-'], "_");
+    [api.code.as_deref(), api.kind.as_deref(), api.message.as_deref()]
+        .into_iter()
+        .flatten()
+        .any(|s| norm(s).contains("rate_limit"))
 }
 
 pin_project! {
@@ -458,9 +539,13 @@ where
                                 class,
                                 retry_after: delay,
                                 rate_limit: rl,
+                                rate_limit_body: c
+                                    .and_then(Classification::api_error)
+                                    .is_some_and(says_rate_limit),
                                 in_flight_at_send: n,
+                                sent_at: sent,
                             };
-                            this.shared.observe(this.gate, *this.key, obs, sent);
+                            this.shared.observe(this.gate, *this.key, obs);
                             Ok(resp.map(|b| PermitBody { inner: b, permit }))
                         }
                         Err(e) => {
@@ -468,9 +553,11 @@ where
                                 class: e.class(),
                                 retry_after: e.retry_after(),
                                 rate_limit: None,
+                                rate_limit_body: e.api_error().is_some_and(says_rate_limit),
                                 in_flight_at_send: n,
+                                sent_at: sent,
                             };
-                            this.shared.observe(this.gate, *this.key, obs, sent);
+                            this.shared.observe(this.gate, *this.key, obs);
                             Err(e)
                         }
                     });

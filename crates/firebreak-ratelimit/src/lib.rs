@@ -66,4 +66,6 @@ pub use layer::{
     GateSnapshot, KeyBy, Model, PermitBody, RateLimit, RateLimitLayer, RequestHead, ResponseFuture,
     TokenEstimate,
 };
-pub use store::{GateKey, InProcessStore, Observation, RateSnapshot, RateStore, Reserve};
+pub use store::{
+    GateKey, InProcessStore, Observation, RateSnapshot, RateStore, Reserve, Signal,
+};

@@ -37,6 +37,18 @@ fn answer(status: u16, headers: &[(&'static str, &str)]) -> Response<Full<Bytes>
     b.body(Full::new(Bytes::from_static(b"{}"))).unwrap()
 }
 
+/// A rate-limit 429 (the body says so, as Fireworks' gateway does) asking for `retry_after` s.
+fn limited(retry_after: &str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(429)
+        .header("retry-after", retry_after)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(
+            br#"{"error":{"message":"rate limit exceeded","code":"RATE_LIMIT_EXCEEDED","type":"error"}}"#,
+        )))
+        .unwrap()
+}
+
 async fn bounded<F: std::future::Future>(f: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(3600), f)
         .await
@@ -148,7 +160,11 @@ async fn a_429_cools_the_fleet_down_then_releases_it_one_interval_apart() {
 #[tokio::test(start_paused = true)]
 async fn rate_limit_headers_on_successes_set_the_pace() {
     bounded(async {
-        let (layer, svc, mut h) = gate(GateConfig::default(), KeyBy::Client);
+        let cfg = GateConfig {
+            header_unit: HeaderUnit::PerMinute,
+            ..GateConfig::default()
+        };
+        let (layer, svc, mut h) = gate(cfg, KeyBy::Client);
         let c = spawn(&svc, req());
         next(
             &mut h,
@@ -190,25 +206,30 @@ async fn rate_limit_headers_on_successes_set_the_pace() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_concurrency_limit_slow_starts_then_backs_off_on_overload() {
+async fn the_window_ramps_by_the_clock_then_backs_off_on_fleet_wide_overload() {
     bounded(async {
         let (layer, svc, mut h) = gate(GateConfig::default(), KeyBy::Client);
         let limit = |l: &RateLimitLayer| l.snapshot()[0].1.concurrency_limit;
-        // Slow start: 4 successes double 4 to 8.
-        for _ in 0..4 {
-            let c = spawn(&svc, req());
-            next(&mut h, answer(200, &[])).await;
-            c.await.unwrap().unwrap();
-        }
-        assert_eq!(limit(&layer), 8);
-        // Eight in flight at once; the last one sent is refused: capacity is under 8.
+        let c = spawn(&svc, req());
+        next(&mut h, answer(200, &[])).await;
+        c.await.unwrap().unwrap();
+        assert_eq!(limit(&layer), 16, "starts at 16");
+        // No answer needed: the window doubles every 50 ms by the clock.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let c = spawn(&svc, req());
+        next(&mut h, answer(200, &[])).await;
+        c.await.unwrap().unwrap();
+        assert_eq!(limit(&layer), 64, "two doublings in 100 ms");
+        // Eight in flight at once; three of them are refused while in flight together: that
+        // is fleet-wide evidence, and capacity is under 8.
         let calls: Vec<Call> = (0..8).map(|_| spawn(&svc, req())).collect();
         let mut sends = Vec::new();
         for _ in 0..8 {
             sends.push(h.next_request().await.unwrap().1);
         }
-        let last = sends.pop().unwrap();
-        last.send_response(answer(503, &[]));
+        for s in sends.drain(5..) {
+            s.send_response(answer(503, &[]));
+        }
         for s in sends {
             s.send_response(answer(200, &[]));
         }
@@ -224,6 +245,12 @@ async fn the_concurrency_limit_slow_starts_then_backs_off_on_overload() {
             c.await.unwrap().unwrap();
         }
         assert_eq!(limit(&layer), 6);
+        // And with time: quiet for `recovery` (30 s), the key is back at full speed.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let c = spawn(&svc, req());
+        next(&mut h, answer(200, &[])).await;
+        c.await.unwrap().unwrap();
+        assert_eq!(limit(&layer), 1024, "fully recovered 30 s after the last evidence");
     })
     .await
 }
@@ -233,7 +260,7 @@ async fn a_request_that_cannot_be_admitted_before_its_deadline_fails_at_once() {
     bounded(async {
         let (layer, svc, mut h) = gate(GateConfig::default(), KeyBy::Client);
         let c = spawn(&svc, req());
-        next(&mut h, answer(429, &[("retry-after", "30")])).await;
+        next(&mut h, limited("30")).await;
         c.await.unwrap().unwrap();
         let mut r = req();
         Deadline::after(Duration::from_secs(5)).apply(&mut r);
@@ -363,7 +390,7 @@ async fn keys_do_not_share_a_cooldown() {
             r
         };
         let c = spawn(&svc, keyed("fw_a", "llama"));
-        next(&mut h, answer(429, &[("retry-after", "30")])).await;
+        next(&mut h, limited("30")).await;
         c.await.unwrap().unwrap();
         let t0 = Instant::now();
         let other = spawn(&svc, keyed("fw_a", "qwen"));

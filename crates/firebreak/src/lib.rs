@@ -380,6 +380,14 @@ impl FireworksClient {
             InnerBody<Full<Bytes>>,
         >(connector, &cfg));
         let layer = stack.layer()?;
+        // The auth layer adds the key below the gate: a gate keyed per (API key, model) keys
+        // requests that carry none by the key that layer will send.
+        if let Some(a) = &auth {
+            let _ = layer
+                .gate
+                .clone()
+                .fallback_credential(a.key().header_value().as_bytes());
+        }
         let svc = ServiceBuilder::new()
             .layer(layer.clone())
             .option_layer(auth)
@@ -424,6 +432,10 @@ impl FireworksClient {
                 gate.default_completion_tokens,
             )
         });
+        // A gate per (API key, model) needs the model: read from the body, only then.
+        let model = matches!(self.layer.gate.key_by(), KeyBy::ApiKeyAndModel)
+            .then(|| firebreak_ratelimit::Model::from_json_body(&json))
+            .flatten();
         let mut req = Request::post(format!("{}{path}", self.base))
             .body(Full::new(json))
             .map_err(|e| Error::new(Class::Other).with_source(e))?;
@@ -434,6 +446,9 @@ impl FireworksClient {
         );
         if let Some(e) = estimate {
             req.extensions_mut().insert(e);
+        }
+        if let Some(m) = model {
+            req.extensions_mut().insert(m);
         }
         let resp = self.svc.clone().oneshot(req).await?;
         Ok(resp.map(BodyExt::boxed))

@@ -60,6 +60,47 @@ impl ApiError {
     }
 }
 
+/// Whether an error answer says the account's quota, spending limit or billing is exhausted,
+/// as opposed to a rate limit that refills by itself. Pure and total.
+///
+/// - 402 Payment Required always is.
+/// - A 429, 403, 400 or 412 is when its `code` or `type` names a quota (`insufficient_quota`,
+///   `QUOTA_EXCEEDED`, `billing_hard_limit_reached`, …) or its message speaks of a spending
+///   limit, quota, billing, credits or a suspended account. A 412 that only says a LoRA failed
+///   to load is not.
+pub fn quota_exhausted(status: u16, api: Option<&ApiError>) -> bool {
+    if status == 402 {
+        return true;
+    }
+    if !matches!(status, 400 | 403 | 412 | 429) {
+        return false;
+    }
+    let Some(api) = api else { return false };
+    const CODES: [&str; 5] = ["quota", "billing", "spend", "credit", "payment"];
+    let code_says = [api.code.as_deref(), api.kind.as_deref()]
+        .into_iter()
+        .flatten()
+        .any(|c| {
+            let c = c.to_ascii_lowercase();
+            CODES.iter().any(|k| c.contains(k))
+        });
+    const MESSAGES: [&str; 8] = [
+        "insufficient_quota",
+        "exceeded your current quota",
+        "quota exceeded",
+        "spending limit",
+        "spend limit",
+        "billing",
+        "out of credits",
+        "suspended",
+    ];
+    let message_says = api.message.as_deref().is_some_and(|m| {
+        let m = m.to_ascii_lowercase();
+        MESSAGES.iter().any(|k| m.contains(k))
+    });
+    code_says || message_says
+}
+
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (&self.message, self.best_code()) {

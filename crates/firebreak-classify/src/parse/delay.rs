@@ -1,5 +1,5 @@
 //! Server-requested delays: `retry-after-ms`, `Retry-After` (seconds or HTTP-date),
-//! `grpc-retry-pushback-ms` and `x-ratelimit-reset-*` duration strings.
+//! `grpc-retry-pushback-ms`, and the `x-ratelimit-reset-*` duration strings (parsed, never a delay).
 //!
 //! Every parser is total: any input gives a usable delay or a reason why not. Garbage,
 //! negative, NaN, infinite, out-of-range dates and absurd values (over
@@ -28,8 +28,6 @@ pub enum DelaySource {
     RetryAfterDate,
     /// `grpc-retry-pushback-ms`.
     GrpcPushback,
-    /// An `x-ratelimit-reset-*` duration string such as `6m0s`.
-    RateLimitReset,
 }
 
 impl DelaySource {
@@ -39,7 +37,6 @@ impl DelaySource {
             DelaySource::RetryAfterMs => "retry-after-ms",
             DelaySource::RetryAfterSeconds | DelaySource::RetryAfterDate => "retry-after",
             DelaySource::GrpcPushback => "grpc-retry-pushback-ms",
-            DelaySource::RateLimitReset => "x-ratelimit-reset-*",
         }
     }
 }
@@ -109,9 +106,13 @@ impl DelayVerdict {
 }
 
 /// Reads the server-requested delay from `headers`, in OpenAI's order of precedence:
-/// `retry-after-ms`, then `Retry-After`, then `grpc-retry-pushback-ms`, then the longest of the
-/// `x-ratelimit-reset-*` headers (waiting for the longest never retries earlier than asked).
-/// `now` resolves HTTP-dates.
+/// `retry-after-ms`, then `Retry-After`, then `grpc-retry-pushback-ms`. `now` resolves
+/// HTTP-dates.
+///
+/// `x-ratelimit-reset-*` is deliberately not a delay: it says when a rate-limit window
+/// refills, not when this request may be retried (a 503 carrying `x-ratelimit-reset-tokens: 6m0s`
+/// is not asking for a six-minute wait). openai-python reads only the first two headers too.
+/// The 429 gate may use it as a pacing hint after a 429 ([`crate::RateLimitHeaders`]).
 pub fn server_delay(headers: &HeaderMap, now: SystemTime) -> DelayVerdict {
     let mut first_err: Option<(DelaySource, DelayError)> = None;
     let mut note = |src, e| {
@@ -146,22 +147,6 @@ pub fn server_delay(headers: &HeaderMap, now: SystemTime) -> DelayVerdict {
             Ok(d) => return usable(d, DelaySource::GrpcPushback),
             Err(e) => note(DelaySource::GrpcPushback, e),
         }
-    }
-    let mut longest: Option<Duration> = None;
-    for (name, v) in headers {
-        if name.as_str().starts_with("x-ratelimit-reset") {
-            match v
-                .to_str()
-                .map_err(|_| DelayError::Empty)
-                .and_then(parse_duration_str)
-            {
-                Ok(d) => longest = Some(longest.map_or(d, |l| l.max(d))),
-                Err(e) => note(DelaySource::RateLimitReset, e),
-            }
-        }
-    }
-    if let Some(d) = longest {
-        return usable(d, DelaySource::RateLimitReset);
     }
     match first_err {
         Some((source, error)) => DelayVerdict::Unusable { source, error },
@@ -420,27 +405,17 @@ mod tests {
                     error: DelayError::Negative,
                 },
             ),
+            // Reset headers say when a window refills: never a retry delay.
             (
                 vec![("x-ratelimit-reset-requests", "6m0s")],
-                usable(Duration::from_secs(360), DelaySource::RateLimitReset),
+                DelayVerdict::Absent,
             ),
             (
                 vec![
-                    ("x-ratelimit-reset-requests", "1s"),
-                    ("x-ratelimit-reset-tokens", "12ms"),
+                    ("x-ratelimit-reset-tokens", "6m0s"),
+                    ("x-ratelimit-reset-requests", "20s"),
                 ],
-                usable(Duration::from_secs(1), DelaySource::RateLimitReset),
-            ),
-            (
-                vec![("x-ratelimit-reset-tokens", "1h2m3.5s")],
-                usable(Duration::from_secs_f64(3723.5), DelaySource::RateLimitReset),
-            ),
-            (
-                vec![("x-ratelimit-reset-tokens", "7 fortnights")],
-                DelayVerdict::Unusable {
-                    source: DelaySource::RateLimitReset,
-                    error: DelayError::Malformed,
-                },
+                DelayVerdict::Absent,
             ),
         ];
         for (headers, want) in cases {
