@@ -20,6 +20,9 @@ use firebreak_sim::{
     SimConfig, Trigger,
 };
 use firebreak_testkit::{KEY, PlainClient, chat_body, plain_client, post};
+
+#[path = "scenarios/gate_rows.rs"]
+mod gate_rows;
 use firebreak_timeout::{AttemptTimeoutLayer, TimedRequestBody, TimeoutConfig, Workload};
 use futures_util::StreamExt;
 use http::{Request, Response};
@@ -148,18 +151,30 @@ fn one(peer: Peer, ctx: Arc<Ctx>, i: usize) -> BoxFut {
     })
 }
 
-/// openai-python's `_retry_request` logic: retry 408, 409, 429, ≥500 and connection errors,
-/// honour `x-should-retry`, wait `retry-after-ms` then `Retry-After` when in (0, 60] s, else
-/// `min(0.5·2ⁿ, 8) · (1 − 0.25·U)`.
 async fn openai(ctx: &Ctx, id: &str, max_retries: u32) -> bool {
+    openai_attempts(&ctx.plain, &ctx.base, id, max_retries, None).await
+}
+
+/// openai-python's `_retry_request` logic: retry 408, 409, 429, ≥500, connection errors and
+/// timeouts, honour `x-should-retry`, wait `retry-after-ms` then `Retry-After` (seconds or an
+/// HTTP-date) when in (0, 60] s, else `min(0.5·2ⁿ, 8) · (1 − 0.25·U)`; each attempt bounded by
+/// `timeout` when given.
+pub(crate) async fn openai_attempts(
+    plain: &PlainClient,
+    base: &str,
+    id: &str,
+    max_retries: u32,
+    timeout: Option<Duration>,
+) -> bool {
     for n in 0..=max_retries {
-        let resp = ctx
-            .plain
-            .request(post(&ctx.base, "/chat/completions", chat_body(id, false)))
-            .await;
+        let call = plain.request(post(base, "/chat/completions", chat_body(id, false)));
+        let resp = match timeout {
+            Some(t) => tokio::time::timeout(t, call).await.ok(),
+            None => Some(call.await),
+        };
         let mut server_delay = None;
-        // A connection error is retried like a retryable status, with no server delay.
-        if let Ok(r) = resp {
+        // A connection error or a timeout is retried like a retryable status, with no delay.
+        if let Some(Ok(r)) = resp {
             {
                 let s = r.status().as_u16();
                 if s == 200 {
@@ -181,9 +196,14 @@ async fn openai(ctx: &Ctx, id: &str, max_retries: u32) -> bool {
                     .and_then(|v| v.parse::<f64>().ok())
                     .map(|m| m / 1000.0);
                 let secs = ms.or_else(|| {
-                    h.get("retry-after")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<f64>().ok())
+                    let v = h.get("retry-after").and_then(|v| v.to_str().ok())?;
+                    v.trim().parse::<f64>().ok().or_else(|| {
+                        let at = httpdate::parse_http_date(v).ok()?;
+                        Some(
+                            at.duration_since(std::time::SystemTime::now())
+                                .map_or(0.0, |d| d.as_secs_f64()),
+                        )
+                    })
                 });
                 server_delay = secs.filter(|s| *s > 0.0 && *s <= 60.0);
             }
@@ -511,7 +531,9 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let bench = args.iter().any(|a| a == "--bench");
     let want = |section: &str| {
-        let named = args.iter().any(|a| a == "retry" || a == "ratelimit");
+        let named = args
+            .iter()
+            .any(|a| a == "retry" || a == "ratelimit" || a == "gate");
         !named || args.iter().any(|a| a == section)
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -558,7 +580,37 @@ fn main() {
                 .expect("bounded");
             assert_eq!(r.success, 100.0, "the gate completes every request");
             println!("scenarios smoke: {} ok ({} rejected)", r.peer, r.rejected);
+            let q = tokio::time::timeout(Duration::from_secs(60), gate_rows::run(gate_rows::GScenario::Quota, gate_rows::GPeer::Firebreak))
+                .await
+                .expect("bounded");
+            assert!(q.attempts <= 1.0, "quota: at most one attempt per request, got {}", q.attempts);
+            let d = tokio::time::timeout(Duration::from_secs(60), gate_rows::run(gate_rows::GScenario::OwnDelays, gate_rows::GPeer::Firebreak))
+                .await
+                .expect("bounded");
+            assert_eq!(d.early, 0, "no retry before its legitimate delay");
+            println!("scenarios smoke: gate rows ok (quota {:.2} attempts/request, own delays {:.1}% in {:.1} s)", q.attempts, d.success, d.makespan);
             return;
+        }
+        if want("gate") {
+            println!("| scenario | client | success % | attempts / request | 429/503 received | p50 ms | p99 ms | makespan s | retries before their delay | firebreak's gate wait, s (sum) |");
+            println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+            for s in gate_rows::GScenario::ALL {
+                for p in gate_rows::GPeer::ALL {
+                    let r = tokio::time::timeout(Duration::from_secs(300), gate_rows::run(s, p)).await.expect("bounded");
+                    println!(
+                        "| {} | {} | {:.1} | {:.2} | {} | {:.0} | {:.0} | {:.2} | {} | {} |",
+                        r.scenario, r.peer, r.success, r.attempts, r.rejected, r.p50, r.p99, r.makespan, r.early,
+                        r.gate_wait.map_or("–".to_string(), |w| format!("{w:.2}"))
+                    );
+                }
+            }
+            let (alone, beside, a_makespan) = tokio::time::timeout(Duration::from_secs(300), gate_rows::tenants()).await.expect("bounded");
+            println!();
+            println!("| two tenants, proxy's stack (KeyBy::ApiKeyAndModel) | tenant B p99 ms |");
+            println!("|---|---:|");
+            println!("| B alone (A healthy) | {alone:.0} |");
+            println!("| B beside A, every A request first answered 429 + Retry-After 5 s (A done in {a_makespan:.1} s) | {beside:.0} |");
+            println!("| ratio | {:.2} |", beside / alone);
         }
         if want("retry") {
             println!("| scenario | client | success % | attempts / request (amplification) | p50 ms | p99 ms | makespan s |");

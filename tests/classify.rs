@@ -68,7 +68,7 @@ async fn every_status_is_classified() {
             ),
             (
                 402,
-                Class::ClientError(ClientErrorKind::PaymentRequired),
+                Class::QuotaExhausted,
                 false,
                 "PAYMENT_REQUIRED",
             ),
@@ -86,8 +86,8 @@ async fn every_status_is_classified() {
             ),
             (408, Class::RequestTimeout, true, "REQUEST_TIMEOUT"),
             (
-                412,
-                Class::ClientError(ClientErrorKind::PreconditionFailed),
+                412, // the simulator's 412 says "Account suspended": a quota class
+                Class::QuotaExhausted,
                 false,
                 "PRECONDITION_FAILED",
             ),

@@ -59,7 +59,8 @@ pub enum ClientErrorKind {
     BadRequest,
     /// 401: check the key.
     Unauthorized,
-    /// 402: payment required.
+    /// 402: payment required. Not produced any more: a 402 is [`Class::QuotaExhausted`]; kept
+    /// so that the metric label set stays stable.
     PaymentRequired,
     /// 403.
     Forbidden,
@@ -226,6 +227,7 @@ impl Class {
             429 => Class::RateLimited,
             503 => Class::Overloaded,
             501 => Class::NotImplemented,
+            402 => Class::QuotaExhausted,
             408 => Class::RequestTimeout,
             400..=499 => Class::ClientError(ClientErrorKind::from_status(status.as_u16())),
             _ => Class::ServerError,
@@ -435,11 +437,7 @@ mod tests {
                 Class::ClientError(ClientErrorKind::Unauthorized),
                 false,
             ),
-            (
-                402,
-                Class::ClientError(ClientErrorKind::PaymentRequired),
-                false,
-            ),
+            (402, Class::QuotaExhausted, false),
             (403, Class::ClientError(ClientErrorKind::Forbidden), false),
             (404, Class::ClientError(ClientErrorKind::NotFound), false),
             (405, Class::ClientError(ClientErrorKind::Other), false),

@@ -318,3 +318,94 @@ fn public_types_are_send_and_sync() {
         ResponseFuture<std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>, Full<Bytes>>,
     >();
 }
+
+/// An SSE answer whose frames are `frames`.
+fn sse_of(
+    frames: &'static [&'static [u8]],
+    sse_errors: bool,
+) -> impl Service<
+    Request<()>,
+    Response = Response<ClassifiedBody<impl http_body::Body<Data = Bytes, Error = std::io::Error>>>,
+    Error = Error,
+> {
+    ClassifyLayer::new().sse_errors_as_failures(sse_errors).layer(service_fn(move |_r: Request<()>| async move {
+        let frames: Frames = frames.iter().map(|f| Ok(Frame::data(Bytes::from_static(f)))).collect();
+        Ok::<_, Infallible>(Response::builder().header("content-type", "text/event-stream").body(stream_body(frames)).unwrap())
+    }))
+}
+
+#[tokio::test]
+async fn a_stream_whose_first_event_is_an_error_is_retryable() {
+    // #13 point 9: nothing reached the caller before the error, so re-sending is safe.
+    bounded(async {
+        const FIRST_IS_ERROR: &[&[u8]] = &[
+            b": keep-alive\n\n",
+            b"data: {\"error\":{\"message\":\"overloaded, try again\",\"code\":\"UNAVAILABLE\"}}\n",
+            b"\n",
+        ];
+        for sse_errors in [true, false] {
+            let resp = sse_of(FIRST_IS_ERROR, sse_errors).oneshot(Request::new(())).await.unwrap();
+            let c = Classification::of(&resp);
+            assert_eq!(c.class(), Class::StreamError, "classified at the head");
+            assert!(c.is_retryable(), "before any content: retryable");
+            let all = resp.into_body().collect().await;
+            match (sse_errors, all) {
+                (true, Err(e)) => assert_eq!(e.class(), Class::StreamError),
+                (false, Ok(b)) => assert!(b.to_bytes().starts_with(b": keep-alive"), "replayed whole"),
+                (mode, other) => panic!("sse_errors {mode}: unexpected {:?}", other.map(|b| b.to_bytes())),
+            }
+        }
+        // After a content event: a success at the head, and the error is never retryable.
+        const CONTENT_FIRST: &[&[u8]] = &[
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n",
+            b"data: {\"error\":{\"message\":\"generation failed\"}}\n\n",
+        ];
+        let resp = sse_of(CONTENT_FIRST, true).oneshot(Request::new(())).await.unwrap();
+        assert_eq!(Classification::of(&resp).class(), Class::Success);
+        let e = resp.into_body().collect().await.unwrap_err();
+        assert_eq!(e.class(), Class::StreamError);
+        assert!(!e.is_retryable());
+    })
+    .await
+}
+
+#[test]
+fn quota_exhaustion_is_its_own_class_with_advice() {
+    // #13 point 6: 402, an `insufficient_quota` 429, a 412 "account suspended" and a
+    // spending-limit message are quota; a rate limit and a LoRA 412 are not.
+    let cases: [(u16, &str, bool); 7] = [
+        (402, r#"{"error":{"message":"Payment required"}}"#, true),
+        (429, r#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#, true),
+        (412, r#"{"error":{"message":"Account suspended","code":"PRECONDITION_FAILED","type":"error"}}"#, true),
+        (429, r#"{"error":{"message":"Monthly spending limit reached for this account","code":"RATE_LIMIT_EXCEEDED","type":"error"}}"#, true),
+        (429, r#"{"error":{"message":"rate limit exceeded","code":"RATE_LIMIT_EXCEEDED","type":"error"}}"#, false),
+        (412, r#"{"error":{"message":"LoRA adapter failed to load","code":"PRECONDITION_FAILED"}}"#, false),
+        (503, r#"{"error":{"message":"quota exceeded upstream"}}"#, false),
+    ];
+    for (status, body, quota) in cases {
+        let api = parse::body::parse_error_body(body.as_bytes(), false);
+        let c = Classification::from_response(
+            http::StatusCode::from_u16(status).unwrap(),
+            &http::HeaderMap::new(),
+            Some(api),
+            std::time::SystemTime::now(),
+        );
+        assert_eq!(c.class() == Class::QuotaExhausted, quota, "{status} {body}");
+        if quota {
+            assert!(!c.is_retryable(), "{status}");
+            let e = Error::from_classification(&c);
+            assert!(e.is_quota_exhausted());
+            let line = e.to_string();
+            assert!(line.contains("add credits or raise the limit") && !line.contains('\n'), "{line}");
+        }
+    }
+}
+
+#[test]
+fn not_implemented_is_never_retried() {
+    // #13 point 5.
+    let c = Class::from_status(http::StatusCode::NOT_IMPLEMENTED);
+    assert_eq!(c, Class::NotImplemented);
+    assert!(!c.is_retryable_by_default() && c.reached_server());
+    assert_eq!(c.label(), "not_implemented");
+}

@@ -100,6 +100,9 @@ struct Limit {
     /// clock from there and is back at the maximum `recovery` later.
     evidence: Option<(Instant, u32)>,
     successes: u32,
+    /// The fewest in flight at which a capacity refusal was sent since the last decrease: the
+    /// best bound on the capacity there is.
+    refused_at_min: u32,
     /// When the limit was last lowered: refusals of requests sent before then are already
     /// accounted for (one decrease per round trip, as TCP does).
     last_decrease: Option<Instant>,
@@ -191,6 +194,7 @@ impl LocalGate {
                 ramp_from: ramping.then_some(now),
                 evidence: None,
                 successes: 0,
+                refused_at_min: u32::MAX,
                 last_decrease: None,
             }),
             growing: AtomicBool::new(ramping),
@@ -498,11 +502,14 @@ impl LocalGate {
                 // others. After it, a refusal says something about capacity only when this
                 // client was using a good part of its window, and only once per round trip
                 // (requests sent before the last decrease saw the old limit).
+                let stale = l.last_decrease.is_some_and(|t| sent_at <= t);
+                if !stale {
+                    l.refused_at_min = l.refused_at_min.min(in_flight_at_send);
+                }
                 let engaged = l.evidence.is_some();
                 if !fleet && !engaged {
                     return;
                 }
-                let stale = l.last_decrease.is_some_and(|t| sent_at <= t);
                 if stale || (!fleet && in_flight_at_send.saturating_mul(2) < l.limit) {
                     return;
                 }
@@ -511,8 +518,9 @@ impl LocalGate {
                 l.last_decrease = Some(now);
                 l.ramp_from = None;
                 l.successes = 0;
-                let estimate =
-                    (f64::from(in_flight_at_send.saturating_sub(1).max(1)) * cfg.decrease) as u32;
+                let at = l.refused_at_min.min(in_flight_at_send);
+                l.refused_at_min = u32::MAX;
+                let estimate = (f64::from(at.saturating_sub(1).max(1)) * cfg.decrease) as u32;
                 let new = estimate
                     .clamp(cfg.min_concurrency, cfg.max_concurrency)
                     .min(l.limit);

@@ -263,7 +263,7 @@ impl RateStore for InProcessStore {
     fn release(&self, key: GateKey, slot: Instant, tokens: u32, now: Instant) {
         self.with_key(key, now, |s| {
             // Later reservations keep theirs; the next one starts a slot earlier.
-            if s.next_free > slot && !s.last_interval.is_zero() {
+            if s.next_free > now && s.next_free >= slot && !s.last_interval.is_zero() {
                 s.next_free = s
                     .next_free
                     .checked_sub(s.last_interval)

@@ -236,15 +236,16 @@ async fn the_window_ramps_by_the_clock_then_backs_off_on_fleet_wide_overload() {
         for c in calls {
             c.await.unwrap().unwrap();
         }
-        // Refused with 8 in flight: aim at (8 - 1) × 0.8 = 5.
-        assert_eq!(limit(&layer), 5);
-        // Then additive increase: one more after 2 × 5 successes.
-        for _ in 0..10 {
+        // The first refusal was sent with 6 in flight: capacity is under 6; aim at
+        // (6 - 1) × 0.8 = 4.
+        assert_eq!(limit(&layer), 4);
+        // Then additive increase: one more after 2 × 4 successes.
+        for _ in 0..8 {
             let c = spawn(&svc, req());
             next(&mut h, answer(200, &[])).await;
             c.await.unwrap().unwrap();
         }
-        assert_eq!(limit(&layer), 6);
+        assert_eq!(limit(&layer), 5);
         // And with time: quiet for `recovery` (30 s), the key is back at full speed.
         tokio::time::sleep(Duration::from_secs(30)).await;
         let c = spawn(&svc, req());
@@ -644,4 +645,448 @@ fn public_types_are_send_and_sync() {
     send_sync::<InProcessStore>();
     fn send<T: Send>() {}
     send::<Svc>();
+}
+
+// ---- #13: the gate reacts only to evidence ----
+
+/// Spawns `n` calls, answers each with `resp()` after `latency`, and returns the instant each
+/// reached the upstream, in order.
+async fn serve_all(
+    svc: &Svc,
+    h: &mut Handle,
+    n: usize,
+    latency: Duration,
+    resp: impl Fn() -> Response<Full<Bytes>>,
+) -> (Vec<Instant>, Vec<Call>) {
+    let calls: Vec<Call> = (0..n).map(|_| spawn(svc, req())).collect();
+    let mut at = Vec::new();
+    let mut sends = Vec::new();
+    for _ in 0..n {
+        let (_r, send) = h.next_request().await.expect("a request");
+        at.push(Instant::now());
+        sends.push(send);
+        if sends.len() == n {
+            break;
+        }
+    }
+    tokio::time::sleep(latency).await;
+    for s in sends {
+        s.send_response(resp());
+    }
+    (at, calls)
+}
+
+#[tokio::test(start_paused = true)]
+async fn healthy_slow_traffic_is_admitted_without_waiting_for_answers() {
+    // Point 1: 64 callers, 2 s answers. All are sent within the clock ramp (16 → 64 in 100 ms),
+    // none waits for an answer to come back.
+    bounded(async {
+        let (layer, svc, mut h) = gate(GateConfig::default(), KeyBy::Client);
+        let t0 = Instant::now();
+        let (at, calls) = serve_all(&svc, &mut h, 64, Duration::from_secs(2), || {
+            answer(200, &[])
+        })
+        .await;
+        assert!(
+            *at.last().unwrap() - t0 <= Duration::from_millis(100),
+            "the 64th was sent {:?} after the first",
+            *at.last().unwrap() - t0
+        );
+        for c in calls {
+            assert_eq!(c.await.unwrap().unwrap(), 200);
+        }
+        assert!(
+            t0.elapsed() <= Duration::from_millis(2100),
+            "makespan {:?}",
+            t0.elapsed()
+        );
+        assert_eq!(layer.snapshot()[0].1.throttled, 0);
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_requests_fault_never_holds_the_others() {
+    // Point 2: a lone 503 with a 5 s delay, a 500, a hang cut by a timeout, a reset: the next
+    // requests go out at once, exactly as on a fresh key.
+    bounded(async {
+        let (layer, svc, mut h) = gate(GateConfig::default(), KeyBy::Client);
+        let faulty = spawn(&svc, req());
+        next(&mut h, answer(503, &[("retry-after", "5")])).await;
+        assert_eq!(faulty.await.unwrap().unwrap(), 503);
+        let faulty = spawn(&svc, req());
+        next(&mut h, answer(500, &[("x-ratelimit-reset-requests", "20s")])).await;
+        assert_eq!(faulty.await.unwrap().unwrap(), 500);
+        let t0 = Instant::now();
+        let (at, calls) = serve_all(&svc, &mut h, 8, Duration::ZERO, || answer(200, &[])).await;
+        assert!(
+            at.iter().all(|a| *a == t0),
+            "the others are sent at once: {:?}",
+            at.iter().map(|a| *a - t0).collect::<Vec<_>>()
+        );
+        for c in calls {
+            c.await.unwrap().unwrap();
+        }
+        let snap = layer.snapshot()[0].1;
+        assert_eq!(snap.cooldown_remaining, Duration::ZERO, "no fleet cooldown");
+        assert_eq!(snap.rate_per_sec, None, "no pacing learned");
+        assert_eq!(snap.waited, Duration::ZERO);
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_requests_own_retries_never_chain_into_fleet_evidence() {
+    // Point 2: one request refused 503 five times in a row (each retry sent after the last
+    // answer) is not several requests: the window stays open and nobody is held.
+    bounded(async {
+        let (layer, svc, mut h) = gate(GateConfig::default(), KeyBy::Client);
+        for _ in 0..5 {
+            let c = spawn(&svc, req());
+            next(&mut h, answer(503, &[("retry-after", "2")])).await;
+            c.await.unwrap().unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let snap = layer.snapshot()[0].1;
+        assert_eq!(snap.cooldown_remaining, Duration::ZERO);
+        assert!(snap.concurrency_limit >= 16, "{}", snap.concurrency_limit);
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn three_refusals_in_flight_together_are_fleet_wide_evidence() {
+    // Point 2: the threshold. Two overlapping 503s with a delay hold nobody; a third makes a
+    // fleet-wide cooldown of the delay they asked for.
+    bounded(async {
+        for (refused, held) in [(2usize, false), (3, true)] {
+            let (layer, svc, mut h) = gate(GateConfig::default(), KeyBy::Client);
+            let calls: Vec<Call> = (0..refused).map(|_| spawn(&svc, req())).collect();
+            let mut sends = Vec::new();
+            for _ in 0..refused {
+                sends.push(h.next_request().await.unwrap().1);
+            }
+            for s in sends {
+                s.send_response(answer(503, &[("retry-after", "2")]));
+            }
+            for c in calls {
+                c.await.unwrap().unwrap();
+            }
+            let snap = layer.snapshot()[0].1;
+            assert_eq!(
+                snap.cooldown_remaining > Duration::ZERO,
+                held,
+                "{refused} refusals: {snap:?}"
+            );
+        }
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cooldown_with_no_known_rate_ends_in_a_bounded_ramp() {
+    // Point 3: no rate known (no headers): waiters are released 20 ms apart, not all at once.
+    bounded(async {
+        let (_layer, svc, mut h) = gate(GateConfig::default(), KeyBy::Client);
+        let c = spawn(&svc, req());
+        let t0 = next(&mut h, limited("1")).await;
+        c.await.unwrap().unwrap();
+        let calls: Vec<Call> = (0..5).map(|_| spawn(&svc, req())).collect();
+        let mut at = Vec::new();
+        for _ in 0..5 {
+            at.push(next(&mut h, answer(200, &[])).await);
+        }
+        assert!(at[0] - t0 >= Duration::from_secs(1), "not before the delay");
+        for w in at.windows(2) {
+            assert_eq!(w[1] - w[0], Duration::from_millis(20), "{at:?}");
+        }
+        for c in calls {
+            c.await.unwrap().unwrap();
+        }
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delay_over_the_cap_holds_nobody_else() {
+    // Point 4: `Retry-After: 3600` (plausible, over the 60 s cap) and `86400` (absurd): the
+    // request that got it is answered, and the others are sent at once.
+    bounded(async {
+        for delay in ["3600", "86400", "-5", "soon"] {
+            let (layer, svc, mut h) = gate(GateConfig::default(), KeyBy::Client);
+            let c = spawn(&svc, req());
+            next(&mut h, limited(delay)).await;
+            assert_eq!(c.await.unwrap().unwrap(), 429);
+            let t0 = Instant::now();
+            let (at, calls) =
+                serve_all(&svc, &mut h, 4, Duration::ZERO, || answer(200, &[])).await;
+            assert!(at.iter().all(|a| *a == t0), "{delay}: others held");
+            for c in calls {
+                c.await.unwrap().unwrap();
+            }
+            assert_eq!(
+                layer.snapshot()[0].1.cooldown_remaining,
+                Duration::ZERO,
+                "{delay}"
+            );
+        }
+    })
+    .await
+}
+
+fn quota_429() -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(429)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(
+            br#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#,
+        )))
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_exhausted_quota_fails_later_calls_fast_until_the_recheck() {
+    // Point 6: one quota answer; the next calls on the key fail at once, client-side, with an
+    // error that says so; after `quota_recheck` one goes through again.
+    bounded(async {
+        let cfg = GateConfig {
+            quota_recheck: Duration::from_secs(10),
+            ..GateConfig::default()
+        };
+        let (layer, svc, mut h) = gate(cfg, KeyBy::Client);
+        let c = spawn(&svc, req());
+        next(&mut h, quota_429()).await;
+        assert_eq!(c.await.unwrap().unwrap(), 429);
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            let e = svc.clone().oneshot(req()).await.unwrap_err();
+            assert_eq!(t0.elapsed(), Duration::ZERO, "fails fast");
+            assert!(e.is_quota_exhausted() && e.is_client_side() && !e.is_retryable());
+            assert!(e.to_string().contains("add credits"), "{e}");
+        }
+        assert!(none_arrives_within(&mut h, Duration::from_secs(1)).await);
+        assert_eq!(layer.snapshot()[0].1.throttled, 5);
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        let c = spawn(&svc, req());
+        next(&mut h, answer(200, &[])).await;
+        assert_eq!(c.await.unwrap().unwrap(), 200, "rechecked after 10 s");
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_tenants_429_leaves_the_other_tenant_untouched() {
+    // Point 7: two callers' keys on the same model; A is told to wait 5 s; B's calls go out at
+    // once, before, during and after.
+    bounded(async {
+        let (_layer, svc, mut h) = gate(GateConfig::default(), KeyBy::ApiKeyAndModel);
+        let keyed = |key: &str| {
+            let mut r = req();
+            r.headers_mut()
+                .insert("authorization", format!("Bearer {key}").parse().unwrap());
+            r.extensions_mut().insert(Model(Arc::from("llama")));
+            r
+        };
+        let a = spawn(&svc, keyed("fw_tenant_a"));
+        next(&mut h, limited("5")).await;
+        a.await.unwrap().unwrap();
+        for _ in 0..3 {
+            let t0 = Instant::now();
+            let b = spawn(&svc, keyed("fw_tenant_b"));
+            next(&mut h, answer(200, &[])).await;
+            assert_eq!(t0.elapsed(), Duration::ZERO, "B is not held by A's 429");
+            b.await.unwrap().unwrap();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_without_a_key_use_the_fallback_credential() {
+    // Point 7: the auth layer sits below the gate; the gate keys such requests by the key it
+    // will send, so they share a gate with requests that carry that key, and not another's.
+    bounded(async {
+        let (m, mut h) = mock::pair::<Req, Response<Full<Bytes>>>();
+        let layer = RateLimitLayer::new(GateConfig::default(), KeyBy::ApiKeyAndModel)
+            .unwrap()
+            .fallback_credential(b"Bearer fw_configured");
+        let svc = layer.layer(ClassifyLayer::new().layer(m));
+        let with = |auth: Option<&str>| {
+            let mut r = req();
+            if let Some(a) = auth {
+                r.headers_mut().insert("authorization", a.parse().unwrap());
+            }
+            r
+        };
+        let c = spawn(&svc, with(None));
+        next(&mut h, limited("5")).await;
+        c.await.unwrap().unwrap();
+        let t0 = Instant::now();
+        let other = spawn(&svc, with(Some("Bearer fw_other")));
+        next(&mut h, answer(200, &[])).await;
+        other.await.unwrap().unwrap();
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+        let same = spawn(&svc, with(Some("Bearer fw_configured")));
+        next(&mut h, answer(200, &[])).await;
+        same.await.unwrap().unwrap();
+        assert!(t0.elapsed() >= Duration::from_secs(5), "the configured key's gate");
+        assert_eq!(layer.snapshot().len(), 2);
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_map_of_keys_is_bounded_and_evicts_idle_keys() {
+    // Point 7: hostile callers with endless keys cannot grow the map past `max_keys`.
+    bounded(async {
+        let cfg = GateConfig {
+            max_keys: 16,
+            ..GateConfig::default()
+        };
+        let (m, mut h) = mock::pair::<Req, Response<Full<Bytes>>>();
+        let layer = RateLimitLayer::new(cfg, KeyBy::ApiKeyAndModel).unwrap();
+        let svc = layer.layer(ClassifyLayer::new().layer(m));
+        for i in 0..200 {
+            let mut r = req();
+            r.headers_mut()
+                .insert("authorization", format!("Bearer k{i}").parse().unwrap());
+            let c = spawn(&svc, r);
+            next(&mut h, answer(200, &[])).await;
+            c.await.unwrap().unwrap();
+            assert!(layer.snapshot().len() <= 16, "{i}: {}", layer.snapshot().len());
+        }
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_per_second_reading_is_a_hypothesis_never_a_stall() {
+    // Point 8: `x-ratelimit-limit-requests: 20` read per second: twelve calls go at once (a
+    // per-minute reading would have spaced them 3 s apart). A 429 that comes while the client
+    // sent less than 20 in the last second drops the hypothesis for per minute.
+    bounded(async {
+        let (layer, svc, mut h) = gate(GateConfig::default(), KeyBy::Client);
+        let c = spawn(&svc, req());
+        next(&mut h, answer(200, &[("x-ratelimit-limit-requests", "20")])).await;
+        c.await.unwrap().unwrap();
+        let t0 = Instant::now();
+        let calls: Vec<Call> = (0..12).map(|_| spawn(&svc, req())).collect();
+        let mut last = t0;
+        for _ in 0..12 {
+            last = next(&mut h, answer(200, &[("x-ratelimit-limit-requests", "20")])).await;
+        }
+        for c in calls {
+            c.await.unwrap().unwrap();
+        }
+        assert!(last - t0 <= Duration::from_millis(600), "{:?}", last - t0);
+        assert!(layer.snapshot()[0].1.rate_per_sec.unwrap() > 19.0);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let c = spawn(&svc, req());
+        let mut r429 = limited("1");
+        r429.headers_mut()
+            .insert("x-ratelimit-limit-requests", "20".parse().unwrap());
+        next(&mut h, r429).await;
+        c.await.unwrap().unwrap();
+        let rate = layer.snapshot()[0].1.rate_per_sec.unwrap();
+        assert!(rate < 1.0, "20 per minute now, lowered by the 429: {rate}");
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_learned_rate_is_forgotten_after_the_recovery_time() {
+    // Point 10: after a rate-limit 429 the learned rate paces; 30 s with no throttle later it
+    // is gone and the key is at full speed.
+    bounded(async {
+        let (layer, svc, mut h) = gate(GateConfig::default(), KeyBy::Client);
+        for _ in 0..3 {
+            let c = spawn(&svc, req());
+            next(&mut h, answer(200, &[])).await;
+            c.await.unwrap().unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let c = spawn(&svc, req());
+        next(&mut h, limited("1")).await;
+        c.await.unwrap().unwrap();
+        assert!(layer.snapshot()[0].1.rate_per_sec.is_some(), "a rate was learned");
+        tokio::time::sleep(Duration::from_secs(29)).await;
+        let c = spawn(&svc, req());
+        next(&mut h, answer(200, &[])).await;
+        c.await.unwrap().unwrap();
+        assert!(layer.snapshot()[0].1.rate_per_sec.is_some(), "still within 30 s");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let t0 = Instant::now();
+        let (at, calls) = serve_all(&svc, &mut h, 10, Duration::ZERO, || answer(200, &[])).await;
+        assert!(at.iter().all(|a| *a == t0), "full speed");
+        for c in calls {
+            c.await.unwrap().unwrap();
+        }
+        assert_eq!(layer.snapshot()[0].1.rate_per_sec, None);
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_that_gives_up_returns_its_slot_at_once() {
+    // Point 10: paced at 1/s (60 per minute), two callers queue for slots 1 and 2 s away and
+    // give up. The next caller gets the slot 1 s away, not 3 s.
+    bounded(async {
+        let cfg = GateConfig {
+            header_unit: HeaderUnit::PerMinute,
+            headroom: 1.0,
+            ..GateConfig::default()
+        };
+        let (_layer, svc, mut h) = gate(cfg, KeyBy::Client);
+        let c = spawn(&svc, req());
+        next(&mut h, answer(200, &[("x-ratelimit-limit-requests", "60")])).await;
+        c.await.unwrap().unwrap();
+        // This one takes the slot at once; the next free one is 1 s away.
+        let t0 = Instant::now();
+        let c = spawn(&svc, req());
+        next(&mut h, answer(200, &[])).await;
+        c.await.unwrap().unwrap();
+        let quitters: Vec<_> = (0..2)
+            .map(|_| {
+                let s = svc.clone();
+                tokio::spawn(async move { s.oneshot(req()).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        for q in quitters {
+            q.abort();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let c = spawn(&svc, req());
+        let at = next(&mut h, answer(200, &[])).await;
+        c.await.unwrap().unwrap();
+        assert!(
+            at - t0 <= Duration::from_millis(1000),
+            "sent {:?} after, the abandoned slots were given back",
+            at - t0
+        );
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn long_streams_do_not_starve_a_short_call() {
+    // Point 10: a place is held until the body ends, but with no overload signal the window is
+    // wide: eight 60 s streams leave a short call free to go at once.
+    bounded(async {
+        let (_layer, svc, mut h) = gate(GateConfig::default(), KeyBy::Client);
+        let mut streams = Vec::new();
+        for _ in 0..8 {
+            let f = tokio::spawn(svc.clone().oneshot(req()));
+            next(&mut h, answer(200, &[])).await;
+            streams.push(f.await.unwrap().unwrap()); // bodies not read: in flight
+        }
+        let t0 = Instant::now();
+        let short = spawn(&svc, req());
+        next(&mut h, answer(200, &[])).await;
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+        short.await.unwrap().unwrap();
+        drop(streams);
+    })
+    .await
 }

@@ -200,11 +200,6 @@ async fn every_delay_form_is_honoured() {
             ("retry-after", "0.75".into(), Duration::from_millis(750)),
             ("retry-after", date, Duration::from_secs(3)), // HTTP-dates have 1 s resolution
             (
-                "x-ratelimit-reset-requests",
-                "3s".into(),
-                Duration::from_secs(3),
-            ),
-            (
                 "grpc-retry-pushback-ms",
                 "700".into(),
                 Duration::from_millis(700),

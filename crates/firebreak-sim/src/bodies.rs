@@ -71,6 +71,9 @@ pub(crate) fn error_body(
             "error": {"object": "error", "type": "invalid_request_error", "code": code.to_ascii_lowercase(), "message": message},
             "raw_output": null,
         }),
+        ErrorShape::InsufficientQuota => json!({
+            "error": {"message": message, "type": "insufficient_quota", "param": null, "code": "insufficient_quota"}
+        }),
         ErrorShape::StringError => json!({
             "error": reason_phrase(status), "message": message,
         }),

@@ -126,6 +126,9 @@ impl SimConfig {
                     return bad(format!("faults[{i}]: probability {p} is not in [0, 1]"));
                 }
             }
+            if let Trigger::FirstAttemptsOfEvery { every: 0, .. } = rule.when {
+                return bad(format!("faults[{i}]: every must be at least 1"));
+            }
             if let Fault::Status { status, .. } = &rule.fault {
                 if !(100..=999).contains(status) {
                     return bad(format!(
@@ -287,6 +290,17 @@ pub enum Trigger {
         /// How many attempts fail.
         n: u32,
     },
+    /// The first `n` attempts of the logical requests whose id ends in a number `k` with
+    /// `k % every == offset` (ids such as `req-000007`; an id without a number never fires):
+    /// gives different requests different faults.
+    FirstAttemptsOfEvery {
+        /// How many attempts fail.
+        n: u32,
+        /// The modulus (0 never fires).
+        every: u32,
+        /// The remainder.
+        offset: u32,
+    },
 }
 
 /// A fault the simulator can inject.
@@ -396,6 +410,8 @@ pub enum ErrorShape {
     OldInferenceRawOutput,
     /// `{"error":"Too Many Requests","message":"…"}`.
     StringError,
+    /// OpenAI's quota answer: `{"error":{"message","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}`.
+    InsufficientQuota,
     /// FastAPI validation `{"detail":[{"loc","msg","type"}]}`.
     FastApi,
     /// Control plane gRPC-gateway `{"code":7,"message","details":[…ErrorInfo…]}`.

@@ -64,10 +64,11 @@ impl ApiError {
 /// as opposed to a rate limit that refills by itself. Pure and total.
 ///
 /// - 402 Payment Required always is.
-/// - A 429, 403, 400 or 412 is when its `code` or `type` names a quota (`insufficient_quota`,
-///   `QUOTA_EXCEEDED`, `billing_hard_limit_reached`, …) or its message speaks of a spending
-///   limit, quota, billing, credits or a suspended account. A 412 that only says a LoRA failed
-///   to load is not.
+/// - A 429, 403, 400 or 412 is when its `code` or `type` names one (`insufficient_quota`,
+///   `billing_hard_limit_reached`, …) or its message speaks of an exceeded current quota, a
+///   spending limit, billing, credits or a suspended account. A 412 that only says a LoRA
+///   failed to load is not, nor is a gRPC `RESOURCE_EXHAUSTED` / `QUOTA_EXCEEDED` (Google-style
+///   APIs use it for rate limits).
 pub fn quota_exhausted(status: u16, api: Option<&ApiError>) -> bool {
     if status == 402 {
         return true;
@@ -76,7 +77,8 @@ pub fn quota_exhausted(status: u16, api: Option<&ApiError>) -> bool {
         return false;
     }
     let Some(api) = api else { return false };
-    const CODES: [&str; 5] = ["quota", "billing", "spend", "credit", "payment"];
+    // Not `QUOTA_EXCEEDED` / `RESOURCE_EXHAUSTED`: Google-style APIs use those for rate limits.
+    const CODES: [&str; 5] = ["insufficient_quota", "billing", "spend", "credit", "payment"];
     let code_says = [api.code.as_deref(), api.kind.as_deref()]
         .into_iter()
         .flatten()
@@ -84,10 +86,9 @@ pub fn quota_exhausted(status: u16, api: Option<&ApiError>) -> bool {
             let c = c.to_ascii_lowercase();
             CODES.iter().any(|k| c.contains(k))
         });
-    const MESSAGES: [&str; 8] = [
+    const MESSAGES: [&str; 7] = [
         "insufficient_quota",
         "exceeded your current quota",
-        "quota exceeded",
         "spending limit",
         "spend limit",
         "billing",

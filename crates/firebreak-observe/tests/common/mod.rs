@@ -44,15 +44,21 @@ impl<B: Send + 'static> Service<Request<B>> for Script {
     }
     fn call(&mut self, _req: Request<B>) -> Self::Future {
         let s = self.statuses.lock().unwrap().pop_front().unwrap_or(200);
-        // A 429 asks for a wait longer than the tests' backoff (at most 100 ms).
+        // A 429 is a rate limit (its body says so) and asks for a wait longer than the tests'
+        // backoff (at most 100 ms).
         let wait = if s == 429 { "500" } else { "0" };
+        let body: &'static [u8] = if s == 429 {
+            br#"{"error":{"message":"rate limit exceeded","code":"RATE_LIMIT_EXCEEDED"}}"#
+        } else {
+            b"{\"ok\":true}"
+        };
         let delay = self.delay;
         Box::pin(async move {
             tokio::time::sleep(delay).await;
             Ok(Response::builder()
                 .status(s)
                 .header("retry-after-ms", wait)
-                .body(Full::new(Bytes::from_static(b"{\"ok\":true}")))
+                .body(Full::new(Bytes::from_static(body)))
                 .unwrap())
         })
     }
