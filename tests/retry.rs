@@ -193,3 +193,39 @@ async fn a_refused_connection_is_retried_and_then_succeeds() {
     })
     .await
 }
+
+#[tokio::test]
+async fn a_stream_whose_first_event_is_an_error_is_sent_again() {
+    // #13 point 9: the error came before any content reached the caller, so the retry is
+    // safe; the caller gets one whole stream, and the log shows exactly two attempts.
+    bounded(30, async {
+        let sim = sim_with(
+            Trigger::FirstAttempts { n: 1 },
+            Fault::SseError {
+                after_chunks: 0,
+                message: Some("overloaded, try again".into()),
+            },
+        )
+        .await;
+        let resp = stack(fast())
+            .oneshot(post(
+                &sim.base_url(),
+                "/chat/completions",
+                chat_body("sse-first", true),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let events = sse_data(&body);
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+        assert!(events.iter().all(|e| !e.contains("\"error\"")), "{events:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let attempts: Vec<u16> = sim.log().iter().map(|r| r.status).collect();
+        assert_eq!(attempts.len(), 2, "{attempts:?}");
+    })
+    .await
+}

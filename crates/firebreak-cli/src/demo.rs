@@ -198,6 +198,9 @@ struct Row {
     p50: f64,
     p99: f64,
     makespan: f64,
+    /// For firebreak: the time its requests spent waiting in the 429 gate (pacing to the
+    /// account limit, cooldowns), summed, in seconds.
+    gate_wait: Option<f64>,
 }
 
 async fn run_client(
@@ -270,6 +273,14 @@ async fn run_client(
         p99: pct(0.99),
         makespan,
         breakdown: (kind == Kind::Firebreak).then(|| breakdown(&Seen::read(&snapshotter))),
+        gate_wait: (kind == Kind::Firebreak).then(|| {
+            fb.layer()
+                .gate()
+                .snapshot()
+                .iter()
+                .map(|(_, g)| g.waited.as_secs_f64())
+                .sum()
+        }),
     })
 }
 
@@ -333,6 +344,12 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>
     println!(
         "Client-side failures never reached the server, so a provider's dashboard would not show them."
     );
+    if let Some(w) = fb.and_then(|r| r.gate_wait) {
+        println!(
+            "\"gate wait\" is time firebreak held a request back on purpose (pacing to the account limit, or a cooldown the server asked for): {:.1} s in all, not a slow answer.",
+            w
+        );
+    }
     if let Some(b) = fb.and_then(|r| r.breakdown.as_deref()) {
         println!("\nfirebreak's metrics, attempt by attempt:\n{b}");
     }
@@ -343,7 +360,7 @@ fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<32} {:>8} {:>9} {:>6} {:>12} {:>12} {:>8} {:>8} {:>9}",
+        "{:<32} {:>8} {:>9} {:>6} {:>12} {:>12} {:>8} {:>8} {:>9} {:>14}",
         "client",
         "success",
         "attempts",
@@ -352,12 +369,13 @@ fn table(rows: &[Row]) -> String {
         "server-side",
         "p50 ms",
         "p99 ms",
-        "makespan"
+        "makespan",
+        "gate wait/req"
     );
     for r in rows {
         let _ = writeln!(
             out,
-            "{:<32} {:>7.1}% {:>9} {:>6} {:>12} {:>12} {:>8.0} {:>8.0} {:>8.1}s",
+            "{:<32} {:>7.1}% {:>9} {:>6} {:>12} {:>12} {:>8.0} {:>8.0} {:>8.1}s {:>14}",
             r.kind.name(),
             r.ok as f64 * 100.0 / r.n.max(1) as f64,
             r.attempts,
@@ -366,7 +384,11 @@ fn table(rows: &[Row]) -> String {
             r.server_failures,
             r.p50,
             r.p99,
-            r.makespan
+            r.makespan,
+            r.gate_wait.map_or("–".to_string(), |w| format!(
+                "{:.0} ms",
+                w * 1000.0 / r.n.max(1) as f64
+            ))
         );
     }
     out

@@ -441,9 +441,19 @@ impl<S: RateStore> Shared<S> {
 }
 
 /// Whether an error body names a rate limit (`RATE_LIMIT_EXCEEDED`, `rate_limit_error`, "rate
-/// limit exceeded"): then a 429 is an account or model limit, not a capacity refusal.
+/// limit exceeded"): then a 429 is an account or model limit. A message that speaks of capacity
+/// or overload ("Deployment capacity exceeded", "server overloaded") makes it a capacity
+/// refusal whatever the code says (Fireworks has sent both under one code).
 fn says_rate_limit(api: &firebreak_classify::ApiError) -> bool {
     let norm = |s: &str| s.to_ascii_lowercase().replace([' ', '-'], "_");
+    if api
+        .message
+        .as_deref()
+        .map(norm)
+        .is_some_and(|m| m.contains("capacity") || m.contains("overload"))
+    {
+        return false;
+    }
     [api.code.as_deref(), api.kind.as_deref(), api.message.as_deref()]
         .into_iter()
         .flatten()

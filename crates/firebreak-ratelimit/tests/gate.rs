@@ -717,6 +717,17 @@ async fn one_requests_fault_never_holds_the_others() {
         let faulty = spawn(&svc, req());
         next(&mut h, answer(500, &[("x-ratelimit-reset-requests", "20s")])).await;
         assert_eq!(faulty.await.unwrap().unwrap(), 500);
+        // A dedicated deployment's "capacity exceeded" 429, alone: one request's refusal.
+        let faulty = spawn(&svc, req());
+        let capacity = Response::builder()
+            .status(429)
+            .header("retry-after", "5")
+            .body(Full::new(Bytes::from_static(
+                br#"{"error":{"message":"Deployment capacity exceeded","code":"RATE_LIMIT_EXCEEDED"}}"#,
+            )))
+            .unwrap();
+        next(&mut h, capacity).await;
+        assert_eq!(faulty.await.unwrap().unwrap(), 429);
         let t0 = Instant::now();
         let (at, calls) = serve_all(&svc, &mut h, 8, Duration::ZERO, || answer(200, &[])).await;
         assert!(

@@ -561,3 +561,29 @@ fn public_types_are_send_and_sync() {
     fn send<T: Send>() {}
     send::<Svc>();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_reset_header_is_never_a_retry_delay_and_501_is_never_retried() {
+    // #13 points 4 and 5: a 503 carrying `x-ratelimit-reset-tokens: 6m0s` is retried after
+    // the ordinary backoff (not failed as "asked to wait 360 s"), a 500 with
+    // `x-ratelimit-reset-requests: 20s` does not wait 20 s, and a 501 is attempted once.
+    bounded(async {
+        for (status, header, value) in [
+            (503u16, "x-ratelimit-reset-tokens", "6m0s"),
+            (500, "x-ratelimit-reset-requests", "20s"),
+        ] {
+            let (s, mut h) = svc(cfg().build().unwrap());
+            let call = spawn(s, req());
+            let (t1, ..) = next(&mut h, answer(status, &[(header, value.into())])).await;
+            let (t2, ..) = next(&mut h, answer(200, &[])).await;
+            assert_eq!(call.await.unwrap().unwrap().status(), 200, "{status}");
+            assert!(t2 - t1 < Duration::from_secs(2), "{status}: waited {:?}", t2 - t1);
+        }
+        let (s, mut h) = svc(cfg().build().unwrap());
+        let call = spawn(s, req());
+        next(&mut h, answer(501, &[])).await;
+        assert_eq!(call.await.unwrap().unwrap().status(), 501);
+        assert!(no_more_attempts(&mut h).await, "501 is not retried");
+    })
+    .await
+}
