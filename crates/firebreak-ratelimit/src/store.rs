@@ -458,11 +458,15 @@ impl InProcessStore {
                         }
                     }
                 }
+                // A 429 without rate-limit headers while the headers of other answers state a
+                // limit this client paces inside says nothing about that rate (a token limit,
+                // or one request's noise): it does not lower the pace.
+                let explained = obs.rate_limit.is_some() || s.header_rate.is_none();
                 // One decrease per congestion event (a second), from what was actually admitted.
                 let debounced = s
                     .last_decrease
                     .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1));
-                if !debounced {
+                if explained && !debounced {
                     let current = s.rate(self.static_rate()).or(s.sampled);
                     if let Some(c) = current {
                         let base = s.sampled.map_or(c, |m| m.min(c));
