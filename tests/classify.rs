@@ -66,12 +66,7 @@ async fn every_status_is_classified() {
                 false,
                 "UNAUTHORIZED",
             ),
-            (
-                402,
-                Class::QuotaExhausted,
-                false,
-                "PAYMENT_REQUIRED",
-            ),
+            (402, Class::QuotaExhausted, false, "PAYMENT_REQUIRED"),
             (
                 403,
                 Class::ClientError(ClientErrorKind::Forbidden),

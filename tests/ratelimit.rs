@@ -110,7 +110,10 @@ async fn token_bucket_with_retry_after() {
         }
         // No evidence before the first answers: the first window (16) goes at once and the
         // bucket (burst 4) refuses the rest of it; after that the gate paces.
-        assert!(r429 <= 15, "{r429} 429s for 60 requests (the first window's 12, and ≤ 3 more)");
+        assert!(
+            r429 <= 15,
+            "{r429} 429s for 60 requests (the first window's 12, and ≤ 3 more)"
+        );
         // Paced: never more than the bucket allows in any second (20/s + burst 4).
         assert!(
             peak_admitted(&sim, 1000.0) <= 24 + 1,
@@ -134,7 +137,10 @@ async fn token_bucket_without_any_delay_header() {
         let ok = drive(&sim, 60, 16).await;
         assert_eq!(ok, 60);
         let r429 = sim.log().iter().filter(|r| r.status == 429).count();
-        assert!(r429 <= 18, "{r429} 429s for 60 requests (the first window's 12, and ≤ 6 more)");
+        assert!(
+            r429 <= 18,
+            "{r429} 429s for 60 requests (the first window's 12, and ≤ 6 more)"
+        );
         assert!(sim.log().iter().all(|r| r.status == 200 || r.status == 429));
     })
     .await
@@ -201,7 +207,10 @@ fn ignored_headers_are_named_in_a_trace_event() {
                         every: 2,
                         offset: 0,
                     },
-                    status_fault(429, vec![firebreak_sim::DelayHeader::RetryAfterSecs { secs: 3600.0 }]),
+                    status_fault(
+                        429,
+                        vec![firebreak_sim::DelayHeader::RetryAfterSecs { secs: 3600.0 }],
+                    ),
                 )
                 .fault(
                     firebreak_sim::Trigger::FirstAttemptsOfEvery {
@@ -232,7 +241,11 @@ fn ignored_headers_are_named_in_a_trace_event() {
         for i in 0..2 {
             let r = svc
                 .clone()
-                .oneshot(post(&base, "/chat/completions", chat_body(&format!("req-{i}"), false)))
+                .oneshot(post(
+                    &base,
+                    "/chat/completions",
+                    chat_body(&format!("req-{i}"), false),
+                ))
                 .await;
             match i {
                 // Over the 60 s cap: that request fails at once with its typed error.
@@ -241,10 +254,16 @@ fn ignored_headers_are_named_in_a_trace_event() {
                 _ => assert_eq!(r.unwrap().status(), 200),
             }
         }
-        assert!(t0.elapsed() < Duration::from_secs(5), "nobody waited for the bad delay");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "nobody waited for the bad delay"
+        );
         assert_eq!(gate.snapshot()[0].1.cooldown_remaining, Duration::ZERO);
     }));
     let text = buf.text();
     assert!(text.contains("ignored a 429 delay over the cap"), "{text}");
-    assert!(text.contains("ignored contradictory x-ratelimit headers"), "{text}");
+    assert!(
+        text.contains("ignored contradictory x-ratelimit headers"),
+        "{text}"
+    );
 }

@@ -222,7 +222,10 @@ async fn a_stream_whose_first_event_is_an_error_is_sent_again() {
             .to_bytes();
         let events = sse_data(&body);
         assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-        assert!(events.iter().all(|e| !e.contains("\"error\"")), "{events:?}");
+        assert!(
+            events.iter().all(|e| !e.contains("\"error\"")),
+            "{events:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
         let attempts: Vec<u16> = sim.log().iter().map(|r| r.status).collect();
         assert_eq!(attempts.len(), 2, "{attempts:?}");

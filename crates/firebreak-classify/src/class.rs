@@ -402,6 +402,63 @@ mod tests {
     }
 
     #[test]
+    fn every_classes_retry_default_is_written_out() {
+        // #21 mutant 1: the default retry decision for every class, as a table written here
+        // (not computed by the function under test).
+        use ClientErrorKind as K;
+        use TimeoutPhase as P;
+        let retryable = [
+            Class::RateLimited,
+            Class::Overloaded,
+            Class::ServerError,
+            Class::RequestTimeout,
+            Class::ResetBeforeResponse,
+            Class::Connect(ConnectKind::Dns),
+            Class::Connect(ConnectKind::Refused),
+            Class::Connect(ConnectKind::Other),
+            Class::Timeout(P::Connect),
+            Class::Timeout(P::Pool),
+            Class::Timeout(P::ResponseHeaders),
+            Class::Timeout(P::FirstEvent),
+        ];
+        let not = [
+            Class::Success,
+            Class::ClientError(K::BadRequest),
+            Class::ClientError(K::Unauthorized),
+            Class::ClientError(K::PaymentRequired),
+            Class::ClientError(K::Forbidden),
+            Class::ClientError(K::NotFound),
+            Class::ClientError(K::PreconditionFailed),
+            Class::ClientError(K::PayloadTooLarge),
+            Class::ClientError(K::Unprocessable),
+            Class::ClientError(K::Other),
+            Class::StreamError,
+            Class::Connect(ConnectKind::Tls),
+            Class::Timeout(P::RequestWrite),
+            Class::Timeout(P::BodyIdle),
+            Class::Timeout(P::Attempt),
+            Class::Timeout(P::Deadline),
+            Class::ResetMidBody,
+            Class::Protocol,
+            Class::Throttled,
+            Class::Other,
+            Class::QuotaExhausted,
+            Class::NotImplemented,
+        ];
+        assert_eq!(
+            retryable.len() + not.len(),
+            Class::ALL.len(),
+            "every class is listed"
+        );
+        for c in retryable {
+            assert!(c.is_retryable_by_default(), "{c}");
+        }
+        for c in not {
+            assert!(!c.is_retryable_by_default(), "{c}");
+        }
+    }
+
+    #[test]
     fn client_side_kinds_have_their_metric_labels() {
         let table = [
             (Class::Connect(ConnectKind::Dns), "dns"),

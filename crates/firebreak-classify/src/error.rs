@@ -484,7 +484,8 @@ impl Error {
             Class::ResetMidBody => "connection closed while reading the response body".into(),
             Class::Protocol => "protocol error".into(),
             Class::Throttled if self.inner.quota => {
-                "not sent: the account's quota or spending limit was found exhausted on this key".into()
+                "not sent: the account's quota or spending limit was found exhausted on this key"
+                    .into()
             }
             Class::Throttled => {
                 "not sent: the client-side rate limiter could not admit the request in time".into()

@@ -24,7 +24,7 @@ fn stream_body(frames: Frames) -> TestBody {
 async fn bounded<F: std::future::Future>(f: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(10), f)
         .await
-        .expect("test bound")
+        .expect("the test never finished: an awaited call, answer or request never came (see the last step it reached)")
 }
 
 #[tokio::test]
@@ -328,10 +328,20 @@ fn sse_of(
     Response = Response<ClassifiedBody<impl http_body::Body<Data = Bytes, Error = std::io::Error>>>,
     Error = Error,
 > {
-    ClassifyLayer::new().sse_errors_as_failures(sse_errors).layer(service_fn(move |_r: Request<()>| async move {
-        let frames: Frames = frames.iter().map(|f| Ok(Frame::data(Bytes::from_static(f)))).collect();
-        Ok::<_, Infallible>(Response::builder().header("content-type", "text/event-stream").body(stream_body(frames)).unwrap())
-    }))
+    ClassifyLayer::new()
+        .sse_errors_as_failures(sse_errors)
+        .layer(service_fn(move |_r: Request<()>| async move {
+            let frames: Frames = frames
+                .iter()
+                .map(|f| Ok(Frame::data(Bytes::from_static(f))))
+                .collect();
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(stream_body(frames))
+                    .unwrap(),
+            )
+        }))
 }
 
 #[tokio::test]
@@ -344,15 +354,23 @@ async fn a_stream_whose_first_event_is_an_error_is_retryable() {
             b"\n",
         ];
         for sse_errors in [true, false] {
-            let resp = sse_of(FIRST_IS_ERROR, sse_errors).oneshot(Request::new(())).await.unwrap();
+            let resp = sse_of(FIRST_IS_ERROR, sse_errors)
+                .oneshot(Request::new(()))
+                .await
+                .unwrap();
             let c = Classification::of(&resp);
             assert_eq!(c.class(), Class::StreamError, "classified at the head");
             assert!(c.is_retryable(), "before any content: retryable");
             let all = resp.into_body().collect().await;
             match (sse_errors, all) {
                 (true, Err(e)) => assert_eq!(e.class(), Class::StreamError),
-                (false, Ok(b)) => assert!(b.to_bytes().starts_with(b": keep-alive"), "replayed whole"),
-                (mode, other) => panic!("sse_errors {mode}: unexpected {:?}", other.map(|b| b.to_bytes())),
+                (false, Ok(b)) => {
+                    assert!(b.to_bytes().starts_with(b": keep-alive"), "replayed whole")
+                }
+                (mode, other) => panic!(
+                    "sse_errors {mode}: unexpected {:?}",
+                    other.map(|b| b.to_bytes())
+                ),
             }
         }
         // After a content event: a success at the head, and the error is never retryable.
@@ -360,7 +378,10 @@ async fn a_stream_whose_first_event_is_an_error_is_retryable() {
             b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n",
             b"data: {\"error\":{\"message\":\"generation failed\"}}\n\n",
         ];
-        let resp = sse_of(CONTENT_FIRST, true).oneshot(Request::new(())).await.unwrap();
+        let resp = sse_of(CONTENT_FIRST, true)
+            .oneshot(Request::new(()))
+            .await
+            .unwrap();
         assert_eq!(Classification::of(&resp).class(), Class::Success);
         let e = resp.into_body().collect().await.unwrap_err();
         assert_eq!(e.class(), Class::StreamError);
@@ -375,12 +396,36 @@ fn quota_exhaustion_is_its_own_class_with_advice() {
     // spending-limit message are quota; a rate limit and a LoRA 412 are not.
     let cases: [(u16, &str, bool); 7] = [
         (402, r#"{"error":{"message":"Payment required"}}"#, true),
-        (429, r#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#, true),
-        (412, r#"{"error":{"message":"Account suspended","code":"PRECONDITION_FAILED","type":"error"}}"#, true),
-        (429, r#"{"error":{"message":"Monthly spending limit reached for this account","code":"RATE_LIMIT_EXCEEDED","type":"error"}}"#, true),
-        (429, r#"{"error":{"message":"rate limit exceeded","code":"RATE_LIMIT_EXCEEDED","type":"error"}}"#, false),
-        (412, r#"{"error":{"message":"LoRA adapter failed to load","code":"PRECONDITION_FAILED"}}"#, false),
-        (503, r#"{"error":{"message":"quota exceeded upstream"}}"#, false),
+        (
+            429,
+            r#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#,
+            true,
+        ),
+        (
+            412,
+            r#"{"error":{"message":"Account suspended","code":"PRECONDITION_FAILED","type":"error"}}"#,
+            true,
+        ),
+        (
+            429,
+            r#"{"error":{"message":"Monthly spending limit reached for this account","code":"RATE_LIMIT_EXCEEDED","type":"error"}}"#,
+            true,
+        ),
+        (
+            429,
+            r#"{"error":{"message":"rate limit exceeded","code":"RATE_LIMIT_EXCEEDED","type":"error"}}"#,
+            false,
+        ),
+        (
+            412,
+            r#"{"error":{"message":"LoRA adapter failed to load","code":"PRECONDITION_FAILED"}}"#,
+            false,
+        ),
+        (
+            503,
+            r#"{"error":{"message":"quota exceeded upstream"}}"#,
+            false,
+        ),
     ];
     for (status, body, quota) in cases {
         let api = parse::body::parse_error_body(body.as_bytes(), false);
@@ -396,7 +441,10 @@ fn quota_exhaustion_is_its_own_class_with_advice() {
             let e = Error::from_classification(&c);
             assert!(e.is_quota_exhausted());
             let line = e.to_string();
-            assert!(line.contains("add credits or raise the limit") && !line.contains('\n'), "{line}");
+            assert!(
+                line.contains("add credits or raise the limit") && !line.contains('\n'),
+                "{line}"
+            );
         }
     }
 }

@@ -84,7 +84,30 @@ proptest! {
         if let DelayVerdict::Usable(d) = server_delay(&h, now) {
             prop_assert!(d.delay <= MAX_PLAUSIBLE_DELAY);
         }
-        let _ = RateLimitHeaders::from_headers(&h).is_consistent();
+        // Reset headers alone never ask for a wait.
+        if h.keys().all(|k| k.as_str().starts_with("x-ratelimit")) {
+            prop_assert_eq!(server_delay(&h, now), DelayVerdict::Absent);
+        }
+        // Consistency, from an independent reading: one plain integer limit and one plain
+        // integer remaining count agree when the limit is positive and not below what remains.
+        let one = |name: &str| {
+            let all: Vec<_> = h.get_all(name).iter().collect();
+            (all.len() == 1).then(|| all[0].to_str().ok()?.parse::<u64>().ok()).flatten()
+        };
+        let only_requests = h.keys().all(|k| {
+            matches!(k.as_str(), "x-ratelimit-limit-requests" | "x-ratelimit-remaining-requests")
+        });
+        if let (Some(l), Some(r), true) = (
+            one("x-ratelimit-limit-requests"),
+            one("x-ratelimit-remaining-requests"),
+            only_requests,
+        ) {
+            prop_assert_eq!(
+                RateLimitHeaders::from_headers(&h).is_consistent(),
+                l > 0 && r <= l,
+                "limit {} remaining {}", l, r
+            );
+        }
     }
 
     #[test]
@@ -125,6 +148,14 @@ proptest! {
         let mut s = SseScanner::new();
         for c in &chunks {
             let _ = s.feed(c);
+            prop_assert!(s.errors() <= s.events());
         }
+        // Whatever came before, the scanner recovers: a blank line ends it, and the next error
+        // event is found.
+        let before = s.errors();
+        let found = s.feed(b"\n\ndata: {\"error\":{\"message\":\"after garbage\"}}\n\n");
+        let message = found.and_then(|e| e.message);
+        prop_assert_eq!(message.as_deref(), Some("after garbage"));
+        prop_assert_eq!(s.errors(), before + 1);
     }
 }

@@ -189,6 +189,16 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn the_keys_own_header_value_is_already_sensitive() {
+        // #21 mutant 6: `header_value()` is documented as already sensitive; the gate hashes
+        // it and it may be inserted by callers other than `Auth::call`.
+        let k = ApiKey::new(SECRET).unwrap();
+        assert!(k.header_value().is_sensitive());
+        assert_eq!(k.header_value(), &format!("Bearer {SECRET}"));
+        assert!(!format!("{:?}", k.header_value()).contains(SECRET));
+    }
+
     #[tokio::test]
     async fn sets_a_sensitive_bearer_header() {
         let (mock, mut handle) = tower_test::mock::pair::<Request<()>, ()>();

@@ -334,8 +334,13 @@ impl LocalGate {
         cfg: &GateConfig,
     ) -> Option<(Permit, u32)> {
         if self.waiting.load(Ordering::Acquire) > 0 {
-            // FIFO: do not overtake waiters. (Needed: a permit released while a waiter is
-            // between its permit and its send slot would otherwise go to a newcomer.)
+            // FIFO: do not overtake waiters. Equivalent to what follows without it (the audit's
+            // mutant 9), kept to make the order obvious and to spare a store lookup: (a) tokio's
+            // semaphore is fair, so a permit released while anyone is queued goes to the head of
+            // the queue, never to `try_acquire`, and a waiter keeps its place while the window
+            // grows (its acquire future stays pinned); (b) a waiter that holds a permit and
+            // sleeps for its send slot has reserved that slot, so a newcomer's
+            // `reserve(latest = now)` is refused until it has passed (pacing or cooldown).
             return None;
         }
         self.grow(now, cfg);
@@ -386,9 +391,8 @@ impl LocalGate {
             };
             match got {
                 Some(p) => {
-                    permit = Some(
-                        p.map_err(|_| self.throttled(None, "not sent: the gate was closed"))?,
-                    );
+                    permit =
+                        Some(p.map_err(|_| self.throttled(None, "not sent: the gate was closed"))?);
                     break;
                 }
                 None if deadline.is_some_and(|d| Instant::now() >= d) => {

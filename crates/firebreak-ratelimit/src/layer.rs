@@ -3,7 +3,6 @@
 use crate::config::{GateConfig, GateConfigError};
 use crate::gate::{GateMetrics, LocalGate, Permit};
 use crate::store::{GateKey, InProcessStore, Observation, RateStore};
-use std::sync::atomic::AtomicU64;
 use bytes::Bytes;
 use firebreak_classify::{BoxError, Class, Classification, Error, RateLimitHeaders};
 use firebreak_timeout::Deadline;
@@ -14,6 +13,7 @@ use std::fmt;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
@@ -159,8 +159,8 @@ struct Shared<S> {
 
 impl<S: RateStore> Shared<S> {
     fn gate(&self, key: GateKey, now: Instant) -> Arc<LocalGate> {
-        let stamp = u64::try_from(now.saturating_duration_since(self.epoch).as_nanos())
-            .unwrap_or(u64::MAX);
+        let stamp =
+            u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
         if let Some(g) = self
             .gates
             .read()
@@ -176,9 +176,7 @@ impl<S: RateStore> Shared<S> {
         }
         let g = gates
             .entry(key)
-            .or_insert_with(|| {
-                Arc::new(LocalGate::new(key, &self.cfg, self.metrics.clone(), now))
-            })
+            .or_insert_with(|| Arc::new(LocalGate::new(key, &self.cfg, self.metrics.clone(), now)))
             .clone();
         g.last_used.store(stamp, Ordering::Relaxed);
         g
@@ -234,10 +232,9 @@ impl RateLimitLayer<InProcessStore> {
     /// `Authorization` header (an auth layer below the gate adds it): the header value that
     /// layer sends. Only its hash is kept.
     pub fn fallback_credential(self, header_value: &[u8]) -> Self {
-        self.shared.fallback.store(
-            xxhash_rust::xxh3::xxh3_64(header_value),
-            Ordering::Relaxed,
-        );
+        self.shared
+            .fallback
+            .store(xxhash_rust::xxh3::xxh3_64(header_value), Ordering::Relaxed);
         self
     }
 }
@@ -454,10 +451,14 @@ fn says_rate_limit(api: &firebreak_classify::ApiError) -> bool {
     {
         return false;
     }
-    [api.code.as_deref(), api.kind.as_deref(), api.message.as_deref()]
-        .into_iter()
-        .flatten()
-        .any(|s| norm(s).contains("rate_limit"))
+    [
+        api.code.as_deref(),
+        api.kind.as_deref(),
+        api.message.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .any(|s| norm(s).contains("rate_limit"))
 }
 
 pin_project! {

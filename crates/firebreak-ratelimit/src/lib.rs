@@ -84,6 +84,4 @@ pub use layer::{
     GateSnapshot, KeyBy, Model, PermitBody, RateLimit, RateLimitLayer, RequestHead, ResponseFuture,
     TokenEstimate,
 };
-pub use store::{
-    GateKey, InProcessStore, Observation, RateSnapshot, RateStore, Reserve, Signal,
-};
+pub use store::{GateKey, InProcessStore, Observation, RateSnapshot, RateStore, Reserve, Signal};

@@ -193,6 +193,12 @@ impl KeyRate {
     }
 
     fn count_admission(&mut self, at: Instant) {
+        // A window that spans a cooldown measures the cooldown, not the rate the server took:
+        // start it again where the cooldown ended.
+        if self.cooled && self.win_start < self.cooldown_until && at >= self.cooldown_until {
+            self.win_start = self.cooldown_until;
+            self.win_count = 0;
+        }
         self.win_count += 1;
         let elapsed = at.saturating_duration_since(self.win_start);
         if elapsed >= MEASURE_WINDOW {
@@ -273,11 +279,8 @@ impl RateStore for InProcessStore {
             if let Some(tpm) = self.cfg.tokens_per_minute {
                 let give = Duration::from_secs_f64(f64::from(tokens) / (f64::from(tpm) / 60.0));
                 if s.tokens_next_free > slot {
-                    s.tokens_next_free = s
-                        .tokens_next_free
-                        .checked_sub(give)
-                        .unwrap_or(now)
-                        .max(now);
+                    s.tokens_next_free =
+                        s.tokens_next_free.checked_sub(give).unwrap_or(now).max(now);
                 }
             }
         });
@@ -344,9 +347,7 @@ impl InProcessStore {
         s.last_interval = match rate {
             Some(r) => Duration::from_secs_f64(1.0 / r),
             // A cooldown with no known rate ends in a bounded ramp, not all at once.
-            None if s.cooled && start < s.cooldown_until + RELEASE_RAMP => {
-                RELEASE_SPACING
-            }
+            None if s.cooled && start < s.cooldown_until + RELEASE_RAMP => RELEASE_SPACING,
             None => Duration::ZERO,
         };
         if !s.last_interval.is_zero() {
@@ -403,7 +404,10 @@ impl InProcessStore {
                         && s.sampled.is_some_and(|m| m > limit as f64 / 60.0 * 1.5)
                     {
                         // More than the per-minute reading allows, with no throttle: per second.
-                        tracing::debug!(limit, "429 gate: x-ratelimit-limit-requests read per second again");
+                        tracing::debug!(
+                            limit,
+                            "429 gate: x-ratelimit-limit-requests read per second again"
+                        );
                         s.per_second = true;
                     }
                 }
@@ -460,8 +464,11 @@ impl InProcessStore {
                 }
                 // A 429 without rate-limit headers while the headers of other answers state a
                 // limit this client paces inside says nothing about that rate (a token limit,
-                // or one request's noise): it does not lower the pace.
-                let explained = obs.rate_limit.is_some() || s.header_rate.is_none();
+                // or one request's noise): it does not lower the pace. Nor does one that says
+                // when to come back and states no limit: the cooldown is the whole answer, and
+                // a pace learned from it would outlast it.
+                let explained = obs.rate_limit.is_some()
+                    || (s.header_rate.is_none() && obs.retry_after.is_none());
                 // One decrease per congestion event (a second), from what was actually admitted.
                 let debounced = s
                     .last_decrease

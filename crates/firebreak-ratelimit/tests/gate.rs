@@ -52,7 +52,7 @@ fn limited(retry_after: &str) -> Response<Full<Bytes>> {
 async fn bounded<F: std::future::Future>(f: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(3600), f)
         .await
-        .expect("test bound")
+        .expect("the test never finished: an awaited call, answer or request never came (see the last step it reached)")
 }
 
 type Call = tokio::task::JoinHandle<Result<StatusCode, Error>>;
@@ -70,7 +70,10 @@ fn spawn(s: &Svc, r: Req) -> Call {
 
 /// Answers the next request that reaches the upstream; returns when it arrived.
 async fn next(h: &mut Handle, resp: Response<Full<Bytes>>) -> Instant {
-    let (_r, send) = h.next_request().await.expect("a request");
+    let (_r, send) = tokio::time::timeout(Duration::from_secs(600), h.next_request())
+        .await
+        .expect("expected the gate to send a request upstream; none came within 600 s")
+        .expect("a request");
     let at = Instant::now();
     send.send_response(resp);
     at
@@ -251,7 +254,11 @@ async fn the_window_ramps_by_the_clock_then_backs_off_on_fleet_wide_overload() {
         let c = spawn(&svc, req());
         next(&mut h, answer(200, &[])).await;
         c.await.unwrap().unwrap();
-        assert_eq!(limit(&layer), 1024, "fully recovered 30 s after the last evidence");
+        assert_eq!(
+            limit(&layer),
+            1024,
+            "fully recovered 30 s after the last evidence"
+        );
     })
     .await
 }
@@ -829,8 +836,7 @@ async fn a_delay_over_the_cap_holds_nobody_else() {
             next(&mut h, limited(delay)).await;
             assert_eq!(c.await.unwrap().unwrap(), 429);
             let t0 = Instant::now();
-            let (at, calls) =
-                serve_all(&svc, &mut h, 4, Duration::ZERO, || answer(200, &[])).await;
+            let (at, calls) = serve_all(&svc, &mut h, 4, Duration::ZERO, || answer(200, &[])).await;
             assert!(at.iter().all(|a| *a == t0), "{delay}: others held");
             for c in calls {
                 c.await.unwrap().unwrap();
@@ -941,7 +947,10 @@ async fn requests_without_a_key_use_the_fallback_credential() {
         let same = spawn(&svc, with(Some("Bearer fw_configured")));
         next(&mut h, answer(200, &[])).await;
         same.await.unwrap().unwrap();
-        assert!(t0.elapsed() >= Duration::from_secs(5), "the configured key's gate");
+        assert!(
+            t0.elapsed() >= Duration::from_secs(5),
+            "the configured key's gate"
+        );
         assert_eq!(layer.snapshot().len(), 2);
     })
     .await
@@ -965,7 +974,11 @@ async fn the_map_of_keys_is_bounded_and_evicts_idle_keys() {
             let c = spawn(&svc, r);
             next(&mut h, answer(200, &[])).await;
             c.await.unwrap().unwrap();
-            assert!(layer.snapshot().len() <= 16, "{i}: {}", layer.snapshot().len());
+            assert!(
+                layer.snapshot().len() <= 16,
+                "{i}: {}",
+                layer.snapshot().len()
+            );
         }
     })
     .await
@@ -1008,7 +1021,8 @@ async fn a_per_second_reading_is_a_hypothesis_never_a_stall() {
 #[tokio::test(start_paused = true)]
 async fn a_learned_rate_is_forgotten_after_the_recovery_time() {
     // Point 10: after a rate-limit 429 the learned rate paces; 30 s with no throttle later it
-    // is gone and the key is at full speed.
+    // is gone and the key is at full speed. (A 429 that says when to come back and states no
+    // limit teaches no pace: its cooldown is the whole answer.)
     bounded(async {
         let (layer, svc, mut h) = gate(GateConfig::default(), KeyBy::Client);
         for _ in 0..3 {
@@ -1017,15 +1031,24 @@ async fn a_learned_rate_is_forgotten_after_the_recovery_time() {
             c.await.unwrap().unwrap();
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+        // A rate-limit 429 with no delay and no stated limit: the gate must learn a pace.
         let c = spawn(&svc, req());
-        next(&mut h, limited("1")).await;
+        let mut r429 = limited("1");
+        r429.headers_mut().remove("retry-after");
+        next(&mut h, r429).await;
         c.await.unwrap().unwrap();
-        assert!(layer.snapshot()[0].1.rate_per_sec.is_some(), "a rate was learned");
+        assert!(
+            layer.snapshot()[0].1.rate_per_sec.is_some(),
+            "a rate was learned"
+        );
         tokio::time::sleep(Duration::from_secs(29)).await;
         let c = spawn(&svc, req());
         next(&mut h, answer(200, &[])).await;
         c.await.unwrap().unwrap();
-        assert!(layer.snapshot()[0].1.rate_per_sec.is_some(), "still within 30 s");
+        assert!(
+            layer.snapshot()[0].1.rate_per_sec.is_some(),
+            "still within 30 s"
+        );
         tokio::time::sleep(Duration::from_secs(2)).await;
         let t0 = Instant::now();
         let (at, calls) = serve_all(&svc, &mut h, 10, Duration::ZERO, || answer(200, &[])).await;
@@ -1098,6 +1121,40 @@ async fn long_streams_do_not_starve_a_short_call() {
         assert_eq!(t0.elapsed(), Duration::ZERO);
         short.await.unwrap().unwrap();
         drop(streams);
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_remaining_on_a_success_holds_the_next_send_for_one_interval() {
+    // #21 mutant 7: `x-ratelimit-remaining-requests: 0` on a 200 holds the next send one
+    // interval (1 s at 60 per minute) from the answer, not from the previous send.
+    bounded(async {
+        let cfg = GateConfig {
+            header_unit: HeaderUnit::PerMinute,
+            ..GateConfig::default()
+        };
+        let (_layer, svc, mut h) = gate(cfg, KeyBy::Client);
+        let c = spawn(&svc, req());
+        let (_r, send) = h.next_request().await.unwrap();
+        let sent = Instant::now();
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        send.send_response(answer(
+            200,
+            &[
+                ("x-ratelimit-limit-requests", "60"),
+                ("x-ratelimit-remaining-requests", "0"),
+            ],
+        ));
+        c.await.unwrap().unwrap();
+        let c = spawn(&svc, req());
+        let at = next(&mut h, answer(200, &[])).await;
+        c.await.unwrap().unwrap();
+        assert!(
+            at - sent >= Duration::from_millis(1900),
+            "held one interval after the answer: sent {:?} after the first",
+            at - sent
+        );
     })
     .await
 }

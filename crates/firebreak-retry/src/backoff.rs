@@ -75,11 +75,40 @@ mod tests {
         }
     }
 
+    /// The exponential ceilings for base 100 ms and cap 2 s, written out.
+    const CEILINGS: [f64; 10] = [0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0, 2.0, 2.0, 2.0];
+
+    #[test]
+    fn full_jitter_grows_exponentially_to_the_cap() {
+        // #21 mutant 8: each retry's draws spread over [0, ceiling], the ceiling doubling per
+        // retry until the cap: the largest of many draws comes near it, their mean near half.
+        let mut rng = SmallRng::seed_from_u64(3);
+        for (n, t) in CEILINGS.iter().enumerate() {
+            let draws: Vec<f64> = (0..2000)
+                .map(|_| {
+                    b(Jitter::Full)
+                        .delay(n as u32, None, &mut rng)
+                        .as_secs_f64()
+                })
+                .collect();
+            let max = draws.iter().copied().fold(0.0, f64::max);
+            let mean = draws.iter().sum::<f64>() / draws.len() as f64;
+            assert!(
+                max > 0.95 * t && max <= *t,
+                "retry {n}: max {max} for ceiling {t}"
+            );
+            assert!(
+                (0.45 * t..=0.55 * t).contains(&mean),
+                "retry {n}: mean {mean}"
+            );
+        }
+    }
+
     #[test]
     fn bounds_per_strategy() {
         let mut rng = SmallRng::seed_from_u64(1);
         for n in 0..10 {
-            let t = (0.1 * 2f64.powi(n as i32)).min(2.0);
+            let t = CEILINGS[n as usize];
             for _ in 0..200 {
                 let full = b(Jitter::Full).delay(n, None, &mut rng).as_secs_f64();
                 assert!((0.0..=t).contains(&full));
@@ -88,8 +117,7 @@ mod tests {
                 let docs = b(Jitter::FireworksDocs)
                     .delay(n, None, &mut rng)
                     .as_secs_f64();
-                let lo = (0.1 * 2f64.powi(n as i32)).min(2.0);
-                assert!((lo - 1e-9..=2.0).contains(&docs), "{n}: {docs}");
+                assert!((t - 1e-9..=2.0).contains(&docs), "{n}: {docs}");
                 let p = b(Jitter::Proportional(0.25))
                     .delay(n, None, &mut rng)
                     .as_secs_f64();

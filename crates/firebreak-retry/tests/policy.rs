@@ -64,7 +64,7 @@ fn req() -> Request<Full<Bytes>> {
 async fn bounded<F: std::future::Future>(f: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(3600), f)
         .await
-        .expect("test bound")
+        .expect("the test never finished: an awaited call, answer or request never came (see the last step it reached)")
 }
 
 async fn drain(r: Req) -> Bytes {
@@ -87,7 +87,10 @@ fn spawn(s: Svc, r: Request<Full<Bytes>>) -> Call {
 
 /// Answers the next attempt; returns when it arrived and its body.
 async fn next(h: &mut Handle, resp: Response<RespBody>) -> (Instant, Bytes, http::HeaderMap) {
-    let (r, send) = h.next_request().await.expect("an attempt");
+    let (r, send) = tokio::time::timeout(Duration::from_secs(600), h.next_request())
+        .await
+        .expect("expected another attempt; none came within 600 s (the retry was not made)")
+        .expect("an attempt");
     let at = Instant::now();
     let headers = r.headers().clone();
     let body = drain(r).await;
@@ -577,13 +580,79 @@ async fn a_reset_header_is_never_a_retry_delay_and_501_is_never_retried() {
             let (t1, ..) = next(&mut h, answer(status, &[(header, value.into())])).await;
             let (t2, ..) = next(&mut h, answer(200, &[])).await;
             assert_eq!(call.await.unwrap().unwrap().status(), 200, "{status}");
-            assert!(t2 - t1 < Duration::from_secs(2), "{status}: waited {:?}", t2 - t1);
+            assert!(
+                t2 - t1 < Duration::from_secs(2),
+                "{status}: waited {:?}",
+                t2 - t1
+            );
         }
         let (s, mut h) = svc(cfg().build().unwrap());
         let call = spawn(s, req());
         next(&mut h, answer(501, &[])).await;
         assert_eq!(call.await.unwrap().unwrap().status(), 501);
         assert!(no_more_attempts(&mut h).await, "501 is not retried");
+    })
+    .await
+}
+
+// ---- #21: pins for documented defaults the mutation audit found unpinned ----
+
+#[tokio::test(start_paused = true)]
+async fn the_default_server_delay_cap_is_60_s() {
+    // A 60 s `Retry-After` is slept with the default settings; a 61 s one fails at once with a
+    // typed error carrying the delay.
+    bounded(async {
+        assert_eq!(
+            RetryConfig::default().max_server_delay,
+            Duration::from_secs(60)
+        );
+        let (s, mut h) = svc(cfg().build().unwrap());
+        let call = spawn(s, req());
+        let (t1, ..) = next(&mut h, answer(429, &[("retry-after", "60".into())])).await;
+        let (t2, ..) = next(&mut h, answer(200, &[])).await;
+        assert_eq!(call.await.unwrap().unwrap().status(), 200);
+        assert!(t2 - t1 >= Duration::from_secs(60), "{:?}", t2 - t1);
+
+        let (s, mut h) = svc(cfg().build().unwrap());
+        let call = spawn(s, req());
+        next(&mut h, answer(429, &[("retry-after", "61".into())])).await;
+        let e = call.await.unwrap().unwrap_err();
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(61)));
+        assert!(
+            no_more_attempts(&mut h).await,
+            "over the default cap: not retried"
+        );
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_budgets_start_credit_covers_a_cold_start_burst() {
+    // No reserve and no success yet: only the start credit (3) pays for retries. Three calls
+    // that fail get their retry; the fourth is refused by the budget.
+    bounded(async {
+        let b = BudgetConfig {
+            ratio: 0.5,
+            min_per_sec: 0,
+            window: Duration::from_secs(10),
+            initial: 3,
+        };
+        let (s, mut h) = svc(cfg().max_attempts(2).budget(Some(b)).build().unwrap());
+        for i in 0..4 {
+            let call = spawn(s.clone(), req());
+            next(&mut h, answer(503, &[])).await;
+            if i < 3 {
+                next(&mut h, answer(503, &[])).await;
+            }
+            let resp = call.await.unwrap().unwrap();
+            let info = resp.extensions().get::<RetryInfo>().unwrap();
+            let want = if i < 3 {
+                (2, Some(GaveUp::AttemptsExhausted))
+            } else {
+                (1, Some(GaveUp::BudgetExhausted))
+            };
+            assert_eq!((info.attempts(), info.gave_up()), want, "call {i}");
+        }
     })
     .await
 }

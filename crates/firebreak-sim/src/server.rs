@@ -231,7 +231,9 @@ fn fires(when: Trigger, seed: u64, id: &str, attempt: u32, rule: usize) -> bool 
         Trigger::FirstAttemptsOfEvery { n, every, offset } => {
             let digits = id.len() - id.trim_end_matches(|c: char| c.is_ascii_digit()).len();
             let k = id[id.len() - digits..].parse::<u64>().ok();
-            attempt <= n && every > 0 && k.is_some_and(|k| k % u64::from(every) == u64::from(offset))
+            attempt <= n
+                && every > 0
+                && k.is_some_and(|k| k % u64::from(every) == u64::from(offset))
         }
     }
 }

@@ -64,7 +64,7 @@ async fn bounded<F: std::future::Future>(f: F) -> F::Output {
     // Paused time auto-advances, so this bound is in virtual seconds.
     tokio::time::timeout(Duration::from_secs(3600), f)
         .await
-        .expect("test bound")
+        .expect("the test never finished: an awaited call, answer or request never came (see the last step it reached)")
 }
 
 fn sse_response(body: ChanBody) -> Response<ChanBody> {

@@ -94,5 +94,5 @@ async fn the_gateway_recovers_upstream_faults_and_maps_timeouts() {
         assert!(body.contains("response headers timeout"), "{body}");
     })
     .await
-    .expect("test bound");
+    .expect("the test never finished: an awaited call, answer or request never came (see the last step it reached)");
 }

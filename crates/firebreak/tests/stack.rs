@@ -19,7 +19,7 @@ fn chat(id: &str) -> Bytes {
 async fn bounded<F: std::future::Future>(f: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(30), f)
         .await
-        .expect("test bound")
+        .expect("the test never finished: an awaited call, answer or request never came (see the last step it reached)")
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ async fn the_tonic_example_retries_to_serving() {
     let t0 = std::time::Instant::now();
     let (status, calls) = tokio::time::timeout(std::time::Duration::from_secs(30), example::run())
         .await
-        .expect("test bound")
+        .expect("the test never finished: an awaited call, answer or request never came (see the last step it reached)")
         .unwrap();
     assert_eq!(
         status,

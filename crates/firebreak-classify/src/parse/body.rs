@@ -78,7 +78,13 @@ pub fn quota_exhausted(status: u16, api: Option<&ApiError>) -> bool {
     }
     let Some(api) = api else { return false };
     // Not `QUOTA_EXCEEDED` / `RESOURCE_EXHAUSTED`: Google-style APIs use those for rate limits.
-    const CODES: [&str; 5] = ["insufficient_quota", "billing", "spend", "credit", "payment"];
+    const CODES: [&str; 5] = [
+        "insufficient_quota",
+        "billing",
+        "spend",
+        "credit",
+        "payment",
+    ];
     let code_says = [api.code.as_deref(), api.kind.as_deref()]
         .into_iter()
         .flatten()
