@@ -267,3 +267,57 @@ fn ignored_headers_are_named_in_a_trace_event() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn hostile_keys_are_bounded_and_evictions_are_counted() {
+    // #13 point 7: a caller that sends a new key on every request cannot grow the gate's map
+    // past `max_keys`; each eviction is counted, and the limit gauge follows the live keys.
+    bounded(60, async {
+        let sim = Sim::start(SimConfig::default()).await.unwrap();
+        let rec = Recorded::new();
+        let gate = rec.build(|| {
+            RateLimitLayer::new(
+                GateConfig {
+                    max_keys: 8,
+                    ..GateConfig::default()
+                },
+                KeyBy::ApiKeyAndModel,
+            )
+            .unwrap()
+        });
+        let client = build::<TimedRequestBody<Full<Bytes>>>(&ClientConfig::default()).unwrap();
+        let svc = ServiceBuilder::new()
+            .layer(gate.clone())
+            .layer(AttemptTimeoutLayer::new(&TimeoutConfig::preset(Workload::Interactive)).unwrap())
+            .layer(ClassifyLayer::new())
+            .service(client);
+        for i in 0..40 {
+            let mut req = post(
+                &sim.base_url(),
+                "/chat/completions",
+                chat_body(&format!("k{i}"), false),
+            );
+            req.headers_mut().insert(
+                "authorization",
+                format!("Bearer fw_hostile_{i}").parse().unwrap(),
+            );
+            let resp = svc.clone().oneshot(req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.into_body().collect().await.unwrap();
+        }
+        let snap = gate.snapshot();
+        assert_eq!(snap.len(), 8, "the map stays at max_keys");
+        assert_eq!(
+            rec.counter(firebreak_ratelimit::metric_names::GATE_EVICTIONS, &[]),
+            32,
+            "one eviction per key past the eighth"
+        );
+        let live: u32 = snap.iter().map(|(_, s)| s.concurrency_limit).sum();
+        assert_eq!(
+            rec.gauge(firebreak_ratelimit::metric_names::GATE_LIMIT, &[]),
+            f64::from(live),
+            "evicted keys' limits leave the gauge"
+        );
+    })
+    .await
+}

@@ -323,3 +323,62 @@ fn metrics_are_served_in_the_prometheus_text_format() {
     assert_eq!(types["firebreak_latency_overall_ms"], "histogram");
     assert_eq!(types["firebreak_gate_concurrency_limit"], "gauge");
 }
+
+#[test]
+fn one_callers_429_never_holds_another_caller() {
+    // #13 point 7: the proxy keys its gate per (caller's key, model). Caller A's request is
+    // answered 429 with a 5 s delay (a rate limit, by its body): A's key cools down; caller B,
+    // with another key, on the same model, is answered at once meanwhile.
+    let (rt, sim) = sim_on_runtime(SimConfig::default().fault(
+        Trigger::FirstAttemptsOfEvery {
+            n: 1,
+            every: 2,
+            offset: 0,
+        },
+        Fault::Status {
+            status: 429,
+            shape: None,
+            delay: vec![firebreak_sim::DelayHeader::RetryAfterSecs { secs: 5.0 }],
+            should_retry: None,
+            message: None,
+        },
+    ));
+    let p = proxy(&sim.base_url(), &[]);
+    let addr = p.addr.clone();
+    let a = std::thread::spawn(move || {
+        let t = std::time::Instant::now();
+        let (s, _, body) = http(
+            &addr,
+            "POST",
+            "/v1/chat/completions",
+            Some("fw_tenant_a"),
+            &chat("req-000000", false),
+        );
+        (s, body, t.elapsed())
+    });
+    // Let A's 429 arrive and its key cool down.
+    std::thread::sleep(Duration::from_millis(500));
+    for i in [1, 3, 5] {
+        let t = std::time::Instant::now();
+        let (s, _, body) = http(
+            &p.addr,
+            "POST",
+            "/v1/chat/completions",
+            Some("fw_tenant_b"),
+            &chat(&format!("req-{i:06}"), false),
+        );
+        assert_eq!(s, 200, "{body}");
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "caller B was held {:?} by caller A's cooldown",
+            t.elapsed()
+        );
+    }
+    let (s, body, took) = a.join().unwrap();
+    assert_eq!(s, 200, "{body}");
+    assert!(
+        took >= Duration::from_secs(5),
+        "A honoured its delay: {took:?}"
+    );
+    drop(rt);
+}

@@ -51,8 +51,9 @@ proptest! {
                 sum += d.as_secs_f64();
             }
             let mean = sum / samples as f64;
-            // Sampling noise: allow 15% of the ceiling's spread.
-            let slack = 0.15 * b.cap.as_secs_f64();
+            // Sampling noise: allow 15% of the ceiling's spread; a decorrelated chain's samples
+            // are correlated, so its mean over 400 of them wanders more (40%).
+            let slack = if matches!(j, Jitter::Decorrelated) { 0.4 } else { 0.15 } * b.cap.as_secs_f64();
             prop_assert!(mean + slack >= prev_mean, "n={n}: {mean} < {prev_mean}");
             // Every strategy, decorrelated included (whose chain is stationary: its mean stays
             // level, never falls).
