@@ -105,6 +105,31 @@ mod tests {
     }
 
     #[test]
+    fn decorrelated_spreads_to_three_times_the_previous_wait_and_docs_add_at_most_a_second() {
+        let mut rng = SmallRng::seed_from_u64(4);
+        // Decorrelated: U(base, 3 × previous); from 300 ms, draws reach near 900 ms.
+        let d: Vec<f64> = (0..2000)
+            .map(|_| {
+                b(Jitter::Decorrelated)
+                    .delay(3, Some(Duration::from_millis(300)), &mut rng)
+                    .as_secs_f64()
+            })
+            .collect();
+        let max = d.iter().copied().fold(0.0, f64::max);
+        assert!(max > 0.85 && max <= 0.9, "max {max}");
+        // The docs' recipe: base · 2ⁿ + U(0, 1 s), capped: written-out upper bounds.
+        let upper = [1.1, 1.2, 1.4, 1.8, 2.0, 2.0];
+        for (n, hi) in upper.iter().enumerate() {
+            for _ in 0..200 {
+                let x = b(Jitter::FireworksDocs)
+                    .delay(n as u32, None, &mut rng)
+                    .as_secs_f64();
+                assert!(x <= hi + 1e-9, "retry {n}: {x} over {hi}");
+            }
+        }
+    }
+
+    #[test]
     fn bounds_per_strategy() {
         let mut rng = SmallRng::seed_from_u64(1);
         for n in 0..10 {
