@@ -459,6 +459,39 @@ mod tests {
     }
 
     #[test]
+    fn timeouts_and_client_error_kinds_are_written_out() {
+        let timeouts: Vec<Class> = Class::ALL
+            .iter()
+            .copied()
+            .filter(|c| c.is_timeout())
+            .collect();
+        let mut want: Vec<Class> = vec![Class::RequestTimeout];
+        want.extend(
+            Class::ALL
+                .iter()
+                .copied()
+                .filter(|c| matches!(c, Class::Timeout(_))),
+        );
+        assert_eq!(timeouts.len(), 9, "408 and the eight phases: {timeouts:?}");
+        assert!(want.iter().all(|c| timeouts.contains(c)));
+        let kinds = [
+            (400, ClientErrorKind::BadRequest),
+            (401, ClientErrorKind::Unauthorized),
+            (402, ClientErrorKind::PaymentRequired),
+            (403, ClientErrorKind::Forbidden),
+            (404, ClientErrorKind::NotFound),
+            (405, ClientErrorKind::Other),
+            (412, ClientErrorKind::PreconditionFailed),
+            (413, ClientErrorKind::PayloadTooLarge),
+            (422, ClientErrorKind::Unprocessable),
+            (451, ClientErrorKind::Other),
+        ];
+        for (status, kind) in kinds {
+            assert_eq!(ClientErrorKind::from_status(status), kind, "{status}");
+        }
+    }
+
+    #[test]
     fn client_side_kinds_have_their_metric_labels() {
         let table = [
             (Class::Connect(ConnectKind::Dns), "dns"),

@@ -8,8 +8,8 @@ use std::time::Duration;
 pub enum HeaderUnit {
     /// Per second first (Fireworks' current docs state its limits per second, and the higher
     /// reading never stalls anyone), as a hypothesis: a rate-limit 429 that arrives while the
-    /// client sent less than the per-second reading drops it for per minute; sustaining more
-    /// than the per-minute reading with no throttle brings it back.
+    /// client sent less than the per-second reading drops it for per minute; `recovery` without
+    /// a throttle brings it back.
     #[default]
     Detect,
     /// Always per minute.

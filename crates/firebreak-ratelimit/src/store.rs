@@ -398,12 +398,11 @@ impl InProcessStore {
                             "429 gate: x-ratelimit-limit-requests now read per minute (a 429 came below the per-second reading)"
                         );
                         s.per_second = false;
-                    } else if !s.per_second
-                        && obs.class.is_success()
-                        && s.last_throttle.is_none()
-                        && s.sampled.is_some_and(|m| m > limit as f64 / 60.0 * 1.5)
-                    {
-                        // More than the per-minute reading allows, with no throttle: per second.
+                    } else if !s.per_second && s.last_throttle.is_none() {
+                        // Dropped for a throttle that has since been forgotten (`recovery`
+                        // without one): test the per-second reading again. Pacing at the
+                        // per-minute reading could never show it wrong, and a token limit's 429
+                        // must not leave the key at a sixtieth of its request limit for good.
                         tracing::debug!(
                             limit,
                             "429 gate: x-ratelimit-limit-requests read per second again"

@@ -1158,3 +1158,39 @@ async fn nothing_remaining_on_a_success_holds_the_next_send_for_one_interval() {
     })
     .await
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_cooldown_that_starts_while_a_caller_waits_for_its_slot_holds_it_too() {
+    // Paced at 1/s; a caller sleeping for its slot 1 s away is held again by a 3 s cooldown
+    // that began while it slept.
+    bounded(async {
+        let cfg = GateConfig {
+            header_unit: HeaderUnit::PerMinute,
+            headroom: 1.0,
+            ..GateConfig::default()
+        };
+        let (_layer, svc, mut h) = gate(cfg, KeyBy::Client);
+        let c = spawn(&svc, req());
+        next(&mut h, answer(200, &[("x-ratelimit-limit-requests", "60")])).await;
+        c.await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let c = spawn(&svc, req());
+        let (_r, send) = h.next_request().await.unwrap();
+        let t0 = Instant::now();
+        let waiter = spawn(&svc, req()); // its slot: t0 + 1 s
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut r429 = limited("3");
+        r429.headers_mut()
+            .insert("x-ratelimit-limit-requests", "60".parse().unwrap());
+        send.send_response(r429);
+        c.await.unwrap().unwrap();
+        let at = next(&mut h, answer(200, &[])).await;
+        waiter.await.unwrap().unwrap();
+        assert!(
+            at - t0 >= Duration::from_millis(3100),
+            "sent {:?} after, inside the cooldown",
+            at - t0
+        );
+    })
+    .await
+}

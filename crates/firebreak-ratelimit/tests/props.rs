@@ -136,3 +136,38 @@ proptest! {
         }
     }
 }
+
+/// A rate-limit 429 stating `limit` per unit, after `sent` admissions in the last moment.
+fn per_second_after(sent: u32, limit: u64) -> bool {
+    let store = InProcessStore::new(GateConfig::default());
+    let now = Instant::now();
+    for _ in 0..sent {
+        assert!(matches!(
+            store.reserve(GateKey(3), now, 0, None),
+            Reserve::At(_)
+        ));
+    }
+    let mut map = HeaderMap::new();
+    map.insert("x-ratelimit-limit-requests", limit.into());
+    let obs = Observation {
+        class: Class::RateLimited,
+        retry_after: None,
+        rate_limit: Some(RateLimitHeaders::from_headers(&map)),
+        rate_limit_body: true,
+        in_flight_at_send: 1,
+        sent_at: now,
+    };
+    store.observe(GateKey(3), &obs, now);
+    store
+        .snapshot(GateKey(3), now)
+        .expect("state")
+        .per_second_headers
+}
+
+#[test]
+fn a_429_drops_the_per_second_reading_only_when_the_client_sent_less() {
+    // Sent 20 in the last second against a stated 5: the 429 is explained per second, and the
+    // reading stays. Sent 1 against 5: per second cannot be right, so per minute.
+    assert!(per_second_after(20, 5));
+    assert!(!per_second_after(1, 5));
+}

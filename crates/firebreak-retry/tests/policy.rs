@@ -656,3 +656,150 @@ async fn the_budgets_start_credit_covers_a_cold_start_burst() {
     })
     .await
 }
+
+#[tokio::test(start_paused = true)]
+async fn what_the_retry_layer_tells_the_layers_below_and_the_caller() {
+    // Each retry carries its number, its wait and why; the final response says how long the
+    // call slept; a first-attempt success carries nothing.
+    bounded(async {
+        let (s, mut h) = svc(cfg().build().unwrap());
+        let call = spawn(s, req());
+        let (r1, send1) = h.next_request().await.unwrap();
+        assert!(
+            r1.extensions().get::<AttemptContext>().is_none(),
+            "first attempt"
+        );
+        send1.send_response(answer(503, &[]));
+        let (r2, send2) = h.next_request().await.unwrap();
+        let c2 = *r2.extensions().get::<AttemptContext>().unwrap();
+        send2.send_response(answer(429, &[("retry-after-ms", "500".into())]));
+        let (r3, send3) = h.next_request().await.unwrap();
+        let c3 = *r3.extensions().get::<AttemptContext>().unwrap();
+        send3.send_response(answer(200, &[]));
+        let resp = call.await.unwrap().unwrap();
+        assert_eq!(
+            (c2.attempt, c2.reason, c2.after),
+            (2, DelayReason::Backoff, Class::Overloaded)
+        );
+        assert_eq!(
+            (c3.attempt, c3.reason, c3.after),
+            (3, DelayReason::Server, Class::RateLimited)
+        );
+        assert_eq!(c3.delay, Duration::from_millis(500));
+        let info = resp.extensions().get::<RetryInfo>().unwrap();
+        assert_eq!(info.slept(), c2.delay + c3.delay);
+        assert_eq!(
+            (DelayReason::Backoff.label(), DelayReason::Server.label()),
+            ("backoff", "server")
+        );
+
+        let (s, mut h) = svc(cfg().build().unwrap());
+        let call = spawn(s, req());
+        next(&mut h, answer(200, &[])).await;
+        let resp = call.await.unwrap().unwrap();
+        assert!(
+            resp.extensions().get::<RetryInfo>().is_none(),
+            "nothing on a first-attempt success"
+        );
+        assert_eq!(RetryInfo::of(&resp).attempts(), 1);
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_retry_time_limit_admits_a_wait_that_ends_exactly_on_it() {
+    // max_retry_time 100 ms; a server delay of exactly 100 ms is waited, 101 ms is not.
+    bounded(async {
+        for (ms, retried) in [(100u64, true), (101, false)] {
+            let (s, mut h) = svc(cfg()
+                .backoff(
+                    Jitter::Full,
+                    Duration::from_millis(1),
+                    Duration::from_millis(1),
+                )
+                .max_retry_time(Some(Duration::from_millis(100)))
+                .build()
+                .unwrap());
+            let call = spawn(s, req());
+            next(&mut h, answer(429, &[("retry-after-ms", ms.to_string())])).await;
+            if retried {
+                next(&mut h, answer(200, &[])).await;
+                assert_eq!(call.await.unwrap().unwrap().status(), 200, "{ms}");
+            } else {
+                let resp = call.await.unwrap().unwrap();
+                let info = resp.extensions().get::<RetryInfo>().unwrap();
+                assert_eq!(info.gave_up(), Some(GaveUp::RetryTimeExhausted), "{ms}");
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_first_attempt_success_deposits_but_refunds_nothing() {
+    // Ratio 0.5: a retry costs two deposits. One plain success deposits one: not enough. (A
+    // refund, as after a successful retry, would have paid for it.)
+    bounded(async {
+        let b = BudgetConfig {
+            ratio: 0.5,
+            min_per_sec: 0,
+            window: Duration::from_secs(10),
+            initial: 0,
+        };
+        let (s, mut h) = svc(cfg().budget(Some(b)).build().unwrap());
+        let ok = spawn(s.clone(), req());
+        next(&mut h, answer(200, &[])).await;
+        ok.await.unwrap().unwrap();
+        let call = spawn(s, req());
+        next(&mut h, answer(503, &[])).await;
+        let resp = call.await.unwrap().unwrap();
+        let info = resp.extensions().get::<RetryInfo>().unwrap();
+        assert_eq!(info.gave_up(), Some(GaveUp::BudgetExhausted));
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_non_retryable_answer_is_returned_as_it_came() {
+    bounded(async {
+        let (s, mut h) = svc(cfg().build().unwrap());
+        let call = spawn(s, req());
+        next(&mut h, answer(400, &[])).await;
+        let resp = call.await.unwrap().unwrap();
+        assert_eq!(resp.status(), 400);
+        let info = resp.extensions().get::<RetryInfo>().unwrap();
+        assert_eq!(
+            (info.attempts(), info.gave_up()),
+            (1, Some(GaveUp::NotRetryable))
+        );
+        // Errors too: the error is the attempt's own, with no "after N attempts" added.
+        let (s, mut h) = svc(cfg().build().unwrap());
+        let call = spawn(s, req());
+        let (_r, send) = h.next_request().await.unwrap();
+        send.send_error(Error::new(Class::Connect(ConnectKind::Tls)));
+        let e = call.await.unwrap().unwrap_err();
+        assert_eq!(e.class(), Class::Connect(ConnectKind::Tls));
+        assert!(!e.to_string().contains("attempt(s)"), "{e}");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn full_and_empty_bodies_replay_as_they_are() {
+    let full = Full::new(Bytes::from_static(b"{\"model\":\"m\"}"));
+    let again = Replayable::replay(&full).unwrap();
+    assert_eq!(
+        again.collect().await.unwrap().to_bytes(),
+        Bytes::from_static(b"{\"model\":\"m\"}")
+    );
+    let empty = http_body_util::Empty::<Bytes>::new();
+    assert!(
+        Replayable::replay(&empty)
+            .unwrap()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .is_empty()
+    );
+}

@@ -295,6 +295,17 @@ mod tests {
     }
 
     #[test]
+    fn a_day_is_the_longest_timeout_and_is_itself_accepted() {
+        assert_eq!(MAX_TIMEOUT, Duration::from_secs(86_400));
+        let mut c = TimeoutConfig::none();
+        c.attempt = Some(MAX_TIMEOUT);
+        c.deadline = Some(MAX_TIMEOUT);
+        assert!(c.validate().is_ok());
+        c.deadline = Some(MAX_TIMEOUT + Duration::from_secs(1));
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
     fn bad_values_are_rejected_with_a_clear_error() {
         let e = TimeoutConfig::builder(Workload::Interactive)
             .headers(Some(Duration::ZERO))

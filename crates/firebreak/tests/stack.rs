@@ -231,3 +231,62 @@ async fn the_client_estimates_tokens_from_the_body_and_max_tokens() {
     })
     .await
 }
+
+#[tokio::test]
+async fn a_gate_per_key_and_model_separates_models_and_uses_the_clients_key() {
+    // #13 point 7: `post` reads the model from the body, and the gate keys calls without an
+    // `Authorization` header by the key the auth layer below it sends. A 429 on one model
+    // leaves the other model free.
+    bounded(async {
+        let sim = Sim::start(SimConfig::default().api_key(KEY).fault(
+            Trigger::FirstAttemptsOfEvery {
+                n: 1,
+                every: 1000,
+                offset: 0,
+            },
+            Fault::Status {
+                status: 429,
+                shape: None,
+                delay: vec![firebreak_sim::DelayHeader::RetryAfterSecs { secs: 2.0 }],
+                should_retry: None,
+                message: None,
+            },
+        ))
+        .await
+        .unwrap();
+        let client = FireworksClient::new(
+            &sim.base_url(),
+            ApiKey::new(KEY).unwrap(),
+            Stack::interactive().key_by(firebreak::KeyBy::ApiKeyAndModel),
+        )
+        .unwrap();
+        let body = |model: &str, id: &str| {
+            Bytes::from(format!(
+                r#"{{"model":"{model}","messages":[],"max_tokens":3,"user":"{id}"}}"#
+            ))
+        };
+        // Model A's first call is answered 429 + 2 s: its retry waits 2 s.
+        let c = client.clone();
+        let a =
+            tokio::spawn(async move { c.post("/chat/completions", body("model-a", "r0")).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let t = std::time::Instant::now();
+        let resp = client
+            .post("/chat/completions", body("model-b", "r1"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "model B was held {:?} by model A's cooldown",
+            t.elapsed()
+        );
+        assert_eq!(a.await.unwrap().unwrap().status(), 200);
+        assert_eq!(
+            client.layer().gate().snapshot().len(),
+            2,
+            "one gate per model"
+        );
+    })
+    .await
+}

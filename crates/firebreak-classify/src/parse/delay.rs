@@ -295,6 +295,40 @@ mod tests {
     use super::*;
     use http::HeaderValue;
 
+    #[test]
+    fn the_bounds_themselves_are_usable() {
+        // Zero and exactly a day are delays; a hair less than zero or more than a day are not.
+        assert_eq!(parse_seconds("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_millis("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_seconds("86400"), Ok(MAX_PLAUSIBLE_DELAY));
+        assert_eq!(parse_seconds("86400.001"), Err(DelayError::Absurd));
+        assert_eq!(parse_seconds("-0.001"), Err(DelayError::Negative));
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let in_a_day = httpdate::fmt_http_date(now + MAX_PLAUSIBLE_DELAY);
+        assert_eq!(
+            parse_retry_after(&in_a_day, now).map(|d| d.delay),
+            Ok(MAX_PLAUSIBLE_DELAY)
+        );
+        let later = httpdate::fmt_http_date(now + MAX_PLAUSIBLE_DELAY + Duration::from_secs(1));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Err((DelaySource::RetryAfterDate, DelayError::Absurd))
+        );
+    }
+
+    #[test]
+    fn every_source_names_its_header() {
+        let table = [
+            (DelaySource::RetryAfterMs, "retry-after-ms"),
+            (DelaySource::RetryAfterSeconds, "retry-after"),
+            (DelaySource::RetryAfterDate, "retry-after"),
+            (DelaySource::GrpcPushback, "grpc-retry-pushback-ms"),
+        ];
+        for (src, name) in table {
+            assert_eq!(src.header(), name, "{src:?}");
+        }
+    }
+
     fn hm(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
@@ -432,6 +466,11 @@ mod tests {
             ("0.5s", 500.0),
             ("2m", 120_000.0),
             ("3", 3000.0),
+            ("1h", 3_600_000.0),
+            ("2000000ns", 2.0),
+            ("3µs", 0.003),
+            ("1m30s", 90_000.0),
+            ("24h", 86_400_000.0),
         ] {
             let d = parse_duration_str(s).unwrap();
             assert!((d.as_secs_f64() * 1000.0 - ms).abs() < 1e-6, "{s}: {d:?}");

@@ -204,6 +204,94 @@ mod tests {
     }
 
     #[test]
+    fn every_header_lands_in_its_own_field() {
+        let names = [
+            ("x-ratelimit-limit-requests", "1"),
+            ("x-ratelimit-remaining-requests", "2"),
+            ("x-ratelimit-limit-tokens-prompt", "3"),
+            ("x-ratelimit-remaining-tokens-prompt", "4"),
+            ("x-ratelimit-limit-tokens-generated", "5"),
+            ("x-ratelimit-remaining-tokens-generated", "6"),
+            ("x-ratelimit-limit-tokens-cache-adjusted-prompt", "7"),
+            ("x-ratelimit-limit-tokens", "8"),
+            ("x-ratelimit-remaining-tokens", "9"),
+            ("x-ratelimit-reset-requests", "10s"),
+            ("x-ratelimit-reset-tokens", "11s"),
+            ("x-ratelimit-over-limit", "yes"),
+        ];
+        let mut h = HeaderMap::new();
+        for (k, v) in names {
+            h.insert(k, HeaderValue::from_static(v));
+        }
+        let r = RateLimitHeaders::from_headers(&h);
+        let counts = [
+            r.limit_requests,
+            r.remaining_requests,
+            r.limit_tokens_prompt,
+            r.remaining_tokens_prompt,
+            r.limit_tokens_generated,
+            r.remaining_tokens_generated,
+            r.limit_tokens_cache_adjusted_prompt,
+            r.limit_tokens,
+            r.remaining_tokens,
+        ];
+        assert_eq!(counts, [1, 2, 3, 4, 5, 6, 7, 8, 9].map(Some));
+        assert_eq!(r.reset_requests, Some(Duration::from_secs(10)));
+        assert_eq!(r.reset_tokens, Some(Duration::from_secs(11)));
+        assert!(r.over_limit && !r.malformed);
+    }
+
+    #[test]
+    fn one_bad_value_flags_the_set_whatever_follows() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-ratelimit-limit-requests",
+            HeaderValue::from_static("many"),
+        );
+        h.insert(
+            "x-ratelimit-remaining-requests",
+            HeaderValue::from_static("3"),
+        );
+        let r = RateLimitHeaders::from_headers(&h);
+        assert!(r.malformed);
+        assert_eq!((r.limit_requests, r.remaining_requests), (None, Some(3)));
+    }
+
+    #[test]
+    fn consistency_at_the_edges() {
+        let rl = |limit: Option<u64>, remaining: Option<u64>| RateLimitHeaders {
+            limit_requests: limit,
+            remaining_requests: remaining,
+            ..RateLimitHeaders::default()
+        };
+        // (limit, remaining, consistent), written out.
+        let table = [
+            (Some(0), Some(0), false),
+            (Some(0), None, false),
+            (Some(5), None, true),
+            (Some(1), Some(1), true),
+            (Some(5), Some(6), false),
+            (None, Some(6), true),
+        ];
+        for (l, r, ok) in table {
+            assert_eq!(rl(l, r).is_consistent(), ok, "{l:?} {r:?}");
+        }
+    }
+
+    #[test]
+    fn counts_are_floored_and_bounded() {
+        assert_eq!(parse_count("1.9"), Some(1));
+        assert_eq!(parse_count(" 7 "), Some(7));
+        assert_eq!(
+            parse_count("18446744073709551616.0"),
+            None,
+            "2^64 does not fit"
+        );
+        assert_eq!(parse_count("99999999999999999999999999.5"), None);
+        assert_eq!(parse_count("-1"), None);
+    }
+
+    #[test]
     fn contradictions_are_detected() {
         let mut h = HeaderMap::new();
         h.insert("x-ratelimit-limit-requests", HeaderValue::from_static("10"));
