@@ -151,9 +151,7 @@ fn a_released_slot_and_its_tokens_go_to_the_next_caller() {
     };
     let store = InProcessStore::new(cfg);
     let now = Instant::now();
-    let rl = headers(&[("x-ratelimit-limit-requests", "6000")]); // 100/s: tokens bind
-    store.observe(K, &obs(Class::Success, None, rl, now), now);
-    // 10 tokens each: one second apart.
+    // No request rate known: only the token cap spaces the sends, 10 tokens each a second apart.
     let a = match store.reserve(K, now, 10, None) {
         Reserve::At(t) => t,
         other => panic!("{other:?}"),
@@ -189,4 +187,131 @@ fn a_rate_limit_429_paces_at_what_was_admitted() {
     store.observe(K, &obs(Class::RateLimited, None, None, at), at);
     let rate = store.snapshot(K, at).unwrap().rate_per_sec.unwrap();
     assert!((rate - 16.0).abs() < 0.5, "20/s × 0.8, got {rate}");
+}
+
+#[test]
+fn a_slot_exactly_at_the_latest_instant_is_granted() {
+    let store = InProcessStore::new(GateConfig::default());
+    let now = Instant::now();
+    assert_eq!(store.reserve(K, now, 0, Some(now)), Reserve::At(now));
+}
+
+#[test]
+fn the_release_ramp_ends_exactly_a_second_after_the_cooldown() {
+    let store = InProcessStore::new(GateConfig::default());
+    let now = Instant::now();
+    store.observe(
+        K,
+        &obs(Class::RateLimited, Some(Duration::from_secs(1)), None, now),
+        now,
+    );
+    let end = now + Duration::from_secs(2);
+    assert_eq!(store.reserve(K, end, 0, None), Reserve::At(end));
+    assert_eq!(
+        store.reserve(K, end, 0, None),
+        Reserve::At(end),
+        "no spacing any more"
+    );
+}
+
+#[test]
+fn nothing_remaining_holds_one_interval_of_the_stated_rate() {
+    let cfg = GateConfig {
+        header_unit: HeaderUnit::PerMinute,
+        ..GateConfig::default()
+    };
+    let store = InProcessStore::new(cfg);
+    let now = Instant::now();
+    let rl = headers(&[
+        ("x-ratelimit-limit-requests", "120"),
+        ("x-ratelimit-remaining-requests", "0"),
+    ]);
+    store.observe(K, &obs(Class::Success, None, rl, now), now);
+    assert_eq!(
+        slot(&store, now),
+        Duration::from_millis(500),
+        "120 a minute: 0.5 s"
+    );
+}
+
+#[test]
+fn admissions_over_more_than_a_second_are_measured_per_second() {
+    // Six sends over 1.5 s is 4 a second: under a stated 5, so a 429 then drops the
+    // per-second reading.
+    let store = InProcessStore::new(GateConfig::default());
+    let t0 = Instant::now();
+    for i in 0..6u64 {
+        let at = t0 + Duration::from_millis(300 * i);
+        assert_eq!(slot(&store, at), Duration::ZERO);
+    }
+    let at = t0 + Duration::from_millis(1500);
+    let rl = headers(&[("x-ratelimit-limit-requests", "5")]);
+    store.observe(K, &obs(Class::RateLimited, None, rl, at), at);
+    assert!(!store.snapshot(K, at).unwrap().per_second_headers);
+}
+
+#[test]
+fn a_cooldown_does_not_drag_the_measured_rate_down() {
+    // Two sends, a 3 s cooldown, then 20 a second for 2 s: a later 429 lowers the pace from
+    // 20 a second, not from the average over the cooldown.
+    let store = InProcessStore::new(GateConfig::default());
+    let t0 = Instant::now();
+    slot(&store, t0);
+    slot(&store, t0);
+    let t1 = t0 + Duration::from_millis(100);
+    store.observe(
+        K,
+        &obs(Class::RateLimited, Some(Duration::from_secs(3)), None, t1),
+        t1,
+    );
+    let resume = t1 + Duration::from_secs(3);
+    for i in 0..=40u64 {
+        let at = resume + Duration::from_millis(50 * i);
+        assert_eq!(slot(&store, at), Duration::ZERO, "send {i}");
+    }
+    let at = resume + Duration::from_millis(2050);
+    store.observe(K, &obs(Class::RateLimited, None, None, at), at);
+    let rate = store.snapshot(K, at).unwrap().rate_per_sec.unwrap();
+    assert!(rate > 15.0, "paced from 20/s × 0.8, got {rate}");
+}
+
+#[test]
+fn a_429_that_says_when_to_come_back_and_states_no_limit_teaches_no_pace() {
+    let store = InProcessStore::new(GateConfig::default());
+    let t0 = Instant::now();
+    for i in 0..=40u64 {
+        slot(&store, t0 + Duration::from_millis(50 * i));
+    }
+    let at = t0 + Duration::from_millis(2050);
+    store.observe(
+        K,
+        &obs(Class::RateLimited, Some(Duration::from_secs(1)), None, at),
+        at,
+    );
+    assert_eq!(store.snapshot(K, at).unwrap().rate_per_sec, None);
+}
+
+#[test]
+fn a_stated_pace_is_lowered_once_a_second_and_only_by_explained_429s() {
+    let cfg = GateConfig {
+        header_unit: HeaderUnit::PerMinute,
+        headroom: 1.0,
+        ..GateConfig::default()
+    };
+    let store = InProcessStore::new(cfg);
+    let t0 = Instant::now();
+    let rl = headers(&[("x-ratelimit-limit-requests", "600")]); // 10/s
+    store.observe(K, &obs(Class::Success, None, rl, t0), t0);
+    let rate = |at| store.snapshot(K, at).unwrap().rate_per_sec.unwrap();
+    // A 429 without rate headers inside a stated limit: not explained, no decrease.
+    store.observe(K, &obs(Class::RateLimited, None, None, t0), t0);
+    assert!((rate(t0) - 10.0).abs() < 1e-9);
+    // Explained ones: one decrease, then none for a second, then another.
+    let at = |ms| t0 + Duration::from_millis(ms);
+    store.observe(K, &obs(Class::RateLimited, None, rl, at(10)), at(10));
+    assert!((rate(at(10)) - 8.0).abs() < 1e-9, "{}", rate(at(10)));
+    store.observe(K, &obs(Class::RateLimited, None, rl, at(1009)), at(1009));
+    assert!((rate(at(1009)) - 8.0).abs() < 1e-9, "debounced");
+    store.observe(K, &obs(Class::RateLimited, None, rl, at(1010)), at(1010));
+    assert!((rate(at(1010)) - 6.4).abs() < 1e-9, "{}", rate(at(1010)));
 }

@@ -258,6 +258,17 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_duration_alone_flags_the_set() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-ratelimit-reset-requests",
+            HeaderValue::from_static("soon"),
+        );
+        let r = RateLimitHeaders::from_headers(&h);
+        assert!(r.malformed && r.reset_requests.is_none());
+    }
+
+    #[test]
     fn consistency_at_the_edges() {
         let rl = |limit: Option<u64>, remaining: Option<u64>| RateLimitHeaders {
             limit_requests: limit,
