@@ -16,7 +16,15 @@
 //!   gives plain successes theirs without the allocation), and turns transport errors into
 //!   [`Error`]. Success bodies stream through
 //!   untouched; error bodies are read up to a bound (64 KiB), parsed, and replayed to the caller
-//!   followed by the rest of the body, so nothing is lost and nothing large is held.
+//!   followed by the rest of the body, so nothing is lost and nothing large is held. An SSE
+//!   success is read up to its first event (within the same bound) before it is handed on: a
+//!   stream whose first event is an error reached nobody, so it is classified
+//!   [`Class::StreamError`] with `should_retry` set and the retry layer sends it again; after
+//!   any other first event, an error event is never retried. That first read runs under the
+//!   attempt's response-headers timer (the presets give it the first-event timeout's value).
+//! - [`Class::QuotaExhausted`] (402, `insufficient_quota`, a spending limit, a suspended account:
+//!   [`parse::body::quota_exhausted`]) and [`Class::NotImplemented`] (501) are never retried;
+//!   `x-ratelimit-reset-*` is never a retry delay.
 //! - [`Error`], the one public error: predicates (`is_timeout`, `is_rate_limited`,
 //!   `is_retryable`, `is_client_side`), accessors (`status`, `api_error`, `request_id`,
 //!   `retry_after`) and a `source()` chain.

@@ -252,8 +252,9 @@ fn admissions_over_more_than_a_second_are_measured_per_second() {
 
 #[test]
 fn a_cooldown_does_not_drag_the_measured_rate_down() {
-    // Two sends, a 3 s cooldown, then 20 a second for 2 s: a later 429 lowers the pace from
-    // 20 a second, not from the average over the cooldown.
+    // Two sends, a 1 s cooldown inside the 2 s measuring window, then 20 a second for 2 s: a
+    // later 429 lowers the pace from 20 a second (× 0.8), not from a window that averaged the
+    // cooldown in (10 a second).
     let store = InProcessStore::new(GateConfig::default());
     let t0 = Instant::now();
     slot(&store, t0);
@@ -261,10 +262,10 @@ fn a_cooldown_does_not_drag_the_measured_rate_down() {
     let t1 = t0 + Duration::from_millis(100);
     store.observe(
         K,
-        &obs(Class::RateLimited, Some(Duration::from_secs(3)), None, t1),
+        &obs(Class::RateLimited, Some(Duration::from_secs(1)), None, t1),
         t1,
     );
-    let resume = t1 + Duration::from_secs(3);
+    let resume = t1 + Duration::from_secs(1);
     for i in 0..=40u64 {
         let at = resume + Duration::from_millis(50 * i);
         assert_eq!(slot(&store, at), Duration::ZERO, "send {i}");
