@@ -37,6 +37,20 @@ fn answer(status: u16, headers: &[(&'static str, &str)]) -> Response<Full<Bytes>
     b.body(Full::new(Bytes::from_static(b"{}"))).unwrap()
 }
 
+/// A gate that has learned a pace of exactly one send a second (60 per minute, no headroom).
+async fn paced_at_one_a_second() -> (Svc, Handle) {
+    let cfg = GateConfig {
+        header_unit: HeaderUnit::PerMinute,
+        headroom: 1.0,
+        ..GateConfig::default()
+    };
+    let (_layer, svc, mut h) = gate(cfg, KeyBy::Client);
+    let c = spawn(&svc, req());
+    next(&mut h, answer(200, &[("x-ratelimit-limit-requests", "60")])).await;
+    c.await.unwrap().unwrap();
+    (svc, h)
+}
+
 /// A rate-limit 429 (the body says so, as Fireworks' gateway does) asking for `retry_after` s.
 fn limited(retry_after: &str) -> Response<Full<Bytes>> {
     Response::builder()
@@ -1066,15 +1080,7 @@ async fn a_waiter_that_gives_up_returns_its_slot_at_once() {
     // Point 10: paced at 1/s (60 per minute), two callers queue for slots 1 and 2 s away and
     // give up. The next caller gets the slot 1 s away, not 3 s.
     bounded(async {
-        let cfg = GateConfig {
-            header_unit: HeaderUnit::PerMinute,
-            headroom: 1.0,
-            ..GateConfig::default()
-        };
-        let (_layer, svc, mut h) = gate(cfg, KeyBy::Client);
-        let c = spawn(&svc, req());
-        next(&mut h, answer(200, &[("x-ratelimit-limit-requests", "60")])).await;
-        c.await.unwrap().unwrap();
+        let (svc, mut h) = paced_at_one_a_second().await;
         // This one takes the slot at once; the next free one is 1 s away.
         let t0 = Instant::now();
         let c = spawn(&svc, req());
@@ -1164,15 +1170,7 @@ async fn a_cooldown_that_starts_while_a_caller_waits_for_its_slot_holds_it_too()
     // Paced at 1/s; a caller sleeping for its slot 1 s away is held again by a 3 s cooldown
     // that began while it slept.
     bounded(async {
-        let cfg = GateConfig {
-            header_unit: HeaderUnit::PerMinute,
-            headroom: 1.0,
-            ..GateConfig::default()
-        };
-        let (_layer, svc, mut h) = gate(cfg, KeyBy::Client);
-        let c = spawn(&svc, req());
-        next(&mut h, answer(200, &[("x-ratelimit-limit-requests", "60")])).await;
-        c.await.unwrap().unwrap();
+        let (svc, mut h) = paced_at_one_a_second().await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let c = spawn(&svc, req());
         let (_r, send) = h.next_request().await.unwrap();
