@@ -365,3 +365,53 @@ where
         h
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+
+    #[tokio::test]
+    async fn a_request_body_cut_in_pieces_keeps_its_size_and_end() {
+        // hyper derives `Content-Length` from the size hint and stops at the end: both must
+        // count the piece held back, whatever has been read.
+        let len = 2 * WRITE_PIECE + 5;
+        let mut b = TimedRequestBody::new(
+            Full::new(Bytes::from(vec![7u8; len])),
+            Some(WriteProgress::new(Instant::now())),
+        );
+        assert_eq!(b.size_hint().exact(), Some(len as u64));
+        assert!(!b.is_end_stream());
+        let first = b.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first.len(), WRITE_PIECE);
+        assert_eq!(b.size_hint().exact(), Some((len - WRITE_PIECE) as u64));
+        assert!(!b.is_end_stream(), "a piece is still held back");
+        let mut rest = 0;
+        while let Some(f) = b.frame().await {
+            rest += f.unwrap().into_data().unwrap().len();
+        }
+        assert_eq!(rest, len - WRITE_PIECE);
+        assert!(b.is_end_stream());
+        assert_eq!(b.size_hint().exact(), Some(0));
+    }
+
+    #[tokio::test]
+    async fn a_response_body_reports_its_size_and_its_end() {
+        let mut b = TimedResponseBody::new(
+            Full::new(Bytes::from_static(b"abc")),
+            None,
+            None,
+            None,
+            None,
+            None,
+        );
+        assert_eq!(b.size_hint().exact(), Some(3));
+        assert!(!b.is_end_stream());
+        let data = b.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&data[..], b"abc");
+        assert!(
+            b.is_end_stream(),
+            "the inner body ended with its only frame"
+        );
+    }
+}
