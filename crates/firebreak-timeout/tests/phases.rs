@@ -164,6 +164,31 @@ async fn headers_are_timed_from_the_end_of_the_write() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_head_is_timed_from_the_end_of_the_write_not_from_the_write_timer() {
+    // The body ends at 5 s, long before the 30 s write timer: the 20 s head timer starts then,
+    // so the attempt fails at 25 s, not when the write timer would have looked again.
+    bounded(async {
+        let (svc, mut h) = attempt_svc::<ChanBody>(&cfg());
+        let (tx, body) = chan_body();
+        let t0 = Instant::now();
+        let call = tokio::spawn(svc.oneshot(Request::new(body)));
+        let (req, _send) = h.next_request().await.unwrap();
+        tokio::spawn(async move { req.into_body().collect().await });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        tx.send(data("all")).await.unwrap();
+        drop(tx);
+        let e = call.await.unwrap().unwrap_err();
+        assert_eq!(phase_of(&e).0, TimeoutPhase::ResponseHeaders);
+        assert_eq!(
+            t0.elapsed(),
+            Duration::from_secs(25),
+            "5 s writing + 20 s for the head"
+        );
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
 async fn large_request_bodies_are_handed_over_in_zero_copy_pieces() {
     bounded(async {
         let (svc, mut h) = attempt_svc::<Full<Bytes>>(&cfg());
