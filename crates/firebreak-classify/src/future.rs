@@ -145,33 +145,16 @@ where
                     len,
                     trailers,
                 } => {
-                    let mut ended = false;
-                    let mut pending = None;
                     let b = body.as_mut().expect("body present while reading");
-                    while *len < this.cfg.max_error_body {
-                        match ready!(b.as_mut().poll_frame(cx)) {
-                            None => {
-                                ended = true;
-                                break;
-                            }
-                            Some(Ok(frame)) => match frame.into_data() {
-                                Ok(d) => {
-                                    *len += d.len();
-                                    buf.push_back(d);
-                                }
-                                Err(f) => {
-                                    *trailers = f.into_trailers().ok();
-                                    ended = true;
-                                    break;
-                                }
-                            },
-                            Some(Err(e)) => {
-                                pending = Some(Error::body(e));
-                                ended = true;
-                                break;
-                            }
-                        }
-                    }
+                    let (ended, pending) = ready!(read_prefix(
+                        b.as_mut(),
+                        buf,
+                        len,
+                        trailers,
+                        this.cfg.max_error_body,
+                        cx,
+                        |_| false
+                    ));
                     let truncated = !ended;
                     let prefix = contiguous_prefix(buf, this.cfg.max_error_body);
                     let api = parse_error_body(&prefix, truncated);
@@ -203,48 +186,34 @@ where
                 } => {
                     let b = body.as_mut().expect("body present while peeking");
                     let sc = scanner.as_mut().expect("scanner present while peeking");
-                    let mut ended = false;
-                    let mut pending = None;
                     let mut trailers = None;
                     let mut first_error = None;
+                    let mut stream_error = None;
+                    let sse_errors = this.cfg.sse_errors;
                     // Bounded by the error-body limit: a stream that sends no complete event
                     // within it is handed on as it is.
-                    while *len < this.cfg.max_error_body {
-                        match ready!(b.as_mut().poll_frame(cx)) {
-                            None => {
-                                ended = true;
-                                break;
+                    let (ended, body_error) = ready!(read_prefix(
+                        b.as_mut(),
+                        buf,
+                        len,
+                        &mut trailers,
+                        this.cfg.max_error_body,
+                        cx,
+                        |d| match sc.feed(d) {
+                            Some(api) if sc.events() == sc.errors() => {
+                                first_error = Some(api);
+                                true
                             }
-                            Some(Ok(frame)) => match frame.into_data() {
-                                Ok(d) => {
-                                    *len += d.len();
-                                    let found = sc.feed(&d);
-                                    buf.push_back(d);
-                                    if let Some(api) = found {
-                                        if sc.events() == sc.errors() {
-                                            first_error = Some(api);
-                                        } else if this.cfg.sse_errors {
-                                            pending = Some(Error::stream_error(api));
-                                        }
-                                        break;
-                                    }
-                                    if sc.events() > 0 {
-                                        break;
-                                    }
+                            Some(api) => {
+                                if sse_errors {
+                                    stream_error = Some(Error::stream_error(api));
                                 }
-                                Err(f) => {
-                                    trailers = f.into_trailers().ok();
-                                    ended = true;
-                                    break;
-                                }
-                            },
-                            Some(Err(e)) => {
-                                pending = Some(Error::body(e));
-                                ended = true;
-                                break;
+                                true
                             }
+                            None => sc.events() > 0,
                         }
-                    }
+                    ));
+                    let mut pending = body_error.or(stream_error);
                     let mut parts = parts.take().expect("parts present while peeking");
                     let scanner = scanner.take();
                     let keep_scanning = if let Some(api) = first_error {
@@ -275,6 +244,45 @@ where
             }
         }
     }
+}
+
+/// Reads `b`'s frames into `buf` (counting `len`) until `max` bytes, its end, its trailers, a body
+/// error, or `stop` says so after a data frame. Ready with whether the body ended and the body
+/// error, if any; the state it fills lives in the caller's, so a `Pending` resumes where it was.
+fn read_prefix<B>(
+    mut b: Pin<&mut B>,
+    buf: &mut VecDeque<Bytes>,
+    len: &mut usize,
+    trailers: &mut Option<HeaderMap>,
+    max: usize,
+    cx: &mut Context<'_>,
+    mut stop: impl FnMut(&Bytes) -> bool,
+) -> Poll<(bool, Option<Error>)>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    while *len < max {
+        match ready!(b.as_mut().poll_frame(cx)) {
+            None => return Poll::Ready((true, None)),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(d) => {
+                    *len += d.len();
+                    let done = stop(&d);
+                    buf.push_back(d);
+                    if done {
+                        break;
+                    }
+                }
+                Err(f) => {
+                    *trailers = f.into_trailers().ok();
+                    return Poll::Ready((true, None));
+                }
+            },
+            Some(Err(e)) => return Poll::Ready((true, Some(Error::body(e)))),
+        }
+    }
+    Poll::Ready((false, None))
 }
 
 /// The first `max` bytes of `frames`, copied only when they span several frames.

@@ -158,15 +158,13 @@ fn sse_service(
     Response = Response<ClassifiedBody<impl http_body::Body<Data = Bytes, Error = std::io::Error>>>,
     Error = Error,
 > {
-    ClassifyLayer::new().sse_errors_as_failures(sse_errors).layer(service_fn(|_r: Request<()>| async {
-        let frames: Frames = vec![
-            Ok(Frame::data(Bytes::from_static(b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n"))),
-            Ok(Frame::data(Bytes::from_static(b"data: {\"error\":{\"message\":\"generation failed\",\"code\":\"INTERNAL\"},\"request_id\":\"rq\"}\n"))),
-            Ok(Frame::data(Bytes::from_static(b"\n"))),
-            Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n"))),
-        ];
-        Ok::<_, Infallible>(Response::builder().header("content-type", "text/event-stream").body(stream_body(frames)).unwrap())
-    }))
+    const FRAMES: &[&[u8]] = &[
+        b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n",
+        b"data: {\"error\":{\"message\":\"generation failed\",\"code\":\"INTERNAL\"},\"request_id\":\"rq\"}\n",
+        b"\n",
+        b"data: [DONE]\n\n",
+    ];
+    sse_of(FRAMES, sse_errors)
 }
 
 #[tokio::test]

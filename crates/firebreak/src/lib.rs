@@ -379,11 +379,11 @@ impl FireworksClient {
             _,
             InnerBody<Full<Bytes>>,
         >(connector, &cfg));
-        let layer = stack.layer()?;
+        let mut layer = stack.layer()?;
         // The auth layer adds the key below the gate: a gate keyed per (API key, model) keys
         // requests that carry none by the key that layer will send.
         if let Some(a) = &auth {
-            let _ = layer
+            layer.gate = layer
                 .gate
                 .clone()
                 .fallback_credential(a.key().header_value().as_bytes());
