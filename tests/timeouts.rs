@@ -9,8 +9,8 @@ use firebreak_client::{ClientConfig, build_with, https_connector};
 use firebreak_sim::{Fault, Latency, Sim, SimConfig, Trigger};
 use firebreak_testkit::*;
 use firebreak_timeout::{
-    AttemptTimeoutLayer, ConnectTimeoutLayer, DeadlineLayer, TimedRequestBody, TimedResponseBody,
-    TimeoutConfig,
+    AttemptTimeoutLayer, AttemptTimeouts, ConnectTimeoutLayer, DeadlineLayer, TimedRequestBody,
+    TimedResponseBody, TimeoutConfig,
 };
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
@@ -100,6 +100,37 @@ async fn a_hang_before_headers_is_a_response_header_timeout() {
         assert!(t.elapsed() >= Duration::from_millis(400));
         assert!(!e.is_client_side(), "the request reached the server");
         assert!(e.is_retryable());
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_requests_own_attempt_timeouts_replace_the_layers() {
+    bounded(20, async {
+        let sim = Sim::start(
+            SimConfig::default()
+                .api_key(KEY)
+                .fault(Trigger::Always, Fault::SlowTtfb { delay_ms: 900 }),
+        )
+        .await
+        .unwrap();
+        // The layer's 400 ms headers timer would cut this; the request's own 3 s does not.
+        let mut longer = cfg();
+        longer.headers = ms(3000);
+        let mut r = req(&sim.base_url(), "own-longer", false);
+        r.extensions_mut().insert(AttemptTimeouts::from(&longer));
+        let resp = stack(&cfg()).oneshot(r).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        // And a shorter one fires first, naming its own duration.
+        let mut shorter = longer;
+        shorter.headers = ms(150);
+        let mut r = req(&sim.base_url(), "own-shorter", false);
+        r.extensions_mut().insert(AttemptTimeouts::from(&shorter));
+        let e = stack(&longer).oneshot(r).await.unwrap_err();
+        assert_eq!(
+            phase(&e),
+            (TimeoutPhase::ResponseHeaders, Duration::from_millis(150))
+        );
     })
     .await
 }

@@ -288,6 +288,7 @@ struct Inner {
     host: Option<Box<str>>,
     detail: Option<Box<str>>,
     quota: bool,
+    attempts: u32,
     source: Option<BoxError>,
 }
 
@@ -305,6 +306,7 @@ impl Error {
                 host: None,
                 detail: None,
                 quota: false,
+                attempts: 0,
                 source: None,
             }),
         }
@@ -471,6 +473,17 @@ impl Error {
     /// The server-requested delay (or the local gate's estimate).
     pub fn retry_after(&self) -> Option<Duration> {
         self.inner.retry_after
+    }
+
+    /// Records how many attempts the call made before failing (the retry layer sets it).
+    pub fn with_attempts(mut self, n: u32) -> Self {
+        self.inner.attempts = n;
+        self
+    }
+
+    /// How many attempts the call made, when a retry layer recorded it.
+    pub fn attempts(&self) -> Option<u32> {
+        (self.inner.attempts > 0).then_some(self.inner.attempts)
     }
 
     fn what(&self) -> String {

@@ -122,7 +122,8 @@ impl ClientConfig {
     fn validate(&self) -> Result<(), ClientError> {
         if self.connect_timeout.is_some_and(|t| t.is_zero()) {
             return Err(ClientError::Config(
-                "connect_timeout of zero would fail every connect; use None to disable it".into(),
+                "connect_timeout of zero would fail every connect (leave it unset to turn it off)"
+                    .into(),
             ));
         }
         Ok(())

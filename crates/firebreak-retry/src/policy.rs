@@ -473,7 +473,7 @@ fn finalize<ResB, B>(
         }
         Err(e) => e,
     };
-    Err(match why {
+    let e = match why {
         GaveUp::NotRetryable => last,
         GaveUp::ServerDelayOverCap(d) => last.with_retry_after(d).with_detail(why_text),
         GaveUp::Deadline => match Deadline::of(req) {
@@ -483,7 +483,8 @@ fn finalize<ResB, B>(
             None => last.with_detail(why_text),
         },
         _ => last.with_detail(why_text),
-    })
+    };
+    Err(e.with_attempts(info.attempts))
 }
 
 /// A fresh idempotency key: 128 random bits, hex.

@@ -288,6 +288,11 @@ async fn the_deadline_stops_a_wait_that_cannot_finish_in_time() {
             t0.elapsed()
         );
         assert!(e.to_string().contains("503"), "names the last answer: {e}");
+        assert_eq!(
+            e.attempts(),
+            Some(2),
+            "the error says how many attempts were made"
+        );
     })
     .await
 }
@@ -512,6 +517,7 @@ async fn a_body_over_the_replay_bound_is_sent_once_and_the_reason_given() {
                 .contains("larger than the 8-byte replay bound"),
             "{e}"
         );
+        assert_eq!(e.attempts(), Some(1));
         assert!(no_more_attempts(&mut h).await);
     })
     .await

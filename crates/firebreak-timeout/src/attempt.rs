@@ -18,6 +18,19 @@ use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
 /// The per-attempt phases of a [`TimeoutConfig`] (everything but `connect` and `deadline`).
+///
+/// A request may carry its own in its extensions: [`AttemptTimeoutLayer`] then uses them, in
+/// place of its configured ones, for every attempt of that request. This is how one stack
+/// serves calls of several workloads (a proxy picking a preset per request, or sizing attempts
+/// to the caller's own deadline). Pair it with a [`Deadline`] extension for the overall limit.
+///
+/// ```
+/// use firebreak_timeout::{AttemptTimeouts, TimeoutConfig, Workload};
+///
+/// let mut req = http::Request::new(());
+/// let agentic = AttemptTimeouts::from(&TimeoutConfig::preset(Workload::Agentic));
+/// req.extensions_mut().insert(agentic);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AttemptTimeouts {
     /// Ready / pool wait.
@@ -175,6 +188,12 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let deadline = Deadline::of(&req);
+        // A request's own timeouts replace the layer's (an empty extensions map costs nothing).
+        let t = req
+            .extensions()
+            .get::<AttemptTimeouts>()
+            .copied()
+            .unwrap_or(self.t);
         if let Some(dl) = deadline {
             if dl.is_expired() {
                 return AttemptFuture::failed(
@@ -184,7 +203,7 @@ where
         }
         let (parts, body) = req.into_parts();
         // Only a tracked write reads the clock here; otherwise timers start at the first wait.
-        let progress = (self.t.write.is_some() && TimedRequestBody::needs_tracking(&body))
+        let progress = (t.write.is_some() && TimedRequestBody::needs_tracking(&body))
             .then(|| WriteProgress::new(Instant::now()));
         let started = progress.as_ref().map(|p| p.base());
         let req = Request::from_parts(parts, TimedRequestBody::new(body, progress.clone()));
@@ -192,7 +211,7 @@ where
             state: State::Running {
                 fut: self.inner.call(req),
             },
-            t: self.t,
+            t,
             started,
             progress,
             deadline,

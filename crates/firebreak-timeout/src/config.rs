@@ -66,16 +66,20 @@ impl TimeoutConfig {
     /// | preset | connect | ready | write | headers | first event | idle | attempt | deadline |
     /// |---|---|---|---|---|---|---|---|---|
     /// | Interactive | 10 s | 10 s | 30 s | 60 s | 60 s | 30 s | 60 s | 120 s |
-    /// | Agentic | 10 s | 10 s | 30 s | 10 min | 10 min | 2 min | 30 min | 30 min |
-    /// | LongContext | 10 s | 10 s | 2 min | 20 min | 20 min | 5 min | 30 min | 30 min |
-    /// | BatchSubmit | 10 s | 10 s | 30 s | 60 s | 60 s | 30 s | 60 s | 120 s |
+    /// | Agentic | 10 s | 10 s | 30 s | 30 min | 10 min | 2 min | 30 min | 30 min |
+    /// | LongContext | 10 s | 10 s | 2 min | 30 min | 20 min | 5 min | 30 min | 30 min |
+    /// | BatchSubmit | 10 s | 10 s | 30 s | 30 s | 30 s | 30 s | 30 s | 60 s |
     ///
     /// The attempt total is the top of Fireworks' range for the workload. The deadline leaves
-    /// room for a retry after a failed attempt where the range is short (interactive, batch
-    /// submit), and equals the range's top where one attempt may rightly take it all.
+    /// room for a retry after a failed attempt where the range is short (interactive), and
+    /// equals the range's top where one attempt may rightly take it all, or where the guide
+    /// gives one figure for the whole call (batch submission's 60 s, which two 30 s attempts
+    /// fit). A non-streaming agentic or long-context call gets its response head only when the
+    /// generation ends, so its `headers` timer is the guide's whole `read=1800`; a streamed one
+    /// is caught sooner by `first_event`.
     pub const fn preset(w: Workload) -> TimeoutConfig {
         match w {
-            Workload::Interactive | Workload::BatchSubmit => TimeoutConfig {
+            Workload::Interactive => TimeoutConfig {
                 connect: s(10),
                 ready: s(10),
                 write: s(30),
@@ -85,11 +89,21 @@ impl TimeoutConfig {
                 attempt: s(60),
                 deadline: s(120),
             },
+            Workload::BatchSubmit => TimeoutConfig {
+                connect: s(10),
+                ready: s(10),
+                write: s(30),
+                headers: s(30),
+                first_event: s(30),
+                idle: s(30),
+                attempt: s(30),
+                deadline: s(60),
+            },
             Workload::Agentic => TimeoutConfig {
                 connect: s(10),
                 ready: s(10),
                 write: s(30),
-                headers: s(600),
+                headers: s(1800),
                 first_event: s(600),
                 idle: s(120),
                 attempt: s(1800),
@@ -99,7 +113,7 @@ impl TimeoutConfig {
                 connect: s(10),
                 ready: s(10),
                 write: s(120),
-                headers: s(1200),
+                headers: s(1800),
                 first_event: s(1200),
                 idle: s(300),
                 attempt: s(1800),
@@ -143,6 +157,20 @@ impl TimeoutConfig {
                 Some(d) if d.is_zero() => return Err(ConfigError::Zero(name)),
                 Some(d) if d > MAX_TIMEOUT => return Err(ConfigError::TooLong(name, d)),
                 _ => {}
+            }
+        }
+        if let Some(a) = self.attempt {
+            for (phase, v) in [("headers", self.headers), ("first_event", self.first_event)] {
+                match v {
+                    Some(p) if p > a => {
+                        return Err(ConfigError::PhaseOverAttempt {
+                            phase,
+                            value: p,
+                            attempt: a,
+                        });
+                    }
+                    _ => {}
+                }
             }
         }
         if let (Some(a), Some(d)) = (self.attempt, self.deadline) {
@@ -233,6 +261,16 @@ pub enum ConfigError {
     Zero(&'static str),
     /// Longer than [`MAX_TIMEOUT`].
     TooLong(&'static str, Duration),
+    /// A phase within the attempt (time to first byte, first event) is longer than the whole
+    /// attempt, so it could never fire.
+    PhaseOverAttempt {
+        /// The phase.
+        phase: &'static str,
+        /// Its value.
+        value: Duration,
+        /// The attempt total.
+        attempt: Duration,
+    },
     /// The attempt total exceeds the overall deadline.
     AttemptOverDeadline {
         /// The attempt total.
@@ -247,11 +285,19 @@ impl fmt::Display for ConfigError {
         match self {
             ConfigError::Zero(n) => write!(
                 f,
-                "timeout `{n}` is zero, which would fail every call; use None to disable it"
+                "timeout `{n}` is zero, which would fail every call (leave it unset to turn the phase off)"
             ),
             ConfigError::TooLong(n, d) => write!(
                 f,
                 "timeout `{n}` of {d:?} is longer than the {MAX_TIMEOUT:?} maximum"
+            ),
+            ConfigError::PhaseOverAttempt {
+                phase,
+                value,
+                attempt,
+            } => write!(
+                f,
+                "the `{phase}` timeout ({value:?}) is longer than the attempt timeout ({attempt:?})"
             ),
             ConfigError::AttemptOverDeadline { attempt, deadline } => write!(
                 f,
@@ -284,13 +330,25 @@ mod tests {
                 Workload::Interactive => 30..=60,
                 Workload::Agentic => 300..=1800,
                 Workload::LongContext => 600..=1800,
-                Workload::BatchSubmit => 60..=60,
+                Workload::BatchSubmit => 30..=60,
             };
             assert!(range.contains(&attempt), "{w:?}: {attempt}");
             assert!(
-                c.idle < c.headers,
+                c.idle < c.headers || w == Workload::BatchSubmit,
                 "{w:?}: a stalled stream is caught before a slow first byte"
             );
+            assert!(
+                c.headers <= c.attempt && c.first_event <= c.attempt,
+                "{w:?}"
+            );
+            if matches!(w, Workload::Agentic | Workload::LongContext) {
+                // A non-streaming call's head comes when generation ends: the guide's read=1800.
+                assert_eq!(c.headers, s(1800), "{w:?}");
+            }
+            if w == Workload::BatchSubmit {
+                assert_eq!(c.deadline, s(60), "the guide's 60 s for batch submission");
+                assert!(2 * attempt <= 60, "a retry fits in the batch deadline");
+            }
         }
     }
 
@@ -312,7 +370,21 @@ mod tests {
             .build()
             .unwrap_err();
         assert_eq!(e, ConfigError::Zero("headers"));
-        assert!(e.to_string().contains("use None to disable"));
+        assert!(e.to_string().contains("leave it unset"));
+        let e = TimeoutConfig::builder(Workload::Interactive)
+            .headers(Some(Duration::from_secs(61)))
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::PhaseOverAttempt {
+                    phase: "headers",
+                    ..
+                }
+            ),
+            "{e}"
+        );
         let e = TimeoutConfig::builder(Workload::Interactive)
             .idle(Some(Duration::from_secs(90_000)))
             .build()
