@@ -6,10 +6,12 @@
 //! workload through a bare hyper client, the Fireworks docs' retry loop, and firebreak, then
 //! prints them side by side. It needs no API key and no network.
 
+mod args;
 mod breakdown;
 mod chat;
 mod demo;
 mod load;
+mod logging;
 mod proxy;
 
 use clap::{Parser, Subcommand};

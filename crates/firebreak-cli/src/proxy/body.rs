@@ -1,0 +1,440 @@
+//! Bodies through the proxy: the request body read under a size limit, a time limit and a
+//! memory budget shared by all connections; and the response body, which ends a cut event
+//! stream with an OpenAI-shaped SSE `error` event and logs the request when it is done.
+
+use super::conn::InFlight;
+use bytes::{Buf, Bytes, BytesMut};
+use firebreak::FireworksBody;
+use http_body::{Body, Frame, SizeHint};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+/// Why a request body was not read.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// Over `--max-body` (by its `Content-Length`, or as it arrived).
+    TooLarge(usize),
+    /// The bodies in flight already hold the whole `--body-memory` budget.
+    Busy,
+    /// Not all of it arrived within `--body-timeout`.
+    Timeout(Duration),
+    /// Truncated, or bad chunked framing.
+    Malformed(String),
+}
+
+/// Reads a request body: refused before it is read (so before `100 Continue`) when its
+/// `Content-Length` is over `max` or over what the budget has left; otherwise read under
+/// `timeout`, taking budget as it arrives. The permit returns the budget when dropped.
+pub(crate) async fn read_request<B>(
+    body: B,
+    content_length: Option<u64>,
+    max: usize,
+    budget: &Arc<Semaphore>,
+    timeout: Duration,
+) -> Result<(Bytes, Option<OwnedSemaphorePermit>), ReadError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    let mut held: Option<OwnedSemaphorePermit> = None;
+    if let Some(n) = content_length {
+        let n = usize::try_from(n).unwrap_or(usize::MAX);
+        if n > max {
+            return Err(ReadError::TooLarge(max));
+        }
+        if n > 0 {
+            held = Some(take(budget, n)?);
+        }
+    }
+    let prepaid = content_length.is_some();
+    let read = async {
+        let mut body = std::pin::pin!(body);
+        let mut buf = BytesMut::new();
+        // Bounded by `max`: every frame adds to `buf`, and an over-limit one ends the loop.
+        while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+            let frame = frame.map_err(|e| ReadError::Malformed(e.to_string()))?;
+            let Ok(mut data) = frame.into_data() else {
+                continue;
+            };
+            if buf.len() + data.remaining() > max {
+                return Err(ReadError::TooLarge(max));
+            }
+            if !prepaid {
+                let p = take(budget, data.remaining())?;
+                match &mut held {
+                    Some(h) => h.merge(p),
+                    None => held = Some(p),
+                }
+            }
+            while data.has_remaining() {
+                let chunk = data.chunk();
+                buf.extend_from_slice(chunk);
+                let n = chunk.len();
+                data.advance(n);
+            }
+        }
+        Ok(buf.freeze())
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(b)) => Ok((b, held)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(ReadError::Timeout(timeout)),
+    }
+}
+
+fn take(budget: &Arc<Semaphore>, n: usize) -> Result<OwnedSemaphorePermit, ReadError> {
+    let n = u32::try_from(n).map_err(|_| ReadError::Busy)?;
+    budget
+        .clone()
+        .try_acquire_many_owned(n)
+        .map_err(|_| ReadError::Busy)
+}
+
+/// The SSE `error` event the proxy ends a cut stream with, in the OpenAI error shape.
+pub(crate) fn sse_error_event(message: &str, code: &str) -> Bytes {
+    let data = serde_json::json!({
+        "error": {"message": message, "type": "firebreak_error", "code": code, "param": null}
+    });
+    Bytes::from(format!("event: error\ndata: {data}\n\n"))
+}
+
+/// What the request log line says, written when the response is done (or dropped).
+#[derive(Debug)]
+pub(crate) struct RequestLog {
+    pub(crate) method: http::Method,
+    pub(crate) path: String,
+    pub(crate) request_id: String,
+    pub(crate) status: u16,
+    pub(crate) attempts: u32,
+    pub(crate) started: Instant,
+    pub(crate) outcome: &'static str,
+}
+
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        tracing::info!(
+            method = %self.method,
+            path = %self.path,
+            status = self.status,
+            attempts = self.attempts,
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            request_id = %self.request_id,
+            outcome = self.outcome,
+            "request"
+        );
+    }
+}
+
+/// A longer partial event is passed on as it is rather than held.
+const MAX_PARTIAL: usize = 1 << 20;
+
+enum Source {
+    Full(Option<Bytes>),
+    Upstream(FireworksBody),
+}
+
+/// The response body the caller gets.
+pub(crate) struct ProxyBody {
+    source: Source,
+    /// For an event stream: the part of an event not yet complete.
+    sse: Option<BytesMut>,
+    /// Resolves when shutdown's grace is over.
+    cut: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    /// Turns an error into words safe to show (no upstream address).
+    scrub: Arc<dyn Fn(&str) -> String + Send + Sync>,
+    done: bool,
+    log: Option<RequestLog>,
+    _inflight: Option<InFlight>,
+}
+
+impl std::fmt::Debug for ProxyBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyBody")
+            .field("sse", &self.sse.is_some())
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProxyBody {
+    /// A body the proxy wrote itself.
+    pub(crate) fn full(b: impl Into<Bytes>, log: RequestLog, inflight: Option<InFlight>) -> Self {
+        ProxyBody {
+            source: Source::Full(Some(b.into())),
+            sse: None,
+            cut: None,
+            scrub: Arc::new(|s: &str| s.to_string()),
+            done: false,
+            log: Some(log),
+            _inflight: inflight,
+        }
+    }
+
+    /// The upstream's body; `sse` when it is an event stream.
+    pub(crate) fn upstream(
+        b: FireworksBody,
+        sse: bool,
+        cut: WaitForCancellationFutureOwned,
+        scrub: Arc<dyn Fn(&str) -> String + Send + Sync>,
+        log: RequestLog,
+        inflight: Option<InFlight>,
+    ) -> Self {
+        ProxyBody {
+            source: Source::Upstream(b),
+            sse: sse.then(BytesMut::new),
+            cut: Some(Box::pin(cut)),
+            scrub,
+            done: false,
+            log: Some(log),
+            _inflight: inflight,
+        }
+    }
+
+    fn end_with_error(
+        &mut self,
+        message: &str,
+        code: &str,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.done = true;
+        if let Some(l) = &mut self.log {
+            l.outcome = "cut";
+        }
+        tracing::warn!(
+            code,
+            error = message,
+            "stream cut; ending it with an SSE error event"
+        );
+        Poll::Ready(Some(Ok(Frame::data(sse_error_event(message, code)))))
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let inner = match &mut this.source {
+            Source::Full(b) => {
+                this.done = true;
+                return Poll::Ready(b.take().map(|b| Ok(Frame::data(b))));
+            }
+            Source::Upstream(b) => b,
+        };
+        if let Some(cut) = &mut this.cut {
+            if cut.as_mut().poll(cx).is_ready() {
+                if this.sse.is_some() {
+                    return this.end_with_error(
+                        "the proxy is shutting down and cut this stream after its grace period",
+                        "proxy_shutdown",
+                    );
+                }
+                this.done = true;
+                return Poll::Ready(Some(Err(std::io::Error::other("proxy shutting down"))));
+            }
+        }
+        // Bounded: each turn consumes one upstream frame; it returns at the first complete event.
+        loop {
+            match Pin::new(&mut *inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    this.done = true;
+                    if let Some(l) = &mut this.log {
+                        l.outcome = "ok";
+                    }
+                    let rest = this.sse.as_mut().map(|p| p.split().freeze());
+                    return Poll::Ready(rest.filter(|r| !r.is_empty()).map(|r| Ok(Frame::data(r))));
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    let msg = (this.scrub)(&e.to_string());
+                    if this.sse.is_some() {
+                        let code = e.class().label();
+                        return this.end_with_error(&msg, code);
+                    }
+                    this.done = true;
+                    if let Some(l) = &mut this.log {
+                        l.outcome = "cut";
+                    }
+                    return Poll::Ready(Some(Err(std::io::Error::other(msg))));
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Some(partial) = &mut this.sse else {
+                        return Poll::Ready(Some(Ok(frame)));
+                    };
+                    let data = match frame.into_data() {
+                        Ok(d) => d,
+                        Err(other) => return Poll::Ready(Some(Ok(other))),
+                    };
+                    partial.extend_from_slice(&data);
+                    let end = last_event_end(partial);
+                    if end > 0 {
+                        return Poll::Ready(Some(Ok(Frame::data(partial.split_to(end).freeze()))));
+                    }
+                    if partial.len() > MAX_PARTIAL {
+                        return Poll::Ready(Some(Ok(Frame::data(partial.split().freeze()))));
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.source {
+            Source::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Source::Full(None) => SizeHint::with_exact(0),
+            // An event stream may gain an error event, so it gives no exact size.
+            Source::Upstream(b) if self.sse.is_none() => b.size_hint(),
+            Source::Upstream(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// The end of the last complete event in `b` (after its blank line), or 0.
+fn last_event_end(b: &[u8]) -> usize {
+    let lf = b.windows(2).rposition(|w| w == b"\n\n").map(|i| i + 2);
+    let crlf = b.windows(4).rposition(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    lf.max(crlf).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, StreamBody};
+
+    fn log() -> RequestLog {
+        RequestLog {
+            method: http::Method::POST,
+            path: "/v1/chat/completions".into(),
+            request_id: "r".into(),
+            status: 200,
+            attempts: 1,
+            started: Instant::now(),
+            outcome: "ok",
+        }
+    }
+
+    fn upstream(
+        chunks: Vec<Result<&'static str, firebreak::Error>>,
+        sse: bool,
+    ) -> (ProxyBody, tokio_util::sync::CancellationToken) {
+        let frames = chunks
+            .into_iter()
+            .map(|c| c.map(|s| Frame::data(Bytes::from_static(s.as_bytes()))));
+        let body = StreamBody::new(futures_util::stream::iter(frames)).boxed();
+        let token = tokio_util::sync::CancellationToken::new();
+        let scrub: Arc<dyn Fn(&str) -> String + Send + Sync> =
+            Arc::new(|s: &str| s.replace("10.1.2.3:443", "upstream"));
+        (
+            ProxyBody::upstream(
+                body,
+                sse,
+                token.clone().cancelled_owned(),
+                scrub,
+                log(),
+                None,
+            ),
+            token,
+        )
+    }
+
+    async fn collect(b: ProxyBody) -> (String, bool) {
+        let mut b = std::pin::pin!(b);
+        let mut out = String::new();
+        let mut failed = false;
+        for _ in 0..100 {
+            match b.frame().await {
+                Some(Ok(f)) => out.push_str(std::str::from_utf8(f.data_ref().unwrap()).unwrap()),
+                Some(Err(_)) => failed = true,
+                None => break,
+            }
+        }
+        (out, failed)
+    }
+
+    #[tokio::test]
+    async fn a_cut_stream_ends_with_an_error_event_and_no_half_event() {
+        let err = firebreak::Error::new(firebreak::Class::ResetMidBody).with_host("10.1.2.3:443");
+        let (b, _t) = upstream(vec![Ok("data: {\"a\":1}\n\ndata: {\"b\""), Err(err)], true);
+        let (out, failed) = collect(b).await;
+        assert!(!failed, "the caller sees a clean end and an error event");
+        assert!(
+            out.starts_with("data: {\"a\":1}\n\nevent: error\ndata: "),
+            "{out}"
+        );
+        assert!(!out.contains("{\"b\""), "the half event is not sent: {out}");
+        assert!(!out.contains("10.1.2.3"), "no upstream address: {out}");
+        assert!(out.contains("upstream"), "{out}");
+        let data = out
+            .lines()
+            .find(|l| l.starts_with("data: {\"error"))
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&data[6..]).unwrap();
+        assert_eq!(v["error"]["code"], "reset_mid_body");
+    }
+
+    #[tokio::test]
+    async fn events_split_across_frames_are_joined_and_passed_on_whole() {
+        let (b, _t) = upstream(
+            vec![Ok("data: {\"a\""), Ok(":1}\n"), Ok("\ndata: [DONE]\n\n")],
+            true,
+        );
+        let (out, failed) = collect(b).await;
+        assert!(!failed);
+        assert_eq!(out, "data: {\"a\":1}\n\ndata: [DONE]\n\n");
+    }
+
+    #[tokio::test]
+    async fn a_non_stream_error_fails_the_body() {
+        let (b, _t) = upstream(
+            vec![
+                Ok("{\"x\""),
+                Err(firebreak::Error::new(firebreak::Class::ResetMidBody)),
+            ],
+            false,
+        );
+        let (out, failed) = collect(b).await;
+        assert_eq!(out, "{\"x\"");
+        assert!(failed);
+    }
+
+    #[tokio::test]
+    async fn shutdown_cuts_a_stream_with_an_error_event() {
+        let (b, t) = upstream(vec![Ok("data: {}\n\n")], true);
+        t.cancel();
+        let (out, _) = collect(b).await;
+        assert!(out.contains("proxy_shutdown"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn the_budget_is_taken_as_bytes_arrive_and_given_back() {
+        let budget = Arc::new(Semaphore::new(10));
+        let body = http_body_util::Full::new(Bytes::from_static(b"0123456789AB"));
+        let e = read_request(body, None, 100, &budget, Duration::from_secs(5)).await;
+        assert!(matches!(e, Err(ReadError::Busy)));
+        let body = http_body_util::Full::new(Bytes::from_static(b"01234"));
+        let (b, permit) = read_request(body, Some(5), 100, &budget, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(&b[..], b"01234");
+        assert_eq!(budget.available_permits(), 5);
+        drop(permit);
+        assert_eq!(budget.available_permits(), 10);
+        let body = http_body_util::Full::new(Bytes::from_static(b"x"));
+        let e = read_request(body, Some(101), 100, &budget, Duration::from_secs(5)).await;
+        assert!(matches!(e, Err(ReadError::TooLarge(100))));
+    }
+}
