@@ -549,7 +549,11 @@ impl fmt::Display for Error {
         if i.class == Class::QuotaExhausted {
             // What to do, on the same line: this is not a rate limit that refills by itself.
             f.write_str("; the account's quota or spending limit is exhausted: add credits or raise the limit (retrying will not help)")?;
-        } else if let Some(d) = i.retry_after {
+        } else if let Some(d) = i
+            .retry_after
+            .filter(|_| self.is_retryable() || self.is_rate_limited())
+        {
+            // Only where waiting can help: "retry after" on a 400 would mislead.
             write!(f, "; retry after {d:?}")?;
         }
         if let Some(d) = &i.detail {
@@ -640,6 +644,11 @@ mod tests {
         assert!(e.is_rate_limited() && !e.is_retryable());
         assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
         assert!(e.to_string().ends_with("; retry after 7s"), "{e}");
+        // A 400 that happens to carry Retry-After: waiting will not fix it, so it is not said.
+        let c = Classification::from_response(StatusCode::BAD_REQUEST, &h, None, SystemTime::now());
+        let e = Error::from_classification(&c);
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
+        assert!(!e.to_string().contains("retry after"), "{e}");
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! `firebreak load`: drive a workload through the stack against any OpenAI-compatible endpoint.
 
+use crate::args::{TimeoutArgs, api_key, base_url};
 use crate::breakdown::{Seen, breakdown};
 use bytes::Bytes;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use firebreak::classify::Classification;
-use firebreak::{ApiKey, FireworksClient, Stack, TimeoutConfig, Workload};
+use firebreak::{FireworksClient, Stack};
 use futures_util::StreamExt;
 use http::Request;
 use http_body_util::{BodyExt, Full};
@@ -13,15 +14,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tower::ServiceExt;
-
-/// A workload preset on the command line.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub(crate) enum PresetArg {
-    Interactive,
-    Agentic,
-    LongContext,
-    BatchSubmit,
-}
 
 /// Flags of `firebreak load`.
 #[derive(Debug, Clone, Args)]
@@ -44,90 +36,44 @@ pub(crate) struct LoadArgs {
     /// Ask for streamed (SSE) answers.
     #[arg(long)]
     stream: bool,
-    /// Timeout preset (Fireworks' workloads).
-    #[arg(long, value_enum, default_value_t = PresetArg::Interactive)]
-    preset: PresetArg,
+    #[command(flatten)]
+    timeouts: TimeoutArgs,
     /// `max_tokens` of each request.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_tokens: u32,
     /// Print exactly one JSON object on stdout.
     #[arg(long)]
     json: bool,
-    /// Overall deadline per call, in seconds.
-    #[arg(long)]
-    deadline: Option<f64>,
-    /// Connect timeout, in seconds.
-    #[arg(long)]
-    connect_timeout: Option<f64>,
-    /// Time-to-first-byte (response headers) timeout, in seconds.
-    #[arg(long)]
-    first_byte_timeout: Option<f64>,
-    /// Longest gap between two body chunks, in seconds.
-    #[arg(long)]
-    idle_timeout: Option<f64>,
     /// Attempts per call, the first included.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
     max_attempts: Option<u32>,
 }
 
-fn secs(name: &str, v: Option<f64>) -> Result<Option<Duration>, String> {
-    match v {
-        None => Ok(None),
-        Some(x) if x.is_finite() && x > 0.0 && x <= 86_400.0 => {
-            Ok(Some(Duration::from_secs_f64(x)))
-        }
-        Some(x) => Err(format!(
-            "--{name} must be a number of seconds in (0, 86400], got {x}"
-        )),
-    }
-}
-
-fn timeouts(args: &LoadArgs) -> Result<TimeoutConfig, String> {
-    let w = match args.preset {
-        PresetArg::Interactive => Workload::Interactive,
-        PresetArg::Agentic => Workload::Agentic,
-        PresetArg::LongContext => Workload::LongContext,
-        PresetArg::BatchSubmit => Workload::BatchSubmit,
-    };
-    let mut t = TimeoutConfig::preset(w);
-    if let Some(d) = secs("deadline", args.deadline)? {
-        t.deadline = Some(d);
-        t.attempt = t.attempt.map(|a| a.min(d));
-    }
-    if let Some(d) = secs("connect-timeout", args.connect_timeout)? {
-        t.connect = Some(d);
-    }
-    if let Some(d) = secs("first-byte-timeout", args.first_byte_timeout)? {
-        t.headers = Some(d);
-    }
-    if let Some(d) = secs("idle-timeout", args.idle_timeout)? {
-        t.idle = Some(d);
-    }
-    t.validate().map_err(|e| e.to_string())?;
-    Ok(t)
-}
-
 /// What one call ended with: success, or the class of its failure.
-type CallResult = Result<(), &'static str>;
+/// A failure after a successful response head (a stream error event, a stalled body) is marked
+/// `mid_body`: the stack's attempt counter saw a success there, so the breakdown adds it.
+type CallResult = Result<(), Failure>;
+
+#[derive(Debug, Clone, Copy)]
+struct Failure {
+    class: &'static str,
+    mid_body: bool,
+}
+
+fn failed(class: &'static str) -> CallResult {
+    Err(Failure {
+        class,
+        mid_body: false,
+    })
+}
 
 pub(crate) async fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let key = match &args.api_key {
-        Some(k) => ApiKey::new(k)?,
-        None => ApiKey::from_env()?,
-    };
-    let base = args.base_url.trim_end_matches('/').to_string();
-    let uri: http::Uri = base
-        .parse()
-        .map_err(|_| format!("invalid --base-url {:?}", args.base_url))?;
-    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-        return Err(format!(
-            "invalid --base-url {:?}: expected http:// or https:// with a host",
-            args.base_url
-        )
-        .into());
-    }
-    let t = timeouts(&args)?;
-    let mut stack = Stack::preset(Workload::Interactive).timeouts(t);
+    let key = api_key(args.api_key.as_deref())?.ok_or(
+        "no API key: set FIREWORKS_API_KEY (or pass --api-key, which the process list shows)",
+    )?;
+    let base = base_url("--base-url", &args.base_url)?;
+    let t = args.timeouts.resolve()?;
+    let mut stack = Stack::preset(args.timeouts.preset.workload()).timeouts(t);
     if let Some(n) = args.max_attempts {
         stack.retry.max_attempts = n;
     }
@@ -166,18 +112,21 @@ pub(crate) async fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>
                     .header(http::header::CONTENT_TYPE, "application/json")
                     .body(Full::new(Bytes::from(body.to_string())));
                 let r: CallResult = match req {
-                    Err(_) => Err("other"),
+                    Err(_) => failed("other"),
                     Ok(req) => match svc.oneshot(req).await {
                         Ok(resp) => {
                             let class = Classification::class_of(&resp);
                             let status = resp.status();
                             match resp.into_body().collect().await {
                                 Ok(_) if status.is_success() => Ok(()),
-                                Ok(_) => Err(class.label()),
-                                Err(e) => Err(e.class().label()),
+                                Ok(_) => failed(class.label()),
+                                Err(e) => Err(Failure {
+                                    class: e.class().label(),
+                                    mid_body: status.is_success(),
+                                }),
                             }
                         }
-                        Err(e) => Err(e.class().label()),
+                        Err(e) => failed(e.class().label()),
                     },
                 };
                 bar.inc(1);
@@ -198,12 +147,21 @@ pub(crate) async fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>
     };
     let mut by_class: BTreeMap<&'static str, u64> = BTreeMap::new();
     for (r, _) in &results {
-        if let Err(c) = r {
-            *by_class.entry(c).or_default() += 1;
+        if let Err(f) = r {
+            *by_class.entry(f.class).or_default() += 1;
         }
     }
     let succeeded = results.iter().filter(|r| r.0.is_ok()).count();
-    let seen = Seen::read(&snapshotter);
+    let mut seen = Seen::read(&snapshotter);
+    for (r, _) in &results {
+        if let Err(Failure {
+            class,
+            mid_body: true,
+        }) = r
+        {
+            *seen.server_failures.entry(class.to_string()).or_default() += 1;
+        }
+    }
     let summary = serde_json::json!({
         "requests": results.len(),
         "succeeded": succeeded,
@@ -241,6 +199,9 @@ pub(crate) async fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>
             println!("  {c}: {n}");
         }
         println!("{}", breakdown(&seen));
+    }
+    if succeeded == 0 {
+        return Err(format!("all {} calls failed", results.len()).into());
     }
     Ok(())
 }

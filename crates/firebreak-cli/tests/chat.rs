@@ -34,12 +34,10 @@ fn streams_the_answer_and_reports_errors_in_one_line() {
                 "Say hello",
                 "--base-url",
                 &sim.base_url(),
-                "--api-key",
-                key,
                 "--max-tokens",
                 "5",
             ])
-            .env_remove("FIREWORKS_API_KEY")
+            .env("FIREWORKS_API_KEY", key)
             .output()
             .unwrap()
     };
@@ -67,5 +65,70 @@ fn streams_the_answer_and_reports_errors_in_one_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.starts_with("firebreak: 401 Unauthorized"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("after 1 attempt(s)"),
+        "says how many attempts: {err}"
+    );
     assert!(!err.contains("SECRET"));
+}
+
+fn run_chat(sim: &Sim, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_firebreak"))
+        .args([
+            "chat",
+            "Say hello",
+            "--base-url",
+            &sim.base_url(),
+            "--max-tokens",
+            "6",
+        ])
+        .args(extra)
+        .env("FIREWORKS_API_KEY", KEY)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_mid_stream_error_gets_its_own_line_and_a_400_no_retry_advice() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sim = rt
+        .block_on(Sim::start(SimConfig::default().api_key(KEY).fault(
+            Trigger::Always,
+            Fault::SseError {
+                after_chunks: 3,
+                message: Some("the model crashed".into()),
+            },
+        )))
+        .unwrap();
+    let out = run_chat(&sim, &[]);
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.ends_with('\n') && !stdout.trim().is_empty(),
+        "tokens, then a newline: {stdout:?}"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("firebreak: the stream broke off"), "{err}");
+    assert!(err.contains("the model crashed"), "{err}");
+    // A 400 that carries a Retry-After: the advice to retry is not given.
+    let sim = rt
+        .block_on(Sim::start(SimConfig::default().api_key(KEY).fault(
+            Trigger::Always,
+            Fault::Status {
+                status: 400,
+                shape: None,
+                delay: vec![firebreak_sim::DelayHeader::RetryAfterSecs { secs: 5.0 }],
+                should_retry: None,
+                message: None,
+            },
+        )))
+        .unwrap();
+    let out = run_chat(&sim, &["--preset", "batch-submit"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("firebreak: 400"), "{err}");
+    assert!(!err.contains("retry after"), "{err}");
 }

@@ -233,8 +233,10 @@ fn refused_connections_are_counted_client_side() {
         ])
         .output()
         .unwrap();
+    // Every call failed: the summary is still printed, and the exit status says so.
+    assert!(!out.status.success());
     assert!(
-        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).contains("all 3 calls failed"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -273,7 +275,7 @@ fn the_summary_separates_client_side_from_server_acknowledged_failures() {
         ])
         .output()
         .unwrap();
-    assert!(out.status.success());
+    assert!(!out.status.success(), "every call failed");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains(
@@ -286,5 +288,75 @@ fn the_summary_separates_client_side_from_server_acknowledged_failures() {
             "failed attempts that never reached the server (client-side only): refused 4"
         ),
         "{stdout}"
+    );
+}
+
+#[test]
+fn mid_stream_failures_are_in_the_breakdown_and_help_shows_the_presets() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // Every stream fails after its first events: half with an error event, half stalled.
+    let sim = rt
+        .block_on(Sim::start(
+            SimConfig::default()
+                .api_key(KEY)
+                .fault(
+                    Trigger::FirstAttemptsOfEvery {
+                        n: 100,
+                        every: 2,
+                        offset: 0,
+                    },
+                    Fault::SseError {
+                        after_chunks: 2,
+                        message: None,
+                    },
+                )
+                .fault(
+                    Trigger::FirstAttemptsOfEvery {
+                        n: 100,
+                        every: 2,
+                        offset: 1,
+                    },
+                    Fault::StallAfter {
+                        after_chunks: 2,
+                        for_ms: 10_000,
+                    },
+                ),
+        ))
+        .unwrap();
+    let out = firebreak()
+        .args([
+            "load",
+            "--base-url",
+            &sim.base_url(),
+            "--model",
+            "m",
+            "--requests",
+            "4",
+            "--stream",
+            "--idle-timeout",
+            "0.5",
+            "--max-tokens",
+            "8",
+            "--json",
+        ])
+        .env("FIREWORKS_API_KEY", KEY)
+        .output()
+        .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(v["failures_by_class"]["stream_error"], 2, "{v}");
+    assert_eq!(v["failures_by_class"]["timeout_body_idle"], 2, "{v}");
+    let server = &v["server_acknowledged_failures_by_class"];
+    assert_eq!(server["stream_error"], 2, "{v}");
+    assert_eq!(server["timeout_body_idle"], 2, "{v}");
+    let help = firebreak().args(["load", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("long-context") && help.contains("30 min"),
+        "{help}"
     );
 }

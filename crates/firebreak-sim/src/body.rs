@@ -53,6 +53,7 @@ impl AttemptRecord {
             stream: false,
             bytes_sent: 0,
             completed: false,
+            header_names: Vec::new(),
         }
     }
 }

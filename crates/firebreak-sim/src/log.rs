@@ -37,6 +37,10 @@ pub struct AttemptRecord {
     pub bytes_sent: u64,
     /// Whether the response body was sent to its end.
     pub completed: bool,
+    /// The request's header names, lower case, in order (never their values, which may hold
+    /// keys).
+    #[serde(default)]
+    pub header_names: Vec<String>,
 }
 
 /// The shared log. Bounded by `capacity`; overflow is counted, not silently lost.

@@ -453,6 +453,11 @@ pub(crate) async fn handle(
         stream,
         bytes_sent: 0,
         completed: false,
+        header_names: parts
+            .headers
+            .keys()
+            .map(|k| k.as_str().to_string())
+            .collect(),
     };
     let ctx = Ctx {
         reset: reset.clone(),

@@ -13,7 +13,8 @@
 //! - A safety margin of `B / 10`, between 50 ms and 1 s, is kept back for the network and for
 //!   the caller's own clock: the proxy's head budget is `H = B − margin`.
 //! - Each attempt may wait at most `H / 2` for its head (and first SSE event), so that after a
-//!   hung first attempt a second one still fits.
+//!   hung first attempt a second one still fits. (A head timeout is retried; the attempt total
+//!   is left to the deadline.)
 //! - A non-streaming call's head comes with its whole answer, so its overall deadline is also
 //!   at most `H`. A stream's idle gap is at most `H`, since the SDK gives up after that too.
 //! - Caller values only ever shorten the preset's limits; they never lengthen them.
@@ -155,7 +156,6 @@ pub(crate) fn plan(preset: &TimeoutConfig, caller: &CallerLimits, stream: bool) 
         if stream {
             a.idle = min_opt(a.idle, Some(h));
         } else {
-            a.attempt = min_opt(a.attempt, Some(half));
             deadline = min_opt(deadline, Some(h));
         }
     }
@@ -233,7 +233,11 @@ mod tests {
         assert_eq!(p.head, Some(Duration::from_millis(2700)));
         assert_eq!(p.deadline, Some(Duration::from_millis(2700)));
         assert_eq!(p.attempt.headers, Some(Duration::from_millis(1350)));
-        assert_eq!(p.attempt.attempt, Some(Duration::from_millis(1350)));
+        assert_eq!(
+            p.attempt.attempt,
+            Some(Duration::from_millis(2700)),
+            "the deadline's"
+        );
         // A stream keeps its overall deadline: only its head and its gaps are bounded.
         let s = plan(&preset, &caller, true);
         assert_eq!(s.deadline, preset.deadline);

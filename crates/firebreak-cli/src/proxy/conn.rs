@@ -8,6 +8,10 @@
 //!   cannot stretch it by dribbling).
 //! - **busy**: a request is in flight. Reads are the request body's, timed by the handler.
 //!
+//! When the proxy is at its connection cap, idle connections are closed at once to make room
+//! ([`Shedder::shed`]): otherwise a thousand idle keep-alives would lock everyone out until
+//! their keep-alive timeout.
+//!
 //! In every phase, a write that makes no progress for the write-stall timeout (the caller
 //! stopped reading) fails the connection. hyper then drops the response body, which releases
 //! the upstream call and its 429-gate slot.
@@ -78,13 +82,25 @@ impl ConnState {
         });
     }
 
-    /// When reading must have made progress by, and what it is called, if the phase has a limit.
-    fn read_limit(&self, l: &ConnLimits) -> Option<(Instant, &'static str)> {
+    /// When reading must have made progress by, what it is called, and whether the connection
+    /// is idle, if the phase has a limit.
+    fn read_limit(&self, l: &ConnLimits) -> Option<(Instant, &'static str, bool)> {
         self.with(|p| match *p {
-            Phase::Idle { since } => Some((since + l.keepalive, "idle keep-alive timeout")),
-            Phase::Head { since } => Some((since + l.header, "request header timeout")),
+            Phase::Idle { since } => Some((since + l.keepalive, "idle keep-alive timeout", true)),
+            Phase::Head { since } => Some((since + l.header, "request header timeout", false)),
             Phase::Busy { .. } => None,
         })
+    }
+}
+
+/// Asks every idle connection to close (at the connection cap).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Shedder(Arc<tokio::sync::Notify>);
+
+impl Shedder {
+    /// Closes the connections idle right now.
+    pub(crate) fn shed(&self) {
+        self.0.notify_waiters();
     }
 }
 
@@ -119,17 +135,21 @@ pin_project_lite::pin_project! {
         limits: ConnLimits,
         read_sleep: Option<(Instant, Pin<Box<Sleep>>)>,
         write_sleep: Option<Pin<Box<Sleep>>>,
+        shedder: Shedder,
+        shed: Option<Pin<Box<tokio::sync::futures::OwnedNotified>>>,
     }
 }
 
 impl<T> GuardedIo<T> {
-    pub(crate) fn new(io: T, state: Arc<ConnState>, limits: ConnLimits) -> Self {
+    pub(crate) fn new(io: T, state: Arc<ConnState>, limits: ConnLimits, shedder: Shedder) -> Self {
         GuardedIo {
             io,
             state,
             limits,
             read_sleep: None,
             write_sleep: None,
+            shedder,
+            shed: None,
         }
     }
 }
@@ -168,14 +188,30 @@ impl<T: AsyncRead> AsyncRead for GuardedIo<T> {
                     this.state.bytes_read();
                 }
                 *this.read_sleep = None;
+                *this.shed = None;
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                let Some((at, what)) = this.state.read_limit(this.limits) else {
+                let Some((at, what, idle)) = this.state.read_limit(this.limits) else {
                     *this.read_sleep = None;
+                    *this.shed = None;
                     return Poll::Pending;
                 };
+                if idle {
+                    let shedder = &this.shedder;
+                    let shed = this
+                        .shed
+                        .get_or_insert_with(|| Box::pin(shedder.0.clone().notified_owned()));
+                    if shed.as_mut().poll(cx).is_ready() {
+                        *this.shed = None;
+                        return Poll::Ready(Err(timed_out(
+                            "closed while idle: the proxy is at its connection cap",
+                        )));
+                    }
+                } else {
+                    *this.shed = None;
+                }
                 let (armed, sleep) = this
                     .read_sleep
                     .get_or_insert_with(|| (at, Box::pin(tokio::time::sleep_until(at))));
@@ -266,7 +302,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_idle_connection_is_closed_after_the_keepalive_timeout() {
         let (a, _b) = tokio::io::duplex(64);
-        let mut io = GuardedIo::new(a, ConnState::new(), limits());
+        let mut io = GuardedIo::new(a, ConnState::new(), limits(), Shedder::default());
         let t = Instant::now();
         let e = io.read(&mut [0u8; 8]).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
@@ -276,7 +312,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_dribbled_head_is_cut_at_the_header_timeout_from_its_first_byte() {
         let (a, mut b) = tokio::io::duplex(64);
-        let mut io = GuardedIo::new(a, ConnState::new(), limits());
+        let mut io = GuardedIo::new(a, ConnState::new(), limits(), Shedder::default());
         tokio::time::sleep(Duration::from_secs(5)).await;
         let t = Instant::now();
         let writer = tokio::spawn(async move {
@@ -303,7 +339,7 @@ mod tests {
     async fn a_busy_connection_has_no_read_limit_and_becomes_idle_after() {
         let (a, _b) = tokio::io::duplex(64);
         let state = ConnState::new();
-        let mut io = GuardedIo::new(a, state.clone(), limits());
+        let mut io = GuardedIo::new(a, state.clone(), limits(), Shedder::default());
         let inflight = state.begin();
         let r = tokio::time::timeout(Duration::from_secs(600), io.read(&mut [0u8; 8])).await;
         assert!(r.is_err(), "no read timer while a request is in flight");
@@ -315,9 +351,38 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn shedding_closes_idle_connections_only() {
+        let shedder = Shedder::default();
+        let (a, _a2) = tokio::io::duplex(64);
+        let (b, _b2) = tokio::io::duplex(64);
+        let busy_state = ConnState::new();
+        let mut idle = GuardedIo::new(a, ConnState::new(), limits(), shedder.clone());
+        let mut busy = GuardedIo::new(b, busy_state.clone(), limits(), shedder.clone());
+        let _inflight = busy_state.begin();
+        let t = Instant::now();
+        let idle_read = tokio::spawn(async move { idle.read(&mut [0u8; 8]).await });
+        let busy_read = tokio::spawn(async move {
+            tokio::time::timeout(Duration::from_secs(5), busy.read(&mut [0u8; 8])).await
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        shedder.shed();
+        let e = idle_read.await.unwrap().unwrap_err();
+        assert!(e.to_string().contains("connection cap"), "{e}");
+        assert_eq!(
+            t.elapsed(),
+            Duration::from_secs(1),
+            "closed at once, not at 60 s"
+        );
+        assert!(
+            busy_read.await.unwrap().is_err(),
+            "a busy connection is left alone"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_caller_that_stops_reading_fails_the_write_after_the_stall_timeout() {
         let (a, mut b) = tokio::io::duplex(16);
-        let mut io = GuardedIo::new(a, ConnState::new(), limits());
+        let mut io = GuardedIo::new(a, ConnState::new(), limits(), Shedder::default());
         // A reader that takes 16 bytes every 20 s is slow but never stalled for 30 s.
         let reader = tokio::spawn(async move {
             let mut buf = [0u8; 16];

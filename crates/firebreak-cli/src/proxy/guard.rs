@@ -2,7 +2,8 @@
 //! read or sent. Pure functions of the request head.
 //!
 //! In order:
-//! 1. An HTTP/1.1 request has exactly one `Host` (400 otherwise).
+//! 1. An HTTP/1.1 request has exactly one `Host`, and not both `Content-Length` and
+//!    `Transfer-Encoding` (400 otherwise).
 //! 2. Browsers are refused (403): a request with `Origin` or `Sec-Fetch-Site` came from a web
 //!    page, and a `Host` that is not an IP literal, `localhost` or an `--allowed-host` name is
 //!    the DNS-rebinding shape.
@@ -82,6 +83,16 @@ pub(crate) fn admit(
             StatusCode::BAD_REQUEST,
             "bad_request",
             "an HTTP/1.1 request must carry exactly one Host header",
+        ));
+    }
+    if headers.contains_key(http::header::CONTENT_LENGTH)
+        && headers.contains_key(http::header::TRANSFER_ENCODING)
+    {
+        // RFC 9112 §6.1: a request smuggling shape; refused rather than guessed at.
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "a request with both Content-Length and Transfer-Encoding is refused",
         ));
     }
     if headers.contains_key(http::header::ORIGIN) || headers.contains_key("sec-fetch-site") {

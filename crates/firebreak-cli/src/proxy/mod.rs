@@ -25,7 +25,7 @@ mod headers;
 use crate::args::{TimeoutArgs, api_key, base_url};
 use body::{ProxyBody, ReadError, RequestLog};
 use clap::Args;
-use conn::{ConnLimits, ConnState, GuardedIo, InFlight};
+use conn::{ConnLimits, ConnState, GuardedIo, InFlight, Shedder};
 use firebreak::classify::{Class, Error};
 use firebreak::timeout::Deadline;
 use firebreak::{BoxStack, ClientConfig, FireworksClient, Stack, TimeoutConfig, Workload};
@@ -170,13 +170,18 @@ fn request_id(h: &http::HeaderMap) -> String {
         .unwrap_or_else(|| format!("fb-{:032x}", rand::random::<u128>()))
 }
 
+/// Adds `x-firebreak-attempts` and `x-request-id` (the id in the log line: the caller's, or the
+/// proxy's). An upstream's own request id is kept as `x-upstream-request-id`.
 fn stamp(r: &mut Response<ProxyBody>, attempts: u32, id: &str) {
-    r.headers_mut()
-        .insert("x-firebreak-attempts", HeaderValue::from(attempts));
-    if !r.headers().contains_key("x-request-id") {
-        if let Ok(v) = HeaderValue::from_str(id) {
-            r.headers_mut().insert("x-request-id", v);
+    let h = r.headers_mut();
+    h.insert("x-firebreak-attempts", HeaderValue::from(attempts));
+    if let Some(up) = h.remove("x-request-id") {
+        if up != id {
+            h.insert("x-upstream-request-id", up);
         }
+    }
+    if let Ok(v) = HeaderValue::from_str(id) {
+        h.insert("x-request-id", v);
     }
 }
 
@@ -713,15 +718,31 @@ async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let slots = Arc::new(Semaphore::new(max_connections));
+    let shedder = Shedder::default();
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     let mut last_warn: Option<Instant> = None;
     // Runs until the shutdown signal; each turn accepts one connection or backs off.
     loop {
-        // At the cap, stop accepting: further connections wait in the kernel's backlog.
-        let slot = tokio::select! {
-            s = slots.clone().acquire_owned() => match s { Ok(s) => s, Err(_) => break },
-            () = &mut shutdown => break,
+        // At the cap, close the idle connections to make room (again every 100 ms while
+        // waiting, for the ones that turn idle), and stop accepting: further connections wait
+        // in the kernel's backlog until a slot is free.
+        let slot = if let Ok(s) = slots.clone().try_acquire_owned() {
+            s
+        } else {
+            let mut wait = std::pin::pin!(slots.clone().acquire_owned());
+            let slot = loop {
+                shedder.shed();
+                tokio::select! {
+                    s = &mut wait => break s.ok(),
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    () = &mut shutdown => break None,
+                }
+            };
+            match slot {
+                Some(s) => s,
+                None => break,
+            }
         };
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -747,7 +768,12 @@ async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let state = ConnState::new();
-        let io = TokioIo::new(GuardedIo::new(stream, state.clone(), limits));
+        let io = TokioIo::new(GuardedIo::new(
+            stream,
+            state.clone(),
+            limits,
+            shedder.clone(),
+        ));
         let p = shared.clone();
         let svc = hyper::service::service_fn(move |req| {
             let (p, state) = (p.clone(), state.clone());
