@@ -1,6 +1,8 @@
 //! The official openai Python SDK, with its own retries off, through `firebreak proxy` in front
 //! of firebreak-sim with faults: JSON and streamed completions succeed, and a 401 is the SDK's
-//! `AuthenticationError`. The SDK is installed into a throwaway virtualenv under `target/`
+//! `AuthenticationError`. Through a second proxy that requires caller tokens: a token works and
+//! its absence is a 401; a 3 s SDK timeout with a hung first attempt succeeds in time; a stream
+//! cut mid-way raises the SDK's `APIError`. The SDK is installed into a throwaway virtualenv under `target/`
 //! on first use (from PyPI), so `scripts/test` and CI need no extra step beyond python3.
 
 use firebreak_sim::{DelayHeader, Fault, Sim, SimConfig, Trigger};
@@ -104,9 +106,44 @@ fn the_openai_sdk_works_through_the_proxy_despite_faults() {
         .unwrap();
     let proxy = common::proxy(&sim.base_url(), &[]);
     let url = format!("http://{}", proxy.addr);
+    // The second pair: caller tokens, a hung first attempt ("…1" ids), a stream cut ("…2").
+    let sim2 = rt
+        .block_on(Sim::start(
+            SimConfig::default()
+                .api_key("fw_sdk_key")
+                .fault(
+                    Trigger::FirstAttemptsOfEvery {
+                        n: 1,
+                        every: 10,
+                        offset: 1,
+                    },
+                    Fault::Hang { for_ms: 20_000 },
+                )
+                .fault(
+                    Trigger::FirstAttemptsOfEvery {
+                        n: 100,
+                        every: 10,
+                        offset: 2,
+                    },
+                    Fault::ResetMidStream { after_chunks: 4 },
+                ),
+        ))
+        .unwrap();
+    let auth_proxy = common::proxy_env(
+        &sim2.base_url(),
+        &["--auth-token-env", "FB_CALLER_TOKENS"],
+        &[
+            ("FIREWORKS_API_KEY", "fw_sdk_key"),
+            ("FB_CALLER_TOKENS", "caller-token-123"),
+        ],
+    );
     let mut c = Command::new(&python);
     c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/openai_sdk_check.py"))
-        .env("FIREBREAK_PROXY", &url);
+        .env("FIREBREAK_PROXY", &url)
+        .env(
+            "FIREBREAK_PROXY_AUTH",
+            format!("http://{}", auth_proxy.addr),
+        );
     let out = run_bounded(c, Duration::from_secs(120), "the SDK check");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -129,4 +166,22 @@ fn the_openai_sdk_works_through_the_proxy_despite_faults() {
     );
     assert_eq!(statuses("sdk-stream"), [503, 429, 200]);
     assert_eq!(statuses("sdk-401"), [401], "a 401 is not retried");
+    let log2 = rt.block_on(async { sim2.log() });
+    let attempts = |id: &str| {
+        log2.iter()
+            .filter(|r| r.request_id.as_deref() == Some(id))
+            .count()
+    };
+    assert_eq!(
+        attempts("sdk-hang-1"),
+        2,
+        "the hung attempt was abandoned and retried"
+    );
+    assert_eq!(attempts("sdk-hang-stream-11"), 2);
+    assert_eq!(attempts("sdk-stranger"), 0, "no token, nothing sent");
+    assert_eq!(
+        attempts("sdk-cut-2"),
+        1,
+        "a stream already delivered is not sent again"
+    );
 }

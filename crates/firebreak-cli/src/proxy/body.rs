@@ -256,7 +256,10 @@ impl Body for ProxyBody {
                     return Poll::Ready(rest.filter(|r| !r.is_empty()).map(|r| Ok(Frame::data(r))));
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    let msg = (this.scrub)(&e.to_string());
+                    let msg = format!(
+                        "the upstream response broke off: {}",
+                        (this.scrub)(&e.to_string())
+                    );
                     if this.sse.is_some() {
                         let code = e.class().label();
                         return this.end_with_error(&msg, code);
