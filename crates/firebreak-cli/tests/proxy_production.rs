@@ -835,3 +835,37 @@ fn the_upstream_address_never_changes_and_smuggling_is_refused() {
     let r = exchange(&p.addr, big.as_bytes(), Duration::from_secs(10));
     assert_eq!(status_of(&r), 431, "{}", &r[..r.len().min(200)]);
 }
+
+// Row 5 (last part): a stream cut for any reason ends with an SSE error event.
+
+#[test]
+fn a_stream_cut_upstream_ends_with_an_sse_error_event() {
+    let (_rt, sim) = sim_on_runtime(
+        SimConfig::default()
+            .api_key(KEY)
+            .latency(Latency {
+                ttfb_ms: 0,
+                token_delay_ms: 10,
+                completion_tokens: 16,
+            })
+            .fault(Trigger::Always, Fault::ResetMidStream { after_chunks: 4 }),
+    );
+    let p = keyed(&sim, &[]);
+    for i in 0..20 {
+        let (s, _, body) = post(
+            &p,
+            "/v1/chat/completions",
+            &[],
+            &chat(&format!("cut-{i}"), true, 16),
+        );
+        assert_eq!(s, 200);
+        assert!(
+            body.contains("event: error") && !body.contains("[DONE]"),
+            "{i}: {body}"
+        );
+        assert!(
+            body.contains("chat.completion.chunk"),
+            "the tokens before the cut arrived: {body}"
+        );
+    }
+}
