@@ -98,6 +98,18 @@ fn fds_and_rss(pid: u32) -> (usize, u64) {
     (fds, rss)
 }
 
+/// How one request ended, as its client saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Ok,
+    /// A stream that ended with the proxy's SSE `error` event.
+    CutWithErrorEvent,
+    /// An OpenAI-shaped error answer.
+    HttpError,
+    /// Anything else: a transport error, a timeout, a malformed or truncated answer.
+    Other,
+}
+
 struct ProxyProc(Child);
 
 impl Drop for ProxyProc {
@@ -118,9 +130,9 @@ fn main() {
         "soak: {requests} requests (half SSE) at concurrency {concurrency} through `firebreak proxy`, 5% of attempts faulted"
     );
     println!(
-        "| fault mix | success | upstream attempts / request | p50 / p99 | wall | gate waits (mean) | proxy RSS before / peak / after | proxy fds before / peak / after |"
+        "| fault mix | success | failures | upstream attempts / request | p50 / p99 | wall | gate waits (mean) | proxy RSS before / peak / after | proxy fds before / peak / after |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for mix in [Mix::Transient, Mix::Signals] {
         run(&bin, mix, requests, concurrency);
     }
@@ -197,7 +209,7 @@ fn run(bin: &PathBuf, mix: Mix, requests: usize, concurrency: usize) {
         .build(conn);
     let url = format!("http://{addr}/v1/chat/completions");
     let t0 = Instant::now();
-    let results: Vec<(bool, Duration)> = rt.block_on(
+    let results: Vec<(End, Duration)> = rt.block_on(
         futures_util::stream::iter(0..requests)
             .map(|i| {
                 let (client, url) = (client.clone(), url.clone());
@@ -211,27 +223,34 @@ fn run(bin: &PathBuf, mix: Mix, requests: usize, concurrency: usize) {
                         .body(Full::new(Bytes::from(body)))
                         .expect("request");
                     let t = Instant::now();
-                    let ok = match tokio::time::timeout(Duration::from_secs(60), async {
-                        let resp = client.request(req).await.ok()?;
+                    let end = match tokio::time::timeout(Duration::from_secs(60), async {
+                        let Ok(resp) = client.request(req).await else {
+                            return End::Other;
+                        };
                         let status = resp.status();
-                        let body = resp.into_body().collect().await.ok()?.to_bytes();
+                        let Ok(body) = resp.into_body().collect().await else {
+                            return End::Other;
+                        };
+                        let body = body.to_bytes();
                         let text = String::from_utf8_lossy(&body);
-                        let ok = status == 200
-                            && if stream {
-                                text.contains("data: [DONE]") && !text.contains("event: error")
-                            } else {
-                                text.contains("chat.completion")
-                            };
-                        if !ok && std::env::var_os("SOAK_DEBUG").is_some() {
+                        let end = match status.as_u16() {
+                            200 if stream && text.contains("event: error") => End::CutWithErrorEvent,
+                            200 if stream && text.contains("data: [DONE]") => End::Ok,
+                            200 if !stream && text.contains("chat.completion") => End::Ok,
+                            s if s >= 400 && text.contains("\"error\"") => End::HttpError,
+                            _ => End::Other,
+                        };
+                        if end != End::Ok && std::env::var_os("SOAK_DEBUG").is_some() {
                             eprintln!("soak-{i} stream={stream} {status}: {text:?}");
                         }
-                        Some(ok)
+                        end
                     })
                     .await
                     {
-                        Ok(Some(ok)) => ok,
-                        _ => false,
+                        Ok(end) => end,
+                        Err(_) => End::Other,
                     };
+                    let ok = end;
                     (ok, t.elapsed())
                 }
             })
@@ -256,10 +275,17 @@ fn run(bin: &PathBuf, mix: Mix, requests: usize, concurrency: usize) {
     let mut lat: Vec<f64> = results.iter().map(|r| r.1.as_secs_f64() * 1e3).collect();
     lat.sort_by(f64::total_cmp);
     let pct = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
-    let ok = results.iter().filter(|r| r.0).count();
+    let count = |e: End| results.iter().filter(|r| r.0 == e).count();
+    let ok = count(End::Ok);
+    let failures = format!(
+        "{} stream cut, SSE error event; {} OpenAI-shaped HTTP error; {} other",
+        count(End::CutWithErrorEvent),
+        count(End::HttpError),
+        count(End::Other)
+    );
     let attempts = sim.log_len() as u64 + sim.log_dropped();
     println!(
-        "| {mix:?} | {ok} / {requests} ({:.2}%) | {:.3} | {:.0} ms / {:.0} ms | {:.1} s | {gate_count:.0} ({:.0} ms) | {:.1} / {:.1} / {:.1} MiB | {} / {} / {} |",
+        "| {mix:?} | {ok} / {requests} ({:.2}%) | {failures} | {:.3} | {:.0} ms / {:.0} ms | {:.1} s | {gate_count:.0} ({:.0} ms) | {:.1} / {:.1} / {:.1} MiB | {} / {} / {} |",
         ok as f64 * 100.0 / requests as f64,
         attempts as f64 / requests as f64,
         pct(0.5),

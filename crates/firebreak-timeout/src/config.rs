@@ -159,20 +159,6 @@ impl TimeoutConfig {
                 _ => {}
             }
         }
-        if let Some(a) = self.attempt {
-            for (phase, v) in [("headers", self.headers), ("first_event", self.first_event)] {
-                match v {
-                    Some(p) if p > a => {
-                        return Err(ConfigError::PhaseOverAttempt {
-                            phase,
-                            value: p,
-                            attempt: a,
-                        });
-                    }
-                    _ => {}
-                }
-            }
-        }
         if let (Some(a), Some(d)) = (self.attempt, self.deadline) {
             if a > d {
                 return Err(ConfigError::AttemptOverDeadline {
@@ -261,16 +247,6 @@ pub enum ConfigError {
     Zero(&'static str),
     /// Longer than [`MAX_TIMEOUT`].
     TooLong(&'static str, Duration),
-    /// A phase within the attempt (time to first byte, first event) is longer than the whole
-    /// attempt, so it could never fire.
-    PhaseOverAttempt {
-        /// The phase.
-        phase: &'static str,
-        /// Its value.
-        value: Duration,
-        /// The attempt total.
-        attempt: Duration,
-    },
     /// The attempt total exceeds the overall deadline.
     AttemptOverDeadline {
         /// The attempt total.
@@ -290,14 +266,6 @@ impl fmt::Display for ConfigError {
             ConfigError::TooLong(n, d) => write!(
                 f,
                 "timeout `{n}` of {d:?} is longer than the {MAX_TIMEOUT:?} maximum"
-            ),
-            ConfigError::PhaseOverAttempt {
-                phase,
-                value,
-                attempt,
-            } => write!(
-                f,
-                "the `{phase}` timeout ({value:?}) is longer than the attempt timeout ({attempt:?})"
             ),
             ConfigError::AttemptOverDeadline { attempt, deadline } => write!(
                 f,
@@ -371,20 +339,6 @@ mod tests {
             .unwrap_err();
         assert_eq!(e, ConfigError::Zero("headers"));
         assert!(e.to_string().contains("leave it unset"));
-        let e = TimeoutConfig::builder(Workload::Interactive)
-            .headers(Some(Duration::from_secs(61)))
-            .build()
-            .unwrap_err();
-        assert!(
-            matches!(
-                e,
-                ConfigError::PhaseOverAttempt {
-                    phase: "headers",
-                    ..
-                }
-            ),
-            "{e}"
-        );
         let e = TimeoutConfig::builder(Workload::Interactive)
             .idle(Some(Duration::from_secs(90_000)))
             .build()

@@ -104,7 +104,7 @@ impl fmt::Display for StackError {
             StackError::Client(e) => write!(f, "{e}"),
             StackError::BaseUrl(u) => write!(
                 f,
-                "invalid base URL {u:?}: expected http:// or https:// with a host"
+                "invalid base URL {u:?}: expected http:// or https:// with a host and a valid port"
             ),
         }
     }
@@ -360,7 +360,13 @@ impl FireworksClient {
         let uri: http::Uri = base
             .parse()
             .map_err(|_| StackError::BaseUrl(base_url.to_string()))?;
-        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        // A port that is not a valid u16 (`:99999`) would silently become the scheme's default.
+        let bad_port = uri
+            .authority()
+            .map(|a| a.as_str().rsplit('@').next().unwrap_or(""))
+            .and_then(|hp| hp.rsplit_once(':'))
+            .is_some_and(|(_, p)| !p.contains(']') && p.parse::<u16>().is_err());
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() || bad_port {
             return Err(StackError::BaseUrl(base_url.to_string()));
         }
         // The connect timeout is the stack's, in the connector, so its error names the phase
