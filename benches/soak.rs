@@ -224,12 +224,25 @@ fn run(bin: &PathBuf, mix: Mix, requests: usize, concurrency: usize) {
                         .expect("request");
                     let t = Instant::now();
                     let end = match tokio::time::timeout(Duration::from_secs(60), async {
-                        let Ok(resp) = client.request(req).await else {
-                            return End::Other;
+                        let debug = std::env::var_os("SOAK_DEBUG").is_some();
+                        let resp = match client.request(req).await {
+                            Ok(r) => r,
+                            Err(e) => {
+                                if debug {
+                                    eprintln!("soak-{i} stream={stream} request: {e:?}");
+                                }
+                                return End::Other;
+                            }
                         };
                         let status = resp.status();
-                        let Ok(body) = resp.into_body().collect().await else {
-                            return End::Other;
+                        let body = match resp.into_body().collect().await {
+                            Ok(b) => b,
+                            Err(e) => {
+                                if debug {
+                                    eprintln!("soak-{i} stream={stream} {status} body: {e:?}");
+                                }
+                                return End::Other;
+                            }
                         };
                         let body = body.to_bytes();
                         let text = String::from_utf8_lossy(&body);
@@ -240,7 +253,7 @@ fn run(bin: &PathBuf, mix: Mix, requests: usize, concurrency: usize) {
                             s if s >= 400 && text.contains("\"error\"") => End::HttpError,
                             _ => End::Other,
                         };
-                        if end != End::Ok && std::env::var_os("SOAK_DEBUG").is_some() {
+                        if end != End::Ok && debug {
                             eprintln!("soak-{i} stream={stream} {status}: {text:?}");
                         }
                         end

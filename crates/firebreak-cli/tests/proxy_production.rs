@@ -973,3 +973,27 @@ fn an_invalid_port_sends_nothing_even_to_the_default_port() {
     .expect_err("refused");
     assert!(e.to_string().contains("99999"), "{e}");
 }
+
+#[test]
+fn a_json_answer_that_breaks_off_is_an_error_answer_not_a_truncated_200() {
+    let (_rt, sim) = sim_on_runtime(
+        SimConfig::default()
+            .api_key(KEY)
+            .fault(Trigger::Always, Fault::ResetMidStream { after_chunks: 1 }),
+    );
+    let p = keyed(&sim, &[]);
+    let (s, head, body) = post(
+        &p,
+        "/v1/chat/completions",
+        &[],
+        &chat("json-cut", false, 64),
+    );
+    assert_eq!(s, 502, "{head}\n{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], "reset_mid_body", "{body}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("upstream"),
+        "{body}"
+    );
+    assert_eq!(header(&head, "x-firebreak-attempts"), Some("1"));
+}

@@ -129,12 +129,44 @@ impl Drop for RequestLog {
     }
 }
 
+/// A non-streaming answer, read whole before its head is sent.
+pub(crate) enum Buffered {
+    /// All of it.
+    Whole(Bytes),
+    /// Longer than the limit: what was read, and the rest still to come.
+    Prefix(Bytes, FireworksBody),
+    /// It broke off (or timed out) before its end.
+    Failed(firebreak::Error),
+}
+
+/// Reads a non-streaming answer (a JSON completion: small) whole, up to `max` bytes, so that
+/// one that breaks off mid-way becomes an OpenAI-shaped error instead of a truncated 200.
+pub(crate) async fn buffer(mut body: FireworksBody, max: usize) -> Buffered {
+    let mut buf = BytesMut::new();
+    // Bounded by `max`: past it, the rest is streamed.
+    loop {
+        match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+            None => return Buffered::Whole(buf.freeze()),
+            Some(Err(e)) => return Buffered::Failed(e),
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    buf.extend_from_slice(&d);
+                }
+                if buf.len() > max {
+                    return Buffered::Prefix(buf.freeze(), body);
+                }
+            }
+        }
+    }
+}
+
 /// A longer partial event is passed on as it is rather than held.
 const MAX_PARTIAL: usize = 1 << 20;
 
 enum Source {
     Full(Option<Bytes>),
-    Upstream(FireworksBody),
+    /// The upstream's body, after a prefix already read from it.
+    Upstream(Option<Bytes>, FireworksBody),
 }
 
 /// The response body the caller gets.
@@ -174,8 +206,10 @@ impl ProxyBody {
         }
     }
 
-    /// The upstream's body; `sse` when it is an event stream.
+    /// The upstream's body, after `prefix` (read from it already); `sse` when it is an event
+    /// stream.
     pub(crate) fn upstream(
+        prefix: Option<Bytes>,
         b: FireworksBody,
         sse: bool,
         cut: WaitForCancellationFutureOwned,
@@ -184,7 +218,7 @@ impl ProxyBody {
         inflight: Option<InFlight>,
     ) -> Self {
         ProxyBody {
-            source: Source::Upstream(b),
+            source: Source::Upstream(prefix, b),
             sse: sse.then(BytesMut::new),
             cut: Some(Box::pin(cut)),
             scrub,
@@ -229,7 +263,12 @@ impl Body for ProxyBody {
                 this.done = true;
                 return Poll::Ready(b.take().map(|b| Ok(Frame::data(b))));
             }
-            Source::Upstream(b) => b,
+            Source::Upstream(prefix, b) => {
+                if let Some(p) = prefix.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(p))));
+                }
+                b
+            }
         };
         if let Some(cut) = &mut this.cut {
             if cut.as_mut().poll(cx).is_ready() {
@@ -300,8 +339,8 @@ impl Body for ProxyBody {
             Source::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Source::Full(None) => SizeHint::with_exact(0),
             // An event stream may gain an error event, so it gives no exact size.
-            Source::Upstream(b) if self.sse.is_none() => b.size_hint(),
-            Source::Upstream(_) => SizeHint::default(),
+            Source::Upstream(None, b) if self.sse.is_none() => b.size_hint(),
+            Source::Upstream(..) => SizeHint::default(),
         }
     }
 }
@@ -343,6 +382,7 @@ mod tests {
             Arc::new(|s: &str| s.replace("10.1.2.3:443", "upstream"));
         (
             ProxyBody::upstream(
+                None,
                 body,
                 sse,
                 token.clone().cancelled_owned(),

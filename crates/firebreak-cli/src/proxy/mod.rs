@@ -23,7 +23,7 @@ mod guard;
 mod headers;
 
 use crate::args::{TimeoutArgs, api_key, base_url};
-use body::{ProxyBody, ReadError, RequestLog};
+use body::{Buffered, ProxyBody, ReadError, RequestLog};
 use clap::Args;
 use conn::{ConnLimits, ConnState, GuardedIo, InFlight, Shedder};
 use firebreak::classify::{Class, Error};
@@ -109,6 +109,10 @@ struct Shared {
     scrub: Arc<dyn Fn(&str) -> String + Send + Sync>,
     warned: Mutex<HashSet<u64>>,
 }
+
+/// A non-streaming answer up to this size is read whole before it is sent, so that one that
+/// breaks off becomes an error answer, not a truncated 200; a longer one is streamed.
+const MAX_BUFFERED_ANSWER: usize = 16 * 1024 * 1024;
 
 /// Clients warned about their SDK's own retries; past this many, warnings stop being recorded.
 const MAX_WARNED: usize = 4096;
@@ -395,7 +399,38 @@ async fn forward(
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.starts_with("text/event-stream"));
             (log.status, log.attempts, log.outcome) = (rp.status.as_u16(), attempts, "ok");
+            let (prefix, body) = if sse {
+                (None, body)
+            } else {
+                match body::buffer(body, MAX_BUFFERED_ANSWER).await {
+                    Buffered::Whole(b) => {
+                        let mut out = Response::new(ProxyBody::full(b, log, Some(inflight)));
+                        *out.status_mut() = rp.status;
+                        *out.headers_mut() = headers::caller_response(&rp.headers);
+                        stamp(&mut out, attempts, id);
+                        return out;
+                    }
+                    Buffered::Prefix(b, rest) => (Some(b), rest),
+                    Buffered::Failed(e) => {
+                        let msg = format!(
+                            "the upstream answer broke off before its end: {}",
+                            (p.scrub)(&e.to_string())
+                        );
+                        let mut r = error_response(
+                            status_for(&e),
+                            &msg,
+                            e.class().label(),
+                            None,
+                            log,
+                            inflight,
+                        );
+                        stamp(&mut r, attempts, id);
+                        return r;
+                    }
+                }
+            };
             let body = ProxyBody::upstream(
+                prefix,
                 body,
                 sse,
                 p.cut.clone().cancelled_owned(),
