@@ -623,6 +623,16 @@ fn sigterm_drains_streams_within_the_grace_and_cuts_them_after_it() {
     assert!(!body.contains("[DONE]"));
     assert!(p.wait_exit(Duration::from_secs(10)).is_some());
     assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    // SIGINT takes the same path.
+    let mut p = keyed(&sim, &["--shutdown-grace", "10"]);
+    let h = stream_in_thread(p.addr.clone(), "drain-int");
+    std::thread::sleep(Duration::from_millis(500));
+    p.signal("INT");
+    assert!(h.join().unwrap().contains("data: [DONE]"));
+    assert!(
+        p.wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
+    );
 }
 
 // Row 10: logs.

@@ -65,7 +65,8 @@ pub(crate) struct ProxyArgs {
     allowed_host: Vec<String>,
     #[command(flatten)]
     timeouts: TimeoutArgs,
-    /// Largest request body, in bytes; larger ones get a 413 (before `100 Continue`).
+    /// Largest request body, in bytes; larger ones get a 413 (before `100 Continue`). The 8 MiB
+    /// default fits a long conversation with a few base64 images.
     #[arg(long, default_value_t = 8 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..=(1 << 30)))]
     max_body: u64,
     /// Memory for request bodies across all connections, in bytes; a body that does not fit
