@@ -9,6 +9,7 @@
 
 use bytes::Bytes;
 use firebreak_sim::{DelayHeader, Fault, Latency, Sim, SimConfig, Trigger};
+use firebreak_testkit::fds_and_rss;
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -82,20 +83,6 @@ fn binary(bench: bool) -> Option<PathBuf> {
         .success();
     let release = dir.parent()?.join("release/firebreak");
     (ok && release.exists()).then_some(release)
-}
-
-/// Open descriptors and resident memory (KiB) of a process.
-fn fds_and_rss(pid: u32) -> (usize, u64) {
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0);
-    (fds, rss)
 }
 
 /// How one request ended, as its client saw it.

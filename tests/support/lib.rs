@@ -225,3 +225,18 @@ pub fn status_fault(status: u16, delay: Vec<firebreak_sim::DelayHeader>) -> fire
         message: None,
     }
 }
+
+/// Open file descriptors and resident memory (KiB) of process `pid`, from `/proc` (zeros where
+/// `/proc` is not there).
+pub fn fds_and_rss(pid: u32) -> (usize, u64) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0);
+    (fds, rss)
+}

@@ -1,7 +1,7 @@
 //! `firebreak proxy` in front of firebreak-sim: JSON and SSE through the stack, error mapping,
 //! health, body limit, and the key (injected only when the caller sends none; never printed).
 
-use firebreak_sim::{Fault, Sim, SimConfig, Trigger};
+use firebreak_sim::{Fault, SimConfig, Trigger};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
@@ -10,7 +10,7 @@ use std::time::Duration;
 const KEY: &str = "fw_proxy_SECRET";
 
 mod common;
-use common::proxy;
+use common::{proxy, sim_on_runtime};
 
 /// A raw HTTP/1.1 request (Connection: close), returning status, headers and body.
 fn http(
@@ -32,17 +32,6 @@ fn http(
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
     (status, head.to_string(), body.to_string())
-}
-
-/// A runtime and a simulator started on it (the proxy runs in its own process).
-fn sim_on_runtime(cfg: SimConfig) -> (tokio::runtime::Runtime, Sim) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let sim = rt.block_on(Sim::start(cfg)).unwrap();
-    (rt, sim)
 }
 
 /// The test key, and a 503 on every request's first attempt.

@@ -4,6 +4,7 @@
 //! open file descriptors and memory come back to where they were.
 
 use firebreak_sim::{Latency, Sim, SimConfig};
+use firebreak_testkit::fds_and_rss;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -69,20 +70,6 @@ fn outcome(resp: &str, stream: bool) -> Result<Outcome, String> {
         }
         s => Err(format!("no valid answer (status {s}): {resp:?}")),
     }
-}
-
-/// Open descriptors and resident memory (KiB) of a process.
-fn fds_and_rss(pid: u32) -> (usize, u64) {
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0);
-    (fds, rss)
 }
 
 #[test]

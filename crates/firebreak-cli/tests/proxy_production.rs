@@ -12,16 +12,6 @@ use common::*;
 
 const KEY: &str = "fw_proxy_SECRET";
 
-fn sim_on_runtime(cfg: SimConfig) -> (tokio::runtime::Runtime, Sim) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let sim = rt.block_on(Sim::start(cfg)).unwrap();
-    (rt, sim)
-}
-
 fn healthy() -> (tokio::runtime::Runtime, Sim) {
     sim_on_runtime(SimConfig::default().api_key(KEY))
 }

@@ -199,3 +199,16 @@ pub(crate) fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 pub(crate) fn spawn_cmd(cmd: Command) -> Proxy {
     spawn(cmd).unwrap_or_else(|log| panic!("the proxy did not start: {log}"))
 }
+
+/// A runtime and a simulator started on it (the proxy runs in its own process).
+pub(crate) fn sim_on_runtime(
+    cfg: firebreak_sim::SimConfig,
+) -> (tokio::runtime::Runtime, firebreak_sim::Sim) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sim = rt.block_on(firebreak_sim::Sim::start(cfg)).unwrap();
+    (rt, sim)
+}
