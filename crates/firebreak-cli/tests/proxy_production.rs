@@ -407,6 +407,47 @@ fn a_three_second_caller_with_a_hung_first_attempt_gets_its_answer_in_time() {
 }
 
 #[test]
+fn with_a_fifth_of_attempts_hanging_a_three_second_caller_still_gets_its_answers() {
+    // The probe's second case: 20% of attempts hang; before, 80% succeeded through the proxy.
+    let (_rt, sim) = sim_on_runtime(SimConfig::default().api_key(KEY).seed(6).fault(
+        Trigger::Probability { p: 0.2 },
+        Fault::Hang { for_ms: 20_000 },
+    ));
+    let p = keyed(&sim, &[]);
+    let n = 40;
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let addr = p.addr.clone();
+            std::thread::spawn(move || {
+                let t = Instant::now();
+                let (s, _, _) = request(
+                    &addr,
+                    "POST",
+                    "/v1/chat/completions",
+                    &[("x-stainless-read-timeout", "3")],
+                    &chat(&format!("fifth-{i}"), i % 2 == 0, 3),
+                );
+                (s, t.elapsed())
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let ok = results.iter().filter(|(s, _)| *s == 200).count();
+    let slowest = results.iter().map(|r| r.1).max().unwrap();
+    println!("{ok} of {n} succeeded; slowest answer {slowest:?}");
+    // Two hung attempts in a row (4% of requests) cannot fit in 3 s; everything else must.
+    assert!(ok * 100 >= n * 90, "{ok} of {n}");
+    assert!(
+        slowest < Duration::from_secs(3),
+        "every answer came before the caller gave up: {slowest:?}"
+    );
+    assert!(
+        results.iter().all(|(s, _)| *s == 200 || *s == 504),
+        "{results:?}"
+    );
+}
+
+#[test]
 fn sdk_retries_are_warned_about_once_per_client() {
     let (_rt, sim) = healthy();
     let p = keyed(&sim, &[]);
