@@ -496,8 +496,8 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        // Bounded: admission happens once, then the call.
-        for _ in 0..2 {
+        // Admitting moves to Calling, and Calling always returns: at most two turns.
+        loop {
             match this.state.as_mut().project() {
                 StateProj::Admitting { admit, svc, req } => {
                     let (permit, n) = match admit.as_mut().poll(cx) {
@@ -576,7 +576,6 @@ where
                 StateProj::Done => panic!("ResponseFuture polled after completion"),
             }
         }
-        Poll::Pending
     }
 }
 

@@ -68,7 +68,8 @@ pub struct RetryOn {
     pub also: Vec<u16>,
     /// Statuses never retried although their class is (e.g. 504 for a non-idempotent call).
     pub never: Vec<u16>,
-    /// Honour the server's `x-should-retry` header (default on).
+    /// Ignore the server's `x-should-retry` header and decide from the status alone. Off by
+    /// default: the header is honoured.
     pub ignore_should_retry: bool,
 }
 

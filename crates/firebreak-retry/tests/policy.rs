@@ -189,6 +189,17 @@ async fn should_retry_and_caller_overrides() {
             ),
             (504, 2)
         );
+        // Told to ignore the header: a 503 that says "do not retry" is retried all the same.
+        let on = RetryOn {
+            ignore_should_retry: true,
+            ..RetryOn::default()
+        };
+        let (s, mut h) = svc(cfg().retry_on(on).build().unwrap());
+        let call = spawn(s, req());
+        next(&mut h, answer(503, &[("x-should-retry", "false".into())])).await;
+        next(&mut h, answer(200, &[])).await;
+        let resp = call.await.unwrap().unwrap();
+        assert_eq!(resp.status(), 200);
     })
     .await
 }

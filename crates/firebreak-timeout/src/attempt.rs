@@ -301,9 +301,10 @@ where
             Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::transport(e))),
             Poll::Pending => {}
         }
-        // Bounded: the second turn either arms a pending timer or fails.
+        // At most two turns: the second re-arms the timer at the earliest deadline, and then it
+        // is either pending (waker registered) or has fired, which means that deadline passed.
         let mut fired = false;
-        for _ in 0..2 {
+        loop {
             let now = Instant::now();
             let started = *this.started.get_or_insert(now);
             let mut next = Earliest::default();
@@ -337,18 +338,26 @@ where
                 return Poll::Pending;
             };
             if now >= at {
-                let mut e = Error::timeout(phase, d);
-                if phase == TimeoutPhase::Deadline {
-                    e = e.with_detail("the overall deadline passed during the attempt");
-                }
-                return Poll::Ready(Err(e));
+                return Poll::Ready(Err(attempt_timeout(phase, d)));
             }
             arm(this.sleep, at, fired);
             match this.sleep.as_mut().map(|s| s.as_mut().poll(cx)) {
-                Some(Poll::Ready(())) => fired = true,
+                // The timer was set for an earlier, stale deadline: recompute and re-arm.
+                Some(Poll::Ready(())) if !fired => fired = true,
+                // Re-armed at `at` and fired at once: by the timer's clock, `at` has passed.
+                Some(Poll::Ready(())) => return Poll::Ready(Err(attempt_timeout(phase, d))),
                 _ => return Poll::Pending,
             }
         }
-        Poll::Pending
+    }
+}
+
+/// The error of a timer that fired during an attempt.
+fn attempt_timeout(phase: TimeoutPhase, d: Duration) -> Error {
+    let e = Error::timeout(phase, d);
+    if phase == TimeoutPhase::Deadline {
+        e.with_detail("the overall deadline passed during the attempt")
+    } else {
+        e
     }
 }

@@ -179,9 +179,10 @@ where
             }
             Poll::Pending => {}
         }
-        // Bounded: the second turn either arms a timer that is still pending or fails.
+        // At most two turns: the second re-arms the timer at the earliest deadline, and then it
+        // is either pending (waker registered) or has fired, which means that deadline passed.
         let mut fired = false;
-        for _ in 0..2 {
+        loop {
             let now = Instant::now();
             let Some((at, phase, d)) = self.as_mut().project().timers.next(now) else {
                 return Poll::Pending;
@@ -193,11 +194,16 @@ where
             let this = self.as_mut().project();
             arm(this.sleep, at, fired);
             match this.sleep.as_mut().map(|s| s.as_mut().poll(cx)) {
-                Some(Poll::Ready(())) => fired = true,
+                // The timer was set for an earlier, stale deadline: recompute and re-arm.
+                Some(Poll::Ready(())) if !fired => fired = true,
+                // Re-armed at `at` and fired at once: by the timer's clock, `at` has passed.
+                Some(Poll::Ready(())) => {
+                    *this.done = true;
+                    return Poll::Ready(Some(Err(Error::timeout(phase, d))));
+                }
                 _ => return Poll::Pending,
             }
         }
-        Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {
