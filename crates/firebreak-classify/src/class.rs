@@ -258,6 +258,13 @@ impl Class {
         !self.reached_server()
     }
 
+    /// The one retryability rule: the server's word wins when it gave one (`x-should-retry`,
+    /// or gRPC's negative pushback, which means "do not retry"); otherwise the class default
+    /// ([`Class::is_retryable_by_default`]). Every other `is_retryable` calls this.
+    pub fn is_retryable_given(self, should_retry: Option<bool>) -> bool {
+        should_retry.unwrap_or_else(|| self.is_retryable_by_default())
+    }
+
     /// The default retry decision, following Fireworks' guidance: retry 429 (a rate limit, not an
     /// exhausted quota), 500, 502, 503, 504 and other 5xx but 501, and 408, connect failures (but not TLS: a bad certificate will not fix itself), resets
     /// before the response, and connect, pool and response-header timeouts. Never retry 400, 401,

@@ -126,13 +126,7 @@ impl Classification {
             .ok()?;
         let class = crate::grpc::grpc_class(code);
         let delay = server_delay(headers, now);
-        let refused = matches!(
-            delay,
-            DelayVerdict::Unusable {
-                error: crate::DelayError::Negative,
-                ..
-            }
-        );
+        let refused = crate::grpc::negative_pushback(&delay);
         let message = headers
             .get("grpc-message")
             .and_then(|m| m.to_str().ok())
@@ -188,8 +182,7 @@ impl Classification {
 
     /// Whether to retry: the `x-should-retry` override if present, else the class default.
     pub fn is_retryable(&self) -> bool {
-        self.should_retry()
-            .unwrap_or(self.class.is_retryable_by_default())
+        self.class.is_retryable_given(self.should_retry())
     }
 
     /// What the delay headers said.
@@ -436,9 +429,7 @@ impl Error {
 
     /// Whether retrying could help: `x-should-retry` if the server sent it, else the class default.
     pub fn is_retryable(&self) -> bool {
-        self.inner
-            .should_retry
-            .unwrap_or(self.inner.class.is_retryable_by_default())
+        self.inner.class.is_retryable_given(self.inner.should_retry)
     }
 
     /// Whether the request never reached the server (connect failures, connect and pool

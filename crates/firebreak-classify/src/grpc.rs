@@ -29,15 +29,20 @@ impl GrpcFailure {
     /// Whether a retry may help: the class default, unless the server's pushback was negative,
     /// which gRPC defines as "do not retry".
     pub fn is_retryable(&self) -> bool {
-        let refused = matches!(
-            self.pushback,
-            DelayVerdict::Unusable {
-                error: DelayError::Negative,
-                ..
-            }
-        );
-        self.class.is_retryable_by_default() && !refused
+        let refused = negative_pushback(&self.pushback);
+        self.class.is_retryable_given(refused.then_some(false))
     }
+}
+
+/// Whether a pushback is negative: gRPC's "do not retry".
+pub(crate) fn negative_pushback(d: &DelayVerdict) -> bool {
+    matches!(
+        d,
+        DelayVerdict::Unusable {
+            error: DelayError::Negative,
+            ..
+        }
+    )
 }
 
 /// The class of a gRPC status code. UNAVAILABLE and RESOURCE_EXHAUSTED are retryable;

@@ -311,10 +311,11 @@ impl FireworksPolicy {
         let cfg = &self.shared.cfg;
         let retryable = match status {
             Some(s) if cfg.retry_on.never.contains(&s.as_u16()) => false,
-            Some(s) => match (should_retry, cfg.retry_on.ignore_should_retry) {
-                (Some(v), false) => v,
-                _ => cfg.retry_on.also.contains(&s.as_u16()) || class.is_retryable_by_default(),
-            },
+            Some(s) => {
+                let hint = should_retry.filter(|_| !cfg.retry_on.ignore_should_retry);
+                class.is_retryable_given(hint)
+                    || (hint.is_none() && cfg.retry_on.also.contains(&s.as_u16()))
+            }
             None => retryable_by_error,
         };
         if !retryable {
