@@ -113,97 +113,6 @@ pub enum TimeoutPhase {
 }
 
 impl Class {
-    /// Every class, in a fixed order: `Class::ALL[c.index()] == c`. Metrics use it to register
-    /// one series per class up front, so label cardinality is bounded by this list.
-    pub const ALL: [Class; 34] = [
-        Class::Success,
-        Class::RateLimited,
-        Class::Overloaded,
-        Class::ServerError,
-        Class::RequestTimeout,
-        Class::ClientError(ClientErrorKind::BadRequest),
-        Class::ClientError(ClientErrorKind::Unauthorized),
-        Class::ClientError(ClientErrorKind::PaymentRequired),
-        Class::ClientError(ClientErrorKind::Forbidden),
-        Class::ClientError(ClientErrorKind::NotFound),
-        Class::ClientError(ClientErrorKind::PreconditionFailed),
-        Class::ClientError(ClientErrorKind::PayloadTooLarge),
-        Class::ClientError(ClientErrorKind::Unprocessable),
-        Class::ClientError(ClientErrorKind::Other),
-        Class::StreamError,
-        Class::Connect(ConnectKind::Dns),
-        Class::Connect(ConnectKind::Refused),
-        Class::Connect(ConnectKind::Tls),
-        Class::Connect(ConnectKind::Other),
-        Class::Timeout(TimeoutPhase::Connect),
-        Class::Timeout(TimeoutPhase::Pool),
-        Class::Timeout(TimeoutPhase::RequestWrite),
-        Class::Timeout(TimeoutPhase::ResponseHeaders),
-        Class::Timeout(TimeoutPhase::FirstEvent),
-        Class::Timeout(TimeoutPhase::BodyIdle),
-        Class::Timeout(TimeoutPhase::Attempt),
-        Class::Timeout(TimeoutPhase::Deadline),
-        Class::ResetBeforeResponse,
-        Class::ResetMidBody,
-        Class::Protocol,
-        Class::Throttled,
-        Class::Other,
-        Class::QuotaExhausted,
-        Class::NotImplemented,
-    ];
-
-    /// This class's position in [`Class::ALL`].
-    pub fn index(self) -> usize {
-        match self {
-            Class::Success => 0,
-            Class::RateLimited => 1,
-            Class::Overloaded => 2,
-            Class::ServerError => 3,
-            Class::RequestTimeout => 4,
-            Class::ClientError(k) => {
-                5 + match k {
-                    ClientErrorKind::BadRequest => 0,
-                    ClientErrorKind::Unauthorized => 1,
-                    ClientErrorKind::PaymentRequired => 2,
-                    ClientErrorKind::Forbidden => 3,
-                    ClientErrorKind::NotFound => 4,
-                    ClientErrorKind::PreconditionFailed => 5,
-                    ClientErrorKind::PayloadTooLarge => 6,
-                    ClientErrorKind::Unprocessable => 7,
-                    ClientErrorKind::Other => 8,
-                }
-            }
-            Class::StreamError => 14,
-            Class::Connect(k) => {
-                15 + match k {
-                    ConnectKind::Dns => 0,
-                    ConnectKind::Refused => 1,
-                    ConnectKind::Tls => 2,
-                    ConnectKind::Other => 3,
-                }
-            }
-            Class::Timeout(p) => {
-                19 + match p {
-                    TimeoutPhase::Connect => 0,
-                    TimeoutPhase::Pool => 1,
-                    TimeoutPhase::RequestWrite => 2,
-                    TimeoutPhase::ResponseHeaders => 3,
-                    TimeoutPhase::FirstEvent => 4,
-                    TimeoutPhase::BodyIdle => 5,
-                    TimeoutPhase::Attempt => 6,
-                    TimeoutPhase::Deadline => 7,
-                }
-            }
-            Class::ResetBeforeResponse => 27,
-            Class::ResetMidBody => 28,
-            Class::Protocol => 29,
-            Class::Throttled => 30,
-            Class::Other => 31,
-            Class::QuotaExhausted => 32,
-            Class::NotImplemented => 33,
-        }
-    }
-
     /// For a client-side failure (one the provider's dashboard never sees), its kind as a
     /// metric label: `dns`, `refused`, `tls`, `connect_other`, `connect_timeout`,
     /// `pool_timeout` or `gate_rejected`. `None` when the request reached the server.
@@ -306,53 +215,88 @@ impl Class {
     pub fn is_rate_limited(self) -> bool {
         matches!(self, Class::RateLimited | Class::Throttled)
     }
+}
 
-    /// A short, stable, low-cardinality label for metrics and traces, e.g. `rate_limited`,
-    /// `connect_refused`, `timeout_body_idle`, `client_error_not_found`.
-    pub fn label(self) -> &'static str {
-        match self {
-            Class::Success => "success",
-            Class::RateLimited => "rate_limited",
-            Class::Overloaded => "overloaded",
-            Class::ServerError => "server_error",
-            Class::RequestTimeout => "request_timeout",
-            Class::ClientError(k) => match k {
-                ClientErrorKind::BadRequest => "client_error_bad_request",
-                ClientErrorKind::Unauthorized => "client_error_unauthorized",
-                ClientErrorKind::PaymentRequired => "client_error_payment_required",
-                ClientErrorKind::Forbidden => "client_error_forbidden",
-                ClientErrorKind::NotFound => "client_error_not_found",
-                ClientErrorKind::PreconditionFailed => "client_error_precondition_failed",
-                ClientErrorKind::PayloadTooLarge => "client_error_payload_too_large",
-                ClientErrorKind::Unprocessable => "client_error_unprocessable",
-                ClientErrorKind::Other => "client_error_other",
-            },
-            Class::StreamError => "stream_error",
-            Class::Connect(k) => match k {
-                ConnectKind::Dns => "connect_dns",
-                ConnectKind::Refused => "connect_refused",
-                ConnectKind::Tls => "connect_tls",
-                ConnectKind::Other => "connect_other",
-            },
-            Class::Timeout(p) => match p {
-                TimeoutPhase::Connect => "timeout_connect",
-                TimeoutPhase::Pool => "timeout_pool",
-                TimeoutPhase::RequestWrite => "timeout_request_write",
-                TimeoutPhase::ResponseHeaders => "timeout_response_headers",
-                TimeoutPhase::FirstEvent => "timeout_first_event",
-                TimeoutPhase::BodyIdle => "timeout_body_idle",
-                TimeoutPhase::Attempt => "timeout_attempt",
-                TimeoutPhase::Deadline => "timeout_deadline",
-            },
-            Class::ResetBeforeResponse => "reset_before_response",
-            Class::ResetMidBody => "reset_mid_body",
-            Class::Protocol => "protocol",
-            Class::Throttled => "throttled",
-            Class::Other => "other",
-            Class::QuotaExhausted => "quota_exhausted",
-            Class::NotImplemented => "not_implemented",
+/// The one list of classes, in a fixed order, with each class's label. [`Class::ALL`],
+/// [`Class::index`] and [`Class::label`] are generated from it, and a match generated from it
+/// must cover every class (the compiler checks that), so a new class cannot be forgotten.
+macro_rules! classes {
+    ($($variant:ident $(($inner:path))? => $label:literal,)+) => {
+        impl Class {
+            /// Every class, in a fixed order: `Class::ALL[c.index()] == c`. Metrics use it to
+            /// register one series per class up front, so label cardinality is bounded by this
+            /// list.
+            pub const ALL: [Class; classes!(@count $($variant)+)] = [$(Class::$variant $(($inner))?),+];
+
+            const LABELS: [&'static str; classes!(@count $($variant)+)] = [$($label),+];
+
+            /// This class's position in [`Class::ALL`].
+            pub fn index(self) -> usize {
+                let mut i = 0;
+                $(
+                    if matches!(self, Class::$variant $(($inner))?) {
+                        return i;
+                    }
+                    i += 1;
+                )+
+                let _ = i;
+                unreachable!("`covers_every_class` proves at compile time that the list names every class")
+            }
+
+            /// A short, stable, low-cardinality label for metrics and traces, e.g.
+            /// `rate_limited`, `connect_refused`, `timeout_body_idle`, `client_error_not_found`.
+            pub fn label(self) -> &'static str {
+                Class::LABELS[self.index()]
+            }
         }
-    }
+
+        /// Compiles only if the list names every class.
+        #[allow(dead_code)]
+        fn covers_every_class(c: Class) {
+            match c {
+                $(Class::$variant $(($inner))? => {})+
+            }
+        }
+    };
+    (@count $($v:ident)+) => { 0 $(+ classes!(@one $v))+ };
+    (@one $v:ident) => { 1 };
+}
+
+classes! {
+    Success => "success",
+    RateLimited => "rate_limited",
+    Overloaded => "overloaded",
+    ServerError => "server_error",
+    RequestTimeout => "request_timeout",
+    ClientError(ClientErrorKind::BadRequest) => "client_error_bad_request",
+    ClientError(ClientErrorKind::Unauthorized) => "client_error_unauthorized",
+    ClientError(ClientErrorKind::PaymentRequired) => "client_error_payment_required",
+    ClientError(ClientErrorKind::Forbidden) => "client_error_forbidden",
+    ClientError(ClientErrorKind::NotFound) => "client_error_not_found",
+    ClientError(ClientErrorKind::PreconditionFailed) => "client_error_precondition_failed",
+    ClientError(ClientErrorKind::PayloadTooLarge) => "client_error_payload_too_large",
+    ClientError(ClientErrorKind::Unprocessable) => "client_error_unprocessable",
+    ClientError(ClientErrorKind::Other) => "client_error_other",
+    StreamError => "stream_error",
+    Connect(ConnectKind::Dns) => "connect_dns",
+    Connect(ConnectKind::Refused) => "connect_refused",
+    Connect(ConnectKind::Tls) => "connect_tls",
+    Connect(ConnectKind::Other) => "connect_other",
+    Timeout(TimeoutPhase::Connect) => "timeout_connect",
+    Timeout(TimeoutPhase::Pool) => "timeout_pool",
+    Timeout(TimeoutPhase::RequestWrite) => "timeout_request_write",
+    Timeout(TimeoutPhase::ResponseHeaders) => "timeout_response_headers",
+    Timeout(TimeoutPhase::FirstEvent) => "timeout_first_event",
+    Timeout(TimeoutPhase::BodyIdle) => "timeout_body_idle",
+    Timeout(TimeoutPhase::Attempt) => "timeout_attempt",
+    Timeout(TimeoutPhase::Deadline) => "timeout_deadline",
+    ResetBeforeResponse => "reset_before_response",
+    ResetMidBody => "reset_mid_body",
+    Protocol => "protocol",
+    Throttled => "throttled",
+    Other => "other",
+    QuotaExhausted => "quota_exhausted",
+    NotImplemented => "not_implemented",
 }
 
 impl ClientErrorKind {
