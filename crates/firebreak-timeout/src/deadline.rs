@@ -102,7 +102,7 @@ impl Deadline {
 }
 
 /// Stamps a [`Deadline`] on every request and enforces it on the response and its body.
-/// Put it outermost, so backoff sleeps and 429 waits count against it.
+/// Put it outside the retry and 429 layers, so backoff sleeps and 429 waits count against it.
 ///
 /// ```
 /// use firebreak_timeout::DeadlineLayer;

@@ -15,8 +15,8 @@ mod sealed {
 }
 
 /// Adds firebreak's layers to a `ServiceBuilder`, one by one or all at once. Sealed: only
-/// `ServiceBuilder` implements it. Put them in the documented order (deadline, retry, gate,
-/// attempt timeouts, classification) or use [`ServiceBuilderExt::fireworks_stack`].
+/// `ServiceBuilder` implements it. Put them in the order the [crate docs](crate) give, and why,
+/// or use [`ServiceBuilderExt::fireworks_stack`], which does.
 ///
 /// ```
 /// use bytes::Bytes;

@@ -12,8 +12,8 @@
 //!   **attempt** sits between retry and the gate, so it sees every attempt, including the ones
 //!   the gate refused to send (client-side failures the provider never sees). See
 //!   [`observe`] for the spans and the metrics table;
-//! - the **deadline** is outermost, so backoff sleeps and 429 waits count against it, and the
-//!   layers below see how much time is left;
+//! - the **deadline** comes next, outside every policy layer, so backoff sleeps and 429 waits
+//!   count against it, and the layers below see how much time is left;
 //! - **retry** is outside the gate, so every attempt, retries included, passes the fleet-wide
 //!   429 gate and a retry storm cannot bypass a cooldown;
 //! - **per-attempt timeouts** are inside the gate, so time queued for admission is not charged to
