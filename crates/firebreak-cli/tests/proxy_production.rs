@@ -326,6 +326,13 @@ fn a_caller_that_stops_reading_is_dropped_and_releases_the_upstream() {
     // Another caller is served at once.
     let (s, _, _) = post(&p, "/v1/chat/completions", &[], &chat("after", false, 2));
     assert_eq!(s, 200);
+    std::thread::sleep(Duration::from_millis(200));
+    let gone = p
+        .log()
+        .lines()
+        .filter(|l| l.contains("outcome=\"caller_gone\""))
+        .count();
+    assert_eq!(gone, 8, "the log says why: {}", p.log());
     drop(stalled);
 }
 

@@ -102,7 +102,9 @@ pub(crate) fn sse_error_event(message: &str, code: &str) -> Bytes {
     Bytes::from(format!("event: error\ndata: {data}\n\n"))
 }
 
-/// What the request log line says, written when the response is done (or dropped).
+/// What the request log line says, written when the response is done (or dropped). Its
+/// `outcome`: `ok`, `refused` (by the proxy), `cut` (the upstream broke off, a timer fired, or
+/// shutdown), or `caller_gone` (the caller disconnected or stopped reading first).
 #[derive(Debug)]
 pub(crate) struct RequestLog {
     pub(crate) method: http::Method,
@@ -261,6 +263,11 @@ impl Body for ProxyBody {
         let inner = match &mut this.source {
             Source::Full(b) => {
                 this.done = true;
+                if let Some(l) = &mut this.log {
+                    if l.outcome == "caller_gone" {
+                        l.outcome = "ok";
+                    }
+                }
                 return Poll::Ready(b.take().map(|b| Ok(Frame::data(b))));
             }
             Source::Upstream(prefix, b) => {

@@ -399,7 +399,8 @@ async fn forward(
                 .get(http::header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.starts_with("text/event-stream"));
-            (log.status, log.attempts, log.outcome) = (rp.status.as_u16(), attempts, "ok");
+            // Until the body ends: a caller that goes away (or stalls) first leaves it so.
+            (log.status, log.attempts, log.outcome) = (rp.status.as_u16(), attempts, "caller_gone");
             let (prefix, body) = if sse {
                 (None, body)
             } else {
