@@ -336,6 +336,48 @@ fn a_caller_that_stops_reading_is_dropped_and_releases_the_upstream() {
     drop(stalled);
 }
 
+#[test]
+fn a_slow_reader_cannot_hold_the_upstream_past_the_deadline() {
+    let (rt, sim) = sim_on_runtime(SimConfig::default().api_key(KEY).latency(Latency {
+        ttfb_ms: 0,
+        token_delay_ms: 0,
+        completion_tokens: 8,
+    }));
+    // A reader that takes 4 KiB every 100 ms is never stalled for the 5 s write-stall timeout.
+    let p = keyed(&sim, &["--deadline", "2", "--write-stall-timeout", "5"]);
+    let body = chat("slow-reader", true, 400_000);
+    let mut s = TcpStream::connect(&p.addr).unwrap();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    // Short reads: once the proxy has ended the stream, a read must not block the check.
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let t = Instant::now();
+    let mut rec = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Bounded: 15 s of slow reading at most.
+    while rec.is_empty() && t.elapsed() < Duration::from_secs(15) {
+        let _ = s.read(&mut buf);
+        std::thread::sleep(Duration::from_millis(100));
+        rec = rt.block_on(async { sim.attempts_for("slow-reader") });
+    }
+    assert_eq!(
+        rec.len(),
+        1,
+        "the upstream stream was released while the caller still read"
+    );
+    assert!(!rec[0].completed);
+    assert!(
+        t.elapsed() < Duration::from_secs(6),
+        "released at the deadline: {:?}",
+        t.elapsed()
+    );
+}
+
 // Row 5: the 60 s cap; flags and per-request presets.
 
 #[test]

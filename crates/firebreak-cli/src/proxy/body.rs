@@ -171,6 +171,14 @@ enum Source {
     Upstream(Option<Bytes>, FireworksBody),
 }
 
+/// What ends a response body early besides its upstream: shutdown, and the call's deadline.
+pub(crate) struct Stop {
+    /// Resolves when shutdown's grace is over.
+    pub(crate) shutdown: WaitForCancellationFutureOwned,
+    /// When the call must be over.
+    pub(crate) deadline: Option<tokio::time::Instant>,
+}
+
 /// The response body the caller gets.
 pub(crate) struct ProxyBody {
     source: Source,
@@ -178,6 +186,9 @@ pub(crate) struct ProxyBody {
     sse: Option<BytesMut>,
     /// Resolves when shutdown's grace is over.
     cut: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    /// The call's deadline, checked on every poll: a caller that reads slowly (never stalling
+    /// long enough for the write-stall timeout) still cannot hold the upstream past it.
+    deadline: Option<tokio::time::Instant>,
     /// Turns an error into words safe to show (no upstream address).
     scrub: Arc<dyn Fn(&str) -> String + Send + Sync>,
     done: bool,
@@ -201,6 +212,7 @@ impl ProxyBody {
             source: Source::Full(Some(b.into())),
             sse: None,
             cut: None,
+            deadline: None,
             scrub: Arc::new(|s: &str| s.to_string()),
             done: false,
             log: Some(log),
@@ -214,7 +226,7 @@ impl ProxyBody {
         prefix: Option<Bytes>,
         b: FireworksBody,
         sse: bool,
-        cut: WaitForCancellationFutureOwned,
+        stop: Stop,
         scrub: Arc<dyn Fn(&str) -> String + Send + Sync>,
         log: RequestLog,
         inflight: Option<InFlight>,
@@ -222,7 +234,8 @@ impl ProxyBody {
         ProxyBody {
             source: Source::Upstream(prefix, b),
             sse: sse.then(BytesMut::new),
-            cut: Some(Box::pin(cut)),
+            cut: Some(Box::pin(stop.shutdown)),
+            deadline: stop.deadline,
             scrub,
             done: false,
             log: Some(log),
@@ -277,6 +290,19 @@ impl Body for ProxyBody {
                 b
             }
         };
+        if this
+            .deadline
+            .is_some_and(|d| tokio::time::Instant::now() >= d)
+        {
+            if this.sse.is_some() {
+                return this.end_with_error(
+                    "the call's deadline passed before the stream ended",
+                    "timeout_deadline",
+                );
+            }
+            this.done = true;
+            return Poll::Ready(Some(Err(std::io::Error::other("deadline passed"))));
+        }
         if let Some(cut) = &mut this.cut {
             if cut.as_mut().poll(cx).is_ready() {
                 if this.sse.is_some() {
@@ -392,7 +418,10 @@ mod tests {
                 None,
                 body,
                 sse,
-                token.clone().cancelled_owned(),
+                Stop {
+                    shutdown: token.clone().cancelled_owned(),
+                    deadline: None,
+                },
                 scrub,
                 log(),
                 None,

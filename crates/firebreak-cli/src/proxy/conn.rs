@@ -43,6 +43,8 @@ enum Phase {
 #[derive(Debug)]
 pub(crate) struct ConnState {
     phase: Mutex<Phase>,
+    /// The deadline of the call whose response is being written, if it has one.
+    deadline: Mutex<Option<Instant>>,
 }
 
 impl ConnState {
@@ -51,6 +53,7 @@ impl ConnState {
             phase: Mutex::new(Phase::Idle {
                 since: Instant::now(),
             }),
+            deadline: Mutex::new(None),
         })
     }
 
@@ -108,8 +111,17 @@ impl Shedder {
 #[derive(Debug)]
 pub(crate) struct InFlight(Arc<ConnState>);
 
+impl InFlight {
+    /// The call's deadline: writing its response stops there, even to a caller that keeps
+    /// reading slowly (never stalled long enough for the write-stall timeout).
+    pub(crate) fn set_deadline(&self, at: Instant) {
+        *self.0.deadline.lock().unwrap_or_else(|e| e.into_inner()) = Some(at);
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
+        *self.0.deadline.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.0.with(|p| {
             if let Phase::Busy { requests } = p {
                 *p = if *requests > 1 {
@@ -158,17 +170,30 @@ fn timed_out(what: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, what)
 }
 
-/// Polls the write-stall timer after a write that made no progress.
+/// Polls the write timer after a write that made no progress: it fires at the write-stall
+/// timeout from the start of the stall, or at the call's deadline if that comes first.
 fn stalled(
     sleep: &mut Option<Pin<Box<Sleep>>>,
     after: Duration,
+    state: &ConnState,
     cx: &mut Context<'_>,
 ) -> Poll<io::Error> {
-    let s = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
+    let deadline = *state.deadline.lock().unwrap_or_else(|e| e.into_inner());
+    let s = sleep.get_or_insert_with(|| {
+        let stall = Instant::now() + after;
+        Box::pin(tokio::time::sleep_until(
+            deadline.map_or(stall, |d| d.min(stall)),
+        ))
+    });
     match s.as_mut().poll(cx) {
         Poll::Ready(()) => {
             *sleep = None;
-            Poll::Ready(timed_out("write stalled: the caller stopped reading"))
+            let why = if deadline.is_some_and(|d| Instant::now() >= d) {
+                "the call's deadline passed while its response was being written"
+            } else {
+                "write stalled: the caller stopped reading"
+            };
+            Poll::Ready(timed_out(why))
         }
         Poll::Pending => Poll::Pending,
     }
@@ -236,7 +261,9 @@ impl<T: AsyncWrite> AsyncWrite for GuardedIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         match this.io.poll_write(cx, buf) {
-            Poll::Pending => stalled(this.write_sleep, this.limits.write_stall, cx).map(Err),
+            Poll::Pending => {
+                stalled(this.write_sleep, this.limits.write_stall, this.state, cx).map(Err)
+            }
             ready => {
                 *this.write_sleep = None;
                 ready
@@ -251,7 +278,9 @@ impl<T: AsyncWrite> AsyncWrite for GuardedIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         match this.io.poll_write_vectored(cx, bufs) {
-            Poll::Pending => stalled(this.write_sleep, this.limits.write_stall, cx).map(Err),
+            Poll::Pending => {
+                stalled(this.write_sleep, this.limits.write_stall, this.state, cx).map(Err)
+            }
             ready => {
                 *this.write_sleep = None;
                 ready
@@ -266,7 +295,9 @@ impl<T: AsyncWrite> AsyncWrite for GuardedIo<T> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.project();
         match this.io.poll_flush(cx) {
-            Poll::Pending => stalled(this.write_sleep, this.limits.write_stall, cx).map(Err),
+            Poll::Pending => {
+                stalled(this.write_sleep, this.limits.write_stall, this.state, cx).map(Err)
+            }
             ready => {
                 *this.write_sleep = None;
                 ready
@@ -277,7 +308,9 @@ impl<T: AsyncWrite> AsyncWrite for GuardedIo<T> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.project();
         match this.io.poll_shutdown(cx) {
-            Poll::Pending => stalled(this.write_sleep, this.limits.write_stall, cx).map(Err),
+            Poll::Pending => {
+                stalled(this.write_sleep, this.limits.write_stall, this.state, cx).map(Err)
+            }
             ready => {
                 *this.write_sleep = None;
                 ready
@@ -376,6 +409,32 @@ mod tests {
         assert!(
             busy_read.await.unwrap().is_err(),
             "a busy connection is left alone"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_stops_at_the_calls_deadline_even_before_the_stall_timeout() {
+        let (a, _b) = tokio::io::duplex(16);
+        let state = ConnState::new();
+        let mut io = GuardedIo::new(a, state.clone(), limits(), Shedder::default());
+        let inflight = state.begin();
+        inflight.set_deadline(Instant::now() + Duration::from_secs(2));
+        let t = Instant::now();
+        let e = loop {
+            if let Err(e) = io.write_all(&[1u8; 16]).await {
+                break e;
+            }
+        };
+        assert!(e.to_string().contains("deadline"), "{e}");
+        assert_eq!(
+            t.elapsed(),
+            Duration::from_secs(2),
+            "not the 30 s stall timeout"
+        );
+        drop(inflight);
+        assert!(
+            state.deadline.lock().unwrap().is_none(),
+            "cleared with the request"
         );
     }
 

@@ -23,7 +23,7 @@ mod guard;
 mod headers;
 
 use crate::args::{TimeoutArgs, api_key, base_url};
-use body::{Buffered, ProxyBody, ReadError, RequestLog};
+use body::{Buffered, ProxyBody, ReadError, RequestLog, Stop};
 use clap::Args;
 use conn::{ConnLimits, ConnState, GuardedIo, InFlight, Shedder};
 use firebreak::classify::{Class, Error};
@@ -431,11 +431,19 @@ async fn forward(
                     }
                 }
             };
+            if let Some(d) = plan.deadline {
+                inflight.set_deadline(tokio::time::Instant::from_std(started + d));
+            }
             let body = ProxyBody::upstream(
                 prefix,
                 body,
                 sse,
-                p.cut.clone().cancelled_owned(),
+                Stop {
+                    shutdown: p.cut.clone().cancelled_owned(),
+                    deadline: plan
+                        .deadline
+                        .map(|d| tokio::time::Instant::from_std(started + d)),
+                },
                 p.scrub.clone(),
                 log,
                 Some(inflight),
