@@ -30,13 +30,6 @@ fn stack(
         .service(client)
 }
 
-/// A simulator with the test key and one fault rule.
-async fn sim_with(when: Trigger, fault: Fault) -> Sim {
-    Sim::start(SimConfig::default().api_key(KEY).fault(when, fault))
-        .await
-        .unwrap()
-}
-
 /// One chat completion through the retry stack with the fast policy.
 async fn chat(sim: &Sim, id: &str) -> Resp {
     stack(fast())

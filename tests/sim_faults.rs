@@ -17,11 +17,6 @@ fn status(status: u16) -> Fault {
     }
 }
 
-/// A simulator with the test key and one fault rule.
-async fn sim_with(when: Trigger, fault: Fault) -> Sim {
-    Sim::start(cfg().fault(when, fault)).await.unwrap()
-}
-
 /// One chat completion through a plain client.
 async fn chat(sim: &Sim, id: &str, stream: bool) -> Answer {
     send(

@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 use firebreak_classify::*;
+use firebreak_testkit::bounded;
 use http::{Request, Response};
 use http_body::Frame;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -21,15 +22,9 @@ fn stream_body(frames: Frames) -> TestBody {
     StreamBody::new(futures_util::stream::iter(frames))
 }
 
-async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(10), f)
-        .await
-        .expect("the test never finished: an awaited call, answer or request never came (see the last step it reached)")
-}
-
 #[tokio::test]
 async fn success_body_passes_through_zero_copy() {
-    bounded(async {
+    bounded(10, async {
         let payload = Bytes::from(vec![7u8; 4096]);
         let ptr = payload.as_ptr();
         let svc = ClassifyLayer::new().layer(service_fn(move |_r: Request<()>| {
@@ -51,7 +46,7 @@ async fn success_body_passes_through_zero_copy() {
 
 #[tokio::test]
 async fn error_body_in_pieces_is_parsed_and_replayed_whole() {
-    bounded(async {
+    bounded(10, async {
         let json = br#"{"error":{"message":"Service overloaded","code":"SERVICE_UNAVAILABLE","type":"error"},"request_id":"r-1"}"#;
         let pieces: Frames = json.chunks(7).map(|c| Ok(Frame::data(Bytes::copy_from_slice(c)))).collect();
         let svc = ClassifyLayer::new().layer(service_fn(move |_r: Request<()>| {
@@ -74,7 +69,7 @@ async fn error_body_in_pieces_is_parsed_and_replayed_whole() {
 
 #[tokio::test]
 async fn huge_error_body_is_read_only_up_to_the_bound() {
-    bounded(async {
+    bounded(10, async {
         let pulled = Arc::new(AtomicUsize::new(0));
         let p2 = pulled.clone();
         let svc = ClassifyLayer::new()
@@ -120,7 +115,7 @@ async fn huge_error_body_is_read_only_up_to_the_bound() {
 
 #[tokio::test]
 async fn a_body_error_while_reading_the_prefix_is_kept_for_the_caller() {
-    bounded(async {
+    bounded(10, async {
         let svc = ClassifyLayer::new().layer(service_fn(|_r: Request<()>| async {
             let frames: Frames = vec![
                 Ok(Frame::data(Bytes::from_static(b"<html>bad gateway"))),
@@ -169,7 +164,7 @@ fn sse_service(
 
 #[tokio::test]
 async fn an_sse_error_event_ends_the_body_with_a_stream_error_after_its_bytes() {
-    bounded(async {
+    bounded(10, async {
         let resp = sse_service(true).oneshot(Request::new(())).await.unwrap();
         let mut body = resp.into_body();
         let mut data = Vec::new();
@@ -208,7 +203,7 @@ async fn an_sse_error_event_ends_the_body_with_a_stream_error_after_its_bytes() 
 
 #[tokio::test]
 async fn transport_errors_become_classified_errors_with_the_host() {
-    bounded(async {
+    bounded(10, async {
         let svc = ClassifyLayer::new().layer(service_fn(|_r: Request<()>| async {
             Err::<Response<Full<Bytes>>, _>(std::io::Error::new(
                 std::io::ErrorKind::ConnectionRefused,
@@ -249,7 +244,7 @@ async fn poll_ready_is_forwarded_and_errors_classified() {
 
 #[tokio::test]
 async fn error_for_status_gives_result_semantics() {
-    bounded(async {
+    bounded(10, async {
         let svc = ErrorForStatusLayer::new().layer(ClassifyLayer::new().layer(service_fn(|r: Request<()>| async move {
             let status = if r.uri().path() == "/ok" { 200 } else { 401 };
             Ok::<_, Infallible>(
@@ -274,7 +269,7 @@ async fn error_for_status_gives_result_semantics() {
 
 #[tokio::test]
 async fn trace_layer_uses_the_shared_classifier() {
-    bounded(async {
+    bounded(10, async {
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let s2 = seen.clone();
         let trace = tower_http::trace::TraceLayer::new(FireworksClassifier).on_failure(
@@ -345,7 +340,7 @@ fn sse_of(
 #[tokio::test]
 async fn a_stream_whose_first_event_is_an_error_is_retryable() {
     // #13 point 9: nothing reached the caller before the error, so re-sending is safe.
-    bounded(async {
+    bounded(10, async {
         const FIRST_IS_ERROR: &[&[u8]] = &[
             b": keep-alive\n\n",
             b"data: {\"error\":{\"message\":\"overloaded, try again\",\"code\":\"UNAVAILABLE\"}}\n",

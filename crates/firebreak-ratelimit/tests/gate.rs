@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use firebreak_classify::{Class, ClassifyLayer, Error};
 use firebreak_ratelimit::*;
+use firebreak_testkit::bounded;
 use firebreak_timeout::Deadline;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -63,12 +64,6 @@ fn limited(retry_after: &str) -> Response<Full<Bytes>> {
         .unwrap()
 }
 
-async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(3600), f)
-        .await
-        .expect("the test never finished: an awaited call, answer or request never came (see the last step it reached)")
-}
-
 type Call = tokio::task::JoinHandle<Result<StatusCode, Error>>;
 
 /// Sends through the gate and drains the body (releasing the request's place).
@@ -102,7 +97,7 @@ async fn none_arrives_within(h: &mut Handle, d: Duration) -> bool {
 
 #[tokio::test(start_paused = true)]
 async fn a_429_cools_the_fleet_down_then_releases_it_one_interval_apart() {
-    bounded(async {
+    bounded(3600, async {
         let (layer, svc, mut h) = gate(
             GateConfig {
                 initial_concurrency: 8,
@@ -176,7 +171,7 @@ async fn a_429_cools_the_fleet_down_then_releases_it_one_interval_apart() {
 
 #[tokio::test(start_paused = true)]
 async fn rate_limit_headers_on_successes_set_the_pace() {
-    bounded(async {
+    bounded(3600, async {
         let cfg = GateConfig {
             header_unit: HeaderUnit::PerMinute,
             ..GateConfig::default()
@@ -224,7 +219,7 @@ async fn rate_limit_headers_on_successes_set_the_pace() {
 
 #[tokio::test(start_paused = true)]
 async fn the_window_ramps_by_the_clock_then_backs_off_on_fleet_wide_overload() {
-    bounded(async {
+    bounded(3600, async {
         let (layer, svc, mut h) = gate(GateConfig::default(), KeyBy::Client);
         let limit = |l: &RateLimitLayer| l.snapshot()[0].1.concurrency_limit;
         let c = spawn(&svc, req());
@@ -279,7 +274,7 @@ async fn the_window_ramps_by_the_clock_then_backs_off_on_fleet_wide_overload() {
 
 #[tokio::test(start_paused = true)]
 async fn a_request_that_cannot_be_admitted_before_its_deadline_fails_at_once() {
-    bounded(async {
+    bounded(3600, async {
         let (layer, svc, mut h) = gate(GateConfig::default(), KeyBy::Client);
         let c = spawn(&svc, req());
         next(&mut h, limited("30")).await;
@@ -311,7 +306,7 @@ async fn a_request_that_cannot_be_admitted_before_its_deadline_fails_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn waiters_are_admitted_in_arrival_order() {
-    bounded(async {
+    bounded(3600, async {
         let cfg = GateConfig {
             initial_concurrency: 1,
             max_concurrency: 1,
@@ -343,7 +338,7 @@ async fn waiters_are_admitted_in_arrival_order() {
 
 #[tokio::test(start_paused = true)]
 async fn the_queue_is_bounded() {
-    bounded(async {
+    bounded(3600, async {
         let cfg = GateConfig {
             initial_concurrency: 1,
             max_concurrency: 1,
@@ -377,7 +372,7 @@ async fn the_queue_is_bounded() {
 
 #[tokio::test(start_paused = true)]
 async fn a_place_is_held_until_the_response_body_ends() {
-    bounded(async {
+    bounded(3600, async {
         let cfg = GateConfig {
             initial_concurrency: 1,
             max_concurrency: 1,
@@ -402,7 +397,7 @@ async fn a_place_is_held_until_the_response_body_ends() {
 
 #[tokio::test(start_paused = true)]
 async fn keys_do_not_share_a_cooldown() {
-    bounded(async {
+    bounded(3600, async {
         let (_layer, svc, mut h) = gate(GateConfig::default(), KeyBy::ApiKeyAndModel);
         let keyed = |key: &str, model: &str| {
             let mut r = req();
@@ -433,7 +428,7 @@ async fn keys_do_not_share_a_cooldown() {
 
 #[tokio::test(start_paused = true)]
 async fn contradictory_or_garbage_rate_headers_are_ignored() {
-    bounded(async {
+    bounded(3600, async {
         let (layer, svc, mut h) = gate(GateConfig::default(), KeyBy::Client);
         for headers in [
             [
@@ -487,7 +482,7 @@ fn gaps(at: &[Instant]) -> Vec<Duration> {
 
 #[tokio::test(start_paused = true)]
 async fn a_static_requests_per_minute_cap_paces_sends() {
-    bounded(async {
+    bounded(3600, async {
         let cfg = GateConfig {
             requests_per_minute: Some(120),
             initial_concurrency: 8,
@@ -508,7 +503,7 @@ async fn a_static_requests_per_minute_cap_paces_sends() {
 
 #[tokio::test(start_paused = true)]
 async fn a_static_tokens_per_minute_cap_uses_the_estimate() {
-    bounded(async {
+    bounded(3600, async {
         // 600 tokens/min = 10 tokens/s.
         let cfg = GateConfig {
             tokens_per_minute: Some(600),
@@ -550,7 +545,7 @@ async fn a_static_tokens_per_minute_cap_uses_the_estimate() {
 
 #[tokio::test(start_paused = true)]
 async fn header_limits_can_be_read_per_second() {
-    bounded(async {
+    bounded(3600, async {
         let cfg = GateConfig {
             header_unit: HeaderUnit::PerSecond,
             initial_concurrency: 8,
@@ -575,7 +570,7 @@ async fn header_limits_can_be_read_per_second() {
 
 #[tokio::test(start_paused = true)]
 async fn a_custom_key_function_separates_gates() {
-    bounded(async {
+    bounded(3600, async {
         let by_tenant = KeyBy::Custom(Arc::new(|h: &RequestHead<'_>| {
             GateKey(
                 h.headers
@@ -701,7 +696,7 @@ async fn serve_all(
 async fn healthy_slow_traffic_is_admitted_without_waiting_for_answers() {
     // Point 1: 64 callers, 2 s answers. All are sent within the clock ramp (16 → 64 in 100 ms),
     // none waits for an answer to come back.
-    bounded(async {
+    bounded(3600, async {
         let (layer, svc, mut h) = gate(GateConfig::default(), KeyBy::Client);
         let t0 = Instant::now();
         let (at, calls) = serve_all(&svc, &mut h, 64, Duration::from_secs(2), || {
@@ -730,7 +725,7 @@ async fn healthy_slow_traffic_is_admitted_without_waiting_for_answers() {
 async fn one_requests_fault_never_holds_the_others() {
     // Point 2: a lone 503 with a 5 s delay, a 500, a hang cut by a timeout, a reset: the next
     // requests go out at once, exactly as on a fresh key.
-    bounded(async {
+    bounded(3600, async {
         let (layer, svc, mut h) = gate(GateConfig::default(), KeyBy::Client);
         let faulty = spawn(&svc, req());
         next(&mut h, answer(503, &[("retry-after", "5")])).await;
@@ -771,7 +766,7 @@ async fn one_requests_fault_never_holds_the_others() {
 async fn one_requests_own_retries_never_chain_into_fleet_evidence() {
     // Point 2: one request refused 503 five times in a row (each retry sent after the last
     // answer) is not several requests: the window stays open and nobody is held.
-    bounded(async {
+    bounded(3600, async {
         let (layer, svc, mut h) = gate(GateConfig::default(), KeyBy::Client);
         for _ in 0..5 {
             let c = spawn(&svc, req());
@@ -790,7 +785,7 @@ async fn one_requests_own_retries_never_chain_into_fleet_evidence() {
 async fn three_refusals_in_flight_together_are_fleet_wide_evidence() {
     // Point 2: the threshold. Two overlapping 503s with a delay hold nobody; a third makes a
     // fleet-wide cooldown of the delay they asked for.
-    bounded(async {
+    bounded(3600, async {
         for (refused, held) in [(2usize, false), (3, true)] {
             let (layer, svc, mut h) = gate(GateConfig::default(), KeyBy::Client);
             let calls: Vec<Call> = (0..refused).map(|_| spawn(&svc, req())).collect();
@@ -818,7 +813,7 @@ async fn three_refusals_in_flight_together_are_fleet_wide_evidence() {
 #[tokio::test(start_paused = true)]
 async fn a_cooldown_with_no_known_rate_ends_in_a_bounded_ramp() {
     // Point 3: no rate known (no headers): waiters are released 20 ms apart, not all at once.
-    bounded(async {
+    bounded(3600, async {
         let (_layer, svc, mut h) = gate(GateConfig::default(), KeyBy::Client);
         let c = spawn(&svc, req());
         let t0 = next(&mut h, limited("1")).await;
@@ -843,7 +838,7 @@ async fn a_cooldown_with_no_known_rate_ends_in_a_bounded_ramp() {
 async fn a_delay_over_the_cap_holds_nobody_else() {
     // Point 4: `Retry-After: 3600` (plausible, over the 60 s cap) and `86400` (absurd): the
     // request that got it is answered, and the others are sent at once.
-    bounded(async {
+    bounded(3600, async {
         for delay in ["3600", "86400", "-5", "soon"] {
             let (layer, svc, mut h) = gate(GateConfig::default(), KeyBy::Client);
             let c = spawn(&svc, req());
@@ -879,7 +874,7 @@ fn quota_429() -> Response<Full<Bytes>> {
 async fn an_exhausted_quota_fails_later_calls_fast_until_the_recheck() {
     // Point 6: one quota answer; the next calls on the key fail at once, client-side, with an
     // error that says so; after `quota_recheck` one goes through again.
-    bounded(async {
+    bounded(3600, async {
         let cfg = GateConfig {
             quota_recheck: Duration::from_secs(10),
             ..GateConfig::default()
@@ -909,7 +904,7 @@ async fn an_exhausted_quota_fails_later_calls_fast_until_the_recheck() {
 async fn one_tenants_429_leaves_the_other_tenant_untouched() {
     // Point 7: two callers' keys on the same model; A is told to wait 5 s; B's calls go out at
     // once, before, during and after.
-    bounded(async {
+    bounded(3600, async {
         let (_layer, svc, mut h) = gate(GateConfig::default(), KeyBy::ApiKeyAndModel);
         let keyed = |key: &str| {
             let mut r = req();
@@ -937,7 +932,7 @@ async fn one_tenants_429_leaves_the_other_tenant_untouched() {
 async fn requests_without_a_key_use_the_fallback_credential() {
     // Point 7: the auth layer sits below the gate; the gate keys such requests by the key it
     // will send, so they share a gate with requests that carry that key, and not another's.
-    bounded(async {
+    bounded(3600, async {
         let (m, mut h) = mock::pair::<Req, Response<Full<Bytes>>>();
         let layer = RateLimitLayer::new(GateConfig::default(), KeyBy::ApiKeyAndModel)
             .unwrap()
@@ -973,7 +968,7 @@ async fn requests_without_a_key_use_the_fallback_credential() {
 #[tokio::test(start_paused = true)]
 async fn the_map_of_keys_is_bounded_and_evicts_idle_keys() {
     // Point 7: hostile callers with endless keys cannot grow the map past `max_keys`.
-    bounded(async {
+    bounded(3600, async {
         let cfg = GateConfig {
             max_keys: 16,
             ..GateConfig::default()
@@ -1003,7 +998,7 @@ async fn a_per_second_reading_is_a_hypothesis_never_a_stall() {
     // Point 8: `x-ratelimit-limit-requests: 20` read per second: twelve calls go at once (a
     // per-minute reading would have spaced them 3 s apart). A 429 that comes while the client
     // sent less than 20 in the last second drops the hypothesis for per minute.
-    bounded(async {
+    bounded(3600, async {
         let (layer, svc, mut h) = gate(GateConfig::default(), KeyBy::Client);
         let c = spawn(&svc, req());
         next(&mut h, answer(200, &[("x-ratelimit-limit-requests", "20")])).await;
@@ -1037,7 +1032,7 @@ async fn a_learned_rate_is_forgotten_after_the_recovery_time() {
     // Point 10: after a rate-limit 429 the learned rate paces; 30 s with no throttle later it
     // is gone and the key is at full speed. (A 429 that says when to come back and states no
     // limit teaches no pace: its cooldown is the whole answer.)
-    bounded(async {
+    bounded(3600, async {
         let (layer, svc, mut h) = gate(GateConfig::default(), KeyBy::Client);
         for _ in 0..3 {
             let c = spawn(&svc, req());
@@ -1079,7 +1074,7 @@ async fn a_learned_rate_is_forgotten_after_the_recovery_time() {
 async fn a_waiter_that_gives_up_returns_its_slot_at_once() {
     // Point 10: paced at 1/s (60 per minute), two callers queue for slots 1 and 2 s away and
     // give up. The next caller gets the slot 1 s away, not 3 s.
-    bounded(async {
+    bounded(3600, async {
         let (svc, mut h) = paced_at_one_a_second().await;
         // This one takes the slot at once; the next free one is 1 s away.
         let t0 = Instant::now();
@@ -1113,7 +1108,7 @@ async fn a_waiter_that_gives_up_returns_its_slot_at_once() {
 async fn long_streams_do_not_starve_a_short_call() {
     // Point 10: a place is held until the body ends, but with no overload signal the window is
     // wide: eight 60 s streams leave a short call free to go at once.
-    bounded(async {
+    bounded(3600, async {
         let (_layer, svc, mut h) = gate(GateConfig::default(), KeyBy::Client);
         let mut streams = Vec::new();
         for _ in 0..8 {
@@ -1135,7 +1130,7 @@ async fn long_streams_do_not_starve_a_short_call() {
 async fn nothing_remaining_on_a_success_holds_the_next_send_for_one_interval() {
     // #21 mutant 7: `x-ratelimit-remaining-requests: 0` on a 200 holds the next send one
     // interval (1 s at 60 per minute) from the answer, not from the previous send.
-    bounded(async {
+    bounded(3600, async {
         let cfg = GateConfig {
             header_unit: HeaderUnit::PerMinute,
             ..GateConfig::default()
@@ -1169,7 +1164,7 @@ async fn nothing_remaining_on_a_success_holds_the_next_send_for_one_interval() {
 async fn a_cooldown_that_starts_while_a_caller_waits_for_its_slot_holds_it_too() {
     // Paced at 1/s; a caller sleeping for its slot 1 s away is held again by a 3 s cooldown
     // that began while it slept.
-    bounded(async {
+    bounded(3600, async {
         let (svc, mut h) = paced_at_one_a_second().await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let c = spawn(&svc, req());

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use firebreak_classify::{Class, ClassifiedBody, ClassifyLayer, ConnectKind, Error, TimeoutPhase};
 use firebreak_retry::*;
+use firebreak_testkit::bounded;
 use firebreak_timeout::Deadline;
 use http::{Request, Response};
 use http_body::Frame;
@@ -61,12 +62,6 @@ fn req() -> Request<Full<Bytes>> {
         .unwrap()
 }
 
-async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(3600), f)
-        .await
-        .expect("the test never finished: an awaited call, answer or request never came (see the last step it reached)")
-}
-
 async fn drain(r: Req) -> Bytes {
     r.into_body().collect().await.unwrap().to_bytes()
 }
@@ -100,7 +95,7 @@ async fn next(h: &mut Handle, resp: Response<RespBody>) -> (Instant, Bytes, http
 
 #[tokio::test(start_paused = true)]
 async fn transient_failures_are_retried_with_identical_bodies_and_info() {
-    bounded(async {
+    bounded(3600, async {
         let (s, mut h) = svc(cfg()
             .attempt_header("x-stainless-retry-count")
             .idempotency_key(true)
@@ -142,7 +137,7 @@ async fn transient_failures_are_retried_with_identical_bodies_and_info() {
 
 #[tokio::test(start_paused = true)]
 async fn non_retryable_statuses_are_attempted_once() {
-    bounded(async {
+    bounded(3600, async {
         for status in [400, 401, 402, 403, 404, 412, 413, 422] {
             let (s, mut h) = svc(cfg().build().unwrap());
             let call = spawn(s, req());
@@ -162,7 +157,7 @@ async fn non_retryable_statuses_are_attempted_once() {
 
 #[tokio::test(start_paused = true)]
 async fn should_retry_and_caller_overrides() {
-    bounded(async {
+    bounded(3600, async {
         // x-should-retry: true makes a 400 retryable; false stops a 503.
         let (s, mut h) = svc(cfg().build().unwrap());
         let call = spawn(s, req());
@@ -206,7 +201,7 @@ async fn should_retry_and_caller_overrides() {
 
 #[tokio::test(start_paused = true)]
 async fn every_delay_form_is_honoured() {
-    bounded(async {
+    bounded(3600, async {
         let date = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(5));
         let forms: Vec<(&'static str, String, Duration)> = vec![
             ("retry-after-ms", "1500".into(), Duration::from_millis(1500)),
@@ -238,7 +233,7 @@ async fn every_delay_form_is_honoured() {
 
 #[tokio::test(start_paused = true)]
 async fn garbage_delays_fall_back_to_backoff() {
-    bounded(async {
+    bounded(3600, async {
         for bad in [
             "-5",
             "NaN",
@@ -263,7 +258,7 @@ async fn garbage_delays_fall_back_to_backoff() {
 
 #[tokio::test(start_paused = true)]
 async fn a_delay_over_the_cap_fails_at_once_with_a_typed_error() {
-    bounded(async {
+    bounded(3600, async {
         let (s, mut h) = svc(cfg()
             .max_server_delay(Duration::from_secs(60))
             .build()
@@ -283,7 +278,7 @@ async fn a_delay_over_the_cap_fails_at_once_with_a_typed_error() {
 
 #[tokio::test(start_paused = true)]
 async fn the_deadline_stops_a_wait_that_cannot_finish_in_time() {
-    bounded(async {
+    bounded(3600, async {
         let (s, mut h) = svc(cfg().build().unwrap());
         let mut r = req();
         Deadline::after(Duration::from_secs(5)).apply(&mut r);
@@ -310,7 +305,7 @@ async fn the_deadline_stops_a_wait_that_cannot_finish_in_time() {
 
 #[tokio::test(start_paused = true)]
 async fn attempts_and_retry_time_are_bounded() {
-    bounded(async {
+    bounded(3600, async {
         let (s, mut h) = svc(cfg().max_attempts(3).build().unwrap());
         let call = spawn(s, req());
         for _ in 0..3 {
@@ -341,7 +336,7 @@ async fn attempts_and_retry_time_are_bounded() {
 
 #[tokio::test(start_paused = true)]
 async fn the_budget_is_shared_by_clones() {
-    bounded(async {
+    bounded(3600, async {
         // No deposits, a reserve of exactly one retry.
         let b = BudgetConfig {
             ratio: 0.0,
@@ -372,7 +367,7 @@ async fn the_budget_is_shared_by_clones() {
 
 #[tokio::test(start_paused = true)]
 async fn retries_the_server_scheduled_are_not_charged_to_the_budget() {
-    bounded(async {
+    bounded(3600, async {
         // An empty budget: no reserve, no credit, no deposits.
         let b = BudgetConfig {
             ratio: 0.0,
@@ -402,7 +397,7 @@ async fn retries_the_server_scheduled_are_not_charged_to_the_budget() {
 
 #[tokio::test(start_paused = true)]
 async fn a_successful_retry_refunds_its_cost() {
-    bounded(async {
+    bounded(3600, async {
         // A 20% budget whose reserve is one retry: A's retry uses it; A's success refunds it,
         // so B may retry too. (Without the refund, two deposits of 0.2 would not pay for B's.)
         let b = BudgetConfig {
@@ -432,7 +427,7 @@ async fn a_successful_retry_refunds_its_cost() {
 
 #[tokio::test(start_paused = true)]
 async fn dropping_the_call_stops_further_attempts_and_sleeps() {
-    bounded(async {
+    bounded(3600, async {
         let (s, mut h) = svc(cfg()
             .backoff(
                 Jitter::Equal,
@@ -457,7 +452,7 @@ async fn dropping_the_call_stops_further_attempts_and_sleeps() {
 
 #[tokio::test(start_paused = true)]
 async fn never_retried_once_the_body_reached_the_caller() {
-    bounded(async {
+    bounded(3600, async {
         let (s, mut h) = svc(cfg().build().unwrap());
         let call = spawn(s, req());
         let broken = Response::builder()
@@ -485,7 +480,7 @@ async fn never_retried_once_the_body_reached_the_caller() {
 
 #[tokio::test(start_paused = true)]
 async fn transport_errors_are_retried_by_class() {
-    bounded(async {
+    bounded(3600, async {
         let (s, mut h) = svc(cfg().build().unwrap());
         let call = spawn(s, req());
         let (r, send) = h.next_request().await.unwrap();
@@ -507,7 +502,7 @@ async fn transport_errors_are_retried_by_class() {
 
 #[tokio::test(start_paused = true)]
 async fn a_body_over_the_replay_bound_is_sent_once_and_the_reason_given() {
-    bounded(async {
+    bounded(3600, async {
         let (s, mut h) = svc(cfg().max_replay_body(8).build().unwrap());
         let call = spawn(s, req()); // 27 bytes > 8
         let (r, send) = h.next_request().await.unwrap();
@@ -536,7 +531,7 @@ async fn a_body_over_the_replay_bound_is_sent_once_and_the_reason_given() {
 
 #[tokio::test(start_paused = true)]
 async fn a_streaming_body_is_replayed_after_a_partial_first_attempt() {
-    bounded(async {
+    bounded(3600, async {
         type SReq = Request<ReplayBody<RespBody>>;
         let (m, mut h) = mock::pair::<SReq, Response<RespBody>>();
         let s = RetryLayer::new(cfg().build().unwrap())
@@ -587,7 +582,7 @@ async fn a_reset_header_is_never_a_retry_delay_and_501_is_never_retried() {
     // #13 points 4 and 5: a 503 carrying `x-ratelimit-reset-tokens: 6m0s` is retried after
     // the ordinary backoff (not failed as "asked to wait 360 s"), a 500 with
     // `x-ratelimit-reset-requests: 20s` does not wait 20 s, and a 501 is attempted once.
-    bounded(async {
+    bounded(3600, async {
         for (status, header, value) in [
             (503u16, "x-ratelimit-reset-tokens", "6m0s"),
             (500, "x-ratelimit-reset-requests", "20s"),
@@ -618,7 +613,7 @@ async fn a_reset_header_is_never_a_retry_delay_and_501_is_never_retried() {
 async fn the_default_server_delay_cap_is_60_s() {
     // A 60 s `Retry-After` is slept with the default settings; a 61 s one fails at once with a
     // typed error carrying the delay.
-    bounded(async {
+    bounded(3600, async {
         assert_eq!(
             RetryConfig::default().max_server_delay,
             Duration::from_secs(60)
@@ -647,7 +642,7 @@ async fn the_default_server_delay_cap_is_60_s() {
 async fn the_budgets_start_credit_covers_a_cold_start_burst() {
     // No reserve and no success yet: only the start credit (3) pays for retries. Three calls
     // that fail get their retry; the fourth is refused by the budget.
-    bounded(async {
+    bounded(3600, async {
         let b = BudgetConfig {
             ratio: 0.5,
             min_per_sec: 0,
@@ -678,7 +673,7 @@ async fn the_budgets_start_credit_covers_a_cold_start_burst() {
 async fn what_the_retry_layer_tells_the_layers_below_and_the_caller() {
     // Each retry carries its number, its wait and why; the final response says how long the
     // call slept; a first-attempt success carries nothing.
-    bounded(async {
+    bounded(3600, async {
         let (s, mut h) = svc(cfg().build().unwrap());
         let call = spawn(s, req());
         let (r1, send1) = h.next_request().await.unwrap();
@@ -726,7 +721,7 @@ async fn what_the_retry_layer_tells_the_layers_below_and_the_caller() {
 #[tokio::test(start_paused = true)]
 async fn the_retry_time_limit_admits_a_wait_that_ends_exactly_on_it() {
     // max_retry_time 100 ms; a server delay of exactly 100 ms is waited, 101 ms is not.
-    bounded(async {
+    bounded(3600, async {
         for (ms, retried) in [(100u64, true), (101, false)] {
             let (s, mut h) = svc(cfg()
                 .backoff(
@@ -756,7 +751,7 @@ async fn the_retry_time_limit_admits_a_wait_that_ends_exactly_on_it() {
 async fn a_first_attempt_success_deposits_but_refunds_nothing() {
     // Ratio 0.5: a retry costs two deposits. One plain success deposits one: not enough. (A
     // refund, as after a successful retry, would have paid for it.)
-    bounded(async {
+    bounded(3600, async {
         let b = BudgetConfig {
             ratio: 0.5,
             min_per_sec: 0,
@@ -778,7 +773,7 @@ async fn a_first_attempt_success_deposits_but_refunds_nothing() {
 
 #[tokio::test(start_paused = true)]
 async fn a_non_retryable_answer_is_returned_as_it_came() {
-    bounded(async {
+    bounded(3600, async {
         let (s, mut h) = svc(cfg().build().unwrap());
         let call = spawn(s, req());
         next(&mut h, answer(400, &[])).await;

@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 use firebreak_classify::{Class, Error, TimeoutError, TimeoutPhase};
+use firebreak_testkit::bounded;
 use firebreak_timeout::*;
 use http::{Request, Response};
 use http_body::Frame;
@@ -60,13 +61,6 @@ fn attempt_svc<B>(c: &TimeoutConfig) -> (AttemptTimeout<Mock<B>>, Handle<B>) {
     (AttemptTimeoutLayer::new(c).unwrap().layer(m), h)
 }
 
-async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    // Paused time auto-advances, so this bound is in virtual seconds.
-    tokio::time::timeout(Duration::from_secs(3600), f)
-        .await
-        .expect("the test never finished: an awaited call, answer or request never came (see the last step it reached)")
-}
-
 fn sse_response(body: ChanBody) -> Response<ChanBody> {
     Response::builder()
         .header("content-type", "text/event-stream")
@@ -76,7 +70,7 @@ fn sse_response(body: ChanBody) -> Response<ChanBody> {
 
 #[tokio::test(start_paused = true)]
 async fn ready_wait_times_out_as_a_client_side_pool_timeout() {
-    bounded(async {
+    bounded(3600, async {
         let (mut svc, mut h) = attempt_svc::<Full<Bytes>>(&cfg());
         h.allow(0);
         let t0 = Instant::now();
@@ -97,7 +91,7 @@ async fn ready_wait_times_out_as_a_client_side_pool_timeout() {
 
 #[tokio::test(start_paused = true)]
 async fn headers_timeout_fires_when_no_head_arrives() {
-    bounded(async {
+    bounded(3600, async {
         let (svc, mut h) = attempt_svc::<Full<Bytes>>(&cfg());
         let t0 = Instant::now();
         let call = tokio::spawn(svc.oneshot(Request::new(Full::new(Bytes::from_static(b"{}")))));
@@ -120,7 +114,7 @@ async fn headers_timeout_fires_when_no_head_arrives() {
 
 #[tokio::test(start_paused = true)]
 async fn a_body_that_never_finishes_sending_is_a_write_timeout() {
-    bounded(async {
+    bounded(3600, async {
         let (svc, mut h) = attempt_svc::<ChanBody>(&cfg());
         let (tx, body) = chan_body();
         let t0 = Instant::now();
@@ -142,7 +136,7 @@ async fn a_body_that_never_finishes_sending_is_a_write_timeout() {
 
 #[tokio::test(start_paused = true)]
 async fn headers_are_timed_from_the_end_of_the_write() {
-    bounded(async {
+    bounded(3600, async {
         let (svc, mut h) = attempt_svc::<ChanBody>(&cfg());
         let (tx, body) = chan_body();
         let t0 = Instant::now();
@@ -167,7 +161,7 @@ async fn headers_are_timed_from_the_end_of_the_write() {
 async fn the_head_is_timed_from_the_end_of_the_write_not_from_the_write_timer() {
     // The body ends at 5 s, long before the 30 s write timer: the 20 s head timer starts then,
     // so the attempt fails at 25 s, not when the write timer would have looked again.
-    bounded(async {
+    bounded(3600, async {
         let (svc, mut h) = attempt_svc::<ChanBody>(&cfg());
         let (tx, body) = chan_body();
         let t0 = Instant::now();
@@ -190,7 +184,7 @@ async fn the_head_is_timed_from_the_end_of_the_write_not_from_the_write_timer() 
 
 #[tokio::test(start_paused = true)]
 async fn large_request_bodies_are_handed_over_in_zero_copy_pieces() {
-    bounded(async {
+    bounded(3600, async {
         let (svc, mut h) = attempt_svc::<Full<Bytes>>(&cfg());
         let big = Bytes::from(vec![9u8; 200 * 1024]);
         let ptr = big.as_ptr();
@@ -219,7 +213,7 @@ async fn large_request_bodies_are_handed_over_in_zero_copy_pieces() {
 
 #[tokio::test(start_paused = true)]
 async fn idle_resets_with_each_frame_and_fires_on_a_stall() {
-    bounded(async {
+    bounded(3600, async {
         let (svc, mut h) = attempt_svc::<Full<Bytes>>(&cfg());
         let call = tokio::spawn(svc.oneshot(Request::new(Full::new(Bytes::new()))));
         let (_req, send) = h.next_request().await.unwrap();
@@ -265,7 +259,7 @@ async fn idle_resets_with_each_frame_and_fires_on_a_stall() {
 
 #[tokio::test(start_paused = true)]
 async fn keepalives_do_not_count_as_the_first_event() {
-    bounded(async {
+    bounded(3600, async {
         let (svc, mut h) = attempt_svc::<Full<Bytes>>(&cfg());
         let call = tokio::spawn(svc.oneshot(Request::new(Full::new(Bytes::new()))));
         let (_req, send) = h.next_request().await.unwrap();
@@ -302,7 +296,7 @@ async fn keepalives_do_not_count_as_the_first_event() {
 
 #[tokio::test(start_paused = true)]
 async fn the_first_event_timer_applies_only_to_sse() {
-    bounded(async {
+    bounded(3600, async {
         let mut c = cfg();
         c.idle = Some(Duration::from_secs(50));
         let (svc, mut h) = attempt_svc::<Full<Bytes>>(&c);
@@ -322,7 +316,7 @@ async fn the_first_event_timer_applies_only_to_sse() {
 
 #[tokio::test(start_paused = true)]
 async fn the_attempt_total_cuts_a_stream_that_never_ends() {
-    bounded(async {
+    bounded(3600, async {
         let (svc, mut h) = attempt_svc::<Full<Bytes>>(&cfg());
         let t0 = Instant::now();
         let call = tokio::spawn(svc.oneshot(Request::new(Full::new(Bytes::new()))));
@@ -355,7 +349,7 @@ async fn the_attempt_total_cuts_a_stream_that_never_ends() {
 
 #[tokio::test(start_paused = true)]
 async fn the_overall_deadline_bounds_the_attempt_and_is_visible_below() {
-    bounded(async {
+    bounded(3600, async {
         let (m, mut h) = mock::pair::<Request<TimedRequestBody<Full<Bytes>>>, Response<ChanBody>>();
         let svc = DeadlineLayer::new(Duration::from_secs(8))
             .unwrap()
@@ -382,7 +376,7 @@ async fn the_overall_deadline_bounds_the_attempt_and_is_visible_below() {
 
 #[tokio::test(start_paused = true)]
 async fn a_deadline_enforced_below_is_stamped_and_still_ends_the_call_through_the_attempt() {
-    bounded(async {
+    bounded(3600, async {
         let (m, mut h) = mock::pair::<Request<TimedRequestBody<Full<Bytes>>>, Response<ChanBody>>();
         let svc = DeadlineLayer::new(Duration::from_secs(8))
             .unwrap()
@@ -405,7 +399,7 @@ async fn a_deadline_enforced_below_is_stamped_and_still_ends_the_call_through_th
 
 #[tokio::test(start_paused = true)]
 async fn a_scoped_deadline_is_seen_below_without_an_extension_and_only_shortens() {
-    bounded(async {
+    bounded(3600, async {
         let (m, mut h) = mock::pair::<Request<TimedRequestBody<Full<Bytes>>>, Response<ChanBody>>();
         // An outer (extension) deadline of 5 s around a scoped one of 8 s: 5 s is in force.
         let svc = DeadlineLayer::new(Duration::from_secs(5)).unwrap().layer(
@@ -444,7 +438,7 @@ async fn a_scoped_deadline_is_seen_below_without_an_extension_and_only_shortens(
 
 #[tokio::test(start_paused = true)]
 async fn a_deadline_enforced_below_arms_no_timer_of_its_own() {
-    bounded(async {
+    bounded(3600, async {
         // An inner service that ignores the stamp: only a deadline that enforces itself ends it.
         let (m, mut h) = mock::pair::<Request<Full<Bytes>>, Response<ChanBody>>();
         let svc = DeadlineLayer::new(Duration::from_secs(1))
@@ -473,7 +467,7 @@ async fn a_deadline_enforced_below_arms_no_timer_of_its_own() {
 
 #[tokio::test(start_paused = true)]
 async fn an_expired_deadline_fails_fast_without_calling_the_inner_service() {
-    bounded(async {
+    bounded(3600, async {
         let (mut svc, mut h) = attempt_svc::<Full<Bytes>>(&cfg());
         let mut req = Request::new(Full::new(Bytes::new()));
         Deadline::after(Duration::from_secs(1)).apply(&mut req);
@@ -506,7 +500,7 @@ async fn backoff_sleep(req: &Request<()>, wait: Duration) -> Result<(), Error> {
 
 #[tokio::test(start_paused = true)]
 async fn a_deadline_cuts_short_a_backoff_that_cannot_finish_in_time() {
-    bounded(async {
+    bounded(3600, async {
         let mut req = Request::new(());
         Deadline::after(Duration::from_secs(10)).apply(&mut req);
         let t0 = Instant::now();
@@ -546,7 +540,7 @@ async fn deadlines_only_get_shorter() {
 
 #[tokio::test(start_paused = true)]
 async fn connect_timeout_names_its_phase_and_is_client_side() {
-    bounded(async {
+    bounded(3600, async {
         let never = tower::service_fn(|_uri: http::Uri| {
             futures_util::future::pending::<Result<(), std::io::Error>>()
         });

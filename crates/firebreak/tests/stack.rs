@@ -5,6 +5,7 @@ use firebreak::{
     ApiKey, Class, ClientConfig, FireworksClient, Stack, StackError, TimeoutConfig, Workload,
 };
 use firebreak_sim::{Fault, Sim, SimConfig, Trigger};
+use firebreak_testkit::bounded;
 use http_body_util::BodyExt;
 use std::time::Duration;
 
@@ -16,15 +17,9 @@ fn chat(id: &str) -> Bytes {
     ))
 }
 
-async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(30), f)
-        .await
-        .expect("the test never finished: an awaited call, answer or request never came (see the last step it reached)")
-}
-
 #[tokio::test]
 async fn a_call_through_the_whole_stack_recovers_and_authenticates() {
-    bounded(async {
+    bounded(30, async {
         let sim = Sim::start(SimConfig::default().api_key(KEY).fault(
             Trigger::FirstAttempts { n: 2 },
             Fault::Status {
@@ -67,7 +62,7 @@ async fn a_call_through_the_whole_stack_recovers_and_authenticates() {
 
 #[tokio::test]
 async fn a_wrong_key_is_a_401_response_not_retried() {
-    bounded(async {
+    bounded(30, async {
         let sim = Sim::start(SimConfig::default().api_key(KEY)).await.unwrap();
         let client = FireworksClient::new(
             &sim.base_url(),
@@ -84,7 +79,7 @@ async fn a_wrong_key_is_a_401_response_not_retried() {
 
 #[tokio::test]
 async fn the_deadline_bounds_the_whole_call() {
-    bounded(async {
+    bounded(30, async {
         let sim = Sim::start(
             SimConfig::default()
                 .api_key(KEY)
@@ -152,7 +147,7 @@ fn bad_settings_are_typed_errors() {
 async fn layers_one_by_one_in_order_through_the_builder_ext() {
     use firebreak::{GateConfig, KeyBy, RetryConfig, ServiceBuilderExt};
     use tower::{ServiceBuilder, ServiceExt};
-    bounded(async {
+    bounded(30, async {
         let sim = Sim::start(SimConfig::default().api_key(KEY).fault(
             Trigger::FirstAttempts { n: 1 },
             Fault::Status {
@@ -205,7 +200,7 @@ async fn layers_one_by_one_in_order_through_the_builder_ext() {
 
 #[tokio::test]
 async fn the_client_estimates_tokens_from_the_body_and_max_tokens() {
-    bounded(async {
+    bounded(30, async {
         let sim = Sim::start(SimConfig::default().api_key(KEY)).await.unwrap();
         // 60,000 tokens/min = 1,000 tokens/s; each call asks for 1,000 completion tokens.
         let mut stack = Stack::interactive();
@@ -237,7 +232,7 @@ async fn a_gate_per_key_and_model_separates_models_and_uses_the_clients_key() {
     // #13 point 7: `post` reads the model from the body, and the gate keys calls without an
     // `Authorization` header by the key the auth layer below it sends. A 429 on one model
     // leaves the other model free.
-    bounded(async {
+    bounded(30, async {
         let sim = Sim::start(SimConfig::default().api_key(KEY).fault(
             Trigger::FirstAttemptsOfEvery {
                 n: 1,

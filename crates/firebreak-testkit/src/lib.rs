@@ -105,11 +105,17 @@ pub async fn send(
     })
 }
 
-/// Runs `f`, failing the test if it takes longer than `secs` (so a bug fails fast, never hangs).
+/// Runs `f`, failing the test if it takes longer than `secs` (so a bug fails fast, never
+/// hangs). Under paused time (`start_paused`), the clock auto-advances, so the bound is in
+/// virtual seconds and a generous one costs nothing.
 pub async fn bounded<F: Future>(secs: u64, f: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(secs), f)
         .await
-        .unwrap_or_else(|_| panic!("test exceeded its {secs} s bound"))
+        .unwrap_or_else(|_| {
+            panic!(
+                "the test exceeded its {secs} s bound: an awaited call, answer or request never came (see the last step it reached)"
+            )
+        })
 }
 
 /// Splits an SSE body into its `data:` payloads.
@@ -213,6 +219,21 @@ pub async fn garbage_server() -> std::net::SocketAddr {
         }
     });
     addr
+}
+
+/// A simulator on a free loopback port that accepts [`KEY`] and applies `fault` when `when`
+/// fires.
+pub async fn sim_with(
+    when: firebreak_sim::Trigger,
+    fault: firebreak_sim::Fault,
+) -> firebreak_sim::Sim {
+    firebreak_sim::Sim::start(
+        firebreak_sim::SimConfig::default()
+            .api_key(KEY)
+            .fault(when, fault),
+    )
+    .await
+    .expect("the simulator starts")
 }
 
 /// A simulator fault answering `status` with the default error body and these delay headers.
