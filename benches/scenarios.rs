@@ -19,6 +19,7 @@ use firebreak_sim::{
     CapacityConfig, CapacityReject, Fault, Growth, Latency, RateLimitConfig, RateLimitDelay, Sim,
     SimConfig, Trigger,
 };
+use firebreak_testkit::baselines::{Attempt, docs_loop, openai_attempts, plain_attempt};
 use firebreak_testkit::{KEY, PlainClient, chat_body, plain_client, post};
 
 #[path = "scenarios/gate_rows.rs"]
@@ -27,7 +28,6 @@ use firebreak_timeout::{AttemptTimeoutLayer, TimedRequestBody, TimeoutConfig, Wo
 use futures_util::StreamExt;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
-use rand::Rng;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -61,7 +61,7 @@ impl Peer {
 
 /// Statuses every simple peer treats as retryable (the Fireworks guidance).
 fn transient(s: u16) -> bool {
-    matches!(s, 429 | 500 | 502 | 503 | 504)
+    firebreak_testkit::baselines::docs_retries(s)
 }
 
 type BoxFut = Pin<Box<dyn Future<Output = bool> + Send>>;
@@ -129,22 +129,8 @@ fn one(peer: Peer, ctx: Arc<Ctx>, i: usize) -> BoxFut {
                 }
             }
             Peer::DocsLoop => {
-                for attempt in 0..5u32 {
-                    match ctx
-                        .plain
-                        .request(post(&ctx.base, "/chat/completions", chat_body(&id, false)))
-                        .await
-                    {
-                        Ok(r) if r.status() == 200 => return r.into_body().collect().await.is_ok(),
-                        Ok(r) if !transient(r.status().as_u16()) => return false,
-                        _ => {}
-                    }
-                    if attempt < 4 {
-                        let s = 2f64.powi(attempt as i32) + rand::rng().random::<f64>();
-                        tokio::time::sleep(Duration::from_secs_f64(s)).await;
-                    }
-                }
-                false
+                let end = docs_loop(|| plain_attempt(&ctx.plain, &ctx.base, &id, false)).await;
+                end == Attempt::Status(200)
             }
             Peer::OpenAi { max_retries } => openai(&ctx, &id, max_retries).await,
         }
@@ -153,70 +139,6 @@ fn one(peer: Peer, ctx: Arc<Ctx>, i: usize) -> BoxFut {
 
 async fn openai(ctx: &Ctx, id: &str, max_retries: u32) -> bool {
     openai_attempts(&ctx.plain, &ctx.base, id, max_retries, None).await
-}
-
-/// openai-python's `_retry_request` logic: retry 408, 409, 429, ≥500, connection errors and
-/// timeouts, honour `x-should-retry`, wait `retry-after-ms` then `Retry-After` (seconds or an
-/// HTTP-date) when in (0, 60] s, else `min(0.5·2ⁿ, 8) · (1 − 0.25·U)`; each attempt bounded by
-/// `timeout` when given.
-pub(crate) async fn openai_attempts(
-    plain: &PlainClient,
-    base: &str,
-    id: &str,
-    max_retries: u32,
-    timeout: Option<Duration>,
-) -> bool {
-    for n in 0..=max_retries {
-        let call = plain.request(post(base, "/chat/completions", chat_body(id, false)));
-        let resp = match timeout {
-            Some(t) => tokio::time::timeout(t, call).await.ok(),
-            None => Some(call.await),
-        };
-        let mut server_delay = None;
-        // A connection error or a timeout is retried like a retryable status, with no delay.
-        if let Some(Ok(r)) = resp {
-            {
-                let s = r.status().as_u16();
-                if s == 200 {
-                    return r.into_body().collect().await.is_ok();
-                }
-                let h = r.headers();
-                let should = h.get("x-should-retry").and_then(|v| v.to_str().ok());
-                let retry = match should {
-                    Some("true") => true,
-                    Some("false") => false,
-                    _ => matches!(s, 408 | 409 | 429) || s >= 500,
-                };
-                if !retry {
-                    return false;
-                }
-                let ms = h
-                    .get("retry-after-ms")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .map(|m| m / 1000.0);
-                let secs = ms.or_else(|| {
-                    let v = h.get("retry-after").and_then(|v| v.to_str().ok())?;
-                    v.trim().parse::<f64>().ok().or_else(|| {
-                        let at = httpdate::parse_http_date(v).ok()?;
-                        Some(
-                            at.duration_since(std::time::SystemTime::now())
-                                .map_or(0.0, |d| d.as_secs_f64()),
-                        )
-                    })
-                });
-                server_delay = secs.filter(|s| *s > 0.0 && *s <= 60.0);
-            }
-        }
-        if n == max_retries {
-            break;
-        }
-        let wait = server_delay.unwrap_or_else(|| {
-            (0.5 * 2f64.powi(n as i32)).min(8.0) * (1.0 - 0.25 * rand::rng().random::<f64>())
-        });
-        tokio::time::sleep(Duration::from_secs_f64(wait)).await;
-    }
-    false
 }
 
 /// tower::retry's simplest useful policy: retry transient statuses and errors, a fixed number

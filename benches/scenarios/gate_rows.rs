@@ -3,9 +3,10 @@
 //! preset); the peers are the openai SDK's policy, reqwest-retry and a client with no retries,
 //! all on the same seeded simulator in the same run.
 
-use super::{KEY, PlainClient, chat_body, openai_attempts, plain_client, post};
+use super::{KEY, PlainClient, chat_body, plain_client, post};
 use firebreak::{ApiKey, ClientConfig, FireworksClient, KeyBy, Stack};
 use firebreak_sim::{DelayHeader, ErrorShape, Fault, Latency, Sim, SimConfig, Trigger};
+use firebreak_testkit::baselines::openai_attempts;
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
 use std::sync::Arc;

@@ -7,13 +7,13 @@ use firebreak::{ApiKey, ClientConfig, FireworksClient, Stack, TimeoutConfig, Wor
 use firebreak_sim::{
     DelayHeader, Fault, Latency, RateLimitConfig, RateLimitDelay, Sim, SimConfig, Trigger,
 };
+use firebreak_testkit::baselines::{Attempt, docs_loop};
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use rand::Rng;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -146,26 +146,17 @@ async fn one(kind: Kind, plain: &Plain, fb: &FireworksClient, url: &str, i: u32)
             Err(cs) => (false, cs),
         },
         Kind::DocsLoop => {
-            let mut result = (false, false);
-            for attempt in 0..5u32 {
+            let end = docs_loop(|| async {
                 match bare_once(plain, url, body(i)).await {
-                    Ok(200) => {
-                        result = (true, false);
-                        break;
-                    }
-                    Ok(s) if !matches!(s, 429 | 500 | 502 | 503 | 504) => {
-                        result = (false, false);
-                        break;
-                    }
-                    Ok(_) => result = (false, false),
-                    Err(cs) => result = (false, cs),
+                    Ok(s) => Attempt::Status(s),
+                    Err(client_side) => Attempt::Failed { client_side },
                 }
-                if attempt < 4 {
-                    let wait = 2f64.powi(attempt as i32) + rand::rng().random::<f64>();
-                    tokio::time::sleep(Duration::from_secs_f64(wait)).await;
-                }
+            })
+            .await;
+            match end {
+                Attempt::Status(s) => (s == 200, false),
+                Attempt::Failed { client_side } => (false, client_side),
             }
-            result
         }
         Kind::Firebreak => match fb.post("/chat/completions", body(i)).await {
             Ok(r) => {

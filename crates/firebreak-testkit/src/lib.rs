@@ -10,6 +10,7 @@ use hyper_util::rt::TokioExecutor;
 use std::future::Future;
 use std::time::Duration;
 
+pub mod baselines;
 mod inmem;
 mod recorded;
 pub use inmem::{Captured, CountPolicy, Ok200, inmem_request};
