@@ -119,7 +119,7 @@ fn one(peer: Peer, ctx: Arc<Ctx>, i: usize) -> BoxFut {
                 }
             }
             Peer::TowerCount => {
-                let svc = tower::retry::Retry::new(CountPolicy(4), ctx.plain.clone());
+                let svc = tower::retry::Retry::new(TransientCount(4), ctx.plain.clone());
                 match svc
                     .oneshot(post(&ctx.base, "/chat/completions", chat_body(&id, false)))
                     .await
@@ -141,17 +141,18 @@ async fn openai(ctx: &Ctx, id: &str, max_retries: u32) -> bool {
     openai_attempts(&ctx.plain, &ctx.base, id, max_retries, None).await
 }
 
-/// tower::retry's simplest useful policy: retry transient statuses and errors, a fixed number
-/// of times, at once.
+/// tower::retry's simplest useful policy against a server: retry transient statuses and
+/// errors, a fixed number of times, at once. (`firebreak_testkit::CountPolicy`, used by the
+/// in-process benches, retries errors only.)
 #[derive(Clone)]
-struct CountPolicy(u32);
+struct TransientCount(u32);
 
 impl
     tower::retry::Policy<
         Request<Full<Bytes>>,
         Response<hyper::body::Incoming>,
         hyper_util::client::legacy::Error,
-    > for CountPolicy
+    > for TransientCount
 {
     type Future = std::future::Ready<()>;
     fn retry(
