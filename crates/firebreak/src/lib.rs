@@ -1,24 +1,8 @@
 //! `firebreak`: reliable calls to the Fireworks AI inference API, as one tower stack.
 //!
-//! [`Stack`] composes firebreak's layers in the one order that works, outside to inside:
-//!
-//! ```text
-//! observe → overall deadline → retry → observe attempt → 429 gate → per-attempt timeouts
-//!         → classification → (auth) → hyper client
-//! ```
-//!
-//! - **observation** of the logical request is outermost, so its span and its total latency
-//!   cover everything, and each request is counted once however it ends; observation of each
-//!   **attempt** sits between retry and the gate, so it sees every attempt, including the ones
-//!   the gate refused to send (client-side failures the provider never sees). See
-//!   [`observe`] for the spans and the metrics table;
-//! - the **deadline** comes next, outside every policy layer, so backoff sleeps and 429 waits
-//!   count against it, and the layers below see how much time is left;
-//! - **retry** is outside the gate, so every attempt, retries included, passes the fleet-wide
-//!   429 gate and a retry storm cannot bypass a cooldown;
-//! - **per-attempt timeouts** are inside the gate, so time queued for admission is not charged to
-//!   the attempt;
-//! - **classification** is innermost, so every layer above sees one verdict per attempt.
+//! [`Stack`] composes firebreak's layers in the one order that works; the architecture below
+//! (the repository's `ARCHITECTURE.md`, included here so that it is written once) says which
+//! order and why. See [`observe`] for the spans and the metrics table.
 //!
 //! Presets follow Fireworks' workloads ([`Stack::interactive`], [`Stack::agentic`],
 //! [`Stack::long_context`], [`Stack::batch_submit`]); every part can be overridden.
@@ -37,6 +21,8 @@
 //! println!("{}", String::from_utf8_lossy(&resp.into_body().collect().await?.to_bytes()));
 //! # Ok(()) }
 //! ```
+#![doc = ""]
+#![doc = include_str!("../../../ARCHITECTURE.md")]
 
 mod ext;
 
