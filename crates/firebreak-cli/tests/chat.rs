@@ -4,15 +4,13 @@
 use firebreak_sim::{Fault, Sim, SimConfig, Trigger};
 use std::process::Command;
 
+mod common;
+
 const KEY: &str = "fw_chat_SECRET";
 
 #[test]
 fn streams_the_answer_and_reports_errors_in_one_line() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let sim = rt
         // Anonymous requests (chat sends no `user`) count every attempt as a first one in the
         // simulator, so the fault is a seeded coin: deterministic here, attempts being sequential.
@@ -90,11 +88,7 @@ fn run_chat(sim: &Sim, extra: &[&str]) -> std::process::Output {
 
 #[test]
 fn a_mid_stream_error_gets_its_own_line_and_a_400_no_retry_advice() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let sim = rt
         .block_on(Sim::start(SimConfig::default().api_key(KEY).fault(
             Trigger::Always,

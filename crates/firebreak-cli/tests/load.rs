@@ -4,6 +4,8 @@
 use firebreak_sim::{DelayHeader, Fault, RateLimitConfig, RateLimitDelay, Sim, SimConfig, Trigger};
 use std::process::Command;
 
+mod common;
+
 const KEY: &str = "fw_load_SECRET_key";
 
 fn firebreak() -> Command {
@@ -14,11 +16,7 @@ fn firebreak() -> Command {
 
 #[test]
 fn load_json_matches_the_simulator_log() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let sim = rt
         .block_on(Sim::start(
             SimConfig::default()
@@ -293,11 +291,7 @@ fn the_summary_separates_client_side_from_server_acknowledged_failures() {
 
 #[test]
 fn mid_stream_failures_are_in_the_breakdown_and_help_shows_the_presets() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     // Every stream fails after its first events: half with an error event, half stalled.
     let sim = rt
         .block_on(Sim::start(

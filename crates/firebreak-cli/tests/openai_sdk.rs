@@ -73,11 +73,7 @@ fn venv_python() -> PathBuf {
 #[test]
 fn the_openai_sdk_works_through_the_proxy_despite_faults() {
     let python = venv_python();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let sim = rt
         .block_on(Sim::start(
             SimConfig::default()

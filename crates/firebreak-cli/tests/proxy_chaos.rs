@@ -74,11 +74,7 @@ fn outcome(resp: &str, stream: bool) -> Result<Outcome, String> {
 
 #[test]
 fn killing_the_upstream_twice_leaves_every_request_one_clear_outcome() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let sim = rt.block_on(Sim::start(cfg())).unwrap();
     let addr = sim.addr();
     let p = proxy_env(

@@ -204,11 +204,16 @@ pub(crate) fn spawn_cmd(cmd: Command) -> Proxy {
 pub(crate) fn sim_on_runtime(
     cfg: firebreak_sim::SimConfig,
 ) -> (tokio::runtime::Runtime, firebreak_sim::Sim) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let rt = runtime();
+    let sim = rt.block_on(firebreak_sim::Sim::start(cfg)).unwrap();
+    (rt, sim)
+}
+
+/// A two-thread runtime for the simulator (the CLI under test runs in its own process).
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap();
-    let sim = rt.block_on(firebreak_sim::Sim::start(cfg)).unwrap();
-    (rt, sim)
+        .expect("a runtime")
 }
