@@ -190,14 +190,25 @@ fn stamp(r: &mut Response<ProxyBody>, attempts: u32, id: &str) {
     }
 }
 
-/// Whether a JSON body asks for a stream.
-fn wants_stream(body: &[u8]) -> bool {
+/// What the proxy reads from a JSON request body, in one parse: whether it asks for a stream,
+/// and its model (for the per-(key, model) gate).
+fn peek_body(body: &[u8]) -> (bool, Option<firebreak::ratelimit::Model>) {
+    // Each field is read leniently, so a bad value in one never hides the other.
     #[derive(serde::Deserialize)]
-    struct S {
-        #[serde(default)]
-        stream: bool,
+    struct Peek {
+        stream: Option<serde_json::Value>,
+        model: Option<serde_json::Value>,
     }
-    serde_json::from_slice::<S>(body).is_ok_and(|s| s.stream)
+    match serde_json::from_slice::<Peek>(body) {
+        Ok(p) => (
+            p.stream.and_then(|v| v.as_bool()).unwrap_or(false),
+            p.model
+                .as_ref()
+                .and_then(|v| v.as_str())
+                .map(|m| firebreak::ratelimit::Model(Arc::from(m))),
+        ),
+        Err(_) => (false, None),
+    }
 }
 
 async fn handle(
@@ -335,7 +346,7 @@ async fn forward(
                 return error_response(status, &msg, code, retry, log, inflight);
             }
         };
-    let stream = wants_stream(&bytes);
+    let (stream, model) = peek_body(&bytes);
     let preset = p.preset(caller.preset.unwrap_or(p.default_preset));
     let plan = caller::plan(preset, &caller, stream);
     let query = parts
@@ -363,7 +374,7 @@ async fn forward(
         up.headers_mut().insert("x-request-id", v);
     }
     // Each caller's key and model get their own gate: one tenant's 429s never hold another.
-    if let Some(m) = firebreak::ratelimit::Model::from_json_body(&bytes) {
+    if let Some(m) = model {
         up.extensions_mut().insert(m);
     }
     drop(bytes);
