@@ -11,11 +11,11 @@
 #![allow(missing_docs)]
 
 use bytes::Bytes;
+use firebreak::classify::ClassifyLayer;
+use firebreak::gate::{GateConfig, KeyBy, RateLimitLayer};
+use firebreak::retry::{RetryConfig, RetryLayer};
+use firebreak::timeout::{AttemptTimeoutLayer, DeadlineLayer, TimeoutConfig, Workload};
 use firebreak::{ServiceBuilderExt, Stack};
-use firebreak_classify::ClassifyLayer;
-use firebreak_ratelimit::{GateConfig, KeyBy, RateLimitLayer};
-use firebreak_retry::{RetryConfig, RetryLayer};
-use firebreak_timeout::{AttemptTimeoutLayer, DeadlineLayer, TimeoutConfig, Workload};
 use futures_util::FutureExt;
 use http::{Request, Response};
 use http_body::Body;
@@ -169,7 +169,7 @@ fn main() {
             n,
         ),
     ));
-    let obs = firebreak::Observer::new();
+    let obs = firebreak::observe::Observer::new();
     rows.push((
         "firebreak observe (both layers)",
         measure(
@@ -219,7 +219,7 @@ fn net(rt: &tokio::runtime::Runtime) {
         let bare = plain_client();
         let fb = firebreak::FireworksClient::new(
             &base,
-            firebreak::ApiKey::new(KEY).expect("key"),
+            firebreak::client::ApiKey::new(KEY).expect("key"),
             Stack::interactive(),
         )
         .expect("client");

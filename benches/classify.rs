@@ -9,9 +9,9 @@
 
 use bytes::Bytes;
 use criterion::{Criterion, black_box, criterion_group, criterion_main};
-use firebreak_classify::parse::body::parse_error_body;
-use firebreak_classify::parse::delay::server_delay;
-use firebreak_classify::{Class, ClassifyLayer};
+use firebreak::parse::body::parse_error_body;
+use firebreak::parse::delay::server_delay;
+use firebreak::{Class, classify::ClassifyLayer};
 use futures_util::FutureExt;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};

@@ -11,7 +11,7 @@
 //! small smoke run (200 requests at concurrency 16) checks that the machinery works.
 
 use bytes::Bytes;
-use firebreak::{ApiKey, FireworksClient, Stack};
+use firebreak::{FireworksClient, Stack, client::ApiKey};
 use firebreak_sim::{Fault, Sim, SimConfig, Trigger};
 use firebreak_testkit::KEY;
 use futures_util::StreamExt;

@@ -9,9 +9,9 @@
 //! under `cargo test`), a small smoke run checks that every call succeeds.
 
 use bytes::Bytes;
-use firebreak::{GateConfig, KeyBy, ServiceBuilderExt, Stack};
-use firebreak_classify::Error;
-use firebreak_ratelimit::GateKey;
+use firebreak::Error;
+use firebreak::gate::GateKey;
+use firebreak::{ServiceBuilderExt, Stack, gate::GateConfig, gate::KeyBy};
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};

@@ -12,9 +12,9 @@
 //! `RetryInfo` (why the retry layer gave up).
 
 use bytes::Bytes;
-use firebreak_classify::{ClassifyLayer, Error};
-use firebreak_client::{ClientConfig, build};
-use firebreak_retry::{ReplayBody, RetryConfig, RetryLayer};
+use firebreak::client::{ClientConfig, build};
+use firebreak::retry::{ReplayBody, RetryConfig, RetryLayer};
+use firebreak::{Error, classify::ClassifyLayer};
 use firebreak_sim::{
     CapacityConfig, CapacityReject, Fault, Growth, Latency, RateLimitConfig, RateLimitDelay, Sim,
     SimConfig, Trigger,
@@ -24,7 +24,7 @@ use firebreak_testkit::{KEY, PlainClient, chat_body, plain_client, post};
 
 #[path = "scenarios/gate_rows.rs"]
 mod gate_rows;
-use firebreak_timeout::{AttemptTimeoutLayer, TimedRequestBody, TimeoutConfig, Workload};
+use firebreak::timeout::{AttemptTimeoutLayer, TimedRequestBody, TimeoutConfig, Workload};
 use futures_util::StreamExt;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
@@ -83,7 +83,7 @@ where
                 eprintln!(
                     "{id}: {} {:?}",
                     r.status(),
-                    r.extensions().get::<firebreak_retry::RetryInfo>()
+                    r.extensions().get::<firebreak::RetryInfo>()
                 );
             }
             r.status() == 200 && r.into_body().collect().await.is_ok()
@@ -181,8 +181,8 @@ impl
 type FbSvc = tower::util::BoxCloneSyncService<
     Request<Full<Bytes>>,
     Response<
-        firebreak_timeout::TimedResponseBody<
-            firebreak_classify::ClassifiedBody<hyper::body::Incoming>,
+        firebreak::timeout::TimedResponseBody<
+            firebreak::classify::ClassifiedBody<hyper::body::Incoming>,
         >,
     >,
     Error,
@@ -199,9 +199,9 @@ struct Ctx {
 type FbGateSvc = tower::util::BoxCloneSyncService<
     Request<Full<Bytes>>,
     Response<
-        firebreak_ratelimit::PermitBody<
-            firebreak_timeout::TimedResponseBody<
-                firebreak_classify::ClassifiedBody<hyper::body::Incoming>,
+        firebreak::gate::PermitBody<
+            firebreak::timeout::TimedResponseBody<
+                firebreak::classify::ClassifiedBody<hyper::body::Incoming>,
             >,
         >,
     >,
@@ -236,9 +236,9 @@ fn ctx(base: String) -> Arc<Ctx> {
     .build();
     let client = build::<TimedRequestBody<ReplayBody<Full<Bytes>>>>(&ClientConfig::default())
         .expect("client");
-    let gate = firebreak_ratelimit::RateLimitLayer::new(
-        firebreak_ratelimit::GateConfig::default(),
-        firebreak_ratelimit::KeyBy::Client,
+    let gate = firebreak::gate::RateLimitLayer::new(
+        firebreak::gate::GateConfig::default(),
+        firebreak::gate::KeyBy::Client,
     )
     .expect("gate");
     let fbg = ServiceBuilder::new()

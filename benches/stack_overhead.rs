@@ -12,11 +12,11 @@
 
 use bytes::Bytes;
 use criterion::{Criterion, black_box, criterion_group, criterion_main};
+use firebreak::classify::ClassifyLayer;
+use firebreak::gate::{GateConfig, KeyBy, RateLimitLayer};
+use firebreak::retry::{RetryConfig, RetryLayer};
+use firebreak::timeout::{AttemptTimeoutLayer, DeadlineLayer, TimeoutConfig, Workload};
 use firebreak::{ServiceBuilderExt, Stack};
-use firebreak_classify::ClassifyLayer;
-use firebreak_ratelimit::{GateConfig, KeyBy, RateLimitLayer};
-use firebreak_retry::{RetryConfig, RetryLayer};
-use firebreak_timeout::{AttemptTimeoutLayer, DeadlineLayer, TimeoutConfig, Workload};
 use futures_util::FutureExt;
 use http::{Request, Response};
 use http_body::Body;
@@ -78,7 +78,7 @@ fn benches(c: &mut Criterion) {
     let mut deadline = DeadlineLayer::new(Duration::from_secs(120))
         .unwrap()
         .layer(Ok200(body.clone()));
-    let observer = firebreak::Observer::new();
+    let observer = firebreak::observe::Observer::new();
     let mut observe = ServiceBuilder::new()
         .layer(firebreak::observe::ObserveLayer::new(observer.clone()))
         .layer(firebreak::observe::AttemptObserveLayer::new(observer))

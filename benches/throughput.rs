@@ -8,7 +8,7 @@
 //! client and checks every request succeeded.
 
 use bytes::Bytes;
-use firebreak::{ApiKey, FireworksClient, ServiceBuilderExt, Stack};
+use firebreak::{FireworksClient, ServiceBuilderExt, Stack, client::ApiKey};
 use firebreak_sim::{Sim, SimConfig};
 use firebreak_testkit::{KEY, chat_body, plain_client, post};
 use http_body_util::BodyExt;
@@ -156,7 +156,8 @@ fn main() {
         let clients = [
             Client::Bare(plain_client()),
             Client::FbHyper(
-                firebreak::client::build(&firebreak::ClientConfig::default()).expect("client"),
+                firebreak::client::build(&firebreak::client::ClientConfig::default())
+                    .expect("client"),
             ),
             Client::Layers(layers),
             Client::Firebreak(firebreak),

@@ -10,7 +10,7 @@
 
 use bytes::Bytes;
 use criterion::{Criterion, black_box, criterion_group, criterion_main};
-use firebreak_timeout::{
+use firebreak::timeout::{
     AttemptTimeoutLayer, DeadlineLayer, TimedRequestBody, TimeoutConfig, Workload,
 };
 use futures_util::FutureExt;

@@ -2,11 +2,11 @@
 //! through `ClassifyLayer` around firebreak-client's hyper client.
 
 use bytes::Bytes;
-use firebreak_classify::{
-    BodyShape, Class, Classification, ClassifyLayer, ClientErrorKind, ConnectKind, DelaySource,
-    Error, TimeoutPhase,
+use firebreak::client::{ClientConfig, build};
+use firebreak::{
+    BodyShape, Class, Classification, ClientErrorKind, ConnectKind, DelaySource, Error,
+    TimeoutPhase, classify::ClassifyLayer,
 };
-use firebreak_client::{ClientConfig, build};
 use firebreak_sim::{
     DelayHeader, ErrorShape, Fault, RateLimitConfig, RateLimitDelay, Sim, SimConfig, Trigger,
 };
@@ -163,7 +163,7 @@ async fn success_and_rate_limit_headers() {
         let (c, _) = classify(url, false).await.unwrap();
         assert_eq!(c.class(), Class::RateLimited);
         let d = match c.delay() {
-            firebreak_classify::DelayVerdict::Usable(d) => d,
+            firebreak::DelayVerdict::Usable(d) => d,
             other => panic!("{other:?}"),
         };
         assert_eq!(d.source, DelaySource::RetryAfterSeconds);

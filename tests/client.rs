@@ -2,7 +2,7 @@
 //! refused port and a connect timeout.
 
 use bytes::Bytes;
-use firebreak_client::{ApiKey, AuthLayer, ClientConfig, ClientError, build};
+use firebreak::client::{ApiKey, AuthLayer, ClientConfig, ClientError, build};
 use firebreak_sim::{Sim, SimConfig};
 use firebreak_testkit::*;
 use http_body_util::{BodyExt, Full};

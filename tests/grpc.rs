@@ -1,7 +1,7 @@
 //! The gRPC classifier against a real tonic server on loopback (the gRPC health service, so no
 //! protoc is needed), used through tower-http's `TraceLayer` on a tonic `Channel`.
 
-use firebreak_classify::{Class, ClientErrorKind, GrpcClassifier, GrpcFailure};
+use firebreak::{Class, ClientErrorKind, classify::GrpcClassifier, classify::GrpcFailure};
 use firebreak_testkit::bounded;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -157,8 +157,8 @@ impl Health for Flaky {
 
 #[tokio::test]
 async fn a_tonic_channel_with_firebreak_retries_unavailable_and_resource_exhausted() {
-    use firebreak_retry::{Jitter, RetryConfig, RetryLayer};
-    use firebreak_timeout::{AttemptTimeoutLayer, TimeoutConfig, Workload};
+    use firebreak::retry::{Jitter, RetryConfig, RetryLayer};
+    use firebreak::timeout::{AttemptTimeoutLayer, TimeoutConfig, Workload};
     bounded(30, async {
         let flaky = std::sync::Arc::new(Flaky(std::sync::atomic::AtomicU32::new(0)));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -184,7 +184,7 @@ async fn a_tonic_channel_with_firebreak_retries_unavailable_and_resource_exhaust
         let svc = tower::ServiceBuilder::new()
             .layer(RetryLayer::new(retry).unwrap())
             .layer(AttemptTimeoutLayer::new(&TimeoutConfig::preset(Workload::Interactive)).unwrap())
-            .layer(firebreak_classify::ClassifyLayer::new())
+            .layer(firebreak::classify::ClassifyLayer::new())
             .map_request(|r: http::Request<_>| r.map(tonic::body::Body::new))
             .service(channel);
         let mut client = HealthClient::new(svc);

@@ -2,12 +2,14 @@
 //! recording recorder saw must equal the simulator's own attempt log, class by class, and
 //! failures that never reached the server must be counted as client-side.
 
-use firebreak::observe::names;
-use firebreak::{ApiKey, Class, Error, FireworksClient, GateConfig, RetryConfig, Stack};
-use firebreak_retry::Jitter;
+use firebreak::names;
+use firebreak::retry::Jitter;
+use firebreak::timeout::{TimeoutConfig, Workload};
+use firebreak::{
+    Class, Error, FireworksClient, Stack, client::ApiKey, gate::GateConfig, retry::RetryConfig,
+};
 use firebreak_sim::{AttemptRecord, DelayHeader, Fault, Sim, SimConfig, Trigger};
 use firebreak_testkit::*;
-use firebreak_timeout::{TimeoutConfig, Workload};
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
 use std::collections::BTreeMap;
@@ -37,7 +39,7 @@ fn stack(max_attempts: u32) -> Stack {
 /// The class firebreak must give an attempt the simulator logged.
 fn class_of(r: &AttemptRecord) -> Class {
     match (r.status, r.fault.as_deref()) {
-        (0, Some("hang")) => Class::Timeout(firebreak::classify::TimeoutPhase::ResponseHeaders),
+        (0, Some("hang")) => Class::Timeout(firebreak::TimeoutPhase::ResponseHeaders),
         (0, Some("reset_before_response")) => Class::ResetBeforeResponse,
         (0, other) => panic!("unexpected headless attempt: {other:?}"),
         (s, _) => status_class(s),
@@ -49,7 +51,7 @@ fn class_of(r: &AttemptRecord) -> Class {
 fn status_class(s: u16) -> Class {
     match s {
         200 => Class::Success,
-        404 => Class::ClientError(firebreak::classify::ClientErrorKind::NotFound),
+        404 => Class::ClientError(firebreak::ClientErrorKind::NotFound),
         429 => Class::RateLimited,
         500 => Class::ServerError,
         503 => Class::Overloaded,

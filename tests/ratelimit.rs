@@ -4,15 +4,15 @@
 //! 429s, how many attempts, how fast requests arrived), never on wall-clock speed.
 
 use bytes::Bytes;
-use firebreak_classify::{ClassifyLayer, Error};
-use firebreak_client::{ClientConfig, build};
-use firebreak_ratelimit::{GateConfig, KeyBy, RateLimitLayer};
-use firebreak_retry::{ReplayBody, RetryConfig, RetryLayer};
+use firebreak::client::{ClientConfig, build};
+use firebreak::gate::{GateConfig, KeyBy, RateLimitLayer};
+use firebreak::retry::{ReplayBody, RetryConfig, RetryLayer};
+use firebreak::timeout::{AttemptTimeoutLayer, TimedRequestBody, TimeoutConfig, Workload};
+use firebreak::{Error, classify::ClassifyLayer};
 use firebreak_sim::{
     CapacityConfig, CapacityReject, Latency, RateLimitConfig, RateLimitDelay, Sim, SimConfig,
 };
 use firebreak_testkit::*;
-use firebreak_timeout::{AttemptTimeoutLayer, TimedRequestBody, TimeoutConfig, Workload};
 use futures_util::StreamExt;
 use http::Request;
 use http_body_util::{BodyExt, Full};
@@ -308,13 +308,13 @@ async fn hostile_keys_are_bounded_and_evictions_are_counted() {
         let snap = gate.snapshot();
         assert_eq!(snap.len(), 8, "the map stays at max_keys");
         assert_eq!(
-            rec.counter(firebreak_ratelimit::metric_names::GATE_EVICTIONS, &[]),
+            rec.counter(firebreak::names::GATE_EVICTIONS, &[]),
             32,
             "one eviction per key past the eighth"
         );
         let live: u32 = snap.iter().map(|(_, s)| s.concurrency_limit).sum();
         assert_eq!(
-            rec.gauge(firebreak_ratelimit::metric_names::GATE_LIMIT, &[]),
+            rec.gauge(firebreak::names::GATE_LIMIT, &[]),
             f64::from(live),
             "evicted keys' limits leave the gauge"
         );

@@ -3,14 +3,15 @@
 //! delay, and recovery from resets and refused connections.
 
 use bytes::Bytes;
-use firebreak_classify::{ClassifiedBody, ClassifyLayer, Error};
-use firebreak_client::{ClientConfig, build};
-use firebreak_retry::{Jitter, ReplayBody, RetryConfig, RetryInfo, RetryLayer};
-use firebreak_sim::{DelayHeader, Fault, Sim, SimConfig, Trigger};
-use firebreak_testkit::*;
-use firebreak_timeout::{
+use firebreak::RetryInfo;
+use firebreak::client::{ClientConfig, build};
+use firebreak::retry::{Jitter, ReplayBody, RetryConfig, RetryLayer};
+use firebreak::timeout::{
     AttemptTimeoutLayer, TimedRequestBody, TimedResponseBody, TimeoutConfig, Workload,
 };
+use firebreak::{Error, classify::ClassifiedBody, classify::ClassifyLayer};
+use firebreak_sim::{DelayHeader, Fault, Sim, SimConfig, Trigger};
+use firebreak_testkit::*;
 use http::{Request, Response};
 use http_body_util::Full;
 use std::time::Duration;

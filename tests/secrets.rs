@@ -3,11 +3,11 @@
 //! produced, nor of the client and its settings. Alone in its binary: the capturing subscriber
 //! is the process's global default.
 
-use firebreak::{ApiKey, Class, Error, FireworksClient, RetryConfig, Stack};
-use firebreak_retry::Jitter;
+use firebreak::retry::Jitter;
+use firebreak::timeout::{TimeoutConfig, Workload};
+use firebreak::{Class, Error, FireworksClient, Stack, client::ApiKey, retry::RetryConfig};
 use firebreak_sim::{DelayHeader, Fault, Sim, SimConfig, Trigger};
 use firebreak_testkit::*;
-use firebreak_timeout::{TimeoutConfig, Workload};
 use http_body_util::BodyExt;
 use std::time::Duration;
 
@@ -141,9 +141,9 @@ fn the_key_never_appears_in_traces_errors_or_debug_output() {
         printed.push_str(&format!("{bad}\n{bad:?}\n"));
         // The run must have produced the failures it is meant to check.
         for c in [
-            Class::ClientError(firebreak::classify::ClientErrorKind::Unauthorized),
-            Class::Connect(firebreak::classify::ConnectKind::Refused),
-            Class::Timeout(firebreak::classify::TimeoutPhase::ResponseHeaders),
+            Class::ClientError(firebreak::ClientErrorKind::Unauthorized),
+            Class::Connect(firebreak::ConnectKind::Refused),
+            Class::Timeout(firebreak::TimeoutPhase::ResponseHeaders),
             Class::ResetMidBody,
         ] {
             assert!(classes.contains(&c), "no {c:?} in {classes:?}");

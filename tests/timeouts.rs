@@ -4,14 +4,16 @@
 //! the phase logic guarantees are asserted, never speed.
 
 use bytes::Bytes;
-use firebreak_classify::{Class, ClassifiedBody, ClassifyLayer, Error, TimeoutError, TimeoutPhase};
-use firebreak_client::{ClientConfig, build_with, https_connector};
-use firebreak_sim::{Fault, Latency, Sim, SimConfig, Trigger};
-use firebreak_testkit::*;
-use firebreak_timeout::{
+use firebreak::client::{ClientConfig, build_with, https_connector};
+use firebreak::timeout::{
     AttemptTimeoutLayer, AttemptTimeouts, ConnectTimeoutLayer, DeadlineLayer, TimedRequestBody,
     TimedResponseBody, TimeoutConfig,
 };
+use firebreak::{
+    Class, Error, TimeoutError, TimeoutPhase, classify::ClassifiedBody, classify::ClassifyLayer,
+};
+use firebreak_sim::{Fault, Latency, Sim, SimConfig, Trigger};
+use firebreak_testkit::*;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 //! all on the same seeded simulator in the same run.
 
 use super::{KEY, PlainClient, chat_body, plain_client, post};
-use firebreak::{ApiKey, ClientConfig, FireworksClient, KeyBy, Stack};
+use firebreak::{FireworksClient, Stack, client::ApiKey, client::ClientConfig, gate::KeyBy};
 use firebreak_sim::{DelayHeader, ErrorShape, Fault, Latency, Sim, SimConfig, Trigger};
 use firebreak_testkit::baselines::openai_attempts;
 use futures_util::StreamExt;
@@ -379,7 +379,7 @@ pub(crate) async fn tenants() -> (f64, f64, f64) {
                             .body(Full::new(chat_body(&format!("req-{k:06}"), false)))
                             .expect("request");
                         req.extensions_mut()
-                            .insert(firebreak::ratelimit::Model(Arc::from("llama")));
+                            .insert(firebreak::gate::Model(Arc::from("llama")));
                         let t = Instant::now();
                         let ok = match client.service().oneshot(req).await {
                             Ok(r) => r.status() == 200 && r.into_body().collect().await.is_ok(),

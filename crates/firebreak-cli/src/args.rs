@@ -1,7 +1,7 @@
 //! Flags shared by the commands: the timeout preset and its overrides, base URLs, and keys.
 
 use clap::{Args, ValueEnum};
-use firebreak::{ApiKey, TimeoutConfig, Workload};
+use firebreak::{client::ApiKey, timeout::TimeoutConfig, timeout::Workload};
 use std::time::Duration;
 
 /// A workload preset on the command line.

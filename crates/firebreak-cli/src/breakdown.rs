@@ -16,7 +16,7 @@ pub(crate) struct Seen {
 
 impl Seen {
     pub(crate) fn read(snapshotter: &metrics_util::debugging::Snapshotter) -> Seen {
-        use firebreak::observe::names;
+        use firebreak::names;
         use metrics_util::debugging::DebugValue;
         let mut seen = Seen::default();
         for (key, _, _, value) in snapshotter.snapshot().into_vec() {

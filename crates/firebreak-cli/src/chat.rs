@@ -3,7 +3,7 @@
 use crate::args::{TimeoutArgs, api_key, base_url};
 use bytes::Bytes;
 use clap::Args;
-use firebreak::{FIREWORKS_BASE_URL, FireworksClient, Stack};
+use firebreak::{FireworksClient, Stack, client::FIREWORKS_BASE_URL};
 use http_body_util::BodyExt;
 use std::io::Write;
 
@@ -56,7 +56,7 @@ pub(crate) async fn run(args: ChatArgs) -> Result<(), Box<dyn std::error::Error>
         Err(e) => return Err(with_attempts(&e, e.attempts()).into()),
     };
     if !resp.status().is_success() {
-        let attempts = firebreak::retry::RetryInfo::of(&resp).attempts();
+        let attempts = firebreak::RetryInfo::of(&resp).attempts();
         let c = resp
             .extensions()
             .get::<firebreak::Classification>()

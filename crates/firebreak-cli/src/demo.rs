@@ -3,7 +3,10 @@
 use crate::breakdown::{Seen, breakdown};
 use bytes::Bytes;
 use clap::Args;
-use firebreak::{ApiKey, ClientConfig, FireworksClient, Stack, TimeoutConfig, Workload};
+use firebreak::{
+    FireworksClient, Stack, client::ApiKey, client::ClientConfig, timeout::TimeoutConfig,
+    timeout::Workload,
+};
 use firebreak_sim::{
     DelayHeader, Fault, Latency, RateLimitConfig, RateLimitDelay, Sim, SimConfig, Trigger,
 };

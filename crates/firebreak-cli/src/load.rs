@@ -4,7 +4,7 @@ use crate::args::{TimeoutArgs, api_key, base_url};
 use crate::breakdown::{Seen, breakdown};
 use bytes::Bytes;
 use clap::Args;
-use firebreak::classify::Classification;
+use firebreak::Classification;
 use firebreak::{FireworksClient, Stack};
 use futures_util::StreamExt;
 use http::Request;

@@ -1056,7 +1056,7 @@ fn an_invalid_port_sends_nothing_even_to_the_default_port() {
     // The library refuses it too, for callers that skip the CLI.
     let e = firebreak::FireworksClient::new(
         "http://127.0.0.1:99999/v1",
-        firebreak::ApiKey::new(KEY).unwrap(),
+        firebreak::client::ApiKey::new(KEY).unwrap(),
         firebreak::Stack::interactive(),
     )
     .map(|_| ())

@@ -2,7 +2,7 @@
 //! count retry policy (the peer firebreak's retry is compared with), and the request they send.
 
 use bytes::Bytes;
-use firebreak_classify::Error;
+use firebreak::Error;
 use http::{Request, Response};
 use http_body_util::Full;
 use std::future::{Ready, ready};

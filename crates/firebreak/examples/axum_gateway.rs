@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
-use firebreak::{ApiKey, FireworksClient, Stack};
+use firebreak::{FireworksClient, Stack, client::ApiKey};
 use http_body_util::BodyExt;
 
 /// The handler: the upstream's answer (status, body) on success, a 502/504 with the error's

@@ -1,10 +1,13 @@
 //! [`ServiceBuilderExt`]: firebreak's layers one by one on a `tower::ServiceBuilder`.
 
-use crate::{GateConfig, KeyBy, RetryConfig, Stack, StackError, StackLayer, TimeoutConfig};
-use firebreak_classify::ClassifyLayer;
-use firebreak_ratelimit::RateLimitLayer;
-use firebreak_retry::RetryLayer;
-use firebreak_timeout::{AttemptTimeoutLayer, DeadlineLayer};
+use crate::classify::ClassifyLayer;
+use crate::gate::RateLimitLayer;
+use crate::gate::{GateConfig, KeyBy};
+use crate::retry::RetryConfig;
+use crate::retry::RetryLayer;
+use crate::timeout::TimeoutConfig;
+use crate::timeout::{AttemptTimeoutLayer, DeadlineLayer};
+use crate::{Stack, StackError, StackLayer};
 use std::time::Duration;
 use tower::ServiceBuilder;
 use tower::layer::util::Stack as Layered;

@@ -5,7 +5,9 @@
 mod gateway;
 
 use axum::body::Body;
-use firebreak::{ApiKey, FireworksClient, Stack, TimeoutConfig, Workload};
+use firebreak::{
+    FireworksClient, Stack, client::ApiKey, timeout::TimeoutConfig, timeout::Workload,
+};
 use firebreak_sim::{Fault, Sim, SimConfig, Trigger};
 use http_body_util::BodyExt;
 use std::time::Duration;
@@ -78,9 +80,9 @@ async fn the_gateway_recovers_upstream_faults_and_maps_timeouts() {
             .attempt(Some(Duration::from_secs(1)))
             .build()
             .unwrap();
-        let retry = firebreak::RetryConfig {
+        let retry = firebreak::retry::RetryConfig {
             max_attempts: 1,
-            ..firebreak::RetryConfig::default()
+            ..firebreak::retry::RetryConfig::default()
         };
         let client = FireworksClient::new(
             &hang.base_url(),

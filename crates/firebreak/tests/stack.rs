@@ -2,7 +2,8 @@
 
 use bytes::Bytes;
 use firebreak::{
-    ApiKey, Class, ClientConfig, FireworksClient, Stack, StackError, TimeoutConfig, Workload,
+    Class, FireworksClient, Stack, StackError, client::ApiKey, client::ClientConfig,
+    timeout::TimeoutConfig, timeout::Workload,
 };
 use firebreak_sim::{Fault, Sim, SimConfig, Trigger};
 use firebreak_testkit::bounded;
@@ -145,7 +146,7 @@ fn bad_settings_are_typed_errors() {
 
 #[tokio::test]
 async fn layers_one_by_one_in_order_through_the_builder_ext() {
-    use firebreak::{GateConfig, KeyBy, RetryConfig, ServiceBuilderExt};
+    use firebreak::{ServiceBuilderExt, gate::GateConfig, gate::KeyBy, retry::RetryConfig};
     use tower::{ServiceBuilder, ServiceExt};
     bounded(30, async {
         let sim = Sim::start(SimConfig::default().api_key(KEY).fault(
@@ -252,7 +253,7 @@ async fn a_gate_per_key_and_model_separates_models_and_uses_the_clients_key() {
         let client = FireworksClient::new(
             &sim.base_url(),
             ApiKey::new(KEY).unwrap(),
-            Stack::interactive().key_by(firebreak::KeyBy::ApiKeyAndModel),
+            Stack::interactive().key_by(firebreak::gate::KeyBy::ApiKeyAndModel),
         )
         .unwrap();
         let body = |model: &str, id: &str| {

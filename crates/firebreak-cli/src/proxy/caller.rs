@@ -20,7 +20,7 @@
 //! - Caller values only ever shorten the preset's limits; they never lengthen them.
 
 use firebreak::timeout::AttemptTimeouts;
-use firebreak::{TimeoutConfig, Workload};
+use firebreak::{timeout::TimeoutConfig, timeout::Workload};
 use http::HeaderMap;
 use std::time::Duration;
 

@@ -26,9 +26,12 @@ use crate::args::{TimeoutArgs, api_key, base_url};
 use body::{Buffered, ProxyBody, ReadError, RequestLog, Stop};
 use clap::Args;
 use conn::{ConnLimits, ConnState, GuardedIo, InFlight, Shedder};
-use firebreak::classify::{Class, Error};
-use firebreak::timeout::Deadline;
-use firebreak::{BoxStack, ClientConfig, FireworksClient, Stack, TimeoutConfig, Workload};
+use firebreak::Deadline;
+use firebreak::{
+    BoxStack, FireworksClient, Stack, client::ClientConfig, timeout::TimeoutConfig,
+    timeout::Workload,
+};
+use firebreak::{Class, Error};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -192,7 +195,7 @@ fn stamp(r: &mut Response<ProxyBody>, attempts: u32, id: &str) {
 
 /// What the proxy reads from a JSON request body, in one parse: whether it asks for a stream,
 /// and its model (for the per-(key, model) gate).
-fn peek_body(body: &[u8]) -> (bool, Option<firebreak::ratelimit::Model>) {
+fn peek_body(body: &[u8]) -> (bool, Option<firebreak::gate::Model>) {
     // Each field is read leniently, so a bad value in one never hides the other.
     #[derive(serde::Deserialize)]
     struct Peek {
@@ -205,7 +208,7 @@ fn peek_body(body: &[u8]) -> (bool, Option<firebreak::ratelimit::Model>) {
             p.model
                 .as_ref()
                 .and_then(|v| v.as_str())
-                .map(|m| firebreak::ratelimit::Model(Arc::from(m))),
+                .map(|m| firebreak::gate::Model(Arc::from(m))),
         ),
         Err(_) => (false, None),
     }
@@ -391,7 +394,7 @@ async fn forward(
             match tokio::time::timeout(left, call).await {
                 Ok(r) => r,
                 Err(_) => Err(
-                    Error::timeout(firebreak::classify::TimeoutPhase::Deadline, h).with_detail(
+                    Error::timeout(firebreak::TimeoutPhase::Deadline, h).with_detail(
                         "the caller's own timeout (x-stainless-read-timeout) would pass first",
                     ),
                 ),
@@ -403,7 +406,7 @@ async fn forward(
     drop(permit);
     match result {
         Ok(resp) => {
-            let attempts = firebreak::retry::RetryInfo::of(&resp).attempts();
+            let attempts = firebreak::RetryInfo::of(&resp).attempts();
             let (rp, body) = resp.into_parts();
             let sse = rp
                 .headers
@@ -665,7 +668,7 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), Box<dyn std::error::Error
     // below the gate, is used for callers that send none).
     let mut stack = Stack::preset(default_preset)
         .timeouts(widest(&presets))
-        .key_by(firebreak::KeyBy::ApiKeyAndModel);
+        .key_by(firebreak::gate::KeyBy::ApiKeyAndModel);
     // SSE error events reach the caller as the upstream sent them.
     stack.sse_errors_as_failures = false;
     let mode = match (&key, tokens.is_empty()) {

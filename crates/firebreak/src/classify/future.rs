@@ -1,0 +1,305 @@
+//! The classify layer's response future.
+
+use super::body::ClassifiedBody;
+use super::layer::Config;
+use crate::error::{Classification, Error};
+use crate::parse::body::parse_error_body;
+use crate::parse::sse::SseScanner;
+use crate::transport::BoxError;
+use bytes::Bytes;
+use http::{HeaderMap, Response};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::SystemTime;
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, B> {
+        Waiting { #[pin] fut: F },
+        Reading {
+            parts: Option<http::response::Parts>,
+            body: Option<Pin<Box<B>>>,
+            buf: VecDeque<Bytes>,
+            len: usize,
+            trailers: Option<HeaderMap>,
+        },
+        // An SSE success: read up to the first event, so that a stream whose first event is an
+        // error (nothing reached the caller yet) is classified, and retried, like an error answer.
+        Peeking {
+            parts: Option<http::response::Parts>,
+            body: Option<Pin<Box<B>>>,
+            buf: VecDeque<Bytes>,
+            len: usize,
+            scanner: Option<Box<SseScanner>>,
+        },
+        Done,
+    }
+}
+
+pin_project! {
+    /// The future of [`Classify`](crate::classify::Classify).
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        state: State<F, B>,
+        cfg: Config,
+        host: Option<crate::error::HostLabel>,
+    }
+}
+
+impl<F, B> std::fmt::Debug for ResponseFuture<F, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B> ResponseFuture<F, B> {
+    pub(crate) fn new(fut: F, cfg: Config, host: Option<crate::error::HostLabel>) -> Self {
+        ResponseFuture {
+            state: State::Waiting { fut },
+            cfg,
+            host,
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<Response<ClassifiedBody<B>>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        // Bounded: each turn either changes state or reads one more frame of a bounded prefix.
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Waiting { fut } => {
+                    let resp = match ready!(fut.poll(cx)) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            this.state.set(State::Done);
+                            let mut err = Error::transport(e);
+                            if let Some(h) = this.host.take() {
+                                err = err.with_host(h.as_str());
+                            }
+                            return Poll::Ready(Err(err));
+                        }
+                    };
+                    let status = resp.status();
+                    if status.as_u16() < 400 {
+                        this.state.set(State::Done);
+                        let (mut parts, body) = resp.into_parts();
+                        let ct = parts
+                            .headers
+                            .get(http::header::CONTENT_TYPE)
+                            .map(|v| v.as_bytes());
+                        let is_sse = ct.is_some_and(|v| v.starts_with(b"text/event-stream"));
+                        if is_sse && status.as_u16() < 300 {
+                            this.state.set(State::Peeking {
+                                parts: Some(parts),
+                                body: Some(Box::pin(body)),
+                                buf: VecDeque::new(),
+                                len: 0,
+                                scanner: Some(Box::new(SseScanner::new())),
+                            });
+                            continue;
+                        }
+                        let sse = this.cfg.sse_errors && is_sse;
+                        // A gRPC failure answered "trailers-only" carries its status in the headers:
+                        // classify it like an HTTP error, so retry and the 429 gate see it.
+                        // A plain success carries no `Classification`: its absence means
+                        // `Classification::success(status)`, and inserting one would allocate
+                        // the extensions map on every call (see `Classification::of`).
+                        if ct.is_some_and(|v| v.starts_with(b"application/grpc")) {
+                            if let Some(c) = Classification::from_grpc_headers(
+                                status,
+                                &parts.headers,
+                                SystemTime::now(),
+                            ) {
+                                parts.extensions.insert(c);
+                            }
+                        }
+                        let body = ClassifiedBody::direct(body, sse, this.cfg.sse_errors);
+                        return Poll::Ready(Ok(Response::from_parts(parts, body)));
+                    }
+                    let (parts, body) = resp.into_parts();
+                    this.state.set(State::Reading {
+                        parts: Some(parts),
+                        body: Some(Box::pin(body)),
+                        buf: VecDeque::new(),
+                        len: 0,
+                        trailers: None,
+                    });
+                }
+                StateProj::Reading {
+                    parts,
+                    body,
+                    buf,
+                    len,
+                    trailers,
+                } => {
+                    let b = body.as_mut().expect("body present while reading");
+                    let (ended, pending) = ready!(read_prefix(
+                        b.as_mut(),
+                        buf,
+                        len,
+                        trailers,
+                        this.cfg.max_error_body,
+                        cx,
+                        |_| false
+                    ));
+                    let truncated = !ended;
+                    let prefix = contiguous_prefix(buf, this.cfg.max_error_body);
+                    let api = parse_error_body(&prefix, truncated);
+                    let mut parts = parts.take().expect("parts present while reading");
+                    let c = Classification::from_response(
+                        parts.status,
+                        &parts.headers,
+                        Some(api),
+                        SystemTime::now(),
+                    );
+                    parts.extensions.insert(c);
+                    let body = ClassifiedBody::replay(
+                        body.take().expect("body present while reading"),
+                        std::mem::take(buf),
+                        trailers.take(),
+                        ended,
+                        pending,
+                        None,
+                    );
+                    this.state.set(State::Done);
+                    return Poll::Ready(Ok(Response::from_parts(parts, body)));
+                }
+                StateProj::Peeking {
+                    parts,
+                    body,
+                    buf,
+                    len,
+                    scanner,
+                } => {
+                    let b = body.as_mut().expect("body present while peeking");
+                    let sc = scanner.as_mut().expect("scanner present while peeking");
+                    let mut trailers = None;
+                    let mut first_error = None;
+                    let mut stream_error = None;
+                    let sse_errors = this.cfg.sse_errors;
+                    // Bounded by the error-body limit: a stream that sends no complete event
+                    // within it is handed on as it is.
+                    let (ended, body_error) = ready!(read_prefix(
+                        b.as_mut(),
+                        buf,
+                        len,
+                        &mut trailers,
+                        this.cfg.max_error_body,
+                        cx,
+                        |d| match sc.feed(d) {
+                            Some(api) if sc.events() == sc.errors() => {
+                                first_error = Some(api);
+                                true
+                            }
+                            Some(api) => {
+                                if sse_errors {
+                                    stream_error = Some(Error::stream_error(api));
+                                }
+                                true
+                            }
+                            None => sc.events() > 0,
+                        }
+                    ));
+                    let mut pending = body_error.or(stream_error);
+                    let mut parts = parts.take().expect("parts present while peeking");
+                    let scanner = scanner.take();
+                    let keep_scanning = if let Some(api) = first_error {
+                        if this.cfg.sse_errors {
+                            pending = Some(Error::stream_error(api.clone()));
+                        }
+                        let c = Classification::success(parts.status)
+                            .with_stream_error_before_content(api);
+                        parts.extensions.insert(c);
+                        None
+                    } else if this.cfg.sse_errors && pending.is_none() {
+                        scanner
+                    } else {
+                        None
+                    };
+                    let body = ClassifiedBody::replay(
+                        body.take().expect("body present while peeking"),
+                        std::mem::take(buf),
+                        trailers,
+                        ended,
+                        pending,
+                        keep_scanning,
+                    );
+                    this.state.set(State::Done);
+                    return Poll::Ready(Ok(Response::from_parts(parts, body)));
+                }
+                StateProj::Done => panic!("ResponseFuture polled after completion"),
+            }
+        }
+    }
+}
+
+/// Reads `b`'s frames into `buf` (counting `len`) until `max` bytes, its end, its trailers, a body
+/// error, or `stop` says so after a data frame. Ready with whether the body ended and the body
+/// error, if any; the state it fills lives in the caller's, so a `Pending` resumes where it was.
+fn read_prefix<B>(
+    mut b: Pin<&mut B>,
+    buf: &mut VecDeque<Bytes>,
+    len: &mut usize,
+    trailers: &mut Option<HeaderMap>,
+    max: usize,
+    cx: &mut Context<'_>,
+    mut stop: impl FnMut(&Bytes) -> bool,
+) -> Poll<(bool, Option<Error>)>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    while *len < max {
+        match ready!(b.as_mut().poll_frame(cx)) {
+            None => return Poll::Ready((true, None)),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(d) => {
+                    *len += d.len();
+                    let done = stop(&d);
+                    buf.push_back(d);
+                    if done {
+                        break;
+                    }
+                }
+                Err(f) => {
+                    *trailers = f.into_trailers().ok();
+                    return Poll::Ready((true, None));
+                }
+            },
+            Some(Err(e)) => return Poll::Ready((true, Some(Error::body(e)))),
+        }
+    }
+    Poll::Ready((false, None))
+}
+
+/// The first `max` bytes of `frames`, copied only when they span several frames.
+fn contiguous_prefix(frames: &VecDeque<Bytes>, max: usize) -> Bytes {
+    match frames.len() {
+        0 => Bytes::new(),
+        1 => frames[0].slice(..frames[0].len().min(max)),
+        _ => {
+            let mut v = Vec::with_capacity(max.min(frames.iter().map(Bytes::len).sum()));
+            for f in frames {
+                let room = max - v.len();
+                v.extend_from_slice(&f[..f.len().min(room)]);
+                if v.len() >= max {
+                    break;
+                }
+            }
+            Bytes::from(v)
+        }
+    }
+}

@@ -1,0 +1,627 @@
+//! [`RateLimitLayer`], the [`RateLimit`] service, its future and its body.
+
+use crate::Deadline;
+use crate::gate::config::{GateConfig, GateConfigError};
+use crate::gate::state::{GateMetrics, LocalGate, Permit};
+use crate::gate::store::{GateKey, InProcessStore, Observation, RateStore};
+use crate::{BoxError, Class, Classification, Error, RateLimitHeaders};
+use bytes::Bytes;
+use http::{Extensions, HeaderMap, Method, Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use std::fmt;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+/// The model a request is for, in the request extensions, so that gates can be keyed per
+/// (API key, model) without reading the body. `firebreak::FireworksClient::post` and the proxy
+/// set it from the body's `model` when the gate is keyed by [`KeyBy::ApiKeyAndModel`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Model(pub Arc<str>);
+
+impl Model {
+    /// The `model` of a JSON request body, if it names one (a body that is not JSON, or has no
+    /// string `model`, gives `None`).
+    pub fn from_json_body(body: &[u8]) -> Option<Model> {
+        #[derive(serde::Deserialize)]
+        struct M<'a> {
+            #[serde(borrow)]
+            model: Option<std::borrow::Cow<'a, str>>,
+        }
+        let m = serde_json::from_slice::<M<'_>>(body).ok()?.model?;
+        Some(Model(Arc::from(m.as_ref())))
+    }
+}
+
+/// The tokens a request will use (prompt + completion), set by the caller in the extensions for
+/// token caps. Without it the gate estimates `body bytes / 4 + default_completion_tokens`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenEstimate(pub u32);
+
+impl TokenEstimate {
+    /// Estimates a JSON request: its bytes / 4 for the prompt (about four bytes a token), plus
+    /// its `max_tokens` (or `default_completion`) for the answer. An estimate, not a count; a body
+    /// that is not JSON counts its bytes / 4 plus the default.
+    pub fn from_json_body(body: &[u8], default_completion: u32) -> TokenEstimate {
+        #[derive(serde::Deserialize)]
+        struct MaxTokens {
+            max_tokens: Option<u32>,
+        }
+        let completion = serde_json::from_slice::<MaxTokens>(body)
+            .ok()
+            .and_then(|m| m.max_tokens)
+            .unwrap_or(default_completion);
+        let prompt = u32::try_from(body.len() / 4).unwrap_or(u32::MAX);
+        TokenEstimate(prompt.saturating_add(completion))
+    }
+}
+
+/// The parts of a request a key function may look at.
+#[derive(Debug)]
+pub struct RequestHead<'a> {
+    /// Method.
+    pub method: &'a Method,
+    /// URI.
+    pub uri: &'a Uri,
+    /// Headers (the `Authorization` value must only ever be hashed, never kept).
+    pub headers: &'a HeaderMap,
+    /// Extensions.
+    pub extensions: &'a Extensions,
+}
+
+/// How requests are grouped into gates.
+#[derive(Clone, Default)]
+pub enum KeyBy {
+    /// One gate for the whole client (the default).
+    #[default]
+    Client,
+    /// One gate per (API key, model): Fireworks serverless limits are per account and model.
+    /// The key is the request's `Authorization` header or, when it has none (the auth layer
+    /// adds it below the gate), the key given to [`RateLimitLayer::fallback_credential`]; it is
+    /// hashed, never stored. The model comes from the [`Model`] extension.
+    ApiKeyAndModel,
+    /// Any function of the request head.
+    Custom(Arc<dyn Fn(&RequestHead<'_>) -> GateKey + Send + Sync>),
+}
+
+impl fmt::Debug for KeyBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyBy::Client => f.write_str("Client"),
+            KeyBy::ApiKeyAndModel => f.write_str("ApiKeyAndModel"),
+            KeyBy::Custom(_) => f.write_str("Custom(..)"),
+        }
+    }
+}
+
+impl KeyBy {
+    fn key(&self, head: &RequestHead<'_>, fallback: u64) -> GateKey {
+        match self {
+            KeyBy::Client => GateKey(0),
+            KeyBy::ApiKeyAndModel => {
+                let mut h = xxhash_rust::xxh3::Xxh3::new();
+                match head.headers.get(http::header::AUTHORIZATION) {
+                    Some(a) => xxhash_rust::xxh3::xxh3_64(a.as_bytes()).hash(&mut h),
+                    None => fallback.hash(&mut h),
+                }
+                if let Some(m) = head.extensions.get::<Model>() {
+                    m.0.hash(&mut h);
+                }
+                GateKey(h.finish())
+            }
+            KeyBy::Custom(f) => f(head),
+        }
+    }
+}
+
+/// What a key's gate looks like right now: for metrics and dashboards.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GateSnapshot {
+    /// The adaptive concurrency limit.
+    pub concurrency_limit: u32,
+    /// Requests in flight.
+    pub in_flight: u32,
+    /// Requests waiting to be admitted.
+    pub queue_len: usize,
+    /// The pacing rate in requests per second, when one is known.
+    pub rate_per_sec: Option<f64>,
+    /// Time left in a fleet-wide cooldown.
+    pub cooldown_remaining: Duration,
+    /// Total time requests spent waiting in the gate.
+    pub waited: Duration,
+    /// Requests refused without being sent (queue full, or no slot before the deadline).
+    pub throttled: u64,
+    /// Requests admitted.
+    pub admitted: u64,
+    /// Time before a key whose quota is exhausted lets a call through to recheck.
+    pub quota_recheck_in: Duration,
+}
+
+#[derive(Debug)]
+struct Shared<S> {
+    cfg: Arc<GateConfig>,
+    key_by: KeyBy,
+    /// The hash of the credential used when a request carries no `Authorization`.
+    fallback: AtomicU64,
+    store: Arc<S>,
+    gates: RwLock<nohash_hasher::IntMap<GateKey, Arc<LocalGate>>>,
+    metrics: GateMetrics,
+    epoch: Instant,
+}
+
+impl<S: RateStore> Shared<S> {
+    fn gate(&self, key: GateKey, now: Instant) -> Arc<LocalGate> {
+        let stamp =
+            u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
+        if let Some(g) = self
+            .gates
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            g.last_used.store(stamp, Ordering::Relaxed);
+            return g.clone();
+        }
+        let mut gates = self.gates.write().unwrap_or_else(|e| e.into_inner());
+        if !gates.contains_key(&key) && gates.len() >= self.cfg.max_keys {
+            self.evict(&mut gates);
+        }
+        let g = gates
+            .entry(key)
+            .or_insert_with(|| Arc::new(LocalGate::new(key, &self.cfg, self.metrics.clone(), now)))
+            .clone();
+        g.last_used.store(stamp, Ordering::Relaxed);
+        g
+    }
+
+    /// Evicts idle gates, least recently used first: an eighth of the map (at least one), so
+    /// that the scan is paid once per many new keys. A gate in use is never evicted; when all
+    /// are in use the map grows past `max_keys` until some are idle.
+    fn evict(&self, gates: &mut nohash_hasher::IntMap<GateKey, Arc<LocalGate>>) {
+        let mut idle: Vec<(u64, GateKey)> = gates
+            .iter()
+            .filter(|(_, g)| g.is_idle())
+            .map(|(k, g)| (g.last_used.load(Ordering::Relaxed), *k))
+            .collect();
+        idle.sort_unstable_by_key(|(t, k)| (*t, k.0));
+        let n = (gates.len() / 8).max(1).min(idle.len());
+        for (_, k) in idle.into_iter().take(n) {
+            if let Some(g) = gates.remove(&k) {
+                g.retire();
+                self.store.forget(k);
+                self.metrics.evictions.increment(1);
+            }
+        }
+    }
+}
+
+/// The 429 gate: see the [crate docs](crate). Clones share every gate.
+#[derive(Debug)]
+pub struct RateLimitLayer<S = InProcessStore> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S> Clone for RateLimitLayer<S> {
+    fn clone(&self) -> Self {
+        RateLimitLayer {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl RateLimitLayer<InProcessStore> {
+    /// A gate with `cfg`, keyed by `key_by`, keeping its state in this process.
+    ///
+    /// # Errors
+    /// [`GateConfigError`] when `cfg` does not validate.
+    pub fn new(cfg: GateConfig, key_by: KeyBy) -> Result<Self, GateConfigError> {
+        cfg.validate()?;
+        let store = InProcessStore::new(cfg.clone());
+        Ok(Self::with_store(cfg, key_by, store))
+    }
+
+    /// The credential [`KeyBy::ApiKeyAndModel`] uses for requests that carry no
+    /// `Authorization` header (an auth layer below the gate adds it): the header value that
+    /// layer sends. Only its hash is kept.
+    pub fn fallback_credential(self, header_value: &[u8]) -> Self {
+        self.shared
+            .fallback
+            .store(xxhash_rust::xxh3::xxh3_64(header_value), Ordering::Relaxed);
+        self
+    }
+}
+
+impl<S: RateStore> RateLimitLayer<S> {
+    /// A gate whose shared rate and cooldown state lives in `store` (for example a distributed
+    /// one). `cfg` is assumed valid.
+    pub fn with_store(cfg: GateConfig, key_by: KeyBy, store: S) -> Self {
+        RateLimitLayer {
+            shared: Arc::new(Shared {
+                cfg: Arc::new(cfg),
+                key_by,
+                fallback: AtomicU64::new(0),
+                store: Arc::new(store),
+                gates: RwLock::new(nohash_hasher::IntMap::default()),
+                metrics: GateMetrics::register(),
+                epoch: Instant::now(),
+            }),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &GateConfig {
+        &self.shared.cfg
+    }
+
+    /// How requests are grouped into gates.
+    pub fn key_by(&self) -> &KeyBy {
+        &self.shared.key_by
+    }
+
+    /// The state of every gate, by key.
+    pub fn snapshot(&self) -> Vec<(GateKey, GateSnapshot)> {
+        let now = Instant::now();
+        let gates: Vec<_> = self
+            .shared
+            .gates
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        gates
+            .into_iter()
+            .map(|g| {
+                let r = self.shared.store.snapshot(g.key, now);
+                (
+                    g.key,
+                    GateSnapshot {
+                        concurrency_limit: g.limit(),
+                        in_flight: g.in_flight.load(Ordering::Acquire),
+                        queue_len: g.waiting.load(Ordering::Acquire),
+                        rate_per_sec: r.and_then(|r| r.rate_per_sec),
+                        cooldown_remaining: r.map_or(Duration::ZERO, |r| r.cooldown_remaining),
+                        waited: Duration::from_nanos(g.waited_ns.load(Ordering::Relaxed)),
+                        throttled: g.throttled.load(Ordering::Relaxed),
+                        admitted: g.admitted.load(Ordering::Relaxed),
+                        quota_recheck_in: r.map_or(Duration::ZERO, |r| r.quota_recheck_in),
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+impl<Svc, S> Layer<Svc> for RateLimitLayer<S> {
+    type Service = RateLimit<Svc, S>;
+    fn layer(&self, inner: Svc) -> RateLimit<Svc, S> {
+        RateLimit {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service [`RateLimitLayer`] makes.
+#[derive(Debug)]
+pub struct RateLimit<Svc, S = InProcessStore> {
+    inner: Svc,
+    shared: Arc<Shared<S>>,
+}
+
+impl<Svc: Clone, S> Clone for RateLimit<Svc, S> {
+    fn clone(&self) -> Self {
+        RateLimit {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<Svc, S> RateLimit<Svc, S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &Svc {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut Svc {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> Svc {
+        self.inner
+    }
+}
+
+type Admission = Pin<Box<dyn Future<Output = Result<(Permit, u32), Error>> + Send>>;
+
+impl<Svc, S, ReqB, ResB> Service<Request<ReqB>> for RateLimit<Svc, S>
+where
+    Svc: Service<Request<ReqB>, Response = Response<ResB>, Error = Error> + Clone,
+    S: RateStore,
+    ReqB: Body,
+{
+    type Response = Response<PermitBody<ResB>>;
+    type Error = Error;
+    type Future = ResponseFuture<Svc, ReqB, S>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        // The clone-and-replace idiom: the service polled ready is the one that will be called.
+        let clone = self.inner.clone();
+        let svc = std::mem::replace(&mut self.inner, clone);
+        let sh = &self.shared;
+        let key = sh.key_by.key(
+            &RequestHead {
+                method: req.method(),
+                uri: req.uri(),
+                headers: req.headers(),
+                extensions: req.extensions(),
+            },
+            sh.fallback.load(Ordering::Relaxed),
+        );
+        let tokens = match req.extensions().get::<TokenEstimate>() {
+            Some(t) => t.0,
+            None if sh.cfg.tokens_per_minute.is_some() => {
+                let bytes = req
+                    .body()
+                    .size_hint()
+                    .exact()
+                    .unwrap_or(req.body().size_hint().lower());
+                u32::try_from(bytes / 4)
+                    .unwrap_or(u32::MAX)
+                    .saturating_add(sh.cfg.default_completion_tokens)
+            }
+            None => 0,
+        };
+        let now = Instant::now();
+        let gate = sh.gate(key, now);
+        let state = match gate.try_admit(&*sh.store, tokens, now, &sh.cfg) {
+            Some((permit, n)) => State::Calling {
+                fut: {
+                    let mut svc = svc;
+                    svc.call(req)
+                },
+                permit: Some(permit),
+                in_flight_at_send: n,
+                sent_at: now,
+            },
+            None => {
+                let deadline = Deadline::of(&req).map(|d| d.instant());
+                let admit: Admission = Box::pin(gate.clone().admit(
+                    sh.store.clone(),
+                    sh.cfg.clone(),
+                    tokens,
+                    deadline,
+                ));
+                State::Admitting {
+                    admit,
+                    svc: Some(svc),
+                    req: Some(req),
+                }
+            }
+        };
+        ResponseFuture {
+            state,
+            shared: sh.clone(),
+            gate,
+            key,
+        }
+    }
+}
+
+impl<S: RateStore> Shared<S> {
+    /// Learns from one finished attempt: the shared rate state, then the local window.
+    fn observe(&self, gate: &LocalGate, key: GateKey, obs: Observation) {
+        let fleet = self.store.observe(key, &obs, Instant::now());
+        gate.observe(
+            obs.signal(),
+            fleet,
+            obs.in_flight_at_send,
+            obs.sent_at,
+            &self.cfg,
+        );
+    }
+}
+
+/// Whether an error body names a rate limit (`RATE_LIMIT_EXCEEDED`, `rate_limit_error`, "rate
+/// limit exceeded"): then a 429 is an account or model limit. A message that speaks of capacity
+/// or overload ("Deployment capacity exceeded", "server overloaded") makes it a capacity
+/// refusal whatever the code says (Fireworks has sent both under one code).
+fn says_rate_limit(api: &crate::ApiError) -> bool {
+    let norm = |s: &str| s.to_ascii_lowercase().replace([' ', '-'], "_");
+    if api
+        .message
+        .as_deref()
+        .map(norm)
+        .is_some_and(|m| m.contains("capacity") || m.contains("overload"))
+    {
+        return false;
+    }
+    [
+        api.code.as_deref(),
+        api.kind.as_deref(),
+        api.message.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .any(|s| norm(s).contains("rate_limit"))
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<Svc: Service<Request<ReqB>>, ReqB> {
+        Admitting { admit: Admission, svc: Option<Svc>, req: Option<Request<ReqB>> },
+        Calling { #[pin] fut: Svc::Future, permit: Option<Permit>, in_flight_at_send: u32, sent_at: Instant },
+        Done,
+    }
+}
+
+pin_project! {
+    /// The future of [`RateLimit`].
+    pub struct ResponseFuture<Svc: Service<Request<ReqB>>, ReqB, S> {
+        #[pin]
+        state: State<Svc, ReqB>,
+        shared: Arc<Shared<S>>,
+        gate: Arc<LocalGate>,
+        key: GateKey,
+    }
+}
+
+impl<Svc: Service<Request<ReqB>>, ReqB, S> fmt::Debug for ResponseFuture<Svc, ReqB, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<Svc, ReqB, ResB, S> Future for ResponseFuture<Svc, ReqB, S>
+where
+    Svc: Service<Request<ReqB>, Response = Response<ResB>, Error = Error>,
+    S: RateStore,
+{
+    type Output = Result<Response<PermitBody<ResB>>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        // Admitting moves to Calling, and Calling always returns: at most two turns.
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Admitting { admit, svc, req } => {
+                    let (permit, n) = match admit.as_mut().poll(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Err(e)) => {
+                            this.state.set(State::Done);
+                            return Poll::Ready(Err(e));
+                        }
+                        Poll::Ready(Ok(p)) => p,
+                    };
+                    let mut svc = svc.take().expect("service present while admitting");
+                    let req = req.take().expect("request present while admitting");
+                    let fut = svc.call(req);
+                    this.state.set(State::Calling {
+                        fut,
+                        permit: Some(permit),
+                        in_flight_at_send: n,
+                        sent_at: Instant::now(),
+                    });
+                }
+                StateProj::Calling {
+                    fut,
+                    permit,
+                    in_flight_at_send,
+                    sent_at,
+                } => {
+                    let result = match fut.poll(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(r) => r,
+                    };
+                    let permit = permit.take();
+                    let n = *in_flight_at_send;
+                    let sent = *sent_at;
+                    this.state.set(State::Done);
+                    return Poll::Ready(match result {
+                        Ok(resp) => {
+                            let c = resp.extensions().get::<Classification>();
+                            let class = c.map_or_else(
+                                || Class::from_status(resp.status()),
+                                Classification::class,
+                            );
+                            // The classification skips rate-limit headers on success (to stay
+                            // cheap); pacing needs them on every answer, so read them here.
+                            let rl = c.and_then(|c| c.rate_limit().copied()).or_else(|| {
+                                let h = RateLimitHeaders::from_headers(resp.headers());
+                                (!h.is_empty()).then_some(h)
+                            });
+                            let delay = c.and_then(Classification::retry_after);
+                            let obs = Observation {
+                                class,
+                                retry_after: delay,
+                                rate_limit: rl,
+                                rate_limit_body: c
+                                    .and_then(Classification::api_error)
+                                    .is_some_and(says_rate_limit),
+                                in_flight_at_send: n,
+                                sent_at: sent,
+                            };
+                            this.shared.observe(this.gate, *this.key, obs);
+                            Ok(resp.map(|b| PermitBody { inner: b, permit }))
+                        }
+                        Err(e) => {
+                            let obs = Observation {
+                                class: e.class(),
+                                retry_after: e.retry_after(),
+                                rate_limit: None,
+                                rate_limit_body: e.api_error().is_some_and(says_rate_limit),
+                                in_flight_at_send: n,
+                                sent_at: sent,
+                            };
+                            this.shared.observe(this.gate, *this.key, obs);
+                            Err(e)
+                        }
+                    });
+                }
+                StateProj::Done => panic!("ResponseFuture polled after completion"),
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// The response body, holding the request's place in the gate until it ends: a streamed
+    /// generation occupies capacity for as long as it streams.
+    pub struct PermitBody<B> {
+        #[pin]
+        inner: B,
+        permit: Option<Permit>,
+    }
+}
+
+impl<B> fmt::Debug for PermitBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PermitBody")
+            .field("holding", &self.permit.is_some())
+            .finish()
+    }
+}
+
+impl<B> Body for PermitBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let r = this.inner.poll_frame(cx);
+        if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            *this.permit = None;
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

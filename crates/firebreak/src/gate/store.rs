@@ -1,0 +1,507 @@
+//! The rate, cooldown and quota state shared by everyone using a key, behind [`RateStore`], so
+//! that a distributed store can replace the in-process one without changing the layer.
+
+use crate::gate::config::{GateConfig, HeaderUnit};
+use crate::{Class, RateLimitHeaders};
+use std::sync::{Mutex, RwLock};
+use std::time::Duration;
+use tokio::time::Instant;
+
+const MEASURE_WINDOW: Duration = Duration::from_secs(2);
+/// After a cooldown with no known rate, waiters are released this far apart…
+const RELEASE_SPACING: Duration = Duration::from_millis(20);
+/// …for this long after it ends (at most 50 of them); later ones go at once.
+const RELEASE_RAMP: Duration = Duration::from_secs(1);
+/// Capacity refusals further apart than this never add up to fleet-wide evidence.
+const SIGNAL_WINDOW: Duration = Duration::from_secs(2);
+
+/// Which gate a request belongs to: a hash, so that no API key is ever kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GateKey(pub u64);
+
+// Already a hash: maps keyed by it skip hashing it again.
+impl nohash_hasher::IsEnabled for GateKey {}
+
+/// What kind of evidence one answer is (see the [crate docs](crate)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Signal {
+    /// Nothing the fleet should react to: a success, or a fault of this request alone (a hang,
+    /// a timeout, a reset, a 5xx other than 503, a stream stall).
+    None,
+    /// A 429 that is an account or model rate limit (it carries `x-ratelimit-*` headers, or
+    /// its body says "rate limit"): fleet-wide on its own.
+    RateLimit,
+    /// A 503 "overloaded", or a 429 that is not a rate limit ("capacity exceeded" on a dedicated
+    /// deployment): fleet-wide only once several requests in flight together get one.
+    Capacity,
+    /// The account's quota, spending limit or billing is exhausted.
+    Quota,
+}
+
+/// What one answer told the gate.
+#[derive(Debug, Clone, Copy)]
+pub struct Observation {
+    /// The answer's class.
+    pub class: Class,
+    /// A usable server-requested delay.
+    pub retry_after: Option<Duration>,
+    /// The `x-ratelimit-*` headers, if any.
+    pub rate_limit: Option<RateLimitHeaders>,
+    /// Whether the error body names a rate limit (`RATE_LIMIT_EXCEEDED`, "rate limit …").
+    pub rate_limit_body: bool,
+    /// Requests this process had in flight on the key when this one was sent (itself included).
+    pub in_flight_at_send: u32,
+    /// When the attempt was sent.
+    pub sent_at: Instant,
+}
+
+impl Observation {
+    /// The kind of evidence this answer is.
+    pub fn signal(&self) -> Signal {
+        match self.class {
+            Class::QuotaExhausted => Signal::Quota,
+            Class::RateLimited if self.rate_limit.is_some() || self.rate_limit_body => {
+                Signal::RateLimit
+            }
+            Class::RateLimited | Class::Overloaded => Signal::Capacity,
+            _ => Signal::None,
+        }
+    }
+}
+
+/// A send slot, or why none can be had in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reserve {
+    /// Send at this instant (now, or later when pacing or cooling down).
+    At(Instant),
+    /// The first free slot is after the caller's deadline; it would have to wait this long.
+    Refused {
+        /// How long until a slot.
+        wait: Duration,
+    },
+    /// The key's quota was found exhausted; nothing is sent until the recheck.
+    QuotaExhausted {
+        /// Time until the next request is let through to recheck.
+        recheck_in: Duration,
+    },
+}
+
+/// What a gate knows right now, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateSnapshot {
+    /// The pacing rate in requests per second, when one is known.
+    pub rate_per_sec: Option<f64>,
+    /// Time left in a fleet-wide cooldown.
+    pub cooldown_remaining: Duration,
+    /// Whether header limits are read per second (else per minute).
+    pub per_second_headers: bool,
+    /// Time left before a key whose quota is exhausted is rechecked.
+    pub quota_recheck_in: Duration,
+}
+
+/// The shared part of the gate: pacing, cooldown and quota state, per key. Implementations
+/// must be cheap and must not block: they are called on every attempt.
+pub trait RateStore: Send + Sync + 'static {
+    /// Reserves the next send slot for `key` at or after `now`, counting `tokens` against any
+    /// token cap. Returns [`Reserve::Refused`] (reserving nothing) when the slot would be after
+    /// `latest`, and [`Reserve::QuotaExhausted`] while the key's quota is known to be spent.
+    fn reserve(&self, key: GateKey, now: Instant, tokens: u32, latest: Option<Instant>) -> Reserve;
+    /// Gives back a slot reserved at `slot` by [`RateStore::reserve`] that was never used (its
+    /// caller gave up while waiting for it), so that later callers do not wait for it.
+    fn release(&self, key: GateKey, slot: Instant, tokens: u32, now: Instant);
+    /// When the current fleet-wide cooldown ends, if one is on.
+    fn cooldown_until(&self, key: GateKey, now: Instant) -> Option<Instant>;
+    /// While the key's quota is known to be exhausted: the time until it is rechecked.
+    fn quota_recheck_in(&self, key: GateKey, now: Instant) -> Option<Duration>;
+    /// Learns from one answer. Returns whether it completes fleet-wide capacity evidence
+    /// (`fleet_signals` capacity refusals of requests that were in flight together).
+    fn observe(&self, key: GateKey, obs: &Observation, now: Instant) -> bool;
+    /// The state, for metrics.
+    fn snapshot(&self, key: GateKey, now: Instant) -> Option<RateSnapshot>;
+    /// Drops `key`'s state (the layer evicted its idle gate).
+    fn forget(&self, key: GateKey);
+}
+
+#[derive(Debug)]
+struct KeyRate {
+    header_rate: Option<f64>,
+    per_second: bool,
+    aimd_rate: Option<f64>,
+    next_free: Instant,
+    /// The spacing the last reservation added (to give it back on release).
+    last_interval: Duration,
+    tokens_next_free: Instant,
+    cooldown_until: Instant,
+    /// Whether a cooldown was ever set (its end starts a release ramp).
+    cooled: bool,
+    quota_until: Instant,
+    last_decrease: Option<Instant>,
+    /// The last fleet-wide throttle (rate-limit 429 or capacity evidence): a learned rate is
+    /// forgotten `recovery` after it.
+    last_throttle: Option<Instant>,
+    /// Capacity refusals in a row whose requests overlapped in time, and when the last came.
+    chain: u32,
+    chain_last: Option<Instant>,
+    /// Admissions counted in the current measuring window (at least 2 s long, so a burst of
+    /// near-simultaneous admissions never reads as a high sustained rate).
+    win_start: Instant,
+    win_count: u32,
+    /// The last full window's admission rate, per second.
+    sampled: Option<f64>,
+}
+
+impl KeyRate {
+    fn new(now: Instant, per_second: bool) -> Self {
+        KeyRate {
+            header_rate: None,
+            per_second,
+            aimd_rate: None,
+            next_free: now,
+            last_interval: Duration::ZERO,
+            tokens_next_free: now,
+            cooldown_until: now,
+            cooled: false,
+            quota_until: now,
+            last_decrease: None,
+            last_throttle: None,
+            chain: 0,
+            chain_last: None,
+            win_start: now,
+            win_count: 0,
+            sampled: None,
+        }
+    }
+
+    fn rate(&self, static_rate: Option<f64>) -> Option<f64> {
+        [self.header_rate, self.aimd_rate, static_rate]
+            .into_iter()
+            .flatten()
+            .reduce(f64::min)
+    }
+
+    /// Admissions per second lately: the last full window, or the current one (at least 1 s
+    /// long) when there is none yet.
+    fn recent_rate(&self, now: Instant) -> f64 {
+        let cur = f64::from(self.win_count)
+            / now
+                .saturating_duration_since(self.win_start)
+                .as_secs_f64()
+                .max(1.0);
+        self.sampled.map_or(cur, |s| s.max(cur))
+    }
+
+    fn count_admission(&mut self, at: Instant) {
+        // A window that spans a cooldown measures the cooldown, not the rate the server took:
+        // start it again where the cooldown ended.
+        if self.cooled && self.win_start < self.cooldown_until && at >= self.cooldown_until {
+            self.win_start = self.cooldown_until;
+            self.win_count = 0;
+        }
+        self.win_count += 1;
+        let elapsed = at.saturating_duration_since(self.win_start);
+        if elapsed >= MEASURE_WINDOW {
+            self.sampled = Some(f64::from(self.win_count) / elapsed.as_secs_f64());
+            self.win_start = at;
+            self.win_count = 0;
+        }
+    }
+
+    /// Forgets a learned rate once `recovery` has passed without a throttle.
+    fn recover(&mut self, now: Instant, recovery: Duration) {
+        if self
+            .last_throttle
+            .is_some_and(|t| now.saturating_duration_since(t) >= recovery)
+        {
+            self.last_throttle = None;
+            self.aimd_rate = None;
+        }
+    }
+}
+
+/// The in-process [`RateStore`]: one small mutex per key behind a read-mostly map, so keys do
+/// not contend with each other.
+#[derive(Debug)]
+pub struct InProcessStore {
+    cfg: GateConfig,
+    keys: RwLock<nohash_hasher::IntMap<GateKey, Mutex<KeyRate>>>,
+}
+
+impl InProcessStore {
+    /// A store for `cfg`.
+    pub fn new(cfg: GateConfig) -> Self {
+        InProcessStore {
+            cfg,
+            keys: RwLock::new(nohash_hasher::IntMap::default()),
+        }
+    }
+
+    /// Runs `f` on `k`'s state, under the read lock of the map and the key's own mutex (keys
+    /// do not contend with each other; the map is written only when a key is first seen).
+    fn with_key<R>(&self, k: GateKey, now: Instant, f: impl FnOnce(&mut KeyRate) -> R) -> R {
+        {
+            let map = self.keys.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(m) = map.get(&k) {
+                let mut s = m.lock().unwrap_or_else(|e| e.into_inner());
+                s.recover(now, self.cfg.recovery);
+                return f(&mut s);
+            }
+        }
+        let per_second = self.cfg.header_unit != HeaderUnit::PerMinute;
+        let mut map = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        let m = map
+            .entry(k)
+            .or_insert_with(|| Mutex::new(KeyRate::new(now, per_second)));
+        f(m.get_mut().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn static_rate(&self) -> Option<f64> {
+        self.cfg.requests_per_minute.map(|r| f64::from(r) / 60.0)
+    }
+}
+
+impl RateStore for InProcessStore {
+    fn reserve(&self, key: GateKey, now: Instant, tokens: u32, latest: Option<Instant>) -> Reserve {
+        self.with_key(key, now, |s| self.reserve_in(s, now, tokens, latest))
+    }
+
+    fn release(&self, key: GateKey, slot: Instant, tokens: u32, now: Instant) {
+        self.with_key(key, now, |s| {
+            // Later reservations keep theirs; the next one starts a slot earlier.
+            if s.next_free > now && s.next_free >= slot && !s.last_interval.is_zero() {
+                s.next_free = s
+                    .next_free
+                    .checked_sub(s.last_interval)
+                    .unwrap_or(now)
+                    .max(now);
+            }
+            if let Some(tpm) = self.cfg.tokens_per_minute {
+                let give = Duration::from_secs_f64(f64::from(tokens) / (f64::from(tpm) / 60.0));
+                if s.tokens_next_free > slot {
+                    s.tokens_next_free =
+                        s.tokens_next_free.checked_sub(give).unwrap_or(now).max(now);
+                }
+            }
+        });
+    }
+
+    fn cooldown_until(&self, key: GateKey, now: Instant) -> Option<Instant> {
+        self.with_key(key, now, |s| {
+            (s.cooldown_until > now).then_some(s.cooldown_until)
+        })
+    }
+
+    fn quota_recheck_in(&self, key: GateKey, now: Instant) -> Option<Duration> {
+        self.with_key(key, now, |s| {
+            (s.quota_until > now).then(|| s.quota_until - now)
+        })
+    }
+
+    fn observe(&self, key: GateKey, obs: &Observation, now: Instant) -> bool {
+        self.with_key(key, now, |s| self.observe_in(s, obs, now))
+    }
+
+    fn snapshot(&self, key: GateKey, now: Instant) -> Option<RateSnapshot> {
+        let map = self.keys.read().unwrap_or_else(|e| e.into_inner());
+        let s = map.get(&key)?.lock().unwrap_or_else(|e| e.into_inner());
+        Some(RateSnapshot {
+            rate_per_sec: s.rate(self.static_rate()),
+            cooldown_remaining: s.cooldown_until.saturating_duration_since(now),
+            per_second_headers: s.per_second,
+            quota_recheck_in: s.quota_until.saturating_duration_since(now),
+        })
+    }
+
+    fn forget(&self, key: GateKey) {
+        self.keys
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+    }
+}
+
+impl InProcessStore {
+    fn reserve_in(
+        &self,
+        s: &mut KeyRate,
+        now: Instant,
+        tokens: u32,
+        latest: Option<Instant>,
+    ) -> Reserve {
+        if s.quota_until > now {
+            return Reserve::QuotaExhausted {
+                recheck_in: s.quota_until - now,
+            };
+        }
+        let start = now
+            .max(s.next_free)
+            .max(s.cooldown_until)
+            .max(s.tokens_next_free);
+        if let Some(l) = latest {
+            if start > l {
+                return Reserve::Refused { wait: start - now };
+            }
+        }
+        let rate = s.rate(self.static_rate());
+        s.last_interval = match rate {
+            Some(r) => Duration::from_secs_f64(1.0 / r),
+            // A cooldown with no known rate ends in a bounded ramp, not all at once.
+            None if s.cooled && start < s.cooldown_until + RELEASE_RAMP => RELEASE_SPACING,
+            None => Duration::ZERO,
+        };
+        if !s.last_interval.is_zero() {
+            s.next_free = start + s.last_interval;
+        }
+        if let Some(tpm) = self.cfg.tokens_per_minute {
+            let per_sec = f64::from(tpm) / 60.0;
+            s.tokens_next_free = start.max(s.tokens_next_free)
+                + Duration::from_secs_f64(f64::from(tokens) / per_sec);
+        }
+        s.count_admission(start);
+        Reserve::At(start)
+    }
+
+    fn cool_down(&self, s: &mut KeyRate, d: Option<Duration>, now: Instant, what: &str) {
+        let Some(d) = d else { return };
+        if d > self.cfg.max_cooldown {
+            // One absurd header must not stop everyone: that request fails on its own (the
+            // retry layer refuses to wait past its cap) and nobody else waits.
+            tracing::debug!(
+                delay_ms = d.as_millis() as u64,
+                cap_ms = self.cfg.max_cooldown.as_millis() as u64,
+                "429 gate: ignored a {what} delay over the cap (not trusted fleet-wide)"
+            );
+            return;
+        }
+        s.cooldown_until = s.cooldown_until.max(now + d);
+        s.cooled = true;
+    }
+
+    fn observe_in(&self, s: &mut KeyRate, obs: &Observation, now: Instant) -> bool {
+        let cfg = &self.cfg;
+        let signal = obs.signal();
+        // Learn the limit from the headers, when they make sense.
+        if let Some(h) = &obs.rate_limit {
+            if !h.is_consistent() {
+                tracing::debug!(?h, "429 gate: ignored contradictory x-ratelimit headers");
+            } else if let Some(limit) = h.limit_requests.filter(|l| *l > 0) {
+                if cfg.header_unit == HeaderUnit::Detect {
+                    // Read per second until a rate-limit 429 arrives while this client sent
+                    // less than that: then the limit cannot be per second.
+                    if s.per_second
+                        && signal == Signal::RateLimit
+                        && s.recent_rate(now) < limit as f64
+                    {
+                        tracing::debug!(
+                            limit,
+                            "429 gate: x-ratelimit-limit-requests now read per minute (a 429 came below the per-second reading)"
+                        );
+                        s.per_second = false;
+                    } else if !s.per_second && s.last_throttle.is_none() {
+                        // Dropped for a throttle that has since been forgotten (`recovery`
+                        // without one): test the per-second reading again. Pacing at the
+                        // per-minute reading could never show it wrong, and a token limit's 429
+                        // must not leave the key at a sixtieth of its request limit for good.
+                        tracing::debug!(
+                            limit,
+                            "429 gate: x-ratelimit-limit-requests read per second again"
+                        );
+                        s.per_second = true;
+                    }
+                }
+                let per_sec = if s.per_second {
+                    limit as f64
+                } else {
+                    limit as f64 / 60.0
+                };
+                s.header_rate = Some((per_sec * cfg.headroom).max(0.01));
+                // Nothing left now: hold the next send for one interval.
+                if h.remaining_requests == Some(0) {
+                    let gap = Duration::from_secs_f64(1.0 / per_sec.max(0.01));
+                    s.next_free = s.next_free.max(now + gap.min(cfg.max_cooldown));
+                }
+            }
+            if h.malformed {
+                tracing::debug!("429 gate: ignored malformed x-ratelimit headers");
+            }
+        }
+        match signal {
+            Signal::None => {
+                // Follow a growing limit slowly: 1% per success while nothing is rejected.
+                if obs.class.is_success() {
+                    if let Some(r) = s.aimd_rate.as_mut() {
+                        *r *= 1.01;
+                    }
+                }
+                false
+            }
+            Signal::Quota => {
+                s.quota_until = now + cfg.quota_recheck;
+                tracing::warn!(
+                    recheck_s = cfg.quota_recheck.as_secs(),
+                    "429 gate: the account's quota or spending limit is exhausted; calls on this key fail fast until the recheck"
+                );
+                false
+            }
+            Signal::RateLimit => {
+                s.last_throttle = Some(now);
+                match obs.retry_after {
+                    Some(d) => self.cool_down(s, Some(d), now, "429"),
+                    None => {
+                        // No delay header: a reset header is a pacing hint after a 429, when
+                        // it says nothing is left (never a retry delay).
+                        if let Some(h) = obs
+                            .rate_limit
+                            .filter(|h| h.is_consistent() && h.remaining_requests == Some(0))
+                        {
+                            if let Some(r) = h.reset_requests.filter(|r| *r <= cfg.max_cooldown) {
+                                s.next_free = s.next_free.max(now + r);
+                            }
+                        }
+                    }
+                }
+                // A 429 without rate-limit headers while the headers of other answers state a
+                // limit this client paces inside says nothing about that rate (a token limit,
+                // or one request's noise): it does not lower the pace. Nor does one that says
+                // when to come back and states no limit: the cooldown is the whole answer, and
+                // a pace learned from it would outlast it.
+                let explained = obs.rate_limit.is_some()
+                    || (s.header_rate.is_none() && obs.retry_after.is_none());
+                // One decrease per congestion event (a second), from what was actually admitted.
+                let debounced = s
+                    .last_decrease
+                    .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1));
+                if explained && !debounced {
+                    let current = s.rate(self.static_rate()).or(s.sampled);
+                    if let Some(c) = current {
+                        let base = s.sampled.map_or(c, |m| m.min(c));
+                        s.aimd_rate = Some((base * cfg.decrease).max(0.01));
+                        s.last_decrease = Some(now);
+                    }
+                }
+                false
+            }
+            Signal::Capacity => {
+                // Evidence adds up only across requests that were in flight together: one
+                // request's own retries are sent one after another, so they never chain.
+                let overlaps = s.chain_last.is_some_and(|last| {
+                    obs.sent_at <= last && now.saturating_duration_since(last) < SIGNAL_WINDOW
+                });
+                s.chain = if overlaps { s.chain + 1 } else { 1 };
+                s.chain_last = Some(now);
+                let fleet = s.chain >= cfg.fleet_signals;
+                if fleet {
+                    s.last_throttle = Some(now);
+                    self.cool_down(s, obs.retry_after, now, "capacity");
+                } else if obs.retry_after.is_some() {
+                    tracing::debug!(
+                        chain = s.chain,
+                        "429 gate: one request's capacity refusal; its delay applies to it alone"
+                    );
+                }
+                fleet
+            }
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! [`AttemptObserveLayer`]: one child span and one class per attempt.
+
+use crate::AttemptContext;
+use crate::observe::instruments::{Instruments, Observer, ms};
+use crate::{Classification, Error};
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::time::Instant;
+use tower::{Layer, Service};
+use tracing::Span;
+use tracing::field::Empty;
+
+/// Observes each attempt: between the retry layer and the 429 gate, so it sees every attempt
+/// the retry layer makes, the gate's refusals included (they are client-side failures).
+#[derive(Debug, Clone)]
+pub struct AttemptObserveLayer {
+    obs: Observer,
+}
+
+impl AttemptObserveLayer {
+    /// A layer recording through `obs`.
+    pub fn new(obs: Observer) -> Self {
+        AttemptObserveLayer { obs }
+    }
+}
+
+impl<S> Layer<S> for AttemptObserveLayer {
+    type Service = AttemptObserve<S>;
+    fn layer(&self, inner: S) -> AttemptObserve<S> {
+        AttemptObserve {
+            inner,
+            obs: self.obs.clone(),
+        }
+    }
+}
+
+/// The service [`AttemptObserveLayer`] makes.
+#[derive(Debug, Clone)]
+pub struct AttemptObserve<S> {
+    inner: S,
+    obs: Observer,
+}
+
+impl<S> AttemptObserve<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, obs: Observer) -> Self {
+        AttemptObserve { inner, obs }
+    }
+
+    /// A layer for this service.
+    pub fn layer(obs: Observer) -> AttemptObserveLayer {
+        AttemptObserveLayer::new(obs)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for AttemptObserve<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>, Error = Error>,
+{
+    type Response = Response<ResB>;
+    type Error = Error;
+    type Future = AttemptFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let Some(ins) = &self.obs.inner else {
+            return AttemptFuture {
+                inner: self.inner.call(req),
+                span: Span::none(),
+                ins: None,
+                start: None,
+            };
+        };
+        let ctx = req.extensions().get::<AttemptContext>().copied();
+        if let Some(c) = ctx {
+            ins.retry(c.after, c.reason, c.delay);
+        }
+        let span = tracing::debug_span!(
+            crate::names::ATTEMPT_SPAN,
+            attempt = ctx.map_or(1, |c| c.attempt),
+            delay_ms = ctx.map_or(0.0, |c| ms(c.delay)),
+            delay_reason = ctx.map_or("none", |c| c.reason.label()),
+            retry_after_class = ctx.map(|c| c.after.label()),
+            gate_wait_ms = Empty,
+            gate_wait_reason = Empty,
+            status = Empty,
+            class = Empty,
+            headers_ms = Empty,
+        );
+        let inner = {
+            let _entered = span.enter();
+            self.inner.call(req)
+        };
+        // The clock is read only for the span's `headers_ms`: no subscriber, no clock read.
+        let start = (!span.is_disabled()).then(Instant::now);
+        AttemptFuture {
+            inner,
+            span,
+            ins: Some(ins.clone()),
+            start,
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`AttemptObserve`].
+    pub struct AttemptFuture<F> {
+        #[pin]
+        inner: F,
+        span: Span,
+        ins: Option<Arc<Instruments>>,
+        start: Option<Instant>,
+    }
+}
+
+impl<F> fmt::Debug for AttemptFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AttemptFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B> Future for AttemptFuture<F>
+where
+    F: Future<Output = Result<Response<B>, Error>>,
+{
+    type Output = Result<Response<B>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = {
+            let _entered = this.span.enter();
+            match this.inner.poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(r) => r,
+            }
+        };
+        let Some(ins) = this.ins.take() else {
+            return Poll::Ready(result);
+        };
+        let (class, status) = match &result {
+            Ok(resp) => (Classification::class_of(resp), Some(resp.status().as_u16())),
+            Err(e) => (e.class(), e.status().map(|s| s.as_u16())),
+        };
+        ins.attempt_done(class, status);
+        let span = &*this.span;
+        if !span.is_disabled() {
+            span.record("class", class.label());
+            if let Some(s) = status {
+                span.record("status", s);
+            }
+            if let Some(t) = this.start {
+                span.record("headers_ms", ms(t.elapsed()));
+            }
+            if class.is_success() {
+                tracing::debug!(parent: span, class = class.label(), "attempt answered");
+            } else {
+                tracing::debug!(parent: span, class = class.label(), client_side = class.is_client_side(), "attempt failed");
+            }
+        }
+        Poll::Ready(result)
+    }
+}

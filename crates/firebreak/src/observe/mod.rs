@@ -1,0 +1,93 @@
+//! Tracing spans and metrics for the firebreak stack: one span per logical request with a
+//! child span per attempt, and counters and histograms through the [`metrics`] facade, so any
+//! exporter works (Prometheus, StatsD, OpenTelemetry…).
+//!
+//! Two layers, placed by the `firebreak` facade:
+//!
+//! ```text
+//! ObserveLayer → deadline → retry → AttemptObserveLayer → 429 gate → attempt timeouts → classify
+//! ```
+//!
+//! - [`ObserveLayer`] is outermost: it sees the logical request from the call to the end of the
+//!   response body, whatever happens in between (retries, waits, the deadline). It counts the
+//!   outcome once, when the request ends, even if the caller drops it half way (`cancelled`).
+//! - [`AttemptObserveLayer`] sits between retry and the gate: it sees every attempt, including
+//!   the ones the gate refused to send, which are client-side failures. The retry layer tells it
+//!   which attempt it is and how long it waited before it, and why ([`firebreak::AttemptContext`]);
+//!   the gate records its own wait on the attempt span (`gate_wait_ms`, `gate_wait_reason`).
+//!
+//! Both classify with the same verdict every other layer uses ([`firebreak::Class`]).
+//!
+//! # Spans
+//! Following tower-http's `TraceLayer`: spans at `DEBUG`, an event when the request finishes
+//! (`"finished processing request"`, `DEBUG`) or fails (`"response failed"`, `ERROR`, except 4xx,
+//! which are the caller's to handle), with the latency in milliseconds.
+//!
+//! | span | fields |
+//! |---|---|
+//! | `firebreak.request` | `method`, `uri`, `version`, `request_id` (the `x-request-id` sent, else the one answered), `attempts`, `status`, `class`, `outcome`, `ttfb_ms`, `total_ms` |
+//! | `firebreak.attempt` (child) | `attempt`, `delay_ms` and `delay_reason` (`none`, `backoff`, `server`) before it, `retry_after_class`, `gate_wait_ms` and `gate_wait_reason` (`concurrency`, `pacing`, `cooldown`), `status`, `class`, `headers_ms` |
+//!
+//! Headers are never recorded, and [`ObserveLayer`] marks `Authorization` and `x-api-key` as
+//! sensitive (on or off), so that nothing below it, a `TraceLayer` logging headers included,
+//! prints them.
+//!
+//! # Metrics
+//! Names are chosen to sit beside Fireworks' own dedicated-deployment metrics
+//! (`request_counter_total`, `requests_error_total{http_code}`, `latency_to_first_token_ms`,
+//! `latency_overall_ms`) on one dashboard; times are in milliseconds like theirs.
+//!
+//! | name | type | labels | what |
+//! |---|---|---|---|
+//! | `firebreak_requests_total` | counter | `outcome` (`success`, `failure`, `cancelled`), `class` | logical requests, counted once when they end |
+//! | `firebreak_attempts_total` | counter | `class`, `reached_server` | attempts; `reached_server="true"` is what the provider can see |
+//! | `firebreak_retries_total` | counter | `reason` (the class that caused it) | retries |
+//! | `firebreak_http_429_total` | counter | – | 429 answers received |
+//! | `firebreak_client_failures_total` | counter | `kind` (`dns`, `refused`, `tls`, `connect_other`, `connect_timeout`, `pool_timeout`, `gate_rejected`) | attempts that never reached the server |
+//! | `firebreak_latency_to_first_byte_ms` | histogram | – | call to first body byte at the caller, retries included |
+//! | `firebreak_latency_overall_ms` | histogram | `outcome` | call to the end of the body (or the error) |
+//! | `firebreak_backoff_ms` | histogram | `reason` (`backoff`, `server`) | sleep before each retry |
+//! | `firebreak_gate_wait_ms` | histogram | `reason` (`concurrency`, `pacing`, `cooldown`) | time a request waited in the 429 gate (only requests that waited) |
+//! | `firebreak_gate_concurrency_limit` | gauge | – | the gate's adaptive concurrency limit, summed over keys |
+//! | `firebreak_gate_queue_length` | gauge | – | requests waiting in the gate, summed over keys |
+//!
+//! `class` is one of the fixed labels of [`Class::label`](crate::Class::label):
+//! the set of series is fixed when the layer is built. No request id, URL, model or key is
+//! ever a label.
+//!
+//! # Example
+//! ```
+//! use firebreak::observe::{AttemptObserveLayer, ObserveLayer, Observer};
+//! use tower::ServiceBuilder;
+//! # use firebreak::{classify::ClassifyLayer, Error};
+//! # let hyper_client = tower::service_fn(|_r: http::Request<http_body_util::Full<bytes::Bytes>>| async {
+//! #     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::new())))
+//! # });
+//!
+//! // Install the exporter first (e.g. `metrics_exporter_prometheus::PrometheusBuilder`), then:
+//! let obs = Observer::new();
+//! let svc = ServiceBuilder::new()
+//!     .layer(ObserveLayer::new(obs.clone()))
+//!     // … deadline, retry …
+//!     .layer(AttemptObserveLayer::new(obs))
+//!     // … gate, timeouts …
+//!     .layer(ClassifyLayer::new())
+//!     .service(hyper_client);
+//! # let _ = svc;
+//! ```
+//!
+//! The `firebreak` facade's `Stack` does this for you; `Stack::observe(false)` turns it off.
+//!
+//! How to read these metrics beside Fireworks' own: [`client_failures`].
+
+mod attempt;
+#[doc = include_str!("../../docs/client-failures.md")]
+pub mod client_failures {}
+mod instruments;
+mod request;
+
+pub use attempt::{AttemptFuture, AttemptObserve, AttemptObserveLayer};
+pub use instruments::{Observer, Outcome};
+pub use request::{
+    BodyErrorClass, Observe, ObserveLayer, ObservedBody, RequestFuture, mark_sensitive,
+};

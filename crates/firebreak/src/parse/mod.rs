@@ -1,0 +1,29 @@
+//! Pure parsers: no I/O, no clocks (the caller passes `now`), total on any input.
+
+pub mod body;
+pub mod delay;
+pub(crate) mod grpc;
+pub mod ratelimit;
+pub mod sse;
+
+use http::HeaderMap;
+
+/// The `x-should-retry: true|false` override. Anything else is ignored (`None`).
+pub fn should_retry(headers: &HeaderMap) -> Option<bool> {
+    let v = headers.get("x-should-retry")?.to_str().ok()?.trim();
+    if v.eq_ignore_ascii_case("true") {
+        Some(true)
+    } else if v.eq_ignore_ascii_case("false") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// The request id: the `x-request-id` header (also `fireworks-request-id`, `request-id`).
+pub fn request_id_header(headers: &HeaderMap) -> Option<&str> {
+    ["x-request-id", "fireworks-request-id", "request-id"]
+        .iter()
+        .find_map(|h| headers.get(*h))
+        .and_then(|v| v.to_str().ok())
+}

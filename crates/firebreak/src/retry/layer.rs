@@ -1,0 +1,119 @@
+//! [`RetryLayer`] and the [`Retry`] service.
+
+use crate::Error;
+use crate::retry::config::{RetryConfig, RetryConfigError};
+use crate::retry::policy::{FireworksPolicy, PolicyShared, idempotency_key};
+use crate::retry::replay::ReplayBody;
+use http::{HeaderValue, Request, Response};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower::{Layer, Service};
+
+/// The future of [`Retry`]: tower's retry future driven by [`FireworksPolicy`].
+pub type ResponseFuture<S, B> =
+    tower::retry::future::ResponseFuture<FireworksPolicy, S, Request<ReplayBody<B>>>;
+
+/// Retries failed attempts: see the [crate docs](crate). Clones share the budget.
+#[derive(Debug, Clone)]
+pub struct RetryLayer {
+    shared: Arc<PolicyShared>,
+}
+
+impl RetryLayer {
+    /// A layer with `cfg`.
+    ///
+    /// # Errors
+    /// [`RetryConfigError`] when `cfg` does not validate.
+    pub fn new(cfg: RetryConfig) -> Result<Self, RetryConfigError> {
+        cfg.validate()?;
+        Ok(RetryLayer {
+            shared: Arc::new(PolicyShared::new(cfg)),
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &RetryConfig {
+        &self.shared.cfg
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry {
+            inner: tower::retry::Retry::new(
+                FireworksPolicy::from_shared(self.shared.clone()),
+                inner,
+            ),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service [`RetryLayer`] makes. The inner service sees `Request<ReplayBody<B>>` and must
+/// fail with [`firebreak::Error`] (put the classify layer, or any firebreak layer, below).
+#[derive(Debug, Clone)]
+pub struct Retry<S> {
+    inner: tower::retry::Retry<FireworksPolicy, S>,
+    shared: Arc<PolicyShared>,
+}
+
+impl<S> Retry<S> {
+    /// Wraps `inner`.
+    ///
+    /// # Errors
+    /// As [`RetryLayer::new`].
+    pub fn new(inner: S, cfg: RetryConfig) -> Result<Self, RetryConfigError> {
+        Ok(RetryLayer::new(cfg)?.layer(inner))
+    }
+
+    /// A layer making this service.
+    ///
+    /// # Errors
+    /// As [`RetryLayer::new`].
+    pub fn layer(cfg: RetryConfig) -> Result<RetryLayer, RetryConfigError> {
+        RetryLayer::new(cfg)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        self.inner.get_ref()
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        self.inner.get_mut()
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner.into_inner()
+    }
+}
+
+impl<S, B, ResB> Service<Request<B>> for Retry<S>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResB>, Error = Error> + Clone,
+{
+    type Response = Response<ResB>;
+    type Error = Error;
+    type Future = ResponseFuture<S, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let cfg = &self.shared.cfg;
+        let mut req = req.map(|b| ReplayBody::new(b, cfg.max_replay_body));
+        if let Some(h) = &cfg.attempt_header {
+            req.headers_mut()
+                .insert(h.clone(), HeaderValue::from_static("0"));
+        }
+        if cfg.idempotency_key && !req.headers().contains_key("idempotency-key") {
+            req.headers_mut()
+                .insert("idempotency-key", idempotency_key());
+        }
+        self.inner.call(req)
+    }
+}

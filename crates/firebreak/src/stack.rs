@@ -1,0 +1,421 @@
+//! The composed stack: [`Stack`], its layer, and the ready-made [`FireworksClient`].
+
+use crate::classify::{Classify, ClassifyLayer};
+use crate::client::{ApiKey, ClientConfig, FIREWORKS_BASE_URL};
+use crate::gate::RateLimit;
+use crate::gate::{GateConfig, KeyBy, RateLimitLayer};
+use crate::observe::Observer;
+use crate::observe::{AttemptObserve, AttemptObserveLayer, Observe, ObserveLayer};
+use crate::retry::RetryConfig;
+use crate::retry::{ReplayBody, Retry, RetryLayer};
+use crate::timeout::{
+    AttemptTimeout, AttemptTimeoutLayer, ConnectTimeoutLayer, DeadlineLayer, DeadlineService,
+    TimedRequestBody,
+};
+use crate::timeout::{TimeoutConfig, Workload};
+use crate::{Class, Error};
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use std::fmt;
+use std::sync::Arc;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, ServiceBuilder, ServiceExt};
+
+/// The composed service around an inner service `S`.
+pub type StackService<S> =
+    Observe<DeadlineService<Retry<AttemptObserve<RateLimit<AttemptTimeout<Classify<S>>>>>>>;
+
+/// The request body the innermost service (the hyper client) receives for callers' bodies `B`.
+pub type InnerBody<B> = TimedRequestBody<ReplayBody<B>>;
+
+/// A response body, boxed.
+pub type FireworksBody = BoxBody<Bytes, Error>;
+
+/// The whole stack as one boxed, cloneable service, for callers who do not want to name types.
+pub type BoxStack = BoxCloneSyncService<Request<Full<Bytes>>, Response<FireworksBody>, Error>;
+
+/// A stack that cannot be built.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StackError {
+    /// A timeout setting.
+    Timeout(crate::timeout::ConfigError),
+    /// A retry setting.
+    Retry(crate::retry::RetryConfigError),
+    /// A 429 gate setting.
+    Gate(crate::gate::GateConfigError),
+    /// The HTTP client or the key.
+    Client(crate::client::ClientError),
+    /// The base URL.
+    BaseUrl(String),
+}
+
+impl fmt::Display for StackError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StackError::Timeout(e) => write!(f, "{e}"),
+            StackError::Retry(e) => write!(f, "{e}"),
+            StackError::Gate(e) => write!(f, "{e}"),
+            StackError::Client(e) => write!(f, "{e}"),
+            StackError::BaseUrl(u) => write!(
+                f,
+                "invalid base URL {u:?}: expected http:// or https:// with a host and a valid port"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StackError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StackError::Timeout(e) => Some(e),
+            StackError::Retry(e) => Some(e),
+            StackError::Gate(e) => Some(e),
+            StackError::Client(e) => Some(e),
+            StackError::BaseUrl(_) => None,
+        }
+    }
+}
+
+/// The settings of every layer. Build the layer with [`Stack::layer`].
+#[derive(Debug, Clone)]
+pub struct Stack {
+    /// Timeouts, per phase, and the overall deadline.
+    pub timeouts: TimeoutConfig,
+    /// Retry policy.
+    pub retry: RetryConfig,
+    /// The 429 gate.
+    pub gate: GateConfig,
+    /// How the gate groups requests.
+    pub key_by: KeyBy,
+    /// Whether an error event inside an SSE stream ends the body with an error (the default), or
+    /// passes through untouched (what a proxy wants).
+    pub sse_errors_as_failures: bool,
+    /// Whether to record tracing spans and metrics (on by default; see [`observe`]).
+    pub observe: bool,
+}
+
+impl Stack {
+    /// The preset for a workload: its timeouts, and the default retry and gate settings.
+    pub fn preset(w: Workload) -> Stack {
+        Stack {
+            timeouts: TimeoutConfig::preset(w),
+            retry: RetryConfig::default(),
+            gate: GateConfig::default(),
+            key_by: KeyBy::Client,
+            sse_errors_as_failures: true,
+            observe: true,
+        }
+    }
+
+    /// Interactive / chat (30–60 s).
+    pub fn interactive() -> Stack {
+        Self::preset(Workload::Interactive)
+    }
+
+    /// Agentic, multi-step (5–30 min).
+    pub fn agentic() -> Stack {
+        Self::preset(Workload::Agentic)
+    }
+
+    /// Long-context inference (10–30 min).
+    pub fn long_context() -> Stack {
+        Self::preset(Workload::LongContext)
+    }
+
+    /// Batch job submission (60 s).
+    pub fn batch_submit() -> Stack {
+        Self::preset(Workload::BatchSubmit)
+    }
+
+    /// Replaces the timeouts.
+    pub fn timeouts(mut self, t: TimeoutConfig) -> Self {
+        self.timeouts = t;
+        self
+    }
+
+    /// Replaces the retry policy.
+    pub fn retry(mut self, r: RetryConfig) -> Self {
+        self.retry = r;
+        self
+    }
+
+    /// Replaces the gate settings.
+    pub fn gate(mut self, g: GateConfig) -> Self {
+        self.gate = g;
+        self
+    }
+
+    /// Sets how the gate groups requests.
+    pub fn key_by(mut self, k: KeyBy) -> Self {
+        self.key_by = k;
+        self
+    }
+
+    /// Turns tracing spans and metrics on (the default) or off. Off, the observation layers are
+    /// pass-throughs that read no clock.
+    pub fn observe(mut self, on: bool) -> Self {
+        self.observe = on;
+        self
+    }
+
+    /// Validates the settings and builds the layer. Metric handles are registered here, with
+    /// the recorder current at that moment: install the exporter first.
+    ///
+    /// # Errors
+    /// [`StackError`] naming the first invalid setting.
+    pub fn layer(&self) -> Result<StackLayer, StackError> {
+        let deadline = self
+            .timeouts
+            .deadline
+            .unwrap_or(crate::timeout::MAX_TIMEOUT);
+        let observer = if self.observe {
+            Observer::new()
+        } else {
+            Observer::disabled()
+        };
+        Ok(StackLayer {
+            observer,
+            // The layers below all end their waits at the deadline: no timer of its own. They
+            // all run on the caller's task: the deadline travels in a task-local, not in an
+            // extension map (which the retry layer's copy of the request would clone).
+            deadline: DeadlineLayer::new(deadline)
+                .map_err(StackError::Timeout)?
+                .enforced_below()
+                .scoped(),
+            retry: RetryLayer::new(self.retry.clone()).map_err(StackError::Retry)?,
+            gate: RateLimitLayer::new(self.gate.clone(), self.key_by.clone())
+                .map_err(StackError::Gate)?,
+            attempt: AttemptTimeoutLayer::new(&self.timeouts).map_err(StackError::Timeout)?,
+            classify: ClassifyLayer::new().sse_errors_as_failures(self.sse_errors_as_failures),
+        })
+    }
+}
+
+/// The composed layer. Clones share the retry budget and the 429 gate.
+#[derive(Debug, Clone)]
+pub struct StackLayer {
+    observer: Observer,
+    deadline: DeadlineLayer,
+    retry: RetryLayer,
+    gate: RateLimitLayer,
+    attempt: AttemptTimeoutLayer,
+    classify: ClassifyLayer,
+}
+
+impl StackLayer {
+    /// The 429 gate, for metrics ([`RateLimitLayer::snapshot`]).
+    pub fn gate(&self) -> &RateLimitLayer {
+        &self.gate
+    }
+
+    /// The observer recording spans and metrics.
+    pub fn observer(&self) -> &Observer {
+        &self.observer
+    }
+
+    /// The 429 gate's settings.
+    pub fn gate_config(&self) -> &GateConfig {
+        self.gate.config()
+    }
+}
+
+impl<S> Layer<S> for StackLayer {
+    type Service = StackService<S>;
+    fn layer(&self, inner: S) -> StackService<S> {
+        ServiceBuilder::new()
+            .layer(ObserveLayer::new(self.observer.clone()))
+            .layer(self.deadline)
+            .layer(self.retry.clone())
+            .layer(AttemptObserveLayer::new(self.observer.clone()))
+            .layer(self.gate.clone())
+            .layer(self.attempt)
+            .layer(self.classify)
+            .service(inner)
+    }
+}
+
+/// The service under the stack in a [`FireworksClient`]: the shared HTTPS client, with or
+/// without the auth layer.
+type ClientService = tower::util::Either<crate::client::Auth<SharedHttps>, SharedHttps>;
+
+type SharedHttps = crate::client::SharedClient<
+    crate::timeout::ConnectTimeout<crate::client::Connector>,
+    InnerBody<Full<Bytes>>,
+>;
+
+/// A ready client for the Fireworks API (or any OpenAI-compatible endpoint): HTTPS hyper
+/// client, the key, and the stack.
+#[derive(Clone)]
+pub struct FireworksClient {
+    // The concrete stack: `post` clones and calls it without boxing; `service` boxes it.
+    svc: StackService<ClientService>,
+    base: Arc<str>,
+    layer: StackLayer,
+}
+
+impl fmt::Debug for FireworksClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FireworksClient")
+            .field("base_url", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FireworksClient {
+    /// A client for `base_url` (e.g. [`FIREWORKS_BASE_URL`]) with `key` and `stack`.
+    ///
+    /// # Errors
+    /// [`StackError`] for an invalid URL or setting.
+    pub fn new(base_url: &str, key: ApiKey, stack: Stack) -> Result<Self, StackError> {
+        Self::with_client_config(base_url, key, stack, &ClientConfig::default())
+    }
+
+    /// The Fireworks endpoint with the key from `FIREWORKS_API_KEY`.
+    ///
+    /// # Errors
+    /// [`StackError::Client`] when the variable is unset or unusable.
+    pub fn from_env(stack: Stack) -> Result<Self, StackError> {
+        let key = ApiKey::from_env().map_err(StackError::Client)?;
+        Self::new(FIREWORKS_BASE_URL, key, stack)
+    }
+
+    /// As [`FireworksClient::new`], with connection settings. The connect timeout is the
+    /// stack's own (`timeouts.connect`), applied in the connector.
+    ///
+    /// # Errors
+    /// [`StackError`] for an invalid URL or setting.
+    pub fn with_client_config(
+        base_url: &str,
+        key: ApiKey,
+        stack: Stack,
+        cfg: &ClientConfig,
+    ) -> Result<Self, StackError> {
+        Self::with_auth(
+            base_url,
+            Some(crate::client::AuthLayer::new(key)),
+            stack,
+            cfg,
+        )
+    }
+
+    /// The general constructor: `auth` decides how requests are authenticated (`None` sends
+    /// them as they come, e.g. a proxy passing its callers' keys through; `AuthLayer::if_missing`
+    /// fills a key in only where there is none).
+    ///
+    /// # Errors
+    /// [`StackError`] for an invalid URL or setting.
+    pub fn with_auth(
+        base_url: &str,
+        auth: Option<crate::client::AuthLayer>,
+        stack: Stack,
+        cfg: &ClientConfig,
+    ) -> Result<Self, StackError> {
+        let base = base_url.trim_end_matches('/');
+        let uri: http::Uri = base
+            .parse()
+            .map_err(|_| StackError::BaseUrl(base_url.to_string()))?;
+        // A port that is not a valid u16 (`:99999`) would silently become the scheme's default.
+        let bad_port = uri
+            .authority()
+            .map(|a| a.as_str().rsplit('@').next().unwrap_or(""))
+            .and_then(|hp| hp.rsplit_once(':'))
+            .is_some_and(|(_, p)| !p.contains(']') && p.parse::<u16>().is_err());
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() || bad_port {
+            return Err(StackError::BaseUrl(base_url.to_string()));
+        }
+        // The connect timeout is the stack's, in the connector, so its error names the phase
+        // and the configured duration like every other timeout.
+        let cfg = cfg.clone().connect_timeout(None);
+        let connector = crate::client::https_connector(&cfg).map_err(StackError::Client)?;
+        let connect = stack
+            .timeouts
+            .connect
+            .unwrap_or(crate::timeout::MAX_TIMEOUT);
+        let connector = ConnectTimeoutLayer::new(connect)
+            .map_err(StackError::Timeout)?
+            .layer(connector);
+        // Shared behind one `Arc`: the layers clone the service below them on every call.
+        let client = crate::client::SharedClient::new(crate::client::build_with::<
+            _,
+            InnerBody<Full<Bytes>>,
+        >(connector, &cfg));
+        let mut layer = stack.layer()?;
+        // The auth layer adds the key below the gate: a gate keyed per (API key, model) keys
+        // requests that carry none by the key that layer will send.
+        if let Some(a) = &auth {
+            layer.gate = layer
+                .gate
+                .clone()
+                .fallback_credential(a.key().header_value().as_bytes());
+        }
+        let svc = ServiceBuilder::new()
+            .layer(layer.clone())
+            .option_layer(auth)
+            .service(client);
+        Ok(FireworksClient {
+            svc,
+            base: base.into(),
+            layer,
+        })
+    }
+
+    /// The boxed stack, for use as a tower service.
+    pub fn service(&self) -> BoxStack {
+        BoxCloneSyncService::new(
+            self.svc
+                .clone()
+                .map_response(|r: Response<_>| r.map(BodyExt::boxed)),
+        )
+    }
+
+    /// The base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// The composed layer (for the gate's metrics).
+    pub fn layer(&self) -> &StackLayer {
+        &self.layer
+    }
+
+    /// A JSON POST to `base_url + path`.
+    ///
+    /// # Errors
+    /// Any [`Error`] from the stack: a non-success answer is a response, not an error.
+    pub async fn post(&self, path: &str, json: Bytes) -> Result<Response<FireworksBody>, Error> {
+        // Token caps in the 429 gate use the body's size and its `max_tokens`. Reading
+        // `max_tokens` means parsing the body, so it is done only when there is a token cap.
+        let gate = self.layer.gate_config();
+        let estimate = gate.tokens_per_minute.map(|_| {
+            crate::gate::TokenEstimate::from_json_body(&json, gate.default_completion_tokens)
+        });
+        // A gate per (API key, model) needs the model: read from the body, only then.
+        let model = matches!(self.layer.gate.key_by(), KeyBy::ApiKeyAndModel)
+            .then(|| crate::gate::Model::from_json_body(&json))
+            .flatten();
+        let mut req = Request::post(format!("{}{path}", self.base))
+            .body(Full::new(json))
+            .map_err(|e| Error::new(Class::Other).with_source(e))?;
+        // A static value: cloning it (the retry layer keeps a copy) allocates nothing.
+        req.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        if let Some(e) = estimate {
+            req.extensions_mut().insert(e);
+        }
+        if let Some(m) = model {
+            req.extensions_mut().insert(m);
+        }
+        let resp = self.svc.clone().oneshot(req).await?;
+        Ok(resp.map(BodyExt::boxed))
+    }
+}
+
+/// The README's Rust snippets, compiled as doc tests so they cannot rot.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

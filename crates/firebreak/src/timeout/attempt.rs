@@ -1,0 +1,365 @@
+//! [`AttemptTimeoutLayer`]: the per-attempt phases (ready, write, headers, first event, idle,
+//! attempt total), bounded by the overall [`Deadline`] when the request carries one.
+
+use crate::Deadline;
+use crate::timeout::body::{
+    Earliest, EndBy, TimedRequestBody, TimedResponseBody, WriteProgress, arm,
+};
+use crate::timeout::config::TimeoutConfig;
+use crate::{BoxError, Error, TimeoutPhase};
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
+use tower::{Layer, Service};
+
+/// The per-attempt phases of a [`TimeoutConfig`] (everything but `connect` and `deadline`).
+///
+/// A request may carry its own in its extensions: [`AttemptTimeoutLayer`] then uses them, in
+/// place of its configured ones, for every attempt of that request. This is how one stack
+/// serves calls of several workloads (a proxy picking a preset per request, or sizing attempts
+/// to the caller's own deadline). Pair it with a [`Deadline`] extension for the overall limit.
+///
+/// ```
+/// use firebreak::timeout::{AttemptTimeouts, TimeoutConfig, Workload};
+///
+/// let mut req = http::Request::new(());
+/// let agentic = AttemptTimeouts::from(&TimeoutConfig::preset(Workload::Agentic));
+/// req.extensions_mut().insert(agentic);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AttemptTimeouts {
+    /// Ready / pool wait.
+    pub ready: Option<Duration>,
+    /// Request write.
+    pub write: Option<Duration>,
+    /// Response headers after the write.
+    pub headers: Option<Duration>,
+    /// First SSE event after the head.
+    pub first_event: Option<Duration>,
+    /// Body idle.
+    pub idle: Option<Duration>,
+    /// Whole attempt.
+    pub attempt: Option<Duration>,
+}
+
+impl From<&TimeoutConfig> for AttemptTimeouts {
+    fn from(c: &TimeoutConfig) -> Self {
+        AttemptTimeouts {
+            ready: c.ready,
+            write: c.write,
+            headers: c.headers,
+            first_event: c.first_event,
+            idle: c.idle,
+            attempt: c.attempt,
+        }
+    }
+}
+
+/// Applies the per-attempt timeouts. Put it inside the retry and 429 layers, so each attempt is
+/// timed on its own and time queued for admission is not charged to the attempt.
+///
+/// ```
+/// use firebreak::timeout::{AttemptTimeoutLayer, TimeoutConfig, Workload};
+/// use tower::Layer;
+///
+/// let cfg = TimeoutConfig::preset(Workload::Interactive);
+/// let layer = AttemptTimeoutLayer::new(&cfg).unwrap();
+/// # let _ = layer;
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptTimeoutLayer {
+    t: AttemptTimeouts,
+}
+
+impl AttemptTimeoutLayer {
+    /// A layer with `cfg`'s per-attempt phases.
+    ///
+    /// # Errors
+    /// [`crate::timeout::ConfigError`] when `cfg` does not validate.
+    pub fn new(cfg: &TimeoutConfig) -> Result<Self, crate::timeout::ConfigError> {
+        cfg.validate()?;
+        Ok(AttemptTimeoutLayer { t: cfg.into() })
+    }
+}
+
+impl<S> Layer<S> for AttemptTimeoutLayer {
+    type Service = AttemptTimeout<S>;
+    fn layer(&self, inner: S) -> AttemptTimeout<S> {
+        AttemptTimeout {
+            inner,
+            t: self.t,
+            ready_sleep: None,
+        }
+    }
+}
+
+/// The service [`AttemptTimeoutLayer`] makes.
+#[derive(Debug)]
+pub struct AttemptTimeout<S> {
+    inner: S,
+    t: AttemptTimeouts,
+    ready_sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S: Clone> Clone for AttemptTimeout<S> {
+    fn clone(&self) -> Self {
+        // A clone has not waited for readiness yet: its ready timer starts afresh.
+        AttemptTimeout {
+            inner: self.inner.clone(),
+            t: self.t,
+            ready_sleep: None,
+        }
+    }
+}
+
+impl<S> AttemptTimeout<S> {
+    /// Wraps `inner`.
+    ///
+    /// # Errors
+    /// As [`AttemptTimeoutLayer::new`].
+    pub fn new(inner: S, cfg: &TimeoutConfig) -> Result<Self, crate::timeout::ConfigError> {
+        Ok(AttemptTimeoutLayer::new(cfg)?.layer(inner))
+    }
+
+    /// A layer making this service.
+    ///
+    /// # Errors
+    /// As [`AttemptTimeoutLayer::new`].
+    pub fn layer(cfg: &TimeoutConfig) -> Result<AttemptTimeoutLayer, crate::timeout::ConfigError> {
+        AttemptTimeoutLayer::new(cfg)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for AttemptTimeout<S>
+where
+    S: Service<Request<TimedRequestBody<ReqB>>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+    ReqB: Body<Data = Bytes>,
+    ResB: Body<Data = Bytes>,
+    ResB::Error: Into<BoxError>,
+{
+    type Response = Response<TimedResponseBody<ResB>>;
+    type Error = Error;
+    type Future = AttemptFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(r) => {
+                self.ready_sleep = None;
+                Poll::Ready(r.map_err(Error::transport))
+            }
+            Poll::Pending => {
+                let Some(d) = self.t.ready else {
+                    return Poll::Pending;
+                };
+                let sleep = self
+                    .ready_sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(d)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        self.ready_sleep = None;
+                        Poll::Ready(Err(Error::timeout(TimeoutPhase::Pool, d)))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let deadline = Deadline::of(&req);
+        // A request's own timeouts replace the layer's (an empty extensions map costs nothing).
+        let t = req
+            .extensions()
+            .get::<AttemptTimeouts>()
+            .copied()
+            .unwrap_or(self.t);
+        if let Some(dl) = deadline {
+            if dl.is_expired() {
+                return AttemptFuture::failed(
+                    dl.error().with_detail("the attempt was not started"),
+                );
+            }
+        }
+        let (parts, body) = req.into_parts();
+        // Only a tracked write reads the clock here; otherwise timers start at the first wait.
+        let progress = (t.write.is_some() && TimedRequestBody::needs_tracking(&body))
+            .then(|| WriteProgress::new(Instant::now()));
+        let started = progress.as_ref().map(|p| p.base());
+        let req = Request::from_parts(parts, TimedRequestBody::new(body, progress.clone()));
+        AttemptFuture {
+            state: State::Running {
+                fut: self.inner.call(req),
+            },
+            t,
+            started,
+            progress,
+            deadline,
+            sleep: None,
+        }
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Running { #[pin] fut: F },
+        Failed { err: Option<Error> },
+    }
+}
+
+pin_project! {
+    /// The future of [`AttemptTimeout`].
+    pub struct AttemptFuture<F> {
+        #[pin]
+        state: State<F>,
+        t: AttemptTimeouts,
+        started: Option<Instant>,
+        progress: Option<Arc<WriteProgress>>,
+        deadline: Option<Deadline>,
+        sleep: Option<Pin<Box<Sleep>>>,
+    }
+}
+
+impl<F> std::fmt::Debug for AttemptFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttemptFuture")
+            .field("timeouts", &self.t)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F> AttemptFuture<F> {
+    fn failed(err: Error) -> Self {
+        AttemptFuture {
+            state: State::Failed { err: Some(err) },
+            t: AttemptTimeouts::default(),
+            started: None,
+            progress: None,
+            deadline: None,
+            sleep: None,
+        }
+    }
+}
+
+impl<F, B, E> Future for AttemptFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<TimedResponseBody<B>>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let fut = match this.state.project() {
+            StateProj::Failed { err } => {
+                return Poll::Ready(Err(err
+                    .take()
+                    .expect("AttemptFuture polled after completion")));
+            }
+            StateProj::Running { fut } => fut,
+        };
+        let deadline_end = this.deadline.map(|dl| EndBy {
+            at: dl.instant(),
+            phase: TimeoutPhase::Deadline,
+            configured: dl.total(),
+        });
+        match fut.poll(cx) {
+            Poll::Ready(Ok(resp)) => {
+                let sse = resp
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+                let first_event = if sse { this.t.first_event } else { None };
+                let sleep = this.sleep.take();
+                let attempt = this.t.attempt.map(|d| (*this.started, d));
+                let idle = this.t.idle;
+                return Poll::Ready(Ok(resp.map(|b| {
+                    TimedResponseBody::new(b, sleep, idle, first_event, attempt, deadline_end)
+                })));
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::transport(e))),
+            Poll::Pending => {}
+        }
+        // At most two turns: the second re-arms the timer at the earliest deadline, and then it
+        // is either pending (waker registered) or has fired, which means that deadline passed.
+        let mut fired = false;
+        loop {
+            let now = Instant::now();
+            let started = *this.started.get_or_insert(now);
+            let mut next = Earliest::default();
+            if let Some(d) = this.t.attempt {
+                next.consider(started + d, TimeoutPhase::Attempt, d);
+            }
+            if let Some(e) = deadline_end {
+                next.consider(e.at, e.phase, e.configured);
+            }
+            match this.progress.as_ref() {
+                Some(p) => match p.done_at() {
+                    None => {
+                        p.register(cx);
+                        if let Some(w) = this.t.write {
+                            next.consider(started + w, TimeoutPhase::RequestWrite, w);
+                        }
+                    }
+                    Some(done) => {
+                        if let Some(h) = this.t.headers {
+                            next.consider(done + h, TimeoutPhase::ResponseHeaders, h);
+                        }
+                    }
+                },
+                None => {
+                    if let Some(h) = this.t.headers {
+                        next.consider(started + h, TimeoutPhase::ResponseHeaders, h);
+                    }
+                }
+            }
+            let Some((at, phase, d)) = next.0 else {
+                return Poll::Pending;
+            };
+            if now >= at {
+                return Poll::Ready(Err(attempt_timeout(phase, d)));
+            }
+            arm(this.sleep, at, fired);
+            match this.sleep.as_mut().map(|s| s.as_mut().poll(cx)) {
+                // The timer was set for an earlier, stale deadline: recompute and re-arm.
+                Some(Poll::Ready(())) if !fired => fired = true,
+                // Re-armed at `at` and fired at once: by the timer's clock, `at` has passed.
+                Some(Poll::Ready(())) => return Poll::Ready(Err(attempt_timeout(phase, d))),
+                _ => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// The error of a timer that fired during an attempt.
+fn attempt_timeout(phase: TimeoutPhase, d: Duration) -> Error {
+    let e = Error::timeout(phase, d);
+    if phase == TimeoutPhase::Deadline {
+        e.with_detail("the overall deadline passed during the attempt")
+    } else {
+        e
+    }
+}

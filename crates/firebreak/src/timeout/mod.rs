@@ -1,0 +1,72 @@
+//! `firebreak-timeout`: every phase of a call timed on its own, workload presets from Fireworks'
+//! guidance, and an overall deadline that the other layers respect.
+//!
+//! One big timeout is wrong for LLM traffic: a streamed generation can rightly take 30 minutes,
+//! yet a connection that never opens, or a stream that stops sending tokens, must be caught in
+//! seconds. So each phase has its own timer ([`TimeoutConfig`]):
+//!
+//! - **connect** — [`ConnectTimeoutLayer`] on the connector (DNS + TCP + TLS); client-side.
+//! - **ready** — waiting for the inner service to be ready; client-side (class `timeout_pool`).
+//! - **write** — sending the request body.
+//! - **headers** — from the end of the write to the response head (time to first byte).
+//! - **first_event** — from the head to the first SSE `data:` event of a `text/event-stream`.
+//! - **idle** — the longest gap between two body frames: what catches a stalled stream.
+//! - **attempt** — one attempt, from the call to the end of the body.
+//! - **deadline** — the whole call across attempts, backoff sleeps and rate-limit waits
+//!   ([`DeadlineLayer`]); carried on the request as a [`Deadline`] extension so the retry and
+//!   429 layers can see how much time is left and fail fast instead of starting a wait that
+//!   cannot finish in time ([`Deadline::check_wait`]).
+//!
+//! Every timeout error is a [`firebreak::Error`] whose class names the phase
+//! (`Class::Timeout(phase)`) and whose source is a `TimeoutError` with the configured duration.
+//! Connect and ready timeouts never reached the server; the others did.
+//!
+//! # Example
+//! ```
+//! use firebreak::timeout::{AttemptTimeoutLayer, DeadlineLayer, TimeoutConfig, Workload};
+//! use std::time::Duration;
+//! use tower::ServiceBuilder;
+//! # use bytes::Bytes;
+//! # use http_body_util::Full;
+//! # use firebreak::timeout::TimedRequestBody;
+//!
+//! let cfg = TimeoutConfig::builder(Workload::Interactive)
+//!     .idle(Some(Duration::from_secs(15)))
+//!     .build()
+//!     .unwrap();
+//! # let hyper_client = tower::service_fn(|_req: http::Request<TimedRequestBody<Full<Bytes>>>| async {
+//! #     Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::new())))
+//! # });
+//! let svc = ServiceBuilder::new()
+//!     .layer(DeadlineLayer::new(cfg.deadline.unwrap()).unwrap())
+//!     // ... retry and 429 layers go here ...
+//!     .layer(AttemptTimeoutLayer::new(&cfg).unwrap())
+//!     .service(hyper_client);
+//! # let _ = svc;
+//! ```
+//!
+//! # Differences from `tower::timeout` and tower-http's timeouts
+//! - `tower::timeout::Timeout` bounds only the response future: a streamed body is not timed at
+//!   all, so a stream that hangs after its headers hangs forever.
+//! - tower-http's `TimeoutLayer` answers with a 408 (server-side semantics), and its
+//!   `ResponseBodyTimeoutLayer` times each frame, not the whole body, with no notion of a first
+//!   SSE event or of the write phase.
+//! - Here, one layer times every phase of an attempt, the errors are typed and classified (and
+//!   say which phase fired), the attempt is bounded by the overall deadline, and the deadline is
+//!   visible to the retry and 429 layers.
+//!
+//! # Bad input
+//! Zero or over-a-day durations, and an attempt longer than the deadline, are rejected when the
+//! layers are built ([`ConfigError`]); `None` disables a phase. Nothing panics at run time.
+
+mod attempt;
+mod body;
+mod config;
+mod connect;
+mod deadline;
+
+pub use attempt::{AttemptFuture, AttemptTimeout, AttemptTimeoutLayer, AttemptTimeouts};
+pub use body::{TimedRequestBody, TimedResponseBody};
+pub use config::{ConfigError, MAX_TIMEOUT, TimeoutBuilder, TimeoutConfig, Workload};
+pub use connect::{ConnectFuture, ConnectTimeout, ConnectTimeoutLayer};
+pub use deadline::{DeadlineFuture, DeadlineLayer, DeadlineService};
