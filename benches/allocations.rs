@@ -12,7 +12,7 @@
 
 use bytes::Bytes;
 use firebreak::classify::ClassifyLayer;
-use firebreak::gate::{GateConfig, KeyBy, RateLimitLayer};
+use firebreak::gate::{GateConfig, KeyBy, GateLayer};
 use firebreak::retry::{RetryConfig, RetryLayer};
 use firebreak::timeout::{AttemptTimeoutLayer, DeadlineLayer, TimeoutConfig, Workload};
 use firebreak::{ServiceBuilderExt, Stack};
@@ -145,7 +145,7 @@ fn main() {
     rows.push((
         "firebreak 429 gate",
         measure(
-            &mut RateLimitLayer::new(GateConfig::default(), KeyBy::Client)
+            &mut GateLayer::new(GateConfig::default(), KeyBy::Client)
                 .unwrap()
                 .layer(Ok200(body.clone())),
             n,
@@ -288,7 +288,7 @@ fn net(rt: &tokio::runtime::Runtime) {
             &body,
             n,
             "429 gate + classify",
-            RateLimitLayer::new(GateConfig::default(), KeyBy::Client)
+            GateLayer::new(GateConfig::default(), KeyBy::Client)
                 .unwrap()
                 .layer(ClassifyLayer::new().layer(hyper_for())),
         )

@@ -9,8 +9,8 @@
 
 use bytes::Bytes;
 use criterion::{Criterion, black_box, criterion_group, criterion_main};
-use firebreak::parse::body::parse_error_body;
-use firebreak::parse::delay::server_delay;
+use firebreak::parse::parse_error_body;
+use firebreak::parse::server_delay;
 use firebreak::{Class, classify::ClassifyLayer};
 use futures_util::FutureExt;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};

@@ -236,7 +236,7 @@ fn ctx(base: String) -> Arc<Ctx> {
     .build();
     let client = build::<TimedRequestBody<ReplayBody<Full<Bytes>>>>(&ClientConfig::default())
         .expect("client");
-    let gate = firebreak::gate::RateLimitLayer::new(
+    let gate = firebreak::gate::GateLayer::new(
         firebreak::gate::GateConfig::default(),
         firebreak::gate::KeyBy::Client,
     )

@@ -13,7 +13,7 @@
 use bytes::Bytes;
 use criterion::{Criterion, black_box, criterion_group, criterion_main};
 use firebreak::classify::ClassifyLayer;
-use firebreak::gate::{GateConfig, KeyBy, RateLimitLayer};
+use firebreak::gate::{GateConfig, KeyBy, GateLayer};
 use firebreak::retry::{RetryConfig, RetryLayer};
 use firebreak::timeout::{AttemptTimeoutLayer, DeadlineLayer, TimeoutConfig, Workload};
 use firebreak::{ServiceBuilderExt, Stack};
@@ -69,7 +69,7 @@ fn benches(c: &mut Criterion) {
     let mut attempt = AttemptTimeoutLayer::new(&t)
         .unwrap()
         .layer(Ok200(body.clone()));
-    let mut gate = RateLimitLayer::new(GateConfig::default(), KeyBy::Client)
+    let mut gate = GateLayer::new(GateConfig::default(), KeyBy::Client)
         .unwrap()
         .layer(Ok200(body.clone()));
     let mut retry = RetryLayer::new(RetryConfig::default())

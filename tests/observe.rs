@@ -353,14 +353,14 @@ async fn a_request_the_gate_refuses_is_a_client_side_failure_the_server_never_se
         });
         let outcomes = futures_util::future::join_all(calls).await;
         assert_eq!(
-            outcomes.iter().filter(|c| **c == Class::Throttled).count(),
+            outcomes.iter().filter(|c| **c == Class::GateRefused).count(),
             1,
             "{outcomes:?}"
         );
         let log = settled_log(&sim).await;
         assert_eq!(log.len(), 2);
         assert_eq!(
-            rec.counter(names::CLIENT_FAILURES, &[("kind", "gate_rejected")]),
+            rec.counter(names::CLIENT_FAILURES, &[("kind", "gate_refused")]),
             1
         );
         assert_eq!(

@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use firebreak::client::{ClientConfig, build};
-use firebreak::gate::{GateConfig, KeyBy, RateLimitLayer};
+use firebreak::gate::{GateConfig, KeyBy, GateLayer};
 use firebreak::retry::{ReplayBody, RetryConfig, RetryLayer};
 use firebreak::timeout::{AttemptTimeoutLayer, TimedRequestBody, TimeoutConfig, Workload};
 use firebreak::{Error, classify::ClassifyLayer};
@@ -20,7 +20,7 @@ use std::time::Duration;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 fn stack() -> (
-    RateLimitLayer,
+    GateLayer,
     impl Service<
         Request<Full<Bytes>>,
         Response = http::Response<
@@ -34,7 +34,7 @@ fn stack() -> (
 ) {
     let client =
         build::<TimedRequestBody<ReplayBody<Full<Bytes>>>>(&ClientConfig::default()).unwrap();
-    let gate = RateLimitLayer::new(GateConfig::default(), KeyBy::Client).unwrap();
+    let gate = GateLayer::new(GateConfig::default(), KeyBy::Client).unwrap();
     let svc = ServiceBuilder::new()
         .layer(RetryLayer::new(RetryConfig::builder().max_attempts(8).build().unwrap()).unwrap())
         .layer(gate.clone())
@@ -276,7 +276,7 @@ async fn hostile_keys_are_bounded_and_evictions_are_counted() {
         let sim = Sim::start(SimConfig::default()).await.unwrap();
         let rec = Recorded::new();
         let gate = rec.build(|| {
-            RateLimitLayer::new(
+            GateLayer::new(
                 GateConfig {
                     max_keys: 8,
                     ..GateConfig::default()

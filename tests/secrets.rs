@@ -154,7 +154,7 @@ fn the_key_never_appears_in_traces_errors_or_debug_output() {
 
     let traces = buf.text();
     assert!(
-        traces.contains("firebreak.request") && traces.contains("firebreak.attempt"),
+        traces.contains("firebreak.call") && traces.contains("firebreak.attempt"),
         "the subscriber captured nothing of the stack"
     );
     assert!(

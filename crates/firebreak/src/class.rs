@@ -41,7 +41,7 @@ pub enum Class {
     Protocol,
     /// The client's own 429 gate refused to send the request (it could not be admitted in time,
     /// or the key's quota was found exhausted moments ago).
-    Throttled,
+    GateRefused,
     /// Anything else (a bug, a user error in building the request, an unknown transport error).
     Other,
     /// The account's quota, spending limit or billing is exhausted (402, an `insufficient_quota`
@@ -97,7 +97,7 @@ pub enum TimeoutPhase {
     /// TCP (and TLS) connect. Never reached the server.
     Connect,
     /// Waiting for a pooled connection or for the service to become ready. Never reached the server.
-    Pool,
+    Ready,
     /// Sending the request body.
     RequestWrite,
     /// Waiting for the response head (time to first byte).
@@ -115,7 +115,7 @@ pub enum TimeoutPhase {
 impl Class {
     /// For a client-side failure (one the provider's dashboard never sees), its kind as a
     /// metric label: `dns`, `refused`, `tls`, `connect_other`, `connect_timeout`,
-    /// `pool_timeout` or `gate_rejected`. `None` when the request reached the server.
+    /// `ready_timeout` or `gate_refused`. `None` when the request reached the server.
     pub fn client_side_kind(self) -> Option<&'static str> {
         Some(match self {
             Class::Connect(ConnectKind::Dns) => "dns",
@@ -123,8 +123,8 @@ impl Class {
             Class::Connect(ConnectKind::Tls) => "tls",
             Class::Connect(ConnectKind::Other) => "connect_other",
             Class::Timeout(TimeoutPhase::Connect) => "connect_timeout",
-            Class::Timeout(TimeoutPhase::Pool) => "pool_timeout",
-            Class::Throttled => "gate_rejected",
+            Class::Timeout(TimeoutPhase::Ready) => "ready_timeout",
+            Class::GateRefused => "gate_refused",
             _ => return None,
         })
     }
@@ -157,8 +157,8 @@ impl Class {
         !matches!(
             self,
             Class::Connect(_)
-                | Class::Timeout(TimeoutPhase::Connect | TimeoutPhase::Pool)
-                | Class::Throttled
+                | Class::Timeout(TimeoutPhase::Connect | TimeoutPhase::Ready)
+                | Class::GateRefused
         )
     }
 
@@ -190,7 +190,7 @@ impl Class {
             Class::Timeout(p) => matches!(
                 p,
                 TimeoutPhase::Connect
-                    | TimeoutPhase::Pool
+                    | TimeoutPhase::Ready
                     | TimeoutPhase::ResponseHeaders
                     | TimeoutPhase::FirstEvent
             ),
@@ -199,7 +199,7 @@ impl Class {
             | Class::StreamError
             | Class::ResetMidBody
             | Class::Protocol
-            | Class::Throttled
+            | Class::GateRefused
             | Class::Other
             | Class::QuotaExhausted
             | Class::NotImplemented => false,
@@ -213,7 +213,7 @@ impl Class {
 
     /// Whether this is a rate limit: a 429 from the server, or the local gate's refusal.
     pub fn is_rate_limited(self) -> bool {
-        matches!(self, Class::RateLimited | Class::Throttled)
+        matches!(self, Class::RateLimited | Class::GateRefused)
     }
 }
 
@@ -283,7 +283,7 @@ classes! {
     Connect(ConnectKind::Tls) => "connect_tls",
     Connect(ConnectKind::Other) => "connect_other",
     Timeout(TimeoutPhase::Connect) => "timeout_connect",
-    Timeout(TimeoutPhase::Pool) => "timeout_pool",
+    Timeout(TimeoutPhase::Ready) => "timeout_ready",
     Timeout(TimeoutPhase::RequestWrite) => "timeout_request_write",
     Timeout(TimeoutPhase::ResponseHeaders) => "timeout_response_headers",
     Timeout(TimeoutPhase::FirstEvent) => "timeout_first_event",
@@ -293,7 +293,7 @@ classes! {
     ResetBeforeResponse => "reset_before_response",
     ResetMidBody => "reset_mid_body",
     Protocol => "protocol",
-    Throttled => "throttled",
+    GateRefused => "gate_refused",
     Other => "other",
     QuotaExhausted => "quota_exhausted",
     NotImplemented => "not_implemented",
@@ -321,7 +321,7 @@ impl TimeoutPhase {
     pub fn name(self) -> &'static str {
         match self {
             TimeoutPhase::Connect => "connect",
-            TimeoutPhase::Pool => "pool / ready wait",
+            TimeoutPhase::Ready => "ready",
             TimeoutPhase::RequestWrite => "request write",
             TimeoutPhase::ResponseHeaders => "response headers",
             TimeoutPhase::FirstEvent => "first SSE event",
@@ -368,7 +368,7 @@ mod tests {
             Class::Connect(ConnectKind::Refused),
             Class::Connect(ConnectKind::Other),
             Class::Timeout(P::Connect),
-            Class::Timeout(P::Pool),
+            Class::Timeout(P::Ready),
             Class::Timeout(P::ResponseHeaders),
             Class::Timeout(P::FirstEvent),
         ];
@@ -391,7 +391,7 @@ mod tests {
             Class::Timeout(P::Deadline),
             Class::ResetMidBody,
             Class::Protocol,
-            Class::Throttled,
+            Class::GateRefused,
             Class::Other,
             Class::QuotaExhausted,
             Class::NotImplemented,
@@ -450,8 +450,8 @@ mod tests {
             (Class::Connect(ConnectKind::Tls), "tls"),
             (Class::Connect(ConnectKind::Other), "connect_other"),
             (Class::Timeout(TimeoutPhase::Connect), "connect_timeout"),
-            (Class::Timeout(TimeoutPhase::Pool), "pool_timeout"),
-            (Class::Throttled, "gate_rejected"),
+            (Class::Timeout(TimeoutPhase::Ready), "ready_timeout"),
+            (Class::GateRefused, "gate_refused"),
         ];
         for (c, kind) in table {
             assert_eq!(c.client_side_kind(), Some(kind), "{c:?}");
@@ -522,8 +522,8 @@ mod tests {
             Class::Connect(ConnectKind::Tls),
             Class::Connect(ConnectKind::Other),
             Class::Timeout(TimeoutPhase::Connect),
-            Class::Timeout(TimeoutPhase::Pool),
-            Class::Throttled,
+            Class::Timeout(TimeoutPhase::Ready),
+            Class::GateRefused,
         ] {
             assert!(c.is_client_side(), "{c}");
         }
@@ -554,7 +554,7 @@ mod tests {
             Class::ResetBeforeResponse,
             Class::ResetMidBody,
             Class::Protocol,
-            Class::Throttled,
+            Class::GateRefused,
             Class::Other,
             Class::ClientError(ClientErrorKind::BadRequest),
             Class::ClientError(ClientErrorKind::Other),

@@ -383,7 +383,7 @@ impl Error {
         self
     }
 
-    /// Sets the server-requested (or, for [`Class::Throttled`], the estimated) delay.
+    /// Sets the server-requested (or, for [`Class::GateRefused`], the estimated) delay.
     pub fn with_retry_after(mut self, d: Duration) -> Self {
         self.inner.retry_after = Some(d);
         self
@@ -478,11 +478,11 @@ impl Error {
             Class::ResetBeforeResponse => "connection closed before the response".into(),
             Class::ResetMidBody => "connection closed while reading the response body".into(),
             Class::Protocol => "protocol error".into(),
-            Class::Throttled if self.inner.quota => {
+            Class::GateRefused if self.inner.quota => {
                 "not sent: the account's quota or spending limit was found exhausted on this key"
                     .into()
             }
-            Class::Throttled => {
+            Class::GateRefused => {
                 "not sent: the client-side rate limiter could not admit the request in time".into()
             }
             Class::StreamError => "error event in the response stream".into(),
@@ -676,9 +676,9 @@ mod tests {
 
     #[test]
     fn transport_does_not_double_wrap() {
-        let inner = Error::timeout(TimeoutPhase::Pool, Duration::from_secs(1));
+        let inner = Error::timeout(TimeoutPhase::Ready, Duration::from_secs(1));
         let e = Error::transport(inner);
-        assert_eq!(e.class(), Class::Timeout(TimeoutPhase::Pool));
+        assert_eq!(e.class(), Class::Timeout(TimeoutPhase::Ready));
         assert!(std::error::Error::source(&e).unwrap().is::<TimeoutError>());
     }
 }

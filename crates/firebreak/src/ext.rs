@@ -1,7 +1,7 @@
 //! [`ServiceBuilderExt`]: firebreak's layers one by one on a `tower::ServiceBuilder`.
 
 use crate::classify::ClassifyLayer;
-use crate::gate::RateLimitLayer;
+use crate::gate::GateLayer;
 use crate::gate::{GateConfig, KeyBy};
 use crate::retry::RetryConfig;
 use crate::retry::RetryLayer;
@@ -83,7 +83,7 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed + Sized {
         self,
         cfg: GateConfig,
         key_by: KeyBy,
-    ) -> Result<ServiceBuilder<Layered<RateLimitLayer, L>>, StackError>;
+    ) -> Result<ServiceBuilder<Layered<GateLayer, L>>, StackError>;
     /// The per-attempt timeouts.
     ///
     /// # Errors
@@ -122,8 +122,8 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         self,
         cfg: GateConfig,
         key_by: KeyBy,
-    ) -> Result<ServiceBuilder<Layered<RateLimitLayer, L>>, StackError> {
-        Ok(self.layer(RateLimitLayer::new(cfg, key_by).map_err(StackError::Gate)?))
+    ) -> Result<ServiceBuilder<Layered<GateLayer, L>>, StackError> {
+        Ok(self.layer(GateLayer::new(cfg, key_by).map_err(StackError::Gate)?))
     }
 
     fn fireworks_attempt_timeouts(

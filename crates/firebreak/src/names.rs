@@ -4,7 +4,7 @@
 //! The metrics table with labels and units is in [the observe module](crate#architecture) docs.
 
 /// The span of one call, across its attempts (the observe module's outer layer).
-pub const CALL_SPAN: &str = "firebreak.request";
+pub const CALL_SPAN: &str = "firebreak.call";
 /// The span of one attempt, a child of [`CALL_SPAN`] (the observe module's inner layer).
 pub const ATTEMPT_SPAN: &str = "firebreak.attempt";
 /// The field of [`ATTEMPT_SPAN`] the 429 gate records its wait in, in ms.

@@ -2,8 +2,8 @@
 
 use crate::classify::{Classify, ClassifyLayer};
 use crate::client::{ApiKey, ClientConfig, FIREWORKS_BASE_URL};
-use crate::gate::RateLimit;
-use crate::gate::{GateConfig, KeyBy, RateLimitLayer};
+use crate::gate::Gate;
+use crate::gate::{GateConfig, KeyBy, GateLayer};
 use crate::observe::Observer;
 use crate::observe::{AttemptObserve, AttemptObserveLayer, Observe, ObserveLayer};
 use crate::retry::RetryConfig;
@@ -25,7 +25,7 @@ use tower::{Layer, ServiceBuilder, ServiceExt};
 
 /// The composed service around an inner service `S`.
 pub type StackService<S> =
-    Observe<DeadlineService<Retry<AttemptObserve<RateLimit<AttemptTimeout<Classify<S>>>>>>>;
+    Observe<DeadlineService<Retry<AttemptObserve<Gate<AttemptTimeout<Classify<S>>>>>>>;
 
 /// The request body the innermost service (the hyper client) receives for callers' bodies `B`.
 pub type InnerBody<B> = TimedRequestBody<ReplayBody<B>>;
@@ -186,7 +186,7 @@ impl Stack {
                 .enforced_below()
                 .scoped(),
             retry: RetryLayer::new(self.retry.clone()).map_err(StackError::Retry)?,
-            gate: RateLimitLayer::new(self.gate.clone(), self.key_by.clone())
+            gate: GateLayer::new(self.gate.clone(), self.key_by.clone())
                 .map_err(StackError::Gate)?,
             attempt: AttemptTimeoutLayer::new(&self.timeouts).map_err(StackError::Timeout)?,
             classify: ClassifyLayer::new().sse_errors_as_failures(self.sse_errors_as_failures),
@@ -200,14 +200,14 @@ pub struct StackLayer {
     observer: Observer,
     deadline: DeadlineLayer,
     retry: RetryLayer,
-    gate: RateLimitLayer,
+    gate: GateLayer,
     attempt: AttemptTimeoutLayer,
     classify: ClassifyLayer,
 }
 
 impl StackLayer {
-    /// The 429 gate, for metrics ([`RateLimitLayer::snapshot`]).
-    pub fn gate(&self) -> &RateLimitLayer {
+    /// The 429 gate, for metrics ([`GateLayer::snapshot`]).
+    pub fn gate(&self) -> &GateLayer {
         &self.gate
     }
 

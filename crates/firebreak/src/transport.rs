@@ -242,8 +242,8 @@ mod tests {
             classify_error(&wrapped, Stage::BeforeResponse),
             Class::Timeout(TimeoutPhase::BodyIdle)
         );
-        let boxed: BoxError = Box::new(Error::timeout(TimeoutPhase::Pool, Duration::from_secs(1)));
-        assert_eq!(classify_display(&boxed), Class::Timeout(TimeoutPhase::Pool));
+        let boxed: BoxError = Box::new(Error::timeout(TimeoutPhase::Ready, Duration::from_secs(1)));
+        assert_eq!(classify_display(&boxed), Class::Timeout(TimeoutPhase::Ready));
         assert_eq!(classify_display(&"a str"), Class::Other);
     }
 

@@ -234,11 +234,11 @@ async fn poll_ready_is_forwarded_and_errors_classified() {
     handle.allow(1);
     assert!(matches!(svc.poll_ready(), std::task::Poll::Ready(Ok(()))));
     handle.send_error(TimeoutError::new(
-        TimeoutPhase::Pool,
+        TimeoutPhase::Ready,
         Duration::from_secs(1),
     ));
     match svc.poll_ready() {
-        std::task::Poll::Ready(Err(e)) => assert_eq!(e.class(), Class::Timeout(TimeoutPhase::Pool)),
+        std::task::Poll::Ready(Err(e)) => assert_eq!(e.class(), Class::Timeout(TimeoutPhase::Ready)),
         other => panic!("{other:?}"),
     }
 }
@@ -422,7 +422,7 @@ fn quota_exhaustion_is_its_own_class_with_advice() {
         ),
     ];
     for (status, body, quota) in cases {
-        let api = parse::body::parse_error_body(body.as_bytes(), false);
+        let api = parse::parse_error_body(body.as_bytes(), false);
         let c = Classification::from_response(
             http::StatusCode::from_u16(status).unwrap(),
             &http::HeaderMap::new(),

@@ -64,7 +64,7 @@ fn spans_nest_attempts_under_the_request_with_their_fields() {
     // The second attempt's span is a child of the request span and says why it waited.
     let retry_line = lines
         .iter()
-        .find(|l| l.contains("firebreak.request{") && l.contains("firebreak.attempt{attempt=2"))
+        .find(|l| l.contains("firebreak.call{") && l.contains("firebreak.attempt{attempt=2"))
         .unwrap_or_else(|| panic!("no nested second attempt in:\n{out}"));
     assert!(
         retry_line.contains("delay_reason=\"backoff\""),
@@ -94,7 +94,7 @@ fn spans_nest_attempts_under_the_request_with_their_fields() {
     let closed = lines
         .iter()
         .find(|l| {
-            l.contains("firebreak.request{")
+            l.contains("firebreak.call{")
                 && !l.contains("firebreak.attempt{")
                 && l.contains(" close ")
         })

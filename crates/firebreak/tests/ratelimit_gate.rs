@@ -15,11 +15,11 @@ use tower_test::mock;
 
 type Req = Request<Full<Bytes>>;
 type Handle = mock::Handle<Req, Response<Full<Bytes>>>;
-type Svc = RateLimit<firebreak::classify::Classify<mock::Mock<Req, Response<Full<Bytes>>>>>;
+type Svc = Gate<firebreak::classify::Classify<mock::Mock<Req, Response<Full<Bytes>>>>>;
 
-fn gate(cfg: GateConfig, key_by: KeyBy) -> (RateLimitLayer, Svc, Handle) {
+fn gate(cfg: GateConfig, key_by: KeyBy) -> (GateLayer, Svc, Handle) {
     let (m, h) = mock::pair::<Req, Response<Full<Bytes>>>();
-    let layer = RateLimitLayer::new(cfg, key_by).unwrap();
+    let layer = GateLayer::new(cfg, key_by).unwrap();
     let svc = layer.layer(ClassifyLayer::new().layer(m));
     (layer, svc, h)
 }
@@ -152,7 +152,7 @@ async fn a_429_cools_the_fleet_down_then_releases_it_one_interval_apart() {
             assert_eq!(c.await.unwrap().unwrap(), 200);
         }
         let snap = layer.snapshot()[0].1;
-        assert_eq!((snap.queue_len, snap.admitted, snap.throttled), (0, 7, 0));
+        assert_eq!((snap.queue_len, snap.admitted, snap.refused), (0, 7, 0));
         assert!(
             snap.waited >= Duration::from_secs(12),
             "six waits of 2 s or more: {:?}",
@@ -221,7 +221,7 @@ async fn rate_limit_headers_on_successes_set_the_pace() {
 async fn the_window_ramps_by_the_clock_then_backs_off_on_fleet_wide_overload() {
     bounded(3600, async {
         let (layer, svc, mut h) = gate(GateConfig::default(), KeyBy::Client);
-        let limit = |l: &RateLimitLayer| l.snapshot()[0].1.concurrency_limit;
+        let limit = |l: &GateLayer| l.snapshot()[0].1.concurrency_limit;
         let c = spawn(&svc, req());
         next(&mut h, answer(200, &[])).await;
         c.await.unwrap().unwrap();
@@ -288,7 +288,7 @@ async fn a_request_that_cannot_be_admitted_before_its_deadline_fails_at_once() {
             Duration::ZERO,
             "failed at once, not at the deadline"
         );
-        assert_eq!(e.class(), Class::Throttled);
+        assert_eq!(e.class(), Class::GateRefused);
         assert!(e.is_client_side() && e.is_rate_limited() && !e.is_retryable());
         let wait = e.retry_after().unwrap();
         assert!(
@@ -299,7 +299,7 @@ async fn a_request_that_cannot_be_admitted_before_its_deadline_fails_at_once() {
             none_arrives_within(&mut h, Duration::from_secs(1)).await,
             "never sent"
         );
-        assert_eq!(layer.snapshot()[0].1.throttled, 1);
+        assert_eq!(layer.snapshot()[0].1.refused, 1);
     })
     .await
 }
@@ -351,7 +351,7 @@ async fn the_queue_is_bounded() {
         let waiting: Vec<Call> = (0..2).map(|_| spawn(&svc, req())).collect();
         tokio::task::yield_now().await;
         let e = svc.clone().oneshot(req()).await.unwrap_err();
-        assert_eq!(e.class(), Class::Throttled);
+        assert_eq!(e.class(), Class::GateRefused);
         assert!(e.to_string().contains("queue is full"), "{e}");
         hold.send_response(answer(200, &[]));
         for _ in 0..2 {
@@ -365,7 +365,7 @@ async fn the_queue_is_bounded() {
                 "nothing dropped without an error"
             );
         }
-        assert_eq!(layer.snapshot()[0].1.throttled, 1);
+        assert_eq!(layer.snapshot()[0].1.refused, 1);
     })
     .await
 }
@@ -646,19 +646,18 @@ fn bad_settings_are_rejected() {
     ];
     for c in bad {
         assert!(
-            RateLimitLayer::new(c.clone(), KeyBy::Client).is_err(),
+            GateLayer::new(c.clone(), KeyBy::Client).is_err(),
             "{c:?}"
         );
     }
-    assert!(RateLimitLayer::new(GateConfig::default(), KeyBy::Client).is_ok());
+    assert!(GateLayer::new(GateConfig::default(), KeyBy::Client).is_ok());
 }
 
 #[test]
 fn public_types_are_send_and_sync() {
     fn send_sync<T: Send + Sync>() {}
-    send_sync::<RateLimitLayer>();
+    send_sync::<GateLayer>();
     send_sync::<GateSnapshot>();
-    send_sync::<InProcessStore>();
     fn send<T: Send>() {}
     send::<Svc>();
 }
@@ -716,7 +715,7 @@ async fn healthy_slow_traffic_is_admitted_without_waiting_for_answers() {
             "makespan {:?}",
             t0.elapsed()
         );
-        assert_eq!(layer.snapshot()[0].1.throttled, 0);
+        assert_eq!(layer.snapshot()[0].1.refused, 0);
     })
     .await
 }
@@ -891,7 +890,7 @@ async fn an_exhausted_quota_fails_later_calls_fast_until_the_recheck() {
             assert!(e.to_string().contains("add credits"), "{e}");
         }
         assert!(none_arrives_within(&mut h, Duration::from_secs(1)).await);
-        assert_eq!(layer.snapshot()[0].1.throttled, 5);
+        assert_eq!(layer.snapshot()[0].1.refused, 5);
         tokio::time::sleep(Duration::from_secs(9)).await;
         let c = spawn(&svc, req());
         next(&mut h, answer(200, &[])).await;
@@ -934,7 +933,7 @@ async fn requests_without_a_key_use_the_fallback_credential() {
     // will send, so they share a gate with requests that carry that key, and not another's.
     bounded(3600, async {
         let (m, mut h) = mock::pair::<Req, Response<Full<Bytes>>>();
-        let layer = RateLimitLayer::new(GateConfig::default(), KeyBy::ApiKeyAndModel)
+        let layer = GateLayer::new(GateConfig::default(), KeyBy::ApiKeyAndModel)
             .unwrap()
             .fallback_credential(b"Bearer fw_configured");
         let svc = layer.layer(ClassifyLayer::new().layer(m));
@@ -974,7 +973,7 @@ async fn the_map_of_keys_is_bounded_and_evicts_idle_keys() {
             ..GateConfig::default()
         };
         let (m, mut h) = mock::pair::<Req, Response<Full<Bytes>>>();
-        let layer = RateLimitLayer::new(cfg, KeyBy::ApiKeyAndModel).unwrap();
+        let layer = GateLayer::new(cfg, KeyBy::ApiKeyAndModel).unwrap();
         let svc = layer.layer(ClassifyLayer::new().layer(m));
         for i in 0..200 {
             let mut r = req();

@@ -77,7 +77,7 @@ async fn ready_wait_times_out_as_a_client_side_pool_timeout() {
         let e = futures_util::future::poll_fn(|cx| svc.poll_ready(cx))
             .await
             .unwrap_err();
-        assert_eq!(phase_of(&e), (TimeoutPhase::Pool, Duration::from_secs(10)));
+        assert_eq!(phase_of(&e), (TimeoutPhase::Ready, Duration::from_secs(10)));
         assert_eq!(t0.elapsed(), Duration::from_secs(10));
         assert!(e.is_client_side() && e.is_retryable());
         // Once capacity appears, readiness is immediate and the timer starts afresh.

@@ -106,7 +106,7 @@ pub(crate) fn sse_error_event(message: &str, code: &str) -> Bytes {
 /// `outcome`: `ok`, `refused` (by the proxy), `cut` (the upstream broke off, a timer fired, or
 /// shutdown), or `caller_gone` (the caller disconnected or stopped reading first).
 #[derive(Debug)]
-pub(crate) struct RequestLog {
+pub(crate) struct CallLog {
     pub(crate) method: http::Method,
     pub(crate) path: String,
     pub(crate) request_id: String,
@@ -116,7 +116,7 @@ pub(crate) struct RequestLog {
     pub(crate) outcome: &'static str,
 }
 
-impl Drop for RequestLog {
+impl Drop for CallLog {
     fn drop(&mut self) {
         tracing::info!(
             method = %self.method,
@@ -192,7 +192,7 @@ pub(crate) struct ProxyBody {
     /// Turns an error into words safe to show (no upstream address).
     scrub: Arc<dyn Fn(&str) -> String + Send + Sync>,
     done: bool,
-    log: Option<RequestLog>,
+    log: Option<CallLog>,
     _inflight: Option<InFlight>,
 }
 
@@ -207,7 +207,7 @@ impl std::fmt::Debug for ProxyBody {
 
 impl ProxyBody {
     /// A body the proxy wrote itself.
-    pub(crate) fn full(b: impl Into<Bytes>, log: RequestLog, inflight: Option<InFlight>) -> Self {
+    pub(crate) fn full(b: impl Into<Bytes>, log: CallLog, inflight: Option<InFlight>) -> Self {
         ProxyBody {
             source: Source::Full(Some(b.into())),
             sse: None,
@@ -228,7 +228,7 @@ impl ProxyBody {
         sse: bool,
         stop: Stop,
         scrub: Arc<dyn Fn(&str) -> String + Send + Sync>,
-        log: RequestLog,
+        log: CallLog,
         inflight: Option<InFlight>,
     ) -> Self {
         ProxyBody {
@@ -390,8 +390,8 @@ mod tests {
     use super::*;
     use http_body_util::{BodyExt, StreamBody};
 
-    fn log() -> RequestLog {
-        RequestLog {
+    fn log() -> CallLog {
+        CallLog {
             method: http::Method::POST,
             path: "/v1/chat/completions".into(),
             request_id: "r".into(),

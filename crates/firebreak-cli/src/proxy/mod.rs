@@ -23,7 +23,7 @@ mod guard;
 mod headers;
 
 use crate::args::{TimeoutArgs, api_key, base_url};
-use body::{Buffered, ProxyBody, ReadError, RequestLog, Stop};
+use body::{Buffered, ProxyBody, ReadError, CallLog, Stop};
 use clap::Args;
 use conn::{ConnLimits, ConnState, GuardedIo, InFlight, Shedder};
 use firebreak::Deadline;
@@ -137,7 +137,7 @@ fn error_response(
     message: &str,
     code: &str,
     retry_after: Option<Duration>,
-    mut log: RequestLog,
+    mut log: CallLog,
     inflight: InFlight,
 ) -> Response<ProxyBody> {
     let body = serde_json::json!({
@@ -161,7 +161,7 @@ fn error_response(
 /// The status an upstream failure is answered with.
 fn status_for(e: &Error) -> StatusCode {
     match e.class() {
-        Class::Throttled | Class::RateLimited | Class::QuotaExhausted => {
+        Class::GateRefused | Class::RateLimited | Class::QuotaExhausted => {
             StatusCode::TOO_MANY_REQUESTS
         }
         c if c.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
@@ -224,7 +224,7 @@ async fn handle(
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let id = request_id(&parts.headers);
-    let log = RequestLog {
+    let log = CallLog {
         method: parts.method.clone(),
         path: parts.uri.path().to_string(),
         request_id: id.clone(),
@@ -291,7 +291,7 @@ async fn forward(
     authenticated: bool,
     peer: SocketAddr,
     id: &str,
-    mut log: RequestLog,
+    mut log: CallLog,
     inflight: InFlight,
 ) -> Response<ProxyBody> {
     let started = log.started;
@@ -520,7 +520,7 @@ fn warn_sdk_retries(p: &Shared, h: &http::HeaderMap, peer: SocketAddr) {
 }
 
 /// The Prometheus text exposition of every firebreak metric (see `firebreak::observe`).
-fn metrics_text(p: &Shared, mut log: RequestLog, inflight: InFlight) -> Response<ProxyBody> {
+fn metrics_text(p: &Shared, mut log: CallLog, inflight: InFlight) -> Response<ProxyBody> {
     match &p.metrics {
         Some(h) => {
             h.run_upkeep();

@@ -1,9 +1,12 @@
-//! [`RateLimitLayer`], the [`RateLimit`] service, its future and its body.
+//! [`GateLayer`], the [`Gate`] service, its future and its body.
 
 use crate::Deadline;
 use crate::gate::config::{GateConfig, GateConfigError};
 use crate::gate::state::{GateMetrics, LocalGate, Permit};
-use crate::gate::store::{GateKey, InProcessStore, Observation, RateStore};
+use crate::gate::store::{GateKey, InProcessStore, Answer, RateStore};
+
+/// The one store the public types use; the trait stays the seam for a shared one (#16).
+type Store = InProcessStore;
 use crate::{BoxError, Class, Classification, Error, RateLimitHeaders};
 use bytes::Bytes;
 use http::{Extensions, HeaderMap, Method, Request, Response, Uri};
@@ -85,7 +88,7 @@ pub enum KeyBy {
     Client,
     /// One gate per (API key, model): Fireworks serverless limits are per account and model.
     /// The key is the request's `Authorization` header or, when it has none (the auth layer
-    /// adds it below the gate), the key given to [`RateLimitLayer::fallback_credential`]; it is
+    /// adds it below the gate), the key given to [`GateLayer::fallback_credential`]; it is
     /// hashed, never stored. The model comes from the [`Model`] extension.
     ApiKeyAndModel,
     /// Any function of the request head.
@@ -138,7 +141,7 @@ pub struct GateSnapshot {
     /// Total time requests spent waiting in the gate.
     pub waited: Duration,
     /// Requests refused without being sent (queue full, or no slot before the deadline).
-    pub throttled: u64,
+    pub refused: u64,
     /// Requests admitted.
     pub admitted: u64,
     /// Time before a key whose quota is exhausted lets a call through to recheck.
@@ -205,19 +208,19 @@ impl<S: RateStore> Shared<S> {
 
 /// The 429 gate: see the [crate docs](crate). Clones share every gate.
 #[derive(Debug)]
-pub struct RateLimitLayer<S = InProcessStore> {
-    shared: Arc<Shared<S>>,
+pub struct GateLayer {
+    shared: Arc<Shared<Store>>,
 }
 
-impl<S> Clone for RateLimitLayer<S> {
+impl Clone for GateLayer {
     fn clone(&self) -> Self {
-        RateLimitLayer {
+        GateLayer {
             shared: self.shared.clone(),
         }
     }
 }
 
-impl RateLimitLayer<InProcessStore> {
+impl GateLayer {
     /// A gate with `cfg`, keyed by `key_by`, keeping its state in this process.
     ///
     /// # Errors
@@ -239,11 +242,10 @@ impl RateLimitLayer<InProcessStore> {
     }
 }
 
-impl<S: RateStore> RateLimitLayer<S> {
-    /// A gate whose shared rate and cooldown state lives in `store` (for example a distributed
-    /// one). `cfg` is assumed valid.
-    pub fn with_store(cfg: GateConfig, key_by: KeyBy, store: S) -> Self {
-        RateLimitLayer {
+impl GateLayer {
+    /// A gate whose shared rate and cooldown state lives in `store`. `cfg` is assumed valid.
+    fn with_store(cfg: GateConfig, key_by: KeyBy, store: Store) -> Self {
+        GateLayer {
             shared: Arc::new(Shared {
                 cfg: Arc::new(cfg),
                 key_by,
@@ -290,7 +292,7 @@ impl<S: RateStore> RateLimitLayer<S> {
                         rate_per_sec: r.and_then(|r| r.rate_per_sec),
                         cooldown_remaining: r.map_or(Duration::ZERO, |r| r.cooldown_remaining),
                         waited: Duration::from_nanos(g.waited_ns.load(Ordering::Relaxed)),
-                        throttled: g.throttled.load(Ordering::Relaxed),
+                        refused: g.refused.load(Ordering::Relaxed),
                         admitted: g.admitted.load(Ordering::Relaxed),
                         quota_recheck_in: r.map_or(Duration::ZERO, |r| r.quota_recheck_in),
                     },
@@ -300,33 +302,33 @@ impl<S: RateStore> RateLimitLayer<S> {
     }
 }
 
-impl<Svc, S> Layer<Svc> for RateLimitLayer<S> {
-    type Service = RateLimit<Svc, S>;
-    fn layer(&self, inner: Svc) -> RateLimit<Svc, S> {
-        RateLimit {
+impl<Svc> Layer<Svc> for GateLayer {
+    type Service = Gate<Svc>;
+    fn layer(&self, inner: Svc) -> Gate<Svc> {
+        Gate {
             inner,
             shared: self.shared.clone(),
         }
     }
 }
 
-/// The service [`RateLimitLayer`] makes.
+/// The service [`GateLayer`] makes.
 #[derive(Debug)]
-pub struct RateLimit<Svc, S = InProcessStore> {
+pub struct Gate<Svc> {
     inner: Svc,
-    shared: Arc<Shared<S>>,
+    shared: Arc<Shared<Store>>,
 }
 
-impl<Svc: Clone, S> Clone for RateLimit<Svc, S> {
+impl<Svc: Clone> Clone for Gate<Svc> {
     fn clone(&self) -> Self {
-        RateLimit {
+        Gate {
             inner: self.inner.clone(),
             shared: self.shared.clone(),
         }
     }
 }
 
-impl<Svc, S> RateLimit<Svc, S> {
+impl<Svc> Gate<Svc> {
     /// The inner service.
     pub fn get_ref(&self) -> &Svc {
         &self.inner
@@ -345,15 +347,14 @@ impl<Svc, S> RateLimit<Svc, S> {
 
 type Admission = Pin<Box<dyn Future<Output = Result<(Permit, u32), Error>> + Send>>;
 
-impl<Svc, S, ReqB, ResB> Service<Request<ReqB>> for RateLimit<Svc, S>
+impl<Svc, ReqB, ResB> Service<Request<ReqB>> for Gate<Svc>
 where
     Svc: Service<Request<ReqB>, Response = Response<ResB>, Error = Error> + Clone,
-    S: RateStore,
     ReqB: Body,
 {
     type Response = Response<PermitBody<ResB>>;
     type Error = Error;
-    type Future = ResponseFuture<Svc, ReqB, S>;
+    type Future = ResponseFuture<Svc, ReqB>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.inner.poll_ready(cx)
@@ -425,9 +426,9 @@ where
 
 impl<S: RateStore> Shared<S> {
     /// Learns from one finished attempt: the shared rate state, then the local window.
-    fn observe(&self, gate: &LocalGate, key: GateKey, obs: Observation) {
-        let fleet = self.store.observe(key, &obs, Instant::now());
-        gate.observe(
+    fn learn(&self, gate: &LocalGate, key: GateKey, obs: Answer) {
+        let fleet = self.store.learn(key, &obs, Instant::now());
+        gate.learn(
             obs.signal(),
             fleet,
             obs.in_flight_at_send,
@@ -471,26 +472,25 @@ pin_project! {
 }
 
 pin_project! {
-    /// The future of [`RateLimit`].
-    pub struct ResponseFuture<Svc: Service<Request<ReqB>>, ReqB, S> {
+    /// The future of [`Gate`].
+    pub struct ResponseFuture<Svc: Service<Request<ReqB>>, ReqB> {
         #[pin]
         state: State<Svc, ReqB>,
-        shared: Arc<Shared<S>>,
+        shared: Arc<Shared<Store>>,
         gate: Arc<LocalGate>,
         key: GateKey,
     }
 }
 
-impl<Svc: Service<Request<ReqB>>, ReqB, S> fmt::Debug for ResponseFuture<Svc, ReqB, S> {
+impl<Svc: Service<Request<ReqB>>, ReqB> fmt::Debug for ResponseFuture<Svc, ReqB> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
-impl<Svc, ReqB, ResB, S> Future for ResponseFuture<Svc, ReqB, S>
+impl<Svc, ReqB, ResB> Future for ResponseFuture<Svc, ReqB>
 where
     Svc: Service<Request<ReqB>, Response = Response<ResB>, Error = Error>,
-    S: RateStore,
 {
     type Output = Result<Response<PermitBody<ResB>>, Error>;
 
@@ -546,7 +546,7 @@ where
                                 (!h.is_empty()).then_some(h)
                             });
                             let delay = c.and_then(Classification::retry_after);
-                            let obs = Observation {
+                            let obs = Answer {
                                 class,
                                 retry_after: delay,
                                 rate_limit: rl,
@@ -556,11 +556,11 @@ where
                                 in_flight_at_send: n,
                                 sent_at: sent,
                             };
-                            this.shared.observe(this.gate, *this.key, obs);
+                            this.shared.learn(this.gate, *this.key, obs);
                             Ok(resp.map(|b| PermitBody { inner: b, permit }))
                         }
                         Err(e) => {
-                            let obs = Observation {
+                            let obs = Answer {
                                 class: e.class(),
                                 retry_after: e.retry_after(),
                                 rate_limit: None,
@@ -568,7 +568,7 @@ where
                                 in_flight_at_send: n,
                                 sent_at: sent,
                             };
-                            this.shared.observe(this.gate, *this.key, obs);
+                            this.shared.learn(this.gate, *this.key, obs);
                             Err(e)
                         }
                     });

@@ -7,7 +7,7 @@
 //! cooldown, a smaller window, a slower pace) needs fleet-wide evidence, recovers with time,
 //! and one request, header or tenant never slows the others.**
 //!
-//! What counts as evidence ([`Signal`], [`Observation::signal`]):
+//! What counts as evidence ([`Signal`], [`Answer::signal`]):
 //! - **A rate-limit 429** (it carries `x-ratelimit-*` headers, or its body says "rate limit"):
 //!   fleet-wide on its own. Its delay (`Retry-After`, `retry-after-ms`) becomes a cooldown for
 //!   the key, and it lowers a learned pace (× `decrease`, once a second at most).
@@ -56,7 +56,7 @@
 //!    used first, counted in `firebreak_gate_evictions_total`.
 //! 8. **The state behind a trait.** [`RateStore`] holds the shared pacing, cooldown and quota
 //!    state; [`InProcessStore`] is the default, and a distributed store can replace it
-//!    ([`RateLimitLayer::with_store`]).
+//!    ([`GateLayer::with_store`]).
 //!
 //! A request holds its place until its response body ends ([`PermitBody`]): what the window
 //! measures is what the server is serving. Without evidence the window is wide, so long
@@ -65,9 +65,9 @@
 //!
 //! # Example
 //! ```
-//! use firebreak::gate::{GateConfig, KeyBy, RateLimitLayer};
+//! use firebreak::gate::{GateConfig, KeyBy, GateLayer};
 //!
-//! let gate = RateLimitLayer::new(GateConfig::default(), KeyBy::ApiKeyAndModel).unwrap();
+//! let gate = GateLayer::new(GateConfig::default(), KeyBy::ApiKeyAndModel).unwrap();
 //! // ServiceBuilder::new().layer(retry).layer(gate.clone()).layer(attempt_timeouts)...
 //! for (key, s) in gate.snapshot() {
 //!     println!("{key:?}: limit {} in flight {} queued {}", s.concurrency_limit, s.in_flight, s.queue_len);
@@ -78,10 +78,12 @@ mod config;
 mod layer;
 mod state;
 mod store;
+#[cfg(test)]
+mod tests;
 
 pub use config::{GateConfig, GateConfigError, HeaderUnit};
 pub use layer::{
-    GateSnapshot, KeyBy, Model, PermitBody, RateLimit, RateLimitLayer, RequestHead, ResponseFuture,
+    GateSnapshot, KeyBy, Model, PermitBody, Gate, GateLayer, RequestHead, ResponseFuture,
     TokenEstimate,
 };
-pub use store::{GateKey, InProcessStore, Observation, RateSnapshot, RateStore, Reserve, Signal};
+pub use store::GateKey;

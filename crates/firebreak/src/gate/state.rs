@@ -32,7 +32,7 @@ impl WaitReason {
 }
 
 /// The gate's metric handles, registered with the current recorder when the layer is built
-/// (see `firebreak-observe` for why up front). All no-ops when no recorder is installed.
+/// (see the observe module for why up front). All no-ops when no recorder is installed.
 #[derive(Debug, Clone)]
 pub(crate) struct GateMetrics {
     wait: [metrics::Histogram; 3],
@@ -111,7 +111,7 @@ pub(crate) struct LocalGate {
     pub(crate) in_flight: AtomicU32,
     pub(crate) waiting: AtomicUsize,
     pub(crate) waited_ns: AtomicU64,
-    pub(crate) throttled: AtomicU64,
+    pub(crate) refused: AtomicU64,
     pub(crate) admitted: AtomicU64,
     /// Nanoseconds since the layer's epoch at the last use (for eviction).
     pub(crate) last_used: AtomicU64,
@@ -189,7 +189,7 @@ impl LocalGate {
             in_flight: AtomicU32::new(0),
             waiting: AtomicUsize::new(0),
             waited_ns: AtomicU64::new(0),
-            throttled: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             admitted: AtomicU64::new(0),
             last_used: AtomicU64::new(0),
             metrics,
@@ -292,9 +292,9 @@ impl LocalGate {
         )
     }
 
-    fn throttled(&self, wait: Option<Duration>, why: &str) -> Error {
-        self.throttled.fetch_add(1, Ordering::Relaxed);
-        let mut e = Error::new(Class::Throttled).with_detail(why.to_string());
+    fn refuse(&self, wait: Option<Duration>, why: &str) -> Error {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        let mut e = Error::new(Class::GateRefused).with_detail(why.to_string());
         if let Some(w) = wait {
             e = e.with_retry_after(w);
         }
@@ -302,8 +302,8 @@ impl LocalGate {
     }
 
     fn quota_refusal(&self, recheck_in: Duration) -> Error {
-        self.throttled.fetch_add(1, Ordering::Relaxed);
-        Error::new(Class::Throttled)
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        Error::new(Class::GateRefused)
             .with_quota_exhausted()
             .with_detail(format!(
                 "a call on this key was just answered quota exhausted: add credits or raise the spending limit; the next call goes through in {:.0?}",
@@ -354,7 +354,7 @@ impl LocalGate {
         }
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= cfg.max_queue {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
-            return Err(self.throttled(None, "not sent: the rate-limit queue is full"));
+            return Err(self.refuse(None, "not sent: the rate-limit queue is full"));
         }
         self.metrics.queue.increment(1.0);
         let _waiting = Waiting(&self);
@@ -379,26 +379,26 @@ impl LocalGate {
             match got {
                 Some(p) => {
                     permit =
-                        Some(p.map_err(|_| self.throttled(None, "not sent: the gate was closed"))?);
+                        Some(p.map_err(|_| self.refuse(None, "not sent: the gate was closed"))?);
                     break;
                 }
                 None if deadline.is_some_and(|d| Instant::now() >= d) => {
                     return Err(
-                        self.throttled(None, "not sent: no capacity freed up before the deadline")
+                        self.refuse(None, "not sent: no capacity freed up before the deadline")
                     );
                 }
                 None => {}
             }
         }
         let Some(permit) = permit else {
-            return Err(self.throttled(None, "not sent: no capacity freed up"));
+            return Err(self.refuse(None, "not sent: no capacity freed up"));
         };
         // Bounded: a wait is only redone when a new cooldown started while sleeping.
         for _ in 0..8 {
             let now = Instant::now();
             match store.reserve(self.key, now, tokens, deadline) {
                 Reserve::Refused { wait } => {
-                    return Err(self.throttled(
+                    return Err(self.refuse(
                         Some(wait),
                         &format!(
                             "not sent: the next send slot is {wait:?} away, after the deadline"
@@ -441,7 +441,7 @@ impl LocalGate {
         if !waited.is_zero() {
             let ms = waited.as_secs_f64() * 1000.0;
             self.metrics.wait[reason as usize].record(ms);
-            // The attempt span (firebreak-observe's, when it is in the stack) is current here.
+            // The attempt span (the observe module's, when it is in the stack) is current here.
             let span = tracing::Span::current();
             span.record(crate::names::GATE_WAIT_MS_FIELD, ms);
             span.record(crate::names::GATE_WAIT_REASON_FIELD, reason.label());
@@ -451,7 +451,7 @@ impl LocalGate {
 
     /// Adapts the concurrency window to one answer. `fleet` says whether the store found it
     /// completes fleet-wide capacity evidence.
-    pub(crate) fn observe(
+    pub(crate) fn learn(
         &self,
         signal: Signal,
         fleet: bool,
@@ -479,7 +479,7 @@ impl LocalGate {
                     self.set_limit(&mut l, new);
                 }
             }
-            Signal::RateLimit => {
+            Signal::Gate => {
                 // A rate limit is paced by the store; here it only ends the ramp, and the window
                 // recovers with time like after any other evidence.
                 let mut l = self.limit.lock().unwrap_or_else(|e| e.into_inner());

@@ -25,13 +25,13 @@ impl nohash_hasher::IsEnabled for GateKey {}
 /// What kind of evidence one answer is (see the [crate docs](crate)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Signal {
+pub(crate) enum Signal {
     /// Nothing the fleet should react to: a success, or a fault of this request alone (a hang,
     /// a timeout, a reset, a 5xx other than 503, a stream stall).
     None,
     /// A 429 that is an account or model rate limit (it carries `x-ratelimit-*` headers, or
     /// its body says "rate limit"): fleet-wide on its own.
-    RateLimit,
+    Gate,
     /// A 503 "overloaded", or a 429 that is not a rate limit ("capacity exceeded" on a dedicated
     /// deployment): fleet-wide only once several requests in flight together get one.
     Capacity,
@@ -41,28 +41,28 @@ pub enum Signal {
 
 /// What one answer told the gate.
 #[derive(Debug, Clone, Copy)]
-pub struct Observation {
+pub(crate) struct Answer {
     /// The answer's class.
-    pub class: Class,
+    pub(crate) class: Class,
     /// A usable server-requested delay.
-    pub retry_after: Option<Duration>,
+    pub(crate) retry_after: Option<Duration>,
     /// The `x-ratelimit-*` headers, if any.
-    pub rate_limit: Option<RateLimitHeaders>,
+    pub(crate) rate_limit: Option<RateLimitHeaders>,
     /// Whether the error body names a rate limit (`RATE_LIMIT_EXCEEDED`, "rate limit …").
-    pub rate_limit_body: bool,
+    pub(crate) rate_limit_body: bool,
     /// Requests this process had in flight on the key when this one was sent (itself included).
-    pub in_flight_at_send: u32,
+    pub(crate) in_flight_at_send: u32,
     /// When the attempt was sent.
-    pub sent_at: Instant,
+    pub(crate) sent_at: Instant,
 }
 
-impl Observation {
+impl Answer {
     /// The kind of evidence this answer is.
-    pub fn signal(&self) -> Signal {
+    pub(crate) fn signal(&self) -> Signal {
         match self.class {
             Class::QuotaExhausted => Signal::Quota,
             Class::RateLimited if self.rate_limit.is_some() || self.rate_limit_body => {
-                Signal::RateLimit
+                Signal::Gate
             }
             Class::RateLimited | Class::Overloaded => Signal::Capacity,
             _ => Signal::None,
@@ -73,7 +73,7 @@ impl Observation {
 /// A send slot, or why none can be had in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Reserve {
+pub(crate) enum Reserve {
     /// Send at this instant (now, or later when pacing or cooling down).
     At(Instant),
     /// The first free slot is after the caller's deadline; it would have to wait this long.
@@ -90,20 +90,20 @@ pub enum Reserve {
 
 /// What a gate knows right now, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RateSnapshot {
+pub(crate) struct RateSnapshot {
     /// The pacing rate in requests per second, when one is known.
-    pub rate_per_sec: Option<f64>,
+    pub(crate) rate_per_sec: Option<f64>,
     /// Time left in a fleet-wide cooldown.
-    pub cooldown_remaining: Duration,
+    pub(crate) cooldown_remaining: Duration,
     /// Whether header limits are read per second (else per minute).
-    pub per_second_headers: bool,
+    pub(crate) per_second_headers: bool,
     /// Time left before a key whose quota is exhausted is rechecked.
-    pub quota_recheck_in: Duration,
+    pub(crate) quota_recheck_in: Duration,
 }
 
 /// The shared part of the gate: pacing, cooldown and quota state, per key. Implementations
 /// must be cheap and must not block: they are called on every attempt.
-pub trait RateStore: Send + Sync + 'static {
+pub(crate) trait RateStore: Send + Sync + 'static {
     /// Reserves the next send slot for `key` at or after `now`, counting `tokens` against any
     /// token cap. Returns [`Reserve::Refused`] (reserving nothing) when the slot would be after
     /// `latest`, and [`Reserve::QuotaExhausted`] while the key's quota is known to be spent.
@@ -117,7 +117,7 @@ pub trait RateStore: Send + Sync + 'static {
     fn quota_recheck_in(&self, key: GateKey, now: Instant) -> Option<Duration>;
     /// Learns from one answer. Returns whether it completes fleet-wide capacity evidence
     /// (`fleet_signals` capacity refusals of requests that were in flight together).
-    fn observe(&self, key: GateKey, obs: &Observation, now: Instant) -> bool;
+    fn learn(&self, key: GateKey, obs: &Answer, now: Instant) -> bool;
     /// The state, for metrics.
     fn snapshot(&self, key: GateKey, now: Instant) -> Option<RateSnapshot>;
     /// Drops `key`'s state (the layer evicted its idle gate).
@@ -223,14 +223,14 @@ impl KeyRate {
 /// The in-process [`RateStore`]: one small mutex per key behind a read-mostly map, so keys do
 /// not contend with each other.
 #[derive(Debug)]
-pub struct InProcessStore {
+pub(crate) struct InProcessStore {
     cfg: GateConfig,
     keys: RwLock<nohash_hasher::IntMap<GateKey, Mutex<KeyRate>>>,
 }
 
 impl InProcessStore {
     /// A store for `cfg`.
-    pub fn new(cfg: GateConfig) -> Self {
+    pub(crate) fn new(cfg: GateConfig) -> Self {
         InProcessStore {
             cfg,
             keys: RwLock::new(nohash_hasher::IntMap::default()),
@@ -298,7 +298,7 @@ impl RateStore for InProcessStore {
         })
     }
 
-    fn observe(&self, key: GateKey, obs: &Observation, now: Instant) -> bool {
+    fn learn(&self, key: GateKey, obs: &Answer, now: Instant) -> bool {
         self.with_key(key, now, |s| self.observe_in(s, obs, now))
     }
 
@@ -378,7 +378,7 @@ impl InProcessStore {
         s.cooled = true;
     }
 
-    fn observe_in(&self, s: &mut KeyRate, obs: &Observation, now: Instant) -> bool {
+    fn observe_in(&self, s: &mut KeyRate, obs: &Answer, now: Instant) -> bool {
         let cfg = &self.cfg;
         let signal = obs.signal();
         // Learn the limit from the headers, when they make sense.
@@ -390,7 +390,7 @@ impl InProcessStore {
                     // Read per second until a rate-limit 429 arrives while this client sent
                     // less than that: then the limit cannot be per second.
                     if s.per_second
-                        && signal == Signal::RateLimit
+                        && signal == Signal::Gate
                         && s.recent_rate(now) < limit as f64
                     {
                         tracing::debug!(
@@ -444,7 +444,7 @@ impl InProcessStore {
                 );
                 false
             }
-            Signal::RateLimit => {
+            Signal::Gate => {
                 s.last_throttle = Some(now);
                 match obs.retry_after {
                     Some(d) => self.cool_down(s, Some(d), now, "429"),

@@ -25,7 +25,7 @@
 //!
 //! | span | fields |
 //! |---|---|
-//! | `firebreak.request` | `method`, `uri`, `version`, `request_id` (the `x-request-id` sent, else the one answered), `attempts`, `status`, `class`, `outcome`, `ttfb_ms`, `total_ms` |
+//! | `firebreak.call` | `method`, `uri`, `version`, `request_id` (the `x-request-id` sent, else the one answered), `attempts`, `status`, `class`, `outcome`, `ttfb_ms`, `total_ms` |
 //! | `firebreak.attempt` (child) | `attempt`, `delay_ms` and `delay_reason` (`none`, `backoff`, `server`) before it, `retry_after_class`, `gate_wait_ms` and `gate_wait_reason` (`concurrency`, `pacing`, `cooldown`), `status`, `class`, `headers_ms` |
 //!
 //! Headers are never recorded, and [`ObserveLayer`] marks `Authorization` and `x-api-key` as
@@ -43,7 +43,7 @@
 //! | `firebreak_attempts_total` | counter | `class`, `reached_server` | attempts; `reached_server="true"` is what the provider can see |
 //! | `firebreak_retries_total` | counter | `reason` (the class that caused it) | retries |
 //! | `firebreak_http_429_total` | counter | – | 429 answers received |
-//! | `firebreak_client_failures_total` | counter | `kind` (`dns`, `refused`, `tls`, `connect_other`, `connect_timeout`, `pool_timeout`, `gate_rejected`) | attempts that never reached the server |
+//! | `firebreak_client_failures_total` | counter | `kind` (`dns`, `refused`, `tls`, `connect_other`, `connect_timeout`, `ready_timeout`, `gate_refused`) | attempts that never reached the server |
 //! | `firebreak_latency_to_first_byte_ms` | histogram | – | call to first body byte at the caller, retries included |
 //! | `firebreak_latency_overall_ms` | histogram | `outcome` | call to the end of the body (or the error) |
 //! | `firebreak_backoff_ms` | histogram | `reason` (`backoff`, `server`) | sleep before each retry |

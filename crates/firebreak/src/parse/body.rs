@@ -4,7 +4,7 @@ use serde_json::{Map, Value};
 use std::fmt;
 
 /// Longest message kept, in characters; longer ones are cut with `…`.
-pub const MAX_MESSAGE_CHARS: usize = 1024;
+pub(crate) const MAX_MESSAGE_CHARS: usize = 1024;
 
 /// Which shape an error body had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -299,7 +299,7 @@ fn fastapi(d: &Value) -> ApiError {
 }
 
 /// The canonical name of a gRPC status code.
-pub fn grpc_code_name(code: i64) -> &'static str {
+pub(crate) fn grpc_code_name(code: i64) -> &'static str {
     match code {
         0 => "OK",
         1 => "CANCELLED",

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 /// This is not the retry layer's cap (60 s by default): a plausible 5-minute `Retry-After` is
 /// reported as usable here, and the retry layer then refuses to sleep that long and returns a
 /// typed error carrying it.
-pub const MAX_PLAUSIBLE_DELAY: Duration = Duration::from_secs(24 * 60 * 60);
+pub(crate) const MAX_PLAUSIBLE_DELAY: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Which header a delay came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -162,7 +162,7 @@ fn usable(delay: Duration, source: DelaySource) -> DelayVerdict {
 ///
 /// # Errors
 /// See [`DelayError`].
-pub fn parse_seconds(s: &str) -> Result<Duration, DelayError> {
+pub(crate) fn parse_seconds(s: &str) -> Result<Duration, DelayError> {
     parse_scaled(s, 1.0)
 }
 
@@ -170,7 +170,7 @@ pub fn parse_seconds(s: &str) -> Result<Duration, DelayError> {
 ///
 /// # Errors
 /// See [`DelayError`].
-pub fn parse_millis(s: &str) -> Result<Duration, DelayError> {
+pub(crate) fn parse_millis(s: &str) -> Result<Duration, DelayError> {
     parse_scaled(s, 1e-3)
 }
 
@@ -211,7 +211,7 @@ fn parse_scaled(s: &str, to_secs: f64) -> Result<Duration, DelayError> {
 ///
 /// # Errors
 /// The source it was read as, and why it is unusable.
-pub fn parse_retry_after(
+pub(crate) fn parse_retry_after(
     s: &str,
     now: SystemTime,
 ) -> Result<ServerDelay, (DelaySource, DelayError)> {
@@ -242,7 +242,7 @@ pub fn parse_retry_after(
 ///
 /// # Errors
 /// See [`DelayError`].
-pub fn parse_duration_str(s: &str) -> Result<Duration, DelayError> {
+pub(crate) fn parse_duration_str(s: &str) -> Result<Duration, DelayError> {
     let s = s.trim();
     if s.is_empty() {
         return Err(DelayError::Empty);

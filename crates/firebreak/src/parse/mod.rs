@@ -1,10 +1,15 @@
 //! Pure parsers: no I/O, no clocks (the caller passes `now`), total on any input.
 
-pub mod body;
-pub mod delay;
+pub(crate) mod body;
+pub(crate) mod delay;
 pub(crate) mod grpc;
-pub mod ratelimit;
-pub mod sse;
+#[cfg(test)]
+mod props;
+pub(crate) mod ratelimit;
+pub(crate) mod sse;
+
+pub use body::{parse_error_body, quota_exhausted};
+pub use delay::server_delay;
 
 use http::HeaderMap;
 

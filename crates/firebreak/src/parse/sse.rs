@@ -7,11 +7,11 @@ use super::body::{ApiError, parse_error_body};
 
 /// Longest line or event data kept while scanning; longer ones are skipped (and counted), so a
 /// hostile stream cannot grow memory without bound.
-pub const MAX_EVENT_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_EVENT_BYTES: usize = 64 * 1024;
 
 /// An incremental scanner over SSE bytes.
 #[derive(Debug, Default, Clone)]
-pub struct SseScanner {
+pub(crate) struct SseScanner {
     line: Vec<u8>,
     data: Vec<u8>,
     line_overflow: bool,
@@ -23,13 +23,13 @@ pub struct SseScanner {
 
 impl SseScanner {
     /// A fresh scanner.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Feeds the next bytes. Returns the first error event completed within them, if any;
     /// further error events in the same bytes are counted in [`SseScanner::errors`].
-    pub fn feed(&mut self, mut chunk: &[u8]) -> Option<ApiError> {
+    pub(crate) fn feed(&mut self, mut chunk: &[u8]) -> Option<ApiError> {
         let mut found = None;
         // Each turn consumes at least one line terminator or the whole rest of the chunk.
         while !chunk.is_empty() {
@@ -51,17 +51,18 @@ impl SseScanner {
     }
 
     /// Events seen so far (dispatched by a blank line).
-    pub fn events(&self) -> u64 {
+    pub(crate) fn events(&self) -> u64 {
         self.events
     }
 
     /// Error events seen so far.
-    pub fn errors(&self) -> u64 {
+    pub(crate) fn errors(&self) -> u64 {
         self.errors
     }
 
     /// Lines or events skipped for being longer than [`MAX_EVENT_BYTES`].
-    pub fn skipped(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn skipped(&self) -> u64 {
         self.skipped
     }
 

@@ -180,7 +180,7 @@ where
                 match sleep.as_mut().poll(cx) {
                     Poll::Ready(()) => {
                         self.ready_sleep = None;
-                        Poll::Ready(Err(Error::timeout(TimeoutPhase::Pool, d)))
+                        Poll::Ready(Err(Error::timeout(TimeoutPhase::Ready, d)))
                     }
                     Poll::Pending => Poll::Pending,
                 }

@@ -6,7 +6,7 @@
 //! seconds. So each phase has its own timer ([`TimeoutConfig`]):
 //!
 //! - **connect** — [`ConnectTimeoutLayer`] on the connector (DNS + TCP + TLS); client-side.
-//! - **ready** — waiting for the inner service to be ready; client-side (class `timeout_pool`).
+//! - **ready** — waiting for the inner service to be ready; client-side (class `timeout_ready`).
 //! - **write** — sending the request body.
 //! - **headers** — from the end of the write to the response head (time to first byte).
 //! - **first_event** — from the head to the first SSE `data:` event of a `text/event-stream`.

@@ -2,7 +2,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use bytes::Bytes;
-use firebreak::gate::{GateConfig, KeyBy, RateLimitLayer};
+use firebreak::gate::{GateConfig, KeyBy, GateLayer};
 use firebreak::observe::{AttemptObserveLayer, ObserveLayer, Observer};
 use firebreak::retry::{Jitter, RetryConfig, RetryLayer};
 use firebreak::{Error, classify::ClassifyLayer};
@@ -102,7 +102,7 @@ pub fn stack(rec: &Recorded, script: Script, gate: GateConfig, obs_on: bool) -> 
             .map_response(|r: Response<_>| r.map(BodyExt::boxed))
             .layer(RetryLayer::new(retry()).unwrap())
             .layer(AttemptObserveLayer::new(obs))
-            .layer(RateLimitLayer::new(gate, KeyBy::Client).unwrap())
+            .layer(GateLayer::new(gate, KeyBy::Client).unwrap())
             .layer(ClassifyLayer::new())
             .service(script);
         tower::util::BoxCloneSyncService::new(svc)

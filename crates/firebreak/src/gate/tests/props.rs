@@ -1,10 +1,11 @@
 //! Every header the gate reads, with arbitrary values: no panic, no stall of other requests
 //! beyond the documented bounds, and no fleet-wide reaction to one request's answer.
 
-use firebreak::gate::{
-    GateConfig, GateKey, InProcessStore, Observation, RateStore, Reserve, Signal,
+use crate::gate::GateConfig;
+use crate::gate::store::{
+    GateKey, InProcessStore, Answer, RateStore, Reserve, Signal,
 };
-use firebreak::{Class, Classification, RateLimitHeaders};
+use crate::{Class, Classification, RateLimitHeaders};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use proptest::prelude::*;
 use std::time::{Duration, SystemTime};
@@ -77,7 +78,7 @@ proptest! {
             SystemTime::now(),
         );
         let rl = RateLimitHeaders::from_headers(&map);
-        let obs = Observation {
+        let obs = Answer {
             class: c.class(),
             retry_after: c.retry_after(),
             rate_limit: (!rl.is_empty()).then_some(rl),
@@ -85,12 +86,12 @@ proptest! {
             in_flight_at_send: 1,
             sent_at: now,
         };
-        let fleet = store.observe(key, &obs, now);
+        let fleet = store.learn(key, &obs, now);
         // One answer is never fleet-wide capacity evidence (that takes three in flight together).
         prop_assert!(!fleet);
         // Anything but a rate-limit 429 leaves no cooldown.
         let cooldown = store.cooldown_until(key, now);
-        if obs.signal() != Signal::RateLimit {
+        if obs.signal() != Signal::Gate {
             prop_assert!(cooldown.is_none(), "{status} {hs:?}: {cooldown:?}");
         }
         // And the next request's slot is never further than the cap, whatever was sent.
@@ -119,7 +120,7 @@ proptest! {
         let mut map = HeaderMap::new();
         map.insert("x-ratelimit-limit-requests", limit.into());
         map.insert("x-ratelimit-remaining-requests", remaining.into());
-        let obs = Observation {
+        let obs = Answer {
             class: Class::Success,
             retry_after: None,
             rate_limit: Some(RateLimitHeaders::from_headers(&map)),
@@ -127,7 +128,7 @@ proptest! {
             in_flight_at_send: 1,
             sent_at: now,
         };
-        store.observe(GateKey(1), &obs, now);
+        store.learn(GateKey(1), &obs, now);
         for _ in 0..3 {
             match store.reserve(GateKey(1), now, 0, None) {
                 Reserve::At(t) => prop_assert!(t - now <= Duration::from_secs(3)),
@@ -149,7 +150,7 @@ fn per_second_after(sent: u32, limit: u64) -> bool {
     }
     let mut map = HeaderMap::new();
     map.insert("x-ratelimit-limit-requests", limit.into());
-    let obs = Observation {
+    let obs = Answer {
         class: Class::RateLimited,
         retry_after: None,
         rate_limit: Some(RateLimitHeaders::from_headers(&map)),
@@ -157,7 +158,7 @@ fn per_second_after(sent: u32, limit: u64) -> bool {
         in_flight_at_send: 1,
         sent_at: now,
     };
-    store.observe(GateKey(3), &obs, now);
+    store.learn(GateKey(3), &obs, now);
     store
         .snapshot(GateKey(3), now)
         .expect("state")

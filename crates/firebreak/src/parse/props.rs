@@ -1,17 +1,17 @@
 //! Property tests: the parsers are total (no input panics) and bounded (no input makes them
 //! keep or return more than their caps).
 
-use firebreak::parse::body::{MAX_MESSAGE_CHARS, parse_error_body};
-use firebreak::parse::delay::{
+use super::body::{MAX_MESSAGE_CHARS, parse_error_body};
+use super::delay::{
     MAX_PLAUSIBLE_DELAY, parse_duration_str, parse_millis, parse_seconds, server_delay,
 };
-use firebreak::parse::sse::SseScanner;
-use firebreak::{DelayVerdict, RateLimitHeaders};
+use super::sse::SseScanner;
+use crate::{DelayVerdict, RateLimitHeaders};
 use http::{HeaderMap, HeaderValue};
 use proptest::prelude::*;
 use std::time::{Duration, SystemTime};
 
-fn bounded_message(e: &firebreak::ApiError) -> bool {
+fn bounded_message(e: &crate::ApiError) -> bool {
     e.message
         .as_ref()
         .is_none_or(|m| m.chars().count() <= MAX_MESSAGE_CHARS + 1)

@@ -1,10 +1,11 @@
 //! The shared state's rules, one by one, on `InProcessStore` directly (no clock but the
 //! instants passed in): each test pins a boundary the gate's behaviour depends on.
 
-use firebreak::gate::{
-    GateConfig, GateKey, HeaderUnit, InProcessStore, Observation, RateStore, Reserve,
+use crate::gate::{GateConfig, HeaderUnit};
+use crate::gate::store::{
+    GateKey, InProcessStore, Answer, RateStore, Reserve,
 };
-use firebreak::{Class, RateLimitHeaders};
+use crate::{Class, RateLimitHeaders};
 use http::HeaderMap;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -25,8 +26,8 @@ fn obs(
     retry_after: Option<Duration>,
     rl: Option<RateLimitHeaders>,
     at: Instant,
-) -> Observation {
-    Observation {
+) -> Answer {
+    Answer {
         class,
         retry_after,
         rate_limit: rl,
@@ -48,7 +49,7 @@ fn a_limit_of_zero_is_ignored_not_a_stall() {
     let store = InProcessStore::new(GateConfig::default());
     let now = Instant::now();
     let rl = headers(&[("x-ratelimit-limit-requests", "0")]);
-    store.observe(K, &obs(Class::Success, None, rl, now), now);
+    store.learn(K, &obs(Class::Success, None, rl, now), now);
     assert_eq!(store.snapshot(K, now).unwrap().rate_per_sec, None);
     assert_eq!(slot(&store, now), Duration::ZERO);
     assert_eq!(slot(&store, now), Duration::ZERO);
@@ -59,7 +60,7 @@ fn a_delay_of_exactly_the_cap_is_trusted() {
     let store = InProcessStore::new(GateConfig::default());
     let now = Instant::now();
     let d = Duration::from_secs(60);
-    store.observe(K, &obs(Class::RateLimited, Some(d), None, now), now);
+    store.learn(K, &obs(Class::RateLimited, Some(d), None, now), now);
     assert_eq!(store.cooldown_until(K, now), Some(now + d));
     assert_eq!(slot(&store, now), d);
 }
@@ -74,22 +75,22 @@ fn the_per_second_reading_stays_when_the_client_sent_as_much_and_returns_after_r
         slot(&store, now);
     }
     let rl = headers(&[("x-ratelimit-limit-requests", "5")]);
-    store.observe(K, &obs(Class::RateLimited, None, rl, now), now);
+    store.learn(K, &obs(Class::RateLimited, None, rl, now), now);
     assert!(store.snapshot(K, now).unwrap().per_second_headers);
 
     // Another key: sent 1, refused: per minute; back to per second `recovery` later.
     let other = GateKey(10);
     let _ = store.reserve(other, now, 0, None);
-    store.observe(other, &obs(Class::RateLimited, None, rl, now), now);
+    store.learn(other, &obs(Class::RateLimited, None, rl, now), now);
     assert!(!store.snapshot(other, now).unwrap().per_second_headers);
     let soon = now + cfg.recovery / 2;
-    store.observe(other, &obs(Class::Success, None, rl, soon), soon);
+    store.learn(other, &obs(Class::Success, None, rl, soon), soon);
     assert!(
         !store.snapshot(other, soon).unwrap().per_second_headers,
         "within recovery"
     );
     let later = now + cfg.recovery + Duration::from_secs(1);
-    store.observe(other, &obs(Class::Success, None, rl, later), later);
+    store.learn(other, &obs(Class::Success, None, rl, later), later);
     let snap = store.snapshot(other, later).unwrap();
     assert!(snap.per_second_headers, "tried again after recovery");
     assert!((snap.rate_per_sec.unwrap() - 4.9).abs() < 1e-9, "{snap:?}");
@@ -100,7 +101,7 @@ fn the_quota_recheck_lets_a_call_through_exactly_when_it_is_due() {
     let cfg = GateConfig::default();
     let store = InProcessStore::new(cfg.clone());
     let now = Instant::now();
-    store.observe(K, &obs(Class::QuotaExhausted, None, None, now), now);
+    store.learn(K, &obs(Class::QuotaExhausted, None, None, now), now);
     assert_eq!(
         store.reserve(K, now, 0, None),
         Reserve::QuotaExhausted {
@@ -121,7 +122,7 @@ fn after_a_429_with_no_delay_a_spent_window_waits_for_its_reset() {
         ("x-ratelimit-remaining-requests", "0"),
         ("x-ratelimit-reset-requests", "5s"),
     ]);
-    store.observe(K, &obs(Class::RateLimited, None, spent, now), now);
+    store.learn(K, &obs(Class::RateLimited, None, spent, now), now);
     assert_eq!(slot(&store, now), Duration::from_secs(5));
 
     // Something left, or a reset past the cap: no hold.
@@ -136,7 +137,7 @@ fn after_a_429_with_no_delay_a_spent_window_waits_for_its_reset() {
         ],
     ] {
         let store = InProcessStore::new(GateConfig::default());
-        store.observe(K, &obs(Class::RateLimited, None, headers(&pairs), now), now);
+        store.learn(K, &obs(Class::RateLimited, None, headers(&pairs), now), now);
         assert!(slot(&store, now) < Duration::from_secs(1), "{pairs:?}");
     }
 }
@@ -184,7 +185,7 @@ fn a_rate_limit_429_paces_at_what_was_admitted() {
         assert_eq!(slot(&store, at), Duration::ZERO);
     }
     let at = t0 + Duration::from_millis(2050);
-    store.observe(K, &obs(Class::RateLimited, None, None, at), at);
+    store.learn(K, &obs(Class::RateLimited, None, None, at), at);
     let rate = store.snapshot(K, at).unwrap().rate_per_sec.unwrap();
     assert!((rate - 16.0).abs() < 0.5, "20/s × 0.8, got {rate}");
 }
@@ -200,7 +201,7 @@ fn a_slot_exactly_at_the_latest_instant_is_granted() {
 fn the_release_ramp_ends_exactly_a_second_after_the_cooldown() {
     let store = InProcessStore::new(GateConfig::default());
     let now = Instant::now();
-    store.observe(
+    store.learn(
         K,
         &obs(Class::RateLimited, Some(Duration::from_secs(1)), None, now),
         now,
@@ -226,7 +227,7 @@ fn nothing_remaining_holds_one_interval_of_the_stated_rate() {
         ("x-ratelimit-limit-requests", "120"),
         ("x-ratelimit-remaining-requests", "0"),
     ]);
-    store.observe(K, &obs(Class::Success, None, rl, now), now);
+    store.learn(K, &obs(Class::Success, None, rl, now), now);
     assert_eq!(
         slot(&store, now),
         Duration::from_millis(500),
@@ -246,7 +247,7 @@ fn admissions_over_more_than_a_second_are_measured_per_second() {
     }
     let at = t0 + Duration::from_millis(1500);
     let rl = headers(&[("x-ratelimit-limit-requests", "5")]);
-    store.observe(K, &obs(Class::RateLimited, None, rl, at), at);
+    store.learn(K, &obs(Class::RateLimited, None, rl, at), at);
     assert!(!store.snapshot(K, at).unwrap().per_second_headers);
 }
 
@@ -260,7 +261,7 @@ fn a_cooldown_does_not_drag_the_measured_rate_down() {
     slot(&store, t0);
     slot(&store, t0);
     let t1 = t0 + Duration::from_millis(100);
-    store.observe(
+    store.learn(
         K,
         &obs(Class::RateLimited, Some(Duration::from_secs(1)), None, t1),
         t1,
@@ -271,7 +272,7 @@ fn a_cooldown_does_not_drag_the_measured_rate_down() {
         assert_eq!(slot(&store, at), Duration::ZERO, "send {i}");
     }
     let at = resume + Duration::from_millis(2050);
-    store.observe(K, &obs(Class::RateLimited, None, None, at), at);
+    store.learn(K, &obs(Class::RateLimited, None, None, at), at);
     let rate = store.snapshot(K, at).unwrap().rate_per_sec.unwrap();
     assert!(rate > 15.0, "paced from 20/s × 0.8, got {rate}");
 }
@@ -284,7 +285,7 @@ fn a_429_that_says_when_to_come_back_and_states_no_limit_teaches_no_pace() {
         slot(&store, t0 + Duration::from_millis(50 * i));
     }
     let at = t0 + Duration::from_millis(2050);
-    store.observe(
+    store.learn(
         K,
         &obs(Class::RateLimited, Some(Duration::from_secs(1)), None, at),
         at,
@@ -302,17 +303,17 @@ fn a_stated_pace_is_lowered_once_a_second_and_only_by_explained_429s() {
     let store = InProcessStore::new(cfg);
     let t0 = Instant::now();
     let rl = headers(&[("x-ratelimit-limit-requests", "600")]); // 10/s
-    store.observe(K, &obs(Class::Success, None, rl, t0), t0);
+    store.learn(K, &obs(Class::Success, None, rl, t0), t0);
     let rate = |at| store.snapshot(K, at).unwrap().rate_per_sec.unwrap();
     // A 429 without rate headers inside a stated limit: not explained, no decrease.
-    store.observe(K, &obs(Class::RateLimited, None, None, t0), t0);
+    store.learn(K, &obs(Class::RateLimited, None, None, t0), t0);
     assert!((rate(t0) - 10.0).abs() < 1e-9);
     // Explained ones: one decrease, then none for a second, then another.
     let at = |ms| t0 + Duration::from_millis(ms);
-    store.observe(K, &obs(Class::RateLimited, None, rl, at(10)), at(10));
+    store.learn(K, &obs(Class::RateLimited, None, rl, at(10)), at(10));
     assert!((rate(at(10)) - 8.0).abs() < 1e-9, "{}", rate(at(10)));
-    store.observe(K, &obs(Class::RateLimited, None, rl, at(1009)), at(1009));
+    store.learn(K, &obs(Class::RateLimited, None, rl, at(1009)), at(1009));
     assert!((rate(at(1009)) - 8.0).abs() < 1e-9, "debounced");
-    store.observe(K, &obs(Class::RateLimited, None, rl, at(1010)), at(1010));
+    store.learn(K, &obs(Class::RateLimited, None, rl, at(1010)), at(1010));
     assert!((rate(at(1010)) - 6.4).abs() < 1e-9, "{}", rate(at(1010)));
 }
