@@ -211,10 +211,10 @@ type FbGateSvc = tower::util::BoxCloneSyncService<
 fn ctx(base: String) -> Arc<Ctx> {
     let client = build::<TimedRequestBody<ReplayBody<Full<Bytes>>>>(&ClientConfig::default())
         .expect("client");
-    let retry = RetryConfig::builder()
-        .seed(11)
-        .build()
-        .expect("retry config");
+    let retry = RetryConfig {
+        seed: Some(11),
+        ..RetryConfig::default()
+    };
     let fb = ServiceBuilder::new()
         .layer(RetryLayer::new(retry).expect("retry"))
         .layer(
@@ -243,12 +243,10 @@ fn ctx(base: String) -> Arc<Ctx> {
     .expect("gate");
     let fbg = ServiceBuilder::new()
         .layer(
-            RetryLayer::new(
-                RetryConfig::builder()
-                    .seed(11)
-                    .build()
-                    .expect("retry config"),
-            )
+            RetryLayer::new(RetryConfig {
+                seed: Some(11),
+                ..RetryConfig::default()
+            })
             .expect("retry"),
         )
         .layer(gate)

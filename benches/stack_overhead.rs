@@ -13,7 +13,7 @@
 use bytes::Bytes;
 use criterion::{Criterion, black_box, criterion_group, criterion_main};
 use firebreak::classify::ClassifyLayer;
-use firebreak::gate::{GateConfig, KeyBy, GateLayer};
+use firebreak::gate::{GateConfig, GateLayer, KeyBy};
 use firebreak::retry::{RetryConfig, RetryLayer};
 use firebreak::timeout::{AttemptTimeoutLayer, DeadlineLayer, TimeoutConfig, Workload};
 use firebreak::{ServiceBuilderExt, Stack};

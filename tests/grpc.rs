@@ -173,14 +173,14 @@ async fn a_tonic_channel_with_firebreak_retries_unavailable_and_resource_exhaust
             .connect()
             .await
             .unwrap();
-        let retry = RetryConfig::builder()
-            .backoff(
-                Jitter::Full,
-                Duration::from_millis(10),
-                Duration::from_millis(50),
-            )
-            .build()
-            .unwrap();
+        let retry = RetryConfig {
+            backoff: firebreak::retry::Backoff {
+                jitter: Jitter::Full,
+                base: Duration::from_millis(10),
+                cap: Duration::from_millis(50),
+            },
+            ..RetryConfig::default()
+        };
         let svc = tower::ServiceBuilder::new()
             .layer(RetryLayer::new(retry).unwrap())
             .layer(AttemptTimeoutLayer::new(&TimeoutConfig::preset(Workload::Interactive)).unwrap())

@@ -18,21 +18,21 @@ use std::time::Duration;
 use firebreak_testkit::status_fault as status;
 
 fn stack(max_attempts: u32) -> Stack {
-    let timeouts = TimeoutConfig::builder(Workload::Interactive)
-        .headers(Some(Duration::from_millis(300)))
-        .connect(Some(Duration::from_millis(200)))
-        .build()
-        .unwrap();
-    let retry = RetryConfig::builder()
-        .max_attempts(max_attempts)
-        .backoff(
-            Jitter::Full,
-            Duration::from_millis(10),
-            Duration::from_millis(50),
-        )
-        .seed(3)
-        .build()
-        .unwrap();
+    let timeouts = TimeoutConfig {
+        headers: Some(Duration::from_millis(300)),
+        connect: Some(Duration::from_millis(200)),
+        ..TimeoutConfig::preset(Workload::Interactive)
+    };
+    let retry = RetryConfig {
+        max_attempts: max_attempts,
+        backoff: firebreak::retry::Backoff {
+            jitter: Jitter::Full,
+            base: Duration::from_millis(10),
+            cap: Duration::from_millis(50),
+        },
+        seed: Some(3),
+        ..RetryConfig::default()
+    };
     Stack::interactive().timeouts(timeouts).retry(retry)
 }
 
@@ -353,7 +353,10 @@ async fn a_request_the_gate_refuses_is_a_client_side_failure_the_server_never_se
         });
         let outcomes = futures_util::future::join_all(calls).await;
         assert_eq!(
-            outcomes.iter().filter(|c| **c == Class::GateRefused).count(),
+            outcomes
+                .iter()
+                .filter(|c| **c == Class::GateRefused)
+                .count(),
             1,
             "{outcomes:?}"
         );

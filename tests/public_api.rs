@@ -21,7 +21,15 @@ fn rustdoc_json(root: &Path) -> PathBuf {
         .current_dir(root)
         .env("RUSTC_BOOTSTRAP", "1")
         .env_remove("RUSTDOCFLAGS")
-        .args(["rustdoc", "-q", "-p", "firebreak", "--lib", "--locked", "--target-dir"])
+        .args([
+            "rustdoc",
+            "-q",
+            "-p",
+            "firebreak",
+            "--lib",
+            "--locked",
+            "--target-dir",
+        ])
         .arg(&target)
         .args(["--", "-Z", "unstable-options", "--output-format", "json"])
         .spawn()

@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use firebreak::client::{ClientConfig, build};
-use firebreak::gate::{GateConfig, KeyBy, GateLayer};
+use firebreak::gate::{GateConfig, GateLayer, KeyBy};
 use firebreak::retry::{ReplayBody, RetryConfig, RetryLayer};
 use firebreak::timeout::{AttemptTimeoutLayer, TimedRequestBody, TimeoutConfig, Workload};
 use firebreak::{Error, classify::ClassifyLayer};
@@ -36,7 +36,13 @@ fn stack() -> (
         build::<TimedRequestBody<ReplayBody<Full<Bytes>>>>(&ClientConfig::default()).unwrap();
     let gate = GateLayer::new(GateConfig::default(), KeyBy::Client).unwrap();
     let svc = ServiceBuilder::new()
-        .layer(RetryLayer::new(RetryConfig::builder().max_attempts(8).build().unwrap()).unwrap())
+        .layer(
+            RetryLayer::new(RetryConfig {
+                max_attempts: 8,
+                ..RetryConfig::default()
+            })
+            .unwrap(),
+        )
         .layer(gate.clone())
         .layer(AttemptTimeoutLayer::new(&TimeoutConfig::preset(Workload::Interactive)).unwrap())
         .layer(ClassifyLayer::new())

@@ -44,14 +44,14 @@ async fn chat(sim: &Sim, id: &str) -> Resp {
 }
 
 fn fast() -> RetryConfig {
-    RetryConfig::builder()
-        .backoff(
-            Jitter::Full,
-            Duration::from_millis(20),
-            Duration::from_millis(200),
-        )
-        .build()
-        .unwrap()
+    RetryConfig {
+        backoff: firebreak::retry::Backoff {
+            jitter: Jitter::Full,
+            base: Duration::from_millis(20),
+            cap: Duration::from_millis(200),
+        },
+        ..RetryConfig::default()
+    }
 }
 
 use firebreak_testkit::status_fault as status;
@@ -158,15 +158,15 @@ async fn a_refused_connection_is_retried_and_then_succeeds() {
                 .await
                 .unwrap()
         });
-        let retry = RetryConfig::builder()
-            .max_attempts(10)
-            .backoff(
-                Jitter::Equal,
-                Duration::from_millis(100),
-                Duration::from_millis(200),
-            )
-            .build()
-            .unwrap();
+        let retry = RetryConfig {
+            max_attempts: 10,
+            backoff: firebreak::retry::Backoff {
+                jitter: Jitter::Equal,
+                base: Duration::from_millis(100),
+                cap: Duration::from_millis(200),
+            },
+            ..RetryConfig::default()
+        };
         let resp = stack(retry)
             .oneshot(post(
                 &format!("http://{addr}/inference/v1"),

@@ -68,20 +68,20 @@ fn the_key_never_appears_in_traces_errors_or_debug_output() {
         )
         .await
         .unwrap();
-        let timeouts = TimeoutConfig::builder(Workload::Interactive)
-            .headers(Some(Duration::from_millis(150)))
-            .build()
-            .unwrap();
+        let timeouts = TimeoutConfig {
+            headers: Some(Duration::from_millis(150)),
+            ..TimeoutConfig::preset(Workload::Interactive)
+        };
         // Two attempts only, so that failures reach the caller as errors.
-        let retry = RetryConfig::builder()
-            .max_attempts(2)
-            .backoff(
-                Jitter::Full,
-                Duration::from_millis(5),
-                Duration::from_millis(20),
-            )
-            .build()
-            .unwrap();
+        let retry = RetryConfig {
+            max_attempts: 2,
+            backoff: firebreak::retry::Backoff {
+                jitter: Jitter::Full,
+                base: Duration::from_millis(5),
+                cap: Duration::from_millis(20),
+            },
+            ..RetryConfig::default()
+        };
         let stack = Stack::interactive().timeouts(timeouts).retry(retry);
         let mut printed = String::new();
         let mut classes = std::collections::HashSet::new();

@@ -207,11 +207,12 @@ async fn run_client(
     let plain = plain();
     // The interactive preset, with the read-side timeouts scaled to the demo's 20 ms answers, so
     // a hang or a stalled stream is cut in about a second instead of a minute.
-    let timeouts = TimeoutConfig::builder(Workload::Interactive)
-        .headers(Some(Duration::from_secs(1)))
-        .first_event(Some(Duration::from_secs(1)))
-        .idle(Some(Duration::from_secs(1)))
-        .build()?;
+    let timeouts = TimeoutConfig {
+        headers: Some(Duration::from_secs(1)),
+        first_event: Some(Duration::from_secs(1)),
+        idle: Some(Duration::from_secs(1)),
+        ..TimeoutConfig::preset(Workload::Interactive)
+    };
     // The stack's metrics go to a recorder local to this run, for the breakdown at the end.
     let recorder = metrics_util::debugging::DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();

@@ -62,13 +62,14 @@ pub(crate) async fn run() -> Result<(i32, u32), Box<dyn std::error::Error + Send
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
         .connect()
         .await?;
-    let retry = RetryConfig::builder()
-        .backoff(
-            Jitter::Full,
-            Duration::from_millis(10),
-            Duration::from_millis(50),
-        )
-        .build()?;
+    let retry = RetryConfig {
+        backoff: firebreak::retry::Backoff {
+            jitter: Jitter::Full,
+            base: Duration::from_millis(10),
+            cap: Duration::from_millis(50),
+        },
+        ..RetryConfig::default()
+    };
     let svc = tower::ServiceBuilder::new()
         .layer(RetryLayer::new(retry)?)
         .layer(AttemptTimeoutLayer::new(&TimeoutConfig::preset(

@@ -3,7 +3,7 @@
 use crate::classify::{Classify, ClassifyLayer};
 use crate::client::{ApiKey, ClientConfig, FIREWORKS_BASE_URL};
 use crate::gate::Gate;
-use crate::gate::{GateConfig, KeyBy, GateLayer};
+use crate::gate::{GateConfig, GateLayer, KeyBy};
 use crate::observe::Observer;
 use crate::observe::{AttemptObserve, AttemptObserveLayer, Observe, ObserveLayer};
 use crate::retry::RetryConfig;

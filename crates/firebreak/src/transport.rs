@@ -243,7 +243,10 @@ mod tests {
             Class::Timeout(TimeoutPhase::BodyIdle)
         );
         let boxed: BoxError = Box::new(Error::timeout(TimeoutPhase::Ready, Duration::from_secs(1)));
-        assert_eq!(classify_display(&boxed), Class::Timeout(TimeoutPhase::Ready));
+        assert_eq!(
+            classify_display(&boxed),
+            Class::Timeout(TimeoutPhase::Ready)
+        );
         assert_eq!(classify_display(&"a str"), Class::Other);
     }
 

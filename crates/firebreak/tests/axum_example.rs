@@ -50,10 +50,10 @@ async fn the_gateway_recovers_upstream_faults_and_maps_timeouts() {
         ))
         .await
         .unwrap();
-        let t = TimeoutConfig::builder(Workload::Interactive)
-            .headers(Some(Duration::from_millis(300)))
-            .build()
-            .unwrap();
+        let t = TimeoutConfig {
+    headers: Some(Duration::from_millis(300)),
+..TimeoutConfig::preset(Workload::Interactive)
+};
         let client = FireworksClient::new(
             &sim.base_url(),
             ApiKey::new("fw_gw").unwrap(),
@@ -74,12 +74,12 @@ async fn the_gateway_recovers_upstream_faults_and_maps_timeouts() {
             Sim::start(SimConfig::default().fault(Trigger::Always, Fault::Hang { for_ms: 5_000 }))
                 .await
                 .unwrap();
-        let t = TimeoutConfig::builder(Workload::Interactive)
-            .headers(Some(Duration::from_millis(200)))
-            .deadline(Some(Duration::from_secs(2)))
-            .attempt(Some(Duration::from_secs(1)))
-            .build()
-            .unwrap();
+        let t = TimeoutConfig {
+    headers: Some(Duration::from_millis(200)),
+    deadline: Some(Duration::from_secs(2)),
+    attempt: Some(Duration::from_secs(1)),
+..TimeoutConfig::preset(Workload::Interactive)
+};
         let retry = firebreak::retry::RetryConfig {
             max_attempts: 1,
             ..firebreak::retry::RetryConfig::default()

@@ -238,7 +238,9 @@ async fn poll_ready_is_forwarded_and_errors_classified() {
         Duration::from_secs(1),
     ));
     match svc.poll_ready() {
-        std::task::Poll::Ready(Err(e)) => assert_eq!(e.class(), Class::Timeout(TimeoutPhase::Ready)),
+        std::task::Poll::Ready(Err(e)) => {
+            assert_eq!(e.class(), Class::Timeout(TimeoutPhase::Ready))
+        }
         other => panic!("{other:?}"),
     }
 }

@@ -645,10 +645,7 @@ fn bad_settings_are_rejected() {
         },
     ];
     for c in bad {
-        assert!(
-            GateLayer::new(c.clone(), KeyBy::Client).is_err(),
-            "{c:?}"
-        );
+        assert!(GateLayer::new(c.clone(), KeyBy::Client).is_err(), "{c:?}");
     }
     assert!(GateLayer::new(GateConfig::default(), KeyBy::Client).is_ok());
 }

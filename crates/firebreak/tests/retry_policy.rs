@@ -36,14 +36,16 @@ fn answer(status: u16, headers: &[(&'static str, String)]) -> Response<RespBody>
         .unwrap()
 }
 
-fn cfg() -> RetryBuilder {
-    RetryConfig::builder()
-        .backoff(
-            Jitter::Full,
-            Duration::from_millis(10),
-            Duration::from_millis(100),
-        )
-        .seed(7)
+fn base() -> RetryConfig {
+    RetryConfig {
+        backoff: Backoff {
+            jitter: Jitter::Full,
+            base: Duration::from_millis(10),
+            cap: Duration::from_millis(100),
+        },
+        seed: Some(7),
+        ..RetryConfig::default()
+    }
 }
 
 fn svc(c: RetryConfig) -> (Svc, Handle) {
@@ -98,11 +100,11 @@ async fn next(h: &mut Handle, resp: Response<RespBody>) -> (Instant, Bytes, http
 #[tokio::test(start_paused = true)]
 async fn transient_failures_are_retried_with_identical_bodies_and_info() {
     bounded(3600, async {
-        let (s, mut h) = svc(cfg()
-            .attempt_header("x-stainless-retry-count")
-            .idempotency_key(true)
-            .build()
-            .unwrap());
+        let (s, mut h) = svc(RetryConfig {
+            attempt_header: Some(http::HeaderName::from_static("x-stainless-retry-count")),
+            idempotency_key: true,
+            ..base()
+        });
         let call = spawn(s, req());
         let (_, b1, h1) = next(&mut h, answer(502, &[])).await;
         let (_, b2, h2) = next(&mut h, answer(503, &[])).await;
@@ -141,7 +143,7 @@ async fn transient_failures_are_retried_with_identical_bodies_and_info() {
 async fn non_retryable_statuses_are_attempted_once() {
     bounded(3600, async {
         for status in [400, 401, 402, 403, 404, 412, 413, 422] {
-            let (s, mut h) = svc(cfg().build().unwrap());
+            let (s, mut h) = svc(RetryConfig { ..base() });
             let call = spawn(s, req());
             next(&mut h, answer(status, &[])).await;
             let resp = call.await.unwrap().unwrap();
@@ -161,7 +163,7 @@ async fn non_retryable_statuses_are_attempted_once() {
 async fn should_retry_and_caller_overrides() {
     bounded(3600, async {
         // x-should-retry: true makes a 400 retryable; false stops a 503.
-        let (s, mut h) = svc(cfg().build().unwrap());
+        let (s, mut h) = svc(RetryConfig { ..base() });
         let call = spawn(s, req());
         next(&mut h, answer(400, &[("x-should-retry", "true".into())])).await;
         next(&mut h, answer(503, &[("x-should-retry", "false".into())])).await;
@@ -174,7 +176,10 @@ async fn should_retry_and_caller_overrides() {
             never: vec![504],
             ignore_should_retry: false,
         };
-        let (s, mut h) = svc(cfg().retry_on(on).build().unwrap());
+        let (s, mut h) = svc(RetryConfig {
+            retry_on: on,
+            ..base()
+        });
         let call = spawn(s, req());
         next(&mut h, answer(409, &[])).await;
         next(&mut h, answer(504, &[])).await;
@@ -191,7 +196,10 @@ async fn should_retry_and_caller_overrides() {
             ignore_should_retry: true,
             ..RetryOn::default()
         };
-        let (s, mut h) = svc(cfg().retry_on(on).build().unwrap());
+        let (s, mut h) = svc(RetryConfig {
+            retry_on: on,
+            ..base()
+        });
         let call = spawn(s, req());
         next(&mut h, answer(503, &[("x-should-retry", "false".into())])).await;
         next(&mut h, answer(200, &[])).await;
@@ -217,7 +225,7 @@ async fn every_delay_form_is_honoured() {
             ),
         ];
         for (name, value, at_least) in forms {
-            let (s, mut h) = svc(cfg().build().unwrap());
+            let (s, mut h) = svc(RetryConfig { ..base() });
             let call = spawn(s, req());
             let (t1, ..) = next(&mut h, answer(429, &[(name, value.clone())])).await;
             let (t2, ..) = next(&mut h, answer(200, &[])).await;
@@ -243,7 +251,7 @@ async fn garbage_delays_fall_back_to_backoff() {
             "99999999999999999999",
             "Fri, 31 Dec 9999 23:59:59 GMT",
         ] {
-            let (s, mut h) = svc(cfg().build().unwrap());
+            let (s, mut h) = svc(RetryConfig { ..base() });
             let call = spawn(s, req());
             let (t1, ..) = next(&mut h, answer(503, &[("retry-after", bad.into())])).await;
             let (t2, ..) = next(&mut h, answer(200, &[])).await;
@@ -261,10 +269,10 @@ async fn garbage_delays_fall_back_to_backoff() {
 #[tokio::test(start_paused = true)]
 async fn a_delay_over_the_cap_fails_at_once_with_a_typed_error() {
     bounded(3600, async {
-        let (s, mut h) = svc(cfg()
-            .max_server_delay(Duration::from_secs(60))
-            .build()
-            .unwrap());
+        let (s, mut h) = svc(RetryConfig {
+            max_server_delay: Duration::from_secs(60),
+            ..base()
+        });
         let t0 = Instant::now();
         let call = spawn(s, req());
         next(&mut h, answer(429, &[("retry-after", "120".into())])).await;
@@ -281,7 +289,7 @@ async fn a_delay_over_the_cap_fails_at_once_with_a_typed_error() {
 #[tokio::test(start_paused = true)]
 async fn the_deadline_stops_a_wait_that_cannot_finish_in_time() {
     bounded(3600, async {
-        let (s, mut h) = svc(cfg().build().unwrap());
+        let (s, mut h) = svc(RetryConfig { ..base() });
         let mut r = req();
         Deadline::after(Duration::from_secs(5)).apply(&mut r);
         let t0 = Instant::now();
@@ -308,7 +316,10 @@ async fn the_deadline_stops_a_wait_that_cannot_finish_in_time() {
 #[tokio::test(start_paused = true)]
 async fn attempts_and_retry_time_are_bounded() {
     bounded(3600, async {
-        let (s, mut h) = svc(cfg().max_attempts(3).build().unwrap());
+        let (s, mut h) = svc(RetryConfig {
+            max_attempts: 3,
+            ..base()
+        });
         let call = spawn(s, req());
         for _ in 0..3 {
             next(&mut h, answer(500, &[])).await;
@@ -320,10 +331,10 @@ async fn attempts_and_retry_time_are_bounded() {
             (3, Some(GaveUp::AttemptsExhausted))
         );
 
-        let (s, mut h) = svc(cfg()
-            .max_retry_time(Some(Duration::from_secs(4)))
-            .build()
-            .unwrap());
+        let (s, mut h) = svc(RetryConfig {
+            max_retry_time: Some(Duration::from_secs(4)),
+            ..base()
+        });
         let call = spawn(s, req());
         next(&mut h, answer(503, &[("retry-after", "3".into())])).await;
         next(&mut h, answer(503, &[("retry-after", "3".into())])).await;
@@ -346,7 +357,10 @@ async fn the_budget_is_shared_by_clones() {
             window: Duration::from_secs(1),
             initial: 0,
         };
-        let (s, mut h) = svc(cfg().budget(Some(b)).build().unwrap());
+        let (s, mut h) = svc(RetryConfig {
+            budget: Some(b),
+            ..base()
+        });
         let a = spawn(s.clone(), req());
         next(&mut h, answer(503, &[])).await;
         next(&mut h, answer(200, &[])).await;
@@ -377,7 +391,10 @@ async fn retries_the_server_scheduled_are_not_charged_to_the_budget() {
             window: Duration::from_secs(1),
             initial: 0,
         };
-        let (s, mut h) = svc(cfg().budget(Some(b)).build().unwrap());
+        let (s, mut h) = svc(RetryConfig {
+            budget: Some(b),
+            ..base()
+        });
         let call = spawn(s.clone(), req());
         next(&mut h, answer(429, &[("retry-after", "1".into())])).await;
         next(&mut h, answer(200, &[])).await;
@@ -408,7 +425,10 @@ async fn a_successful_retry_refunds_its_cost() {
             window: Duration::from_secs(1),
             initial: 0,
         };
-        let (s, mut h) = svc(cfg().budget(Some(b)).build().unwrap());
+        let (s, mut h) = svc(RetryConfig {
+            budget: Some(b),
+            ..base()
+        });
         let a = spawn(s.clone(), req());
         next(&mut h, answer(503, &[])).await;
         next(&mut h, answer(200, &[])).await;
@@ -430,14 +450,14 @@ async fn a_successful_retry_refunds_its_cost() {
 #[tokio::test(start_paused = true)]
 async fn dropping_the_call_stops_further_attempts_and_sleeps() {
     bounded(3600, async {
-        let (s, mut h) = svc(cfg()
-            .backoff(
-                Jitter::Equal,
-                Duration::from_secs(5),
-                Duration::from_secs(10),
-            )
-            .build()
-            .unwrap());
+        let (s, mut h) = svc(RetryConfig {
+            backoff: Backoff {
+                jitter: Jitter::Equal,
+                base: Duration::from_secs(5),
+                cap: Duration::from_secs(10),
+            },
+            ..base()
+        });
         let call = spawn(s, req());
         next(&mut h, answer(503, &[])).await;
         tokio::time::sleep(Duration::from_secs(1)).await; // the layer is now sleeping (2.5–5 s)
@@ -455,7 +475,7 @@ async fn dropping_the_call_stops_further_attempts_and_sleeps() {
 #[tokio::test(start_paused = true)]
 async fn never_retried_once_the_body_reached_the_caller() {
     bounded(3600, async {
-        let (s, mut h) = svc(cfg().build().unwrap());
+        let (s, mut h) = svc(RetryConfig { ..base() });
         let call = spawn(s, req());
         let broken = Response::builder()
             .header("content-type", "text/event-stream")
@@ -483,7 +503,7 @@ async fn never_retried_once_the_body_reached_the_caller() {
 #[tokio::test(start_paused = true)]
 async fn transport_errors_are_retried_by_class() {
     bounded(3600, async {
-        let (s, mut h) = svc(cfg().build().unwrap());
+        let (s, mut h) = svc(RetryConfig { ..base() });
         let call = spawn(s, req());
         let (r, send) = h.next_request().await.unwrap();
         drop(r);
@@ -505,7 +525,10 @@ async fn transport_errors_are_retried_by_class() {
 #[tokio::test(start_paused = true)]
 async fn a_body_over_the_replay_bound_is_sent_once_and_the_reason_given() {
     bounded(3600, async {
-        let (s, mut h) = svc(cfg().max_replay_body(8).build().unwrap());
+        let (s, mut h) = svc(RetryConfig {
+            max_replay_body: 8,
+            ..base()
+        });
         let call = spawn(s, req()); // 27 bytes > 8
         let (r, send) = h.next_request().await.unwrap();
         let sent = drain(r).await;
@@ -536,7 +559,7 @@ async fn a_streaming_body_is_replayed_after_a_partial_first_attempt() {
     bounded(3600, async {
         type SReq = Request<ReplayBody<RespBody>>;
         let (m, mut h) = mock::pair::<SReq, Response<RespBody>>();
-        let s = RetryLayer::new(cfg().build().unwrap())
+        let s = RetryLayer::new(RetryConfig { ..base() })
             .unwrap()
             .layer(ClassifyLayer::new().layer(m));
         let body = body_of(vec![
@@ -589,7 +612,7 @@ async fn a_reset_header_is_never_a_retry_delay_and_501_is_never_retried() {
             (503u16, "x-ratelimit-reset-tokens", "6m0s"),
             (500, "x-ratelimit-reset-requests", "20s"),
         ] {
-            let (s, mut h) = svc(cfg().build().unwrap());
+            let (s, mut h) = svc(RetryConfig { ..base() });
             let call = spawn(s, req());
             let (t1, ..) = next(&mut h, answer(status, &[(header, value.into())])).await;
             let (t2, ..) = next(&mut h, answer(200, &[])).await;
@@ -600,7 +623,7 @@ async fn a_reset_header_is_never_a_retry_delay_and_501_is_never_retried() {
                 t2 - t1
             );
         }
-        let (s, mut h) = svc(cfg().build().unwrap());
+        let (s, mut h) = svc(RetryConfig { ..base() });
         let call = spawn(s, req());
         next(&mut h, answer(501, &[])).await;
         assert_eq!(call.await.unwrap().unwrap().status(), 501);
@@ -620,14 +643,14 @@ async fn the_default_server_delay_cap_is_60_s() {
             RetryConfig::default().max_server_delay,
             Duration::from_secs(60)
         );
-        let (s, mut h) = svc(cfg().build().unwrap());
+        let (s, mut h) = svc(RetryConfig { ..base() });
         let call = spawn(s, req());
         let (t1, ..) = next(&mut h, answer(429, &[("retry-after", "60".into())])).await;
         let (t2, ..) = next(&mut h, answer(200, &[])).await;
         assert_eq!(call.await.unwrap().unwrap().status(), 200);
         assert!(t2 - t1 >= Duration::from_secs(60), "{:?}", t2 - t1);
 
-        let (s, mut h) = svc(cfg().build().unwrap());
+        let (s, mut h) = svc(RetryConfig { ..base() });
         let call = spawn(s, req());
         next(&mut h, answer(429, &[("retry-after", "61".into())])).await;
         let e = call.await.unwrap().unwrap_err();
@@ -651,7 +674,11 @@ async fn the_budgets_start_credit_covers_a_cold_start_burst() {
             window: Duration::from_secs(10),
             initial: 3,
         };
-        let (s, mut h) = svc(cfg().max_attempts(2).budget(Some(b)).build().unwrap());
+        let (s, mut h) = svc(RetryConfig {
+            max_attempts: 2,
+            budget: Some(b),
+            ..base()
+        });
         for i in 0..4 {
             let call = spawn(s.clone(), req());
             next(&mut h, answer(503, &[])).await;
@@ -676,7 +703,7 @@ async fn what_the_retry_layer_tells_the_layers_below_and_the_caller() {
     // Each retry carries its number, its wait and why; the final response says how long the
     // call slept; a first-attempt success carries nothing.
     bounded(3600, async {
-        let (s, mut h) = svc(cfg().build().unwrap());
+        let (s, mut h) = svc(RetryConfig { ..base() });
         let call = spawn(s, req());
         let (r1, send1) = h.next_request().await.unwrap();
         assert!(
@@ -707,7 +734,7 @@ async fn what_the_retry_layer_tells_the_layers_below_and_the_caller() {
             ("backoff", "server")
         );
 
-        let (s, mut h) = svc(cfg().build().unwrap());
+        let (s, mut h) = svc(RetryConfig { ..base() });
         let call = spawn(s, req());
         next(&mut h, answer(200, &[])).await;
         let resp = call.await.unwrap().unwrap();
@@ -725,15 +752,15 @@ async fn the_retry_time_limit_admits_a_wait_that_ends_exactly_on_it() {
     // max_retry_time 100 ms; a server delay of exactly 100 ms is waited, 101 ms is not.
     bounded(3600, async {
         for (ms, retried) in [(100u64, true), (101, false)] {
-            let (s, mut h) = svc(cfg()
-                .backoff(
-                    Jitter::Full,
-                    Duration::from_millis(1),
-                    Duration::from_millis(1),
-                )
-                .max_retry_time(Some(Duration::from_millis(100)))
-                .build()
-                .unwrap());
+            let (s, mut h) = svc(RetryConfig {
+                backoff: Backoff {
+                    jitter: Jitter::Full,
+                    base: Duration::from_millis(1),
+                    cap: Duration::from_millis(1),
+                },
+                max_retry_time: Some(Duration::from_millis(100)),
+                ..base()
+            });
             let call = spawn(s, req());
             next(&mut h, answer(429, &[("retry-after-ms", ms.to_string())])).await;
             if retried {
@@ -760,7 +787,10 @@ async fn a_first_attempt_success_deposits_but_refunds_nothing() {
             window: Duration::from_secs(10),
             initial: 0,
         };
-        let (s, mut h) = svc(cfg().budget(Some(b)).build().unwrap());
+        let (s, mut h) = svc(RetryConfig {
+            budget: Some(b),
+            ..base()
+        });
         let ok = spawn(s.clone(), req());
         next(&mut h, answer(200, &[])).await;
         ok.await.unwrap().unwrap();
@@ -776,7 +806,7 @@ async fn a_first_attempt_success_deposits_but_refunds_nothing() {
 #[tokio::test(start_paused = true)]
 async fn a_non_retryable_answer_is_returned_as_it_came() {
     bounded(3600, async {
-        let (s, mut h) = svc(cfg().build().unwrap());
+        let (s, mut h) = svc(RetryConfig { ..base() });
         let call = spawn(s, req());
         next(&mut h, answer(400, &[])).await;
         let resp = call.await.unwrap().unwrap();
@@ -787,7 +817,7 @@ async fn a_non_retryable_answer_is_returned_as_it_came() {
             (1, Some(GaveUp::NotRetryable))
         );
         // Errors too: the error is the attempt's own, with no "after N attempts" added.
-        let (s, mut h) = svc(cfg().build().unwrap());
+        let (s, mut h) = svc(RetryConfig { ..base() });
         let call = spawn(s, req());
         let (_r, send) = h.next_request().await.unwrap();
         send.send_error(Error::new(Class::Connect(ConnectKind::Tls)));

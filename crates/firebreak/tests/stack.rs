@@ -88,12 +88,12 @@ async fn the_deadline_bounds_the_whole_call() {
         )
         .await
         .unwrap();
-        let t = TimeoutConfig::builder(Workload::Interactive)
-            .headers(Some(Duration::from_secs(5)))
-            .attempt(Some(Duration::from_millis(500)))
-            .deadline(Some(Duration::from_millis(800)))
-            .build()
-            .unwrap();
+        let t = TimeoutConfig {
+            headers: Some(Duration::from_secs(5)),
+            attempt: Some(Duration::from_millis(500)),
+            deadline: Some(Duration::from_millis(800)),
+            ..TimeoutConfig::preset(Workload::Interactive)
+        };
         let client = FireworksClient::new(
             &sim.base_url(),
             ApiKey::new(KEY).unwrap(),

@@ -23,7 +23,7 @@ mod guard;
 mod headers;
 
 use crate::args::{TimeoutArgs, api_key, base_url};
-use body::{Buffered, ProxyBody, ReadError, CallLog, Stop};
+use body::{Buffered, CallLog, ProxyBody, ReadError, Stop};
 use clap::Args;
 use conn::{ConnLimits, ConnState, GuardedIo, InFlight, Shedder};
 use firebreak::Deadline;

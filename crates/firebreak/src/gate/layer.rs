@@ -3,7 +3,7 @@
 use crate::Deadline;
 use crate::gate::config::{GateConfig, GateConfigError};
 use crate::gate::state::{GateMetrics, LocalGate, Permit};
-use crate::gate::store::{GateKey, InProcessStore, Answer, RateStore};
+use crate::gate::store::{Answer, GateKey, InProcessStore, RateStore};
 
 /// The one store the public types use; the trait stays the seam for a shared one (#16).
 type Store = InProcessStore;

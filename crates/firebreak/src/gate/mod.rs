@@ -83,7 +83,7 @@ mod tests;
 
 pub use config::{GateConfig, GateConfigError, HeaderUnit};
 pub use layer::{
-    GateSnapshot, KeyBy, Model, PermitBody, Gate, GateLayer, RequestHead, ResponseFuture,
+    Gate, GateLayer, GateSnapshot, KeyBy, Model, PermitBody, RequestHead, ResponseFuture,
     TokenEstimate,
 };
 pub use store::GateKey;

@@ -61,9 +61,7 @@ impl Answer {
     pub(crate) fn signal(&self) -> Signal {
         match self.class {
             Class::QuotaExhausted => Signal::Quota,
-            Class::RateLimited if self.rate_limit.is_some() || self.rate_limit_body => {
-                Signal::Gate
-            }
+            Class::RateLimited if self.rate_limit.is_some() || self.rate_limit_body => Signal::Gate,
             Class::RateLimited | Class::Overloaded => Signal::Capacity,
             _ => Signal::None,
         }
@@ -389,10 +387,7 @@ impl InProcessStore {
                 if cfg.header_unit == HeaderUnit::Detect {
                     // Read per second until a rate-limit 429 arrives while this client sent
                     // less than that: then the limit cannot be per second.
-                    if s.per_second
-                        && signal == Signal::Gate
-                        && s.recent_rate(now) < limit as f64
-                    {
+                    if s.per_second && signal == Signal::Gate && s.recent_rate(now) < limit as f64 {
                         tracing::debug!(
                             limit,
                             "429 gate: x-ratelimit-limit-requests now read per minute (a 429 came below the per-second reading)"

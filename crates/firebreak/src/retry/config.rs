@@ -125,14 +125,6 @@ impl Default for RetryConfig {
 }
 
 impl RetryConfig {
-    /// A builder from the defaults.
-    pub fn builder() -> RetryBuilder {
-        RetryBuilder {
-            cfg: RetryConfig::default(),
-            bad_header: None,
-        }
-    }
-
     /// Checks every value.
     ///
     /// # Errors
@@ -190,105 +182,6 @@ impl RetryConfig {
     }
 }
 
-/// Builds a validated [`RetryConfig`].
-///
-/// ```
-/// use firebreak::retry::{Jitter, RetryConfig};
-/// use std::time::Duration;
-///
-/// let cfg = RetryConfig::builder()
-///     .max_attempts(4)
-///     .backoff(Jitter::Equal, Duration::from_millis(500), Duration::from_secs(8))
-///     .attempt_header("x-stainless-retry-count")
-///     .build()
-///     .unwrap();
-/// assert_eq!(cfg.max_attempts, 4);
-/// assert!(RetryConfig::builder().max_attempts(0).build().is_err());
-/// ```
-#[derive(Debug, Clone)]
-pub struct RetryBuilder {
-    cfg: RetryConfig,
-    bad_header: Option<String>,
-}
-
-impl RetryBuilder {
-    /// Attempts in all (at least 1).
-    pub fn max_attempts(mut self, n: u32) -> Self {
-        self.cfg.max_attempts = n;
-        self
-    }
-
-    /// The backoff strategy, base and cap.
-    pub fn backoff(mut self, jitter: Jitter, base: Duration, cap: Duration) -> Self {
-        self.cfg.backoff = Backoff { jitter, base, cap };
-        self
-    }
-
-    /// The longest time spent retrying.
-    pub fn max_retry_time(mut self, d: Option<Duration>) -> Self {
-        self.cfg.max_retry_time = d;
-        self
-    }
-
-    /// The cap on server-requested delays.
-    pub fn max_server_delay(mut self, d: Duration) -> Self {
-        self.cfg.max_server_delay = d;
-        self
-    }
-
-    /// The retry budget (`None` disables it).
-    pub fn budget(mut self, b: Option<BudgetConfig>) -> Self {
-        self.cfg.budget = b;
-        self
-    }
-
-    /// Status overrides.
-    pub fn retry_on(mut self, r: RetryOn) -> Self {
-        self.cfg.retry_on = r;
-        self
-    }
-
-    /// The replay bound.
-    pub fn max_replay_body(mut self, bytes: usize) -> Self {
-        self.cfg.max_replay_body = bytes;
-        self
-    }
-
-    /// Sends the retry number in this header (e.g. `x-stainless-retry-count`). An invalid
-    /// header name is reported by [`RetryBuilder::build`].
-    pub fn attempt_header(mut self, name: &str) -> Self {
-        self.cfg.attempt_header = HeaderName::from_bytes(name.as_bytes()).ok();
-        if self.cfg.attempt_header.is_none() {
-            self.bad_header = Some(name.to_string());
-        }
-        self
-    }
-
-    /// Sends an `Idempotency-Key`.
-    pub fn idempotency_key(mut self, on: bool) -> Self {
-        self.cfg.idempotency_key = on;
-        self
-    }
-
-    /// Seeds the jitter (for reproducible runs).
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.cfg.seed = Some(seed);
-        self
-    }
-
-    /// Validates and returns the configuration.
-    ///
-    /// # Errors
-    /// See [`RetryConfig::validate`].
-    pub fn build(self) -> Result<RetryConfig, RetryConfigError> {
-        if let Some(h) = self.bad_header {
-            return Err(RetryConfigError::BadHeaderName(h));
-        }
-        self.cfg.validate()?;
-        Ok(self.cfg)
-    }
-}
-
 /// A retry setting that cannot work.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -312,8 +205,6 @@ pub enum RetryConfigError {
     ZeroServerDelayCap,
     /// A budget value out of range.
     BadBudget(String),
-    /// The attempt header name is not a valid header name.
-    BadHeaderName(String),
 }
 
 impl fmt::Display for RetryConfigError {
@@ -333,7 +224,6 @@ impl fmt::Display for RetryConfigError {
                 f.write_str("max_server_delay is zero; it would refuse every Retry-After")
             }
             Self::BadBudget(m) => write!(f, "invalid retry budget: {m}"),
-            Self::BadHeaderName(h) => write!(f, "{h:?} is not a valid header name"),
         }
     }
 }
@@ -347,43 +237,44 @@ mod tests {
     #[test]
     fn misconfigurations_are_rejected() {
         let ms = Duration::from_millis;
-        assert_eq!(
-            RetryConfig::builder().max_attempts(0).build(),
-            Err(RetryConfigError::ZeroAttempts)
+        let with_backoff = |jitter, base, cap| RetryConfig {
+            backoff: Backoff { jitter, base, cap },
+            ..RetryConfig::default()
+        };
+        let zero = RetryConfig {
+            max_attempts: 0,
+            ..RetryConfig::default()
+        };
+        assert_eq!(zero.validate(), Err(RetryConfigError::ZeroAttempts));
+        assert!(
+            zero.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("at least 1")
         );
         assert!(matches!(
-            RetryConfig::builder()
-                .backoff(Jitter::Full, ms(500), ms(100))
-                .build(),
+            with_backoff(Jitter::Full, ms(500), ms(100)).validate(),
             Err(RetryConfigError::BaseOverCap { .. })
         ));
         assert!(matches!(
-            RetryConfig::builder()
-                .backoff(Jitter::Proportional(f64::NAN), ms(100), ms(500))
-                .build(),
+            with_backoff(Jitter::Proportional(f64::NAN), ms(100), ms(500)).validate(),
             Err(RetryConfigError::BadJitter(_))
         ));
         assert!(matches!(
-            RetryConfig::builder()
-                .backoff(Jitter::Proportional(1.5), ms(100), ms(500))
-                .build(),
+            with_backoff(Jitter::Proportional(1.5), ms(100), ms(500)).validate(),
             Err(RetryConfigError::BadJitter(_))
         ));
+        let bad_budget = RetryConfig {
+            budget: Some(BudgetConfig {
+                ratio: f32::NAN,
+                ..Default::default()
+            }),
+            ..RetryConfig::default()
+        };
         assert!(matches!(
-            RetryConfig::builder()
-                .budget(Some(BudgetConfig {
-                    ratio: f32::NAN,
-                    ..Default::default()
-                }))
-                .build(),
+            bad_budget.validate(),
             Err(RetryConfigError::BadBudget(_))
         ));
-        assert!(matches!(
-            RetryConfig::builder().attempt_header("bad header").build(),
-            Err(RetryConfigError::BadHeaderName(_))
-        ));
         RetryConfig::default().validate().unwrap();
-        let e = RetryConfig::builder().max_attempts(0).build().unwrap_err();
-        assert!(e.to_string().contains("at least 1"));
     }
 }

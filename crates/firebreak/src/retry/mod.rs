@@ -66,8 +66,8 @@ mod replay;
 
 pub use backoff::{Backoff, Jitter};
 pub use config::{
-    BudgetConfig, DEFAULT_MAX_REPLAY_BODY, DEFAULT_MAX_SERVER_DELAY, RetryBuilder, RetryConfig,
-    RetryConfigError, RetryOn,
+    BudgetConfig, DEFAULT_MAX_REPLAY_BODY, DEFAULT_MAX_SERVER_DELAY, RetryConfig, RetryConfigError,
+    RetryOn,
 };
 pub use layer::{ResponseFuture, Retry, RetryLayer};
 pub use policy::{FireworksPolicy, Replayable};

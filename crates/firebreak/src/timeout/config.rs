@@ -169,73 +169,12 @@ impl TimeoutConfig {
         }
         Ok(())
     }
-
-    /// A builder starting from a preset.
-    pub fn builder(w: Workload) -> TimeoutBuilder {
-        TimeoutBuilder {
-            cfg: Self::preset(w),
-        }
-    }
 }
 
 impl Default for TimeoutConfig {
     /// The interactive preset.
     fn default() -> Self {
         Self::preset(Workload::Interactive)
-    }
-}
-
-/// Builds a validated [`TimeoutConfig`]: start from a preset, override any phase with
-/// `Some(d)` or disable it with `None`.
-///
-/// ```
-/// use firebreak::timeout::{TimeoutConfig, Workload};
-/// use std::time::Duration;
-///
-/// let cfg = TimeoutConfig::builder(Workload::Agentic)
-///     .idle(Some(Duration::from_secs(20)))
-///     .first_event(None)
-///     .build()
-///     .unwrap();
-/// assert_eq!(cfg.idle, Some(Duration::from_secs(20)));
-///
-/// let bad = TimeoutConfig::builder(Workload::Interactive).idle(Some(Duration::ZERO)).build();
-/// assert!(bad.is_err());
-/// ```
-#[derive(Debug, Clone, Copy)]
-pub struct TimeoutBuilder {
-    cfg: TimeoutConfig,
-}
-
-macro_rules! setters {
-    ($($name:ident: $doc:literal),* $(,)?) => {$(
-        #[doc = $doc]
-        pub fn $name(mut self, d: Option<Duration>) -> Self {
-            self.cfg.$name = d;
-            self
-        }
-    )*};
-}
-
-impl TimeoutBuilder {
-    setters! {
-        connect: "Sets the connect timeout.",
-        ready: "Sets the ready / pool wait timeout.",
-        write: "Sets the request write timeout.",
-        headers: "Sets the response headers (time to first byte) timeout.",
-        first_event: "Sets the first SSE event timeout.",
-        idle: "Sets the body idle timeout.",
-        attempt: "Sets the per-attempt total timeout.",
-        deadline: "Sets the overall deadline.",
-    }
-
-    /// Validates and returns the configuration.
-    ///
-    /// # Errors
-    /// See [`TimeoutConfig::validate`].
-    pub fn build(self) -> Result<TimeoutConfig, ConfigError> {
-        self.cfg.validate()?;
-        Ok(self.cfg)
     }
 }
 
@@ -333,29 +272,35 @@ mod tests {
 
     #[test]
     fn bad_values_are_rejected_with_a_clear_error() {
-        let e = TimeoutConfig::builder(Workload::Interactive)
-            .headers(Some(Duration::ZERO))
-            .build()
-            .unwrap_err();
+        let base = TimeoutConfig::preset(Workload::Interactive);
+        let e = TimeoutConfig {
+            headers: Some(Duration::ZERO),
+            ..base
+        }
+        .validate()
+        .unwrap_err();
         assert_eq!(e, ConfigError::Zero("headers"));
         assert!(e.to_string().contains("leave it unset"));
-        let e = TimeoutConfig::builder(Workload::Interactive)
-            .idle(Some(Duration::from_secs(90_000)))
-            .build()
-            .unwrap_err();
+        let e = TimeoutConfig {
+            idle: Some(Duration::from_secs(90_000)),
+            ..base
+        }
+        .validate()
+        .unwrap_err();
         assert!(matches!(e, ConfigError::TooLong("idle", _)));
-        let e = TimeoutConfig::builder(Workload::Interactive)
-            .attempt(Some(Duration::from_secs(300)))
-            .build()
-            .unwrap_err();
+        let e = TimeoutConfig {
+            attempt: Some(Duration::from_secs(300)),
+            ..base
+        }
+        .validate()
+        .unwrap_err();
         assert!(matches!(e, ConfigError::AttemptOverDeadline { .. }));
-        assert!(
-            TimeoutConfig::builder(Workload::Interactive)
-                .deadline(None)
-                .attempt(Some(Duration::from_secs(300)))
-                .build()
-                .is_ok()
-        );
+        let unbounded = TimeoutConfig {
+            deadline: None,
+            attempt: Some(Duration::from_secs(300)),
+            ..base
+        };
+        assert!(unbounded.validate().is_ok());
         TimeoutConfig::none().validate().unwrap();
     }
 }

@@ -30,10 +30,11 @@
 //! # use http_body_util::Full;
 //! # use firebreak::timeout::TimedRequestBody;
 //!
-//! let cfg = TimeoutConfig::builder(Workload::Interactive)
-//!     .idle(Some(Duration::from_secs(15)))
-//!     .build()
-//!     .unwrap();
+//! // A preset, with one phase changed; the layers validate it.
+//! let cfg = TimeoutConfig {
+//!     idle: Some(Duration::from_secs(15)),
+//!     ..TimeoutConfig::preset(Workload::Interactive)
+//! };
 //! # let hyper_client = tower::service_fn(|_req: http::Request<TimedRequestBody<Full<Bytes>>>| async {
 //! #     Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::new())))
 //! # });
@@ -67,6 +68,6 @@ mod deadline;
 
 pub use attempt::{AttemptFuture, AttemptTimeout, AttemptTimeoutLayer, AttemptTimeouts};
 pub use body::{TimedRequestBody, TimedResponseBody};
-pub use config::{ConfigError, MAX_TIMEOUT, TimeoutBuilder, TimeoutConfig, Workload};
+pub use config::{ConfigError, MAX_TIMEOUT, TimeoutConfig, Workload};
 pub use connect::{ConnectFuture, ConnectTimeout, ConnectTimeoutLayer};
 pub use deadline::{DeadlineFuture, DeadlineLayer, DeadlineService};

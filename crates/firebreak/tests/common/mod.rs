@@ -2,7 +2,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use bytes::Bytes;
-use firebreak::gate::{GateConfig, KeyBy, GateLayer};
+use firebreak::gate::{GateConfig, GateLayer, KeyBy};
 use firebreak::observe::{AttemptObserveLayer, ObserveLayer, Observer};
 use firebreak::retry::{Jitter, RetryConfig, RetryLayer};
 use firebreak::{Error, classify::ClassifyLayer};
@@ -65,15 +65,15 @@ impl<B: Send + 'static> Service<Request<B>> for Script {
 }
 
 pub fn retry() -> RetryConfig {
-    RetryConfig::builder()
-        .backoff(
-            Jitter::Full,
-            Duration::from_millis(100),
-            Duration::from_millis(100),
-        )
-        .seed(7)
-        .build()
-        .unwrap()
+    RetryConfig {
+        backoff: firebreak::retry::Backoff {
+            jitter: Jitter::Full,
+            base: Duration::from_millis(100),
+            cap: Duration::from_millis(100),
+        },
+        seed: Some(7),
+        ..RetryConfig::default()
+    }
 }
 
 pub fn req() -> Request<Full<Bytes>> {

@@ -2,9 +2,7 @@
 //! beyond the documented bounds, and no fleet-wide reaction to one request's answer.
 
 use crate::gate::GateConfig;
-use crate::gate::store::{
-    GateKey, InProcessStore, Answer, RateStore, Reserve, Signal,
-};
+use crate::gate::store::{Answer, GateKey, InProcessStore, RateStore, Reserve, Signal};
 use crate::{Class, Classification, RateLimitHeaders};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use proptest::prelude::*;

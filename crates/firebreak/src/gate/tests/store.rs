@@ -1,10 +1,8 @@
 //! The shared state's rules, one by one, on `InProcessStore` directly (no clock but the
 //! instants passed in): each test pins a boundary the gate's behaviour depends on.
 
+use crate::gate::store::{Answer, GateKey, InProcessStore, RateStore, Reserve};
 use crate::gate::{GateConfig, HeaderUnit};
-use crate::gate::store::{
-    GateKey, InProcessStore, Answer, RateStore, Reserve,
-};
 use crate::{Class, RateLimitHeaders};
 use http::HeaderMap;
 use std::time::Duration;
