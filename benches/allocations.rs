@@ -11,11 +11,11 @@
 #![allow(missing_docs)]
 
 use bytes::Bytes;
+use firebreak::Stack;
 use firebreak::classify::ClassifyLayer;
 use firebreak::gate::{GateConfig, GateLayer, KeyBy};
 use firebreak::retry::{RetryConfig, RetryLayer};
 use firebreak::timeout::{AttemptTimeoutLayer, DeadlineLayer, TimeoutConfig, Workload};
-use firebreak::{ServiceBuilderExt, Stack};
 use futures_util::FutureExt;
 use http::{Request, Response};
 use http_body::Body;
@@ -89,8 +89,7 @@ fn main() {
     let t = TimeoutConfig::preset(Workload::Interactive);
     let full = || {
         ServiceBuilder::new()
-            .fireworks_stack(&Stack::interactive())
-            .unwrap()
+            .layer((&Stack::interactive()).layer().unwrap())
             .service(Ok200(body.clone()))
     };
     // Profiling mode: `full N` makes N calls through the whole stack and prints nothing else.
@@ -185,8 +184,7 @@ fn main() {
         "firebreak full stack, observe off",
         measure(
             &mut ServiceBuilder::new()
-                .fireworks_stack(&Stack::interactive().observe(false))
-                .unwrap()
+                .layer((&Stack::interactive().observe(false)).layer().unwrap())
                 .service(Ok200(body.clone())),
             n,
         ),
@@ -232,8 +230,7 @@ fn net(rt: &tokio::runtime::Runtime) {
         );
         let layered = |s: Stack| {
             ServiceBuilder::new()
-                .fireworks_stack(&s)
-                .unwrap()
+                .layer((&s).layer().unwrap())
                 .service(hyper.clone())
         };
         count(

@@ -11,7 +11,7 @@
 use bytes::Bytes;
 use firebreak::Error;
 use firebreak::gate::GateKey;
-use firebreak::{ServiceBuilderExt, Stack, gate::GateConfig, gate::KeyBy};
+use firebreak::{Stack, gate::GateConfig, gate::KeyBy};
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
@@ -60,8 +60,11 @@ fn stack(
         ..GateConfig::default()
     };
     ServiceBuilder::new()
-        .fireworks_stack(&Stack::interactive().key_by(key_by).gate(gate))
-        .unwrap()
+        .layer(
+            (&Stack::interactive().key_by(key_by).gate(gate))
+                .layer()
+                .unwrap(),
+        )
         .service(Ok200(Bytes::from_static(b"{}")))
 }
 

@@ -12,11 +12,11 @@
 
 use bytes::Bytes;
 use criterion::{Criterion, black_box, criterion_group, criterion_main};
+use firebreak::Stack;
 use firebreak::classify::ClassifyLayer;
 use firebreak::gate::{GateConfig, GateLayer, KeyBy};
 use firebreak::retry::{RetryConfig, RetryLayer};
 use firebreak::timeout::{AttemptTimeoutLayer, DeadlineLayer, TimeoutConfig, Workload};
-use firebreak::{ServiceBuilderExt, Stack};
 use futures_util::FutureExt;
 use http::{Request, Response};
 use http_body::Body;
@@ -85,8 +85,7 @@ fn benches(c: &mut Criterion) {
         .service(Ok200(body.clone()));
     let stack = |s: Stack| {
         ServiceBuilder::new()
-            .fireworks_stack(&s)
-            .unwrap()
+            .layer((&s).layer().unwrap())
             .service(Ok200(body.clone()))
     };
     let mut full = stack(Stack::interactive());

@@ -8,7 +8,7 @@
 //! client and checks every request succeeded.
 
 use bytes::Bytes;
-use firebreak::{FireworksClient, ServiceBuilderExt, Stack, client::ApiKey};
+use firebreak::{FireworksClient, Stack, client::ApiKey};
 use firebreak_sim::{Sim, SimConfig};
 use firebreak_testkit::{KEY, chat_body, plain_client, post};
 use http_body_util::BodyExt;
@@ -28,7 +28,7 @@ enum Client {
     Bare(firebreak_testkit::PlainClient),
     /// The hyper client `FireworksClient` builds (its pool settings and connector), no layers.
     FbHyper(firebreak::client::HttpsClient<http_body_util::Full<Bytes>>),
-    /// firebreak's layers (`ServiceBuilderExt::fireworks_stack`) over the bare hyper client
+    /// firebreak's layers (`Stack::layer`) over the bare hyper client
     /// (shared behind one `Arc`, as the facade does).
     Layers(Boxed),
     Firebreak(FireworksClient),
@@ -149,8 +149,7 @@ fn main() {
         let layers: Boxed = Boxed::new(
             tower::ServiceBuilder::new()
                 .map_response(|r: http::Response<_>| r.map(BodyExt::boxed))
-                .fireworks_stack(&Stack::interactive())
-                .expect("stack")
+                .layer(Stack::interactive().layer().expect("stack"))
                 .service(firebreak::client::SharedClient::new(hyper_bare)),
         );
         let clients = [

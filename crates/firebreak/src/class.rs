@@ -116,7 +116,8 @@ impl Class {
     /// For a client-side failure (one the provider's dashboard never sees), its kind as a
     /// metric label: `dns`, `refused`, `tls`, `connect_other`, `connect_timeout`,
     /// `ready_timeout` or `gate_refused`. `None` when the request reached the server.
-    pub fn client_side_kind(self) -> Option<&'static str> {
+    #[cfg_attr(not(feature = "observe"), allow(dead_code))]
+    pub(crate) fn client_side_kind(self) -> Option<&'static str> {
         Some(match self {
             Class::Connect(ConnectKind::Dns) => "dns",
             Class::Connect(ConnectKind::Refused) => "refused",
@@ -170,7 +171,7 @@ impl Class {
     /// The one retryability rule: the server's word wins when it gave one (`x-should-retry`,
     /// or gRPC's negative pushback, which means "do not retry"); otherwise the class default
     /// ([`Class::is_retryable_by_default`]). Every other `is_retryable` calls this.
-    pub fn is_retryable_given(self, should_retry: Option<bool>) -> bool {
+    pub(crate) fn is_retryable_given(self, should_retry: Option<bool>) -> bool {
         should_retry.unwrap_or_else(|| self.is_retryable_by_default())
     }
 
@@ -231,7 +232,7 @@ macro_rules! classes {
             const LABELS: [&'static str; classes!(@count $($variant)+)] = [$($label),+];
 
             /// This class's position in [`Class::ALL`].
-            pub fn index(self) -> usize {
+            pub(crate) fn index(self) -> usize {
                 let mut i = 0;
                 $(
                     if matches!(self, Class::$variant $(($inner))?) {

@@ -72,7 +72,7 @@ impl Deadline {
     }
 
     /// The error for a call that ran out of time.
-    pub fn error(&self) -> Error {
+    pub(crate) fn error(&self) -> Error {
         Error::timeout(TimeoutPhase::Deadline, self.total)
     }
 

@@ -112,7 +112,8 @@ impl Classification {
     /// "trailers-only" answer, how unary calls usually fail); `None` without one. UNAVAILABLE
     /// and RESOURCE_EXHAUSTED are retryable, with `grpc-retry-pushback-ms` as the server's delay
     /// (a negative pushback, gRPC's "do not retry", makes the call not retryable).
-    pub fn from_grpc_headers(
+    #[cfg_attr(not(feature = "classify"), allow(dead_code))]
+    pub(crate) fn from_grpc_headers(
         status: StatusCode,
         headers: &HeaderMap,
         now: SystemTime,
@@ -141,7 +142,7 @@ impl Classification {
     }
 
     /// Marks the response as having carried an error event inside its SSE stream.
-    pub fn with_stream_error(mut self, e: ApiError) -> Self {
+    pub(crate) fn with_stream_error(mut self, e: ApiError) -> Self {
         self.class = Class::StreamError;
         self.details.get_or_insert_with(Box::default).api_error = Some(Arc::new(e));
         self
@@ -366,7 +367,7 @@ impl Error {
     }
 
     /// Adds the cause.
-    pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+    pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
         self.inner.source = Some(source.into());
         self
     }
@@ -413,7 +414,8 @@ impl Error {
 
     /// Marks a client-side refusal as caused by an exhausted quota (see
     /// [`Error::is_quota_exhausted`]).
-    pub fn with_quota_exhausted(mut self) -> Self {
+    #[cfg_attr(not(feature = "gate"), allow(dead_code))]
+    pub(crate) fn with_quota_exhausted(mut self) -> Self {
         self.inner.quota = true;
         self
     }

@@ -59,10 +59,6 @@ pub mod timeout;
 
 // The composition.
 #[cfg(feature = "stack")]
-mod ext;
-#[cfg(feature = "stack")]
 mod stack;
-#[cfg(feature = "stack")]
-pub use ext::ServiceBuilderExt;
 #[cfg(feature = "stack")]
 pub use stack::*;

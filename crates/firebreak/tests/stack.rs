@@ -145,8 +145,11 @@ fn bad_settings_are_typed_errors() {
 }
 
 #[tokio::test]
-async fn layers_one_by_one_in_order_through_the_builder_ext() {
-    use firebreak::{ServiceBuilderExt, gate::GateConfig, gate::KeyBy, retry::RetryConfig};
+async fn layers_one_by_one_in_order_with_plain_tower() {
+    use firebreak::classify::ClassifyLayer;
+    use firebreak::gate::{GateConfig, GateLayer, KeyBy};
+    use firebreak::retry::{RetryConfig, RetryLayer};
+    use firebreak::timeout::{AttemptTimeoutLayer, DeadlineLayer};
     use tower::{ServiceBuilder, ServiceExt};
     bounded(30, async {
         let sim = Sim::start(SimConfig::default().api_key(KEY).fault(
@@ -166,15 +169,11 @@ async fn layers_one_by_one_in_order_through_the_builder_ext() {
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http::<firebreak::InnerBody<http_body_util::Full<Bytes>>>();
         let svc = ServiceBuilder::new()
-            .fireworks_deadline(Duration::from_secs(30))
-            .unwrap()
-            .fireworks_retry(RetryConfig::default())
-            .unwrap()
-            .fireworks_gate(GateConfig::default(), KeyBy::Client)
-            .unwrap()
-            .fireworks_attempt_timeouts(&t)
-            .unwrap()
-            .fireworks_classify()
+            .layer(DeadlineLayer::new(Duration::from_secs(30)).unwrap())
+            .layer(RetryLayer::new(RetryConfig::default()).unwrap())
+            .layer(GateLayer::new(GateConfig::default(), KeyBy::Client).unwrap())
+            .layer(AttemptTimeoutLayer::new(&t).unwrap())
+            .layer(ClassifyLayer::new())
             .service(client);
         let req = http::Request::post(format!("{}/chat/completions", sim.base_url()))
             .header("authorization", format!("Bearer {KEY}"))
@@ -185,15 +184,14 @@ async fn layers_one_by_one_in_order_through_the_builder_ext() {
         assert_eq!(
             sim.attempts_for("ext").len(),
             2,
-            "retried once through the builder-made stack"
+            "retried once through the hand-made stack"
         );
         assert!(
-            ServiceBuilder::new()
-                .fireworks_retry(RetryConfig {
-                    max_attempts: 0,
-                    ..RetryConfig::default()
-                })
-                .is_err()
+            RetryLayer::new(RetryConfig {
+                max_attempts: 0,
+                ..RetryConfig::default()
+            })
+            .is_err()
         );
     })
     .await

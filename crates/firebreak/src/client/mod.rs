@@ -134,7 +134,7 @@ impl ClientConfig {
 ///
 /// # Errors
 /// [`ClientError::Config`] for a zero connect timeout.
-pub fn http_connector(cfg: &ClientConfig) -> Result<HttpConnector, ClientError> {
+pub(crate) fn http_connector(cfg: &ClientConfig) -> Result<HttpConnector, ClientError> {
     cfg.validate()?;
     let mut http = HttpConnector::new();
     http.enforce_http(false);

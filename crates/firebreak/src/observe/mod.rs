@@ -88,6 +88,4 @@ mod request;
 
 pub use attempt::{AttemptFuture, AttemptObserve, AttemptObserveLayer};
 pub use instruments::{Observer, Outcome};
-pub use request::{
-    BodyErrorClass, Observe, ObserveLayer, ObservedBody, RequestFuture, mark_sensitive,
-};
+pub use request::{Observe, ObserveLayer, ObservedBody, RequestFuture};

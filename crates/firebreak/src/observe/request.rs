@@ -127,7 +127,7 @@ where
 
 /// Marks the credentials a caller may have set as sensitive, so that nothing below (a
 /// tower-http `TraceLayer` logging headers, a `Debug` of the request) can print them.
-pub fn mark_sensitive(headers: &mut http::HeaderMap) {
+pub(crate) fn mark_sensitive(headers: &mut http::HeaderMap) {
     static X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
     if let Some(v) = headers.get_mut(http::header::AUTHORIZATION) {
         v.set_sensitive(true);
@@ -315,9 +315,11 @@ impl<B> fmt::Debug for ObservedBody<B> {
     }
 }
 
-/// The class of a body error, for the request's outcome. Implemented for firebreak's [`Error`]
+/// The class of a body error, for the call's outcome. Implemented for firebreak's [`Error`]
 /// (its own class), boxed errors (firebreak's class when one is inside, else `other`) and
-/// `Infallible`.
+/// `Infallible`. Sealed: public only because it bounds [`ObservedBody`]'s `Body` impl, and not
+/// nameable outside the crate.
+#[allow(unreachable_pub)]
 pub trait BodyErrorClass {
     /// The class of this error.
     fn class(&self) -> Class;

@@ -55,7 +55,7 @@ pub struct ApiError {
 
 impl ApiError {
     /// `code`, else `kind`.
-    pub fn best_code(&self) -> Option<&str> {
+    pub(crate) fn best_code(&self) -> Option<&str> {
         self.code.as_deref().or(self.kind.as_deref())
     }
 }

@@ -1,6 +1,8 @@
 //! gRPC status headers: `grpc-status`, `grpc-message` and the pushback delay, read once for the
 //! classify layer's `Classification` and for the tower-http gRPC classifier.
 
+#![cfg_attr(not(feature = "classify"), allow(dead_code))]
+
 use super::body::MAX_MESSAGE_CHARS;
 use super::delay::{DelayError, DelayVerdict, server_delay};
 use crate::class::{Class, ClientErrorKind, TimeoutPhase};

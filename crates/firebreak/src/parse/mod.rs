@@ -14,7 +14,7 @@ pub use delay::server_delay;
 use http::HeaderMap;
 
 /// The `x-should-retry: true|false` override. Anything else is ignored (`None`).
-pub fn should_retry(headers: &HeaderMap) -> Option<bool> {
+pub(crate) fn should_retry(headers: &HeaderMap) -> Option<bool> {
     let v = headers.get("x-should-retry")?.to_str().ok()?.trim();
     if v.eq_ignore_ascii_case("true") {
         Some(true)
@@ -26,7 +26,7 @@ pub fn should_retry(headers: &HeaderMap) -> Option<bool> {
 }
 
 /// The request id: the `x-request-id` header (also `fireworks-request-id`, `request-id`).
-pub fn request_id_header(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn request_id_header(headers: &HeaderMap) -> Option<&str> {
     ["x-request-id", "fireworks-request-id", "request-id"]
         .iter()
         .find_map(|h| headers.get(*h))

@@ -3,6 +3,8 @@
 //! Like openai-python, any event whose data is a JSON object with an `error` key is an error.
 //! Comment lines (`:`), `event: ping` keep-alives and non-JSON data (`[DONE]`) are ignored.
 
+#![cfg_attr(not(feature = "classify"), allow(dead_code))]
+
 use super::body::{ApiError, parse_error_body};
 
 /// Longest line or event data kept while scanning; longer ones are skipped (and counted), so a

@@ -51,7 +51,7 @@ impl<B> fmt::Debug for ReplayBody<B> {
 
 impl<B> ReplayBody<B> {
     /// Wraps `body`, keeping at most `cap` bytes for replay.
-    pub fn new(body: B, cap: usize) -> Self {
+    pub(crate) fn new(body: B, cap: usize) -> Self {
         ReplayBody {
             shared: Arc::new(Mutex::new(Shared {
                 inner: Some(Box::pin(body)),
@@ -71,7 +71,7 @@ impl<B> ReplayBody<B> {
     ///
     /// # Errors
     /// [`NotReplayable`] when it cannot be.
-    pub fn try_clone(&self) -> Result<Self, NotReplayable> {
+    pub(crate) fn try_clone(&self) -> Result<Self, NotReplayable> {
         let s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(b) = s.broken {
             return Err(b);
@@ -82,14 +82,6 @@ impl<B> ReplayBody<B> {
             pos: 0,
             ended: false,
         })
-    }
-
-    /// Whether the body can still be sent again.
-    pub fn replayable(&self) -> Result<(), NotReplayable> {
-        match self.shared.lock().unwrap_or_else(|e| e.into_inner()).broken {
-            Some(b) => Err(b),
-            None => Ok(()),
-        }
     }
 }
 
