@@ -10,8 +10,7 @@
 use bytes::Bytes;
 use criterion::{Criterion, black_box, criterion_group, criterion_main};
 use firebreak::parse::parse_error_body;
-use firebreak::parse::server_delay;
-use firebreak::{Class, classify::ClassifyLayer};
+use firebreak::{Class, Classification, classify::ClassifyLayer};
 use futures_util::FutureExt;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -99,8 +98,17 @@ fn benches(c: &mut Criterion) {
         HeaderValue::from_static("0"),
     );
     let now = SystemTime::now();
-    g.bench_function("pure/server_delay", |b| {
-        b.iter(|| black_box(server_delay(black_box(&h), now)))
+    // The delay headers are parsed inside `Classification::from_response` (their parser is
+    // crate-private): a 429 with `Retry-After` and a rate-limit header, no body.
+    g.bench_function("pure/from_response_429_headers", |b| {
+        b.iter(|| {
+            black_box(Classification::from_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                black_box(&h),
+                None,
+                now,
+            ))
+        })
     });
     g.finish();
 }

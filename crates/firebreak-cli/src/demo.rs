@@ -4,8 +4,7 @@ use crate::breakdown::{Seen, breakdown};
 use bytes::Bytes;
 use clap::Args;
 use firebreak::{
-    FireworksClient, Stack, client::ApiKey, client::ClientConfig, timeout::TimeoutConfig,
-    timeout::Workload,
+    FireworksClient, Stack, client::ApiKey, timeout::TimeoutConfig, timeout::Workload,
 };
 use firebreak_sim::{
     DelayHeader, Fault, Latency, RateLimitConfig, RateLimitDelay, Sim, SimConfig, Trigger,
@@ -218,11 +217,10 @@ async fn run_client(
     let snapshotter = recorder.snapshotter();
     let key = ApiKey::new(KEY)?;
     let fb = metrics::with_local_recorder(&recorder, || {
-        FireworksClient::with_client_config(
+        FireworksClient::new(
             &sim.base_url(),
             key,
             Stack::interactive().timeouts(timeouts),
-            &ClientConfig::default(),
         )
     })?;
     let (plain, fb, url) = (Arc::new(plain), Arc::new(fb), Arc::new(url));

@@ -52,7 +52,8 @@ impl Deadline {
     }
 
     /// The instant it passes.
-    pub fn instant(&self) -> Instant {
+    #[cfg_attr(not(feature = "timeout"), allow(dead_code))]
+    pub(crate) fn instant(&self) -> Instant {
         self.at
     }
 
@@ -67,7 +68,8 @@ impl Deadline {
     }
 
     /// Whether it has passed.
-    pub fn is_expired(&self) -> bool {
+    #[cfg_attr(not(feature = "timeout"), allow(dead_code))]
+    pub(crate) fn is_expired(&self) -> bool {
         Instant::now() >= self.at
     }
 

@@ -178,7 +178,7 @@ impl Classification {
     }
 
     /// What the delay headers said.
-    pub fn delay(&self) -> DelayVerdict {
+    pub(crate) fn delay(&self) -> DelayVerdict {
         self.details.as_ref().map(|d| d.delay).unwrap_or_default()
     }
 
@@ -188,7 +188,8 @@ impl Classification {
     }
 
     /// The `x-ratelimit-*` snapshot, when any such header was present (not parsed on success).
-    pub fn rate_limit(&self) -> Option<&RateLimitHeaders> {
+    #[cfg_attr(not(feature = "gate"), allow(dead_code))]
+    pub(crate) fn rate_limit(&self) -> Option<&RateLimitHeaders> {
         self.details.as_ref().and_then(|d| d.rate_limit.as_ref())
     }
 
@@ -303,7 +304,8 @@ impl Error {
     }
 
     /// An error while reading the response body, classified from its source chain.
-    pub fn body(source: impl Into<BoxError>) -> Self {
+    #[cfg_attr(not(any(feature = "classify", feature = "timeout")), allow(dead_code))]
+    pub(crate) fn body(source: impl Into<BoxError>) -> Self {
         Self::classified_source(source.into(), Stage::MidBody)
     }
 
@@ -341,7 +343,8 @@ impl Error {
     }
 
     /// An error event found inside an SSE stream.
-    pub fn stream_error(api: ApiError) -> Self {
+    #[cfg_attr(not(feature = "classify"), allow(dead_code))]
+    pub(crate) fn stream_error(api: ApiError) -> Self {
         let mut e = Error::new(Class::StreamError);
         e.inner.request_id = api.request_id.as_deref().map(Arc::from);
         e.inner.api_error = Some(Arc::new(api));

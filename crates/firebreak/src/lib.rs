@@ -39,8 +39,8 @@ pub use class::{Class, ClientErrorKind, ConnectKind, TimeoutPhase};
 pub use deadline::Deadline;
 pub use error::{Classification, Error, TimeoutError};
 pub use parse::body::{ApiError, BodyShape};
-pub use parse::delay::{DelayError, DelaySource, DelayVerdict, ServerDelay};
-pub use parse::ratelimit::RateLimitHeaders;
+#[cfg(feature = "gate")]
+pub(crate) use parse::ratelimit::RateLimitHeaders;
 pub use transport::{BoxError, Stage, classify_display, classify_error};
 
 // The layers, one feature each.

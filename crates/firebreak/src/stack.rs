@@ -211,13 +211,8 @@ impl StackLayer {
         &self.gate
     }
 
-    /// The observer recording spans and metrics.
-    pub fn observer(&self) -> &Observer {
-        &self.observer
-    }
-
     /// The 429 gate's settings.
-    pub fn gate_config(&self) -> &GateConfig {
+    pub(crate) fn gate_config(&self) -> &GateConfig {
         self.gate.config()
     }
 }
@@ -270,7 +265,12 @@ impl FireworksClient {
     /// # Errors
     /// [`StackError`] for an invalid URL or setting.
     pub fn new(base_url: &str, key: ApiKey, stack: Stack) -> Result<Self, StackError> {
-        Self::with_client_config(base_url, key, stack, &ClientConfig::default())
+        Self::with_auth(
+            base_url,
+            Some(crate::client::AuthLayer::new(key)),
+            stack,
+            &ClientConfig::default(),
+        )
     }
 
     /// The Fireworks endpoint with the key from `FIREWORKS_API_KEY`.
@@ -280,25 +280,6 @@ impl FireworksClient {
     pub fn from_env(stack: Stack) -> Result<Self, StackError> {
         let key = ApiKey::from_env().map_err(StackError::Client)?;
         Self::new(FIREWORKS_BASE_URL, key, stack)
-    }
-
-    /// As [`FireworksClient::new`], with connection settings. The connect timeout is the
-    /// stack's own (`timeouts.connect`), applied in the connector.
-    ///
-    /// # Errors
-    /// [`StackError`] for an invalid URL or setting.
-    pub fn with_client_config(
-        base_url: &str,
-        key: ApiKey,
-        stack: Stack,
-        cfg: &ClientConfig,
-    ) -> Result<Self, StackError> {
-        Self::with_auth(
-            base_url,
-            Some(crate::client::AuthLayer::new(key)),
-            stack,
-            cfg,
-        )
     }
 
     /// The general constructor: `auth` decides how requests are authenticated (`None` sends

@@ -248,7 +248,7 @@ async fn poll_ready_is_forwarded_and_errors_classified() {
 #[tokio::test]
 async fn error_for_status_gives_result_semantics() {
     bounded(10, async {
-        let svc = ErrorForStatusLayer::new().layer(ClassifyLayer::new().layer(service_fn(|r: Request<()>| async move {
+        let svc = ClassifyLayer::new().errors_for_status(true).layer(service_fn(|r: Request<()>| async move {
             let status = if r.uri().path() == "/ok" { 200 } else { 401 };
             Ok::<_, Infallible>(
                 Response::builder()
@@ -257,7 +257,7 @@ async fn error_for_status_gives_result_semantics() {
                     .body(Full::new(Bytes::from_static(br#"{"error":{"message":"The API key you provided is invalid.","code":"UNAUTHORIZED","type":"error"}}"#)))
                     .unwrap(),
             )
-        })));
+        }));
         let ok = svc.clone().oneshot(Request::get("http://h/ok").body(()).unwrap()).await.unwrap();
         assert_eq!(ok.status(), 200);
         let err = svc.oneshot(Request::get("http://api.fireworks.ai/x").body(()).unwrap()).await.unwrap_err();

@@ -4,7 +4,7 @@
 //! adapts the hyper client's error, so no firebreak layer is needed for that either.
 
 use bytes::Bytes;
-use firebreak::classify::{ClassifyLayer, ErrorForStatusLayer};
+use firebreak::classify::ClassifyLayer;
 use firebreak::client::{ApiKey, AuthLayer};
 use firebreak::gate::{GateConfig, GateLayer, KeyBy};
 use firebreak::observe::{AttemptObserveLayer, ObserveLayer, Observer};
@@ -62,11 +62,11 @@ async fn classify_alone_attaches_the_class_and_turns_transport_errors_into_error
 }
 
 #[tokio::test]
-async fn error_for_status_alone_turns_a_non_success_into_err() {
+async fn classify_alone_with_errors_for_status_turns_a_non_success_into_err() {
     bounded(30, async {
         let sim = sim_with(Trigger::Always, status_fault(404, vec![])).await;
         let svc = ServiceBuilder::new()
-            .layer(ErrorForStatusLayer::new())
+            .layer(ClassifyLayer::new().errors_for_status(true))
             .service(client::<Full<Bytes>>());
         let e = svc.oneshot(chat(&sim.base_url(), "s1")).await.unwrap_err();
         assert_eq!(e.status(), Some(http::StatusCode::NOT_FOUND));

@@ -75,7 +75,36 @@ where
 {
     type Output = Result<Response<ClassifiedBody<B>>, Error>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let out = std::task::ready!(self.as_mut().poll_classified(cx));
+        let this = self.project();
+        Poll::Ready(match out {
+            // `errors_for_status`: the classified answer becomes the error, body parsed.
+            Ok(resp)
+                if this.cfg.errors_for_status && !Classification::class_of(&resp).is_success() =>
+            {
+                let e = Error::from_classification(&Classification::of(&resp));
+                Err(match this.host {
+                    Some(h) => e.with_host(h.as_str()),
+                    None => e,
+                })
+            }
+            out => out,
+        })
+    }
+}
+
+impl<F, B, E> ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    fn poll_classified(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Response<ClassifiedBody<B>>, Error>> {
         let mut this = self.project();
         // Bounded: each turn either changes state or reads one more frame of a bounded prefix.
         loop {

@@ -5,13 +5,12 @@
 //! each code onto firebreak's [`Class`], so gRPC and HTTP calls share one vocabulary.
 
 use crate::class::Class;
-use crate::parse::delay::DelayVerdict;
 use crate::parse::delay::server_delay;
-use crate::parse::grpc::{GrpcStatus, negative_pushback};
+use crate::parse::grpc::GrpcStatus;
 use crate::transport::classify_display;
 use http::{HeaderMap, Request, Response};
 use std::fmt;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use tower_http::classify::{ClassifiedResponse, ClassifyEos, ClassifyResponse, MakeClassifier};
 
 /// A failed gRPC call.
@@ -21,8 +20,10 @@ pub struct GrpcFailure {
     pub class: Class,
     /// The gRPC status code; `None` for transport errors and malformed statuses.
     pub code: Option<i32>,
-    /// `grpc-retry-pushback-ms` (and any other delay header).
-    pub pushback: DelayVerdict,
+    /// The usable `grpc-retry-pushback-ms` (or other delay header) the server sent.
+    pub pushback: Option<Duration>,
+    /// A negative pushback: gRPC's "do not retry".
+    refused: bool,
     /// `grpc-message`, if any (percent-encoding left as sent).
     pub message: Option<String>,
 }
@@ -31,8 +32,7 @@ impl GrpcFailure {
     /// Whether a retry may help: the class default, unless the server's pushback was negative,
     /// which gRPC defines as "do not retry".
     pub fn is_retryable(&self) -> bool {
-        let refused = negative_pushback(&self.pushback);
-        self.class.is_retryable_given(refused.then_some(false))
+        self.class.is_retryable_given(self.refused.then_some(false))
     }
 }
 
@@ -41,13 +41,15 @@ fn from_status_headers(h: &HeaderMap) -> Option<Result<(), GrpcFailure>> {
     if s.code == Some(0) {
         return Some(Ok(()));
     }
+    let (class, refused) = (s.class(), s.refuses_retry());
     Some(Err(GrpcFailure {
-        class: s.class(),
+        class,
         code: s.code,
         message: s
             .message
             .or_else(|| s.code.is_none().then(|| "malformed grpc-status".into())),
-        pushback: s.pushback,
+        pushback: s.pushback.delay(),
+        refused,
     }))
 }
 
@@ -77,7 +79,8 @@ impl ClassifyResponse for GrpcClassifier {
             return ClassifiedResponse::Ready(Err(GrpcFailure {
                 class: Class::from_status(res.status()),
                 code: None,
-                pushback: server_delay(res.headers(), SystemTime::now()),
+                pushback: server_delay(res.headers(), SystemTime::now()).delay(),
+                refused: false,
                 message: None,
             }));
         }
@@ -102,7 +105,8 @@ impl ClassifyEos for GrpcEos {
             None => Err(GrpcFailure {
                 class: Class::Protocol,
                 code: None,
-                pushback: DelayVerdict::Absent,
+                pushback: None,
+                refused: false,
                 message: Some("stream ended without grpc-status".into()),
             }),
         }
@@ -117,7 +121,8 @@ fn transport_failure<E: fmt::Display + 'static>(error: &E) -> GrpcFailure {
     GrpcFailure {
         class: classify_display(error),
         code: None,
-        pushback: DelayVerdict::Absent,
+        pushback: None,
+        refused: false,
         message: None,
     }
 }
@@ -161,7 +166,7 @@ mod tests {
         match GrpcClassifier.classify_response(&r) {
             ClassifiedResponse::Ready(Err(f)) => {
                 assert_eq!(f.class, Class::RateLimited);
-                assert_eq!(f.pushback.delay(), Some(Duration::from_millis(150)));
+                assert_eq!(f.pushback, Some(Duration::from_millis(150)));
                 assert!(f.is_retryable());
             }
             other => panic!("{other:?}"),

@@ -10,12 +10,13 @@ use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
 /// Default bound on the error-body prefix read for classification: 64 KiB.
-pub const DEFAULT_MAX_ERROR_BODY: usize = 64 * 1024;
+pub(crate) const DEFAULT_MAX_ERROR_BODY: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Config {
     pub(crate) max_error_body: usize,
     pub(crate) sse_errors: bool,
+    pub(crate) errors_for_status: bool,
 }
 
 /// Classifies every attempt: see the [crate docs](crate).
@@ -30,6 +31,7 @@ impl Default for ClassifyLayer {
             cfg: Config {
                 max_error_body: DEFAULT_MAX_ERROR_BODY,
                 sse_errors: true,
+                errors_for_status: false,
             },
         }
     }
@@ -53,6 +55,15 @@ impl ClassifyLayer {
     /// first either way. A proxy that passes streams through unchanged turns this off.
     pub fn sse_errors_as_failures(mut self, on: bool) -> Self {
         self.cfg.sse_errors = on;
+        self
+    }
+
+    /// `Result` semantics (default `false`): every answer that is not a success becomes
+    /// `Err(`[`Error`]`)`, carrying its classification (status, parsed error body, request id,
+    /// server-requested delay). For callers outside a retry layer; the retry layer reads the
+    /// classification of an `Ok` answer itself.
+    pub fn errors_for_status(mut self, on: bool) -> Self {
+        self.cfg.errors_for_status = on;
         self
     }
 }

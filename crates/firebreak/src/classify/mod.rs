@@ -31,7 +31,8 @@
 //! - [`FireworksClassifier`] and [`GrpcClassifier`] implement tower-http's classification
 //!   traits, so `TraceLayer` and other tower-http middleware use the same verdicts, for HTTP and
 //!   for gRPC (tonic).
-//! - [`ErrorForStatusLayer`] gives `Result` semantics: non-success responses become `Err`.
+//! - [`ClassifyLayer::errors_for_status`] gives `Result` semantics: non-success responses become
+//!   `Err`.
 //!
 //! # Example
 //! ```
@@ -73,12 +74,10 @@ mod body;
 mod future;
 mod grpc;
 mod layer;
-mod result;
 mod tower_http;
 
 pub use body::ClassifiedBody;
 pub use future::ResponseFuture;
 pub use grpc::{GrpcClassifier, GrpcEos, GrpcFailure};
-pub use layer::{Classify, ClassifyLayer, DEFAULT_MAX_ERROR_BODY};
-pub use result::{ErrorForStatus, ErrorForStatusFuture, ErrorForStatusLayer};
+pub use layer::{Classify, ClassifyLayer};
 pub use tower_http::FireworksClassifier;

@@ -259,12 +259,14 @@ impl GateLayer {
     }
 
     /// The settings.
-    pub fn config(&self) -> &GateConfig {
+    #[cfg_attr(not(feature = "stack"), allow(dead_code))]
+    pub(crate) fn config(&self) -> &GateConfig {
         &self.shared.cfg
     }
 
     /// How requests are grouped into gates.
-    pub fn key_by(&self) -> &KeyBy {
+    #[cfg_attr(not(feature = "stack"), allow(dead_code))]
+    pub(crate) fn key_by(&self) -> &KeyBy {
         &self.shared.key_by
     }
 

@@ -129,11 +129,6 @@ impl Observer {
     pub fn disabled() -> Self {
         Observer { inner: None }
     }
-
-    /// Whether this observer records anything.
-    pub fn is_enabled(&self) -> bool {
-        self.inner.is_some()
-    }
 }
 
 impl Instruments {

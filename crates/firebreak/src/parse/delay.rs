@@ -19,7 +19,7 @@ pub(crate) const MAX_PLAUSIBLE_DELAY: Duration = Duration::from_secs(24 * 60 * 6
 /// Which header a delay came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum DelaySource {
+pub(crate) enum DelaySource {
     /// `retry-after-ms` (float milliseconds; OpenAI convention).
     RetryAfterMs,
     /// `Retry-After` in (possibly fractional) seconds.
@@ -32,7 +32,8 @@ pub enum DelaySource {
 
 impl DelaySource {
     /// The header name (for `RateLimitReset`, the family).
-    pub fn header(self) -> &'static str {
+    #[cfg(test)]
+    pub(crate) fn header(self) -> &'static str {
         match self {
             DelaySource::RetryAfterMs => "retry-after-ms",
             DelaySource::RetryAfterSeconds | DelaySource::RetryAfterDate => "retry-after",
@@ -44,7 +45,7 @@ impl DelaySource {
 /// Why a delay header is not usable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum DelayError {
+pub(crate) enum DelayError {
     /// Empty, or not valid visible ASCII.
     Empty,
     /// Not a number, not an HTTP-date, not a duration string.
@@ -71,16 +72,16 @@ impl fmt::Display for DelayError {
 
 /// A usable server-requested delay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ServerDelay {
+pub(crate) struct ServerDelay {
     /// How long the server asked the client to wait (zero for a date in the past).
-    pub delay: Duration,
+    pub(crate) delay: Duration,
     /// Where it came from.
-    pub source: DelaySource,
+    pub(crate) source: DelaySource,
 }
 
 /// What the headers said about waiting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum DelayVerdict {
+pub(crate) enum DelayVerdict {
     /// No delay header at all.
     #[default]
     Absent,
@@ -97,7 +98,7 @@ pub enum DelayVerdict {
 
 impl DelayVerdict {
     /// The usable delay, if any.
-    pub fn delay(&self) -> Option<Duration> {
+    pub(crate) fn delay(&self) -> Option<Duration> {
         match self {
             DelayVerdict::Usable(d) => Some(d.delay),
             _ => None,
@@ -112,8 +113,8 @@ impl DelayVerdict {
 /// `x-ratelimit-reset-*` is deliberately not a delay: it says when a rate-limit window
 /// refills, not when this request may be retried (a 503 carrying `x-ratelimit-reset-tokens: 6m0s`
 /// is not asking for a six-minute wait). openai-python reads only the first two headers too.
-/// The 429 gate may use it as a pacing hint after a 429 ([`crate::RateLimitHeaders`]).
-pub fn server_delay(headers: &HeaderMap, now: SystemTime) -> DelayVerdict {
+/// The 429 gate may use it as a pacing hint after a 429 (`RateLimitHeaders`).
+pub(crate) fn server_delay(headers: &HeaderMap, now: SystemTime) -> DelayVerdict {
     let mut first_err: Option<(DelaySource, DelayError)> = None;
     let mut note = |src, e| {
         first_err.get_or_insert((src, e));

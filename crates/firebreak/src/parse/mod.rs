@@ -9,7 +9,6 @@ pub(crate) mod ratelimit;
 pub(crate) mod sse;
 
 pub use body::{parse_error_body, quota_exhausted};
-pub use delay::server_delay;
 
 use http::HeaderMap;
 

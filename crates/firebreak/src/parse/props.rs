@@ -2,11 +2,12 @@
 //! keep or return more than their caps).
 
 use super::body::{MAX_MESSAGE_CHARS, parse_error_body};
+use super::delay::DelayVerdict;
 use super::delay::{
     MAX_PLAUSIBLE_DELAY, parse_duration_str, parse_millis, parse_seconds, server_delay,
 };
+use super::ratelimit::RateLimitHeaders;
 use super::sse::SseScanner;
-use crate::{DelayVerdict, RateLimitHeaders};
 use http::{HeaderMap, HeaderValue};
 use proptest::prelude::*;
 use std::time::{Duration, SystemTime};

@@ -7,33 +7,33 @@ use std::time::Duration;
 /// A snapshot of the rate-limit headers on one response. Units are whatever the server uses
 /// (Fireworks does not document per-second versus per-minute); the 429 layer works that out.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RateLimitHeaders {
+pub(crate) struct RateLimitHeaders {
     /// `x-ratelimit-limit-requests`.
-    pub limit_requests: Option<u64>,
+    pub(crate) limit_requests: Option<u64>,
     /// `x-ratelimit-remaining-requests`.
-    pub remaining_requests: Option<u64>,
+    pub(crate) remaining_requests: Option<u64>,
     /// `x-ratelimit-limit-tokens-prompt`.
-    pub limit_tokens_prompt: Option<u64>,
+    pub(crate) limit_tokens_prompt: Option<u64>,
     /// `x-ratelimit-remaining-tokens-prompt`.
-    pub remaining_tokens_prompt: Option<u64>,
+    pub(crate) remaining_tokens_prompt: Option<u64>,
     /// `x-ratelimit-limit-tokens-generated`.
-    pub limit_tokens_generated: Option<u64>,
+    pub(crate) limit_tokens_generated: Option<u64>,
     /// `x-ratelimit-remaining-tokens-generated`.
-    pub remaining_tokens_generated: Option<u64>,
+    pub(crate) remaining_tokens_generated: Option<u64>,
     /// `x-ratelimit-limit-tokens-cache-adjusted-prompt`.
-    pub limit_tokens_cache_adjusted_prompt: Option<u64>,
+    pub(crate) limit_tokens_cache_adjusted_prompt: Option<u64>,
     /// `x-ratelimit-limit-tokens` (OpenAI).
-    pub limit_tokens: Option<u64>,
+    pub(crate) limit_tokens: Option<u64>,
     /// `x-ratelimit-remaining-tokens` (OpenAI).
-    pub remaining_tokens: Option<u64>,
+    pub(crate) remaining_tokens: Option<u64>,
     /// `x-ratelimit-reset-requests` (OpenAI duration string).
-    pub reset_requests: Option<Duration>,
+    pub(crate) reset_requests: Option<Duration>,
     /// `x-ratelimit-reset-tokens`.
-    pub reset_tokens: Option<Duration>,
+    pub(crate) reset_tokens: Option<Duration>,
     /// `x-ratelimit-over-limit: yes` (the spike-arrest policy: served at lower priority).
-    pub over_limit: bool,
+    pub(crate) over_limit: bool,
     /// Some `x-ratelimit-*` header was present but unparseable (it was ignored).
-    pub malformed: bool,
+    pub(crate) malformed: bool,
 }
 
 /// Where one header's value goes.
@@ -46,7 +46,7 @@ enum Slot<'a> {
 impl RateLimitHeaders {
     /// Reads every known `x-ratelimit-*` header. Unknown ones are ignored; garbage values are
     /// dropped and flagged in [`RateLimitHeaders::malformed`].
-    pub fn from_headers(h: &HeaderMap) -> RateLimitHeaders {
+    pub(crate) fn from_headers(h: &HeaderMap) -> RateLimitHeaders {
         // One pass over the map, matching on the name's suffix, instead of a dozen lookups by
         // string (each of which parses the name): this runs on every answer, successes included,
         // and most answers carry none of these headers.
@@ -96,13 +96,14 @@ impl RateLimitHeaders {
     }
 
     /// Whether no rate-limit header was present.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         *self == RateLimitHeaders::default()
     }
 
     /// Whether every remaining/limit pair is consistent (remaining ≤ limit, limit > 0).
     /// Contradictory values should be ignored by pacing logic.
-    pub fn is_consistent(&self) -> bool {
+    #[cfg_attr(not(feature = "gate"), allow(dead_code))]
+    pub(crate) fn is_consistent(&self) -> bool {
         let pair = |l: Option<u64>, r: Option<u64>| match (l, r) {
             (Some(l), Some(r)) => l > 0 && r <= l,
             (Some(l), None) => l > 0,
