@@ -89,7 +89,7 @@ fn main() {
     let t = TimeoutConfig::preset(Workload::Interactive);
     let full = || {
         ServiceBuilder::new()
-            .layer((&Stack::interactive()).layer().unwrap())
+            .layer(Stack::interactive().layer().unwrap())
             .service(Ok200(body.clone()))
     };
     // Profiling mode: `full N` makes N calls through the whole stack and prints nothing else.
@@ -184,7 +184,7 @@ fn main() {
         "firebreak full stack, observe off",
         measure(
             &mut ServiceBuilder::new()
-                .layer((&Stack::interactive().observe(false)).layer().unwrap())
+                .layer(Stack::interactive().observe(false).layer().unwrap())
                 .service(Ok200(body.clone())),
             n,
         ),
@@ -230,7 +230,7 @@ fn net(rt: &tokio::runtime::Runtime) {
         );
         let layered = |s: Stack| {
             ServiceBuilder::new()
-                .layer((&s).layer().unwrap())
+                .layer(s.layer().unwrap())
                 .service(hyper.clone())
         };
         count(

@@ -61,7 +61,9 @@ fn stack(
     };
     ServiceBuilder::new()
         .layer(
-            (&Stack::interactive().key_by(key_by).gate(gate))
+            Stack::interactive()
+                .key_by(key_by)
+                .gate(gate)
                 .layer()
                 .unwrap(),
         )

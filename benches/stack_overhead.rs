@@ -85,7 +85,7 @@ fn benches(c: &mut Criterion) {
         .service(Ok200(body.clone()));
     let stack = |s: Stack| {
         ServiceBuilder::new()
-            .layer((&s).layer().unwrap())
+            .layer(s.layer().unwrap())
             .service(Ok200(body.clone()))
     };
     let mut full = stack(Stack::interactive());

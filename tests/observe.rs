@@ -24,7 +24,7 @@ fn stack(max_attempts: u32) -> Stack {
         ..TimeoutConfig::preset(Workload::Interactive)
     };
     let retry = RetryConfig {
-        max_attempts: max_attempts,
+        max_attempts,
         backoff: firebreak::retry::Backoff {
             jitter: Jitter::Full,
             base: Duration::from_millis(10),
