@@ -184,7 +184,14 @@ fn main() {
         "firebreak full stack, observe off",
         measure(
             &mut ServiceBuilder::new()
-                .layer(Stack::interactive().observe(false).layer().unwrap())
+                .layer(
+                    Stack {
+                        observe: false,
+                        ..Stack::interactive()
+                    }
+                    .layer()
+                    .unwrap(),
+                )
                 .service(Ok200(body.clone())),
             n,
         ),
@@ -246,7 +253,10 @@ fn net(rt: &tokio::runtime::Runtime) {
             &body,
             n,
             "stack, observe off",
-            layered(Stack::interactive().observe(false)),
+            layered(Stack {
+                observe: false,
+                ..Stack::interactive()
+            }),
         )
         .await;
         fn hyper_for<B>()

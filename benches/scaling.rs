@@ -61,11 +61,13 @@ fn stack(
     };
     ServiceBuilder::new()
         .layer(
-            Stack::interactive()
-                .key_by(key_by)
-                .gate(gate)
-                .layer()
-                .unwrap(),
+            Stack {
+                key_by,
+                gate,
+                ..Stack::interactive()
+            }
+            .layer()
+            .unwrap(),
         )
         .service(Ok200(Bytes::from_static(b"{}")))
 }

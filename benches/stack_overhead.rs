@@ -89,7 +89,10 @@ fn benches(c: &mut Criterion) {
             .service(Ok200(body.clone()))
     };
     let mut full = stack(Stack::interactive());
-    let mut full_off = stack(Stack::interactive().observe(false));
+    let mut full_off = stack(Stack {
+        observe: false,
+        ..Stack::interactive()
+    });
     // A Prometheus recorder, current while the stack is built (so its handles record there).
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let mut full_recorded =

@@ -33,7 +33,11 @@ fn stack(max_attempts: u32) -> Stack {
         seed: Some(3),
         ..RetryConfig::default()
     };
-    Stack::interactive().timeouts(timeouts).retry(retry)
+    Stack {
+        timeouts,
+        retry,
+        ..Stack::interactive()
+    }
 }
 
 /// The class firebreak must give an attempt the simulator logged.
@@ -343,7 +347,10 @@ async fn a_request_the_gate_refuses_is_a_client_side_failure_the_server_never_se
                 FireworksClient::new(
                     &sim.base_url(),
                     ApiKey::new(KEY).unwrap(),
-                    Stack::interactive().gate(gate),
+                    Stack {
+                        gate,
+                        ..Stack::interactive()
+                    },
                 )
             })
             .unwrap();

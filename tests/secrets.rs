@@ -82,7 +82,11 @@ fn the_key_never_appears_in_traces_errors_or_debug_output() {
             },
             ..RetryConfig::default()
         };
-        let stack = Stack::interactive().timeouts(timeouts).retry(retry);
+        let stack = Stack {
+            timeouts,
+            retry,
+            ..Stack::interactive()
+        };
         let mut printed = String::new();
         let mut classes = std::collections::HashSet::new();
 

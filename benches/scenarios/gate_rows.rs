@@ -354,7 +354,10 @@ pub(crate) async fn tenants() -> (f64, f64, f64) {
         }
         let sim = Sim::start(cfg).await.expect("sim");
         let base = sim.base_url();
-        let stack = Stack::interactive().key_by(KeyBy::ApiKeyAndModel);
+        let stack = Stack {
+            key_by: KeyBy::ApiKeyAndModel,
+            ..Stack::interactive()
+        };
         let client = Arc::new(
             FireworksClient::with_auth(&base, None, stack, &ClientConfig::default())
                 .expect("client"),

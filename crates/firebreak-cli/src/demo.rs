@@ -220,7 +220,10 @@ async fn run_client(
         FireworksClient::new(
             &sim.base_url(),
             key,
-            Stack::interactive().timeouts(timeouts),
+            Stack {
+                timeouts,
+                ..Stack::interactive()
+            },
         )
     })?;
     let (plain, fb, url) = (Arc::new(plain), Arc::new(fb), Arc::new(url));

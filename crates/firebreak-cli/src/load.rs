@@ -73,7 +73,10 @@ pub(crate) async fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>
     )?;
     let base = base_url("--base-url", &args.base_url)?;
     let t = args.timeouts.resolve()?;
-    let mut stack = Stack::preset(args.timeouts.preset.workload()).timeouts(t);
+    let mut stack = Stack {
+        timeouts: t,
+        ..Stack::preset(args.timeouts.preset.workload())
+    };
     if let Some(n) = args.max_attempts {
         stack.retry.max_attempts = n;
     }

@@ -164,7 +164,7 @@ impl Class {
     }
 
     /// Whether this is a client-side failure (the inverse of [`Class::reached_server`]).
-    pub fn is_client_side(self) -> bool {
+    pub(crate) fn is_client_side(self) -> bool {
         !self.reached_server()
     }
 
@@ -319,7 +319,7 @@ impl ClientErrorKind {
 
 impl TimeoutPhase {
     /// A human name for the phase, e.g. "response headers".
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             TimeoutPhase::Connect => "connect",
             TimeoutPhase::Ready => "ready",

@@ -4,8 +4,8 @@
 //! (the repository's `ARCHITECTURE.md`, included here so that it is written once) says which
 //! order and why. See [`observe`] for the spans and the metrics table.
 //!
-//! Presets follow Fireworks' workloads ([`Stack::interactive`], [`Stack::agentic`],
-//! [`Stack::long_context`], [`Stack::batch_submit`]); every part can be overridden.
+//! Presets follow Fireworks' workloads ([`Stack::preset`] with a [`timeout::Workload`]; the
+//! table is in the timeout module's docs); every part can be overridden.
 //! [`FireworksClient`] is the ready-made client: base URL, API key and a stack.
 //!
 //! # Example
@@ -41,7 +41,7 @@ pub use error::{Classification, Error, TimeoutError};
 pub use parse::body::{ApiError, BodyShape};
 #[cfg(feature = "gate")]
 pub(crate) use parse::ratelimit::RateLimitHeaders;
-pub use transport::{BoxError, Stage, classify_display, classify_error};
+pub use transport::BoxError;
 
 // The layers, one feature each.
 #[cfg(feature = "classify")]

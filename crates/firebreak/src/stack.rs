@@ -79,7 +79,18 @@ impl std::error::Error for StackError {
     }
 }
 
-/// The settings of every layer. Build the layer with [`Stack::layer`].
+/// The settings of every layer: a preset, with any field replaced. Build the layer with
+/// [`Stack::layer`], which validates them.
+///
+/// ```
+/// use firebreak::{Stack, retry::RetryConfig, timeout::Workload};
+///
+/// let stack = Stack {
+///     retry: RetryConfig { max_attempts: 3, ..RetryConfig::default() },
+///     ..Stack::preset(Workload::Agentic)
+/// };
+/// assert!(stack.layer().is_ok());
+/// ```
 #[derive(Debug, Clone)]
 pub struct Stack {
     /// Timeouts, per phase, and the overall deadline.
@@ -110,55 +121,9 @@ impl Stack {
         }
     }
 
-    /// Interactive / chat (30–60 s).
+    /// The interactive / chat preset (30–60 s), the common case: `preset(Workload::Interactive)`.
     pub fn interactive() -> Stack {
         Self::preset(Workload::Interactive)
-    }
-
-    /// Agentic, multi-step (5–30 min).
-    pub fn agentic() -> Stack {
-        Self::preset(Workload::Agentic)
-    }
-
-    /// Long-context inference (10–30 min).
-    pub fn long_context() -> Stack {
-        Self::preset(Workload::LongContext)
-    }
-
-    /// Batch job submission (60 s).
-    pub fn batch_submit() -> Stack {
-        Self::preset(Workload::BatchSubmit)
-    }
-
-    /// Replaces the timeouts.
-    pub fn timeouts(mut self, t: TimeoutConfig) -> Self {
-        self.timeouts = t;
-        self
-    }
-
-    /// Replaces the retry policy.
-    pub fn retry(mut self, r: RetryConfig) -> Self {
-        self.retry = r;
-        self
-    }
-
-    /// Replaces the gate settings.
-    pub fn gate(mut self, g: GateConfig) -> Self {
-        self.gate = g;
-        self
-    }
-
-    /// Sets how the gate groups requests.
-    pub fn key_by(mut self, k: KeyBy) -> Self {
-        self.key_by = k;
-        self
-    }
-
-    /// Turns tracing spans and metrics on (the default) or off. Off, the observation layers are
-    /// pass-throughs that read no clock.
-    pub fn observe(mut self, on: bool) -> Self {
-        self.observe = on;
-        self
     }
 
     /// Validates the settings and builds the layer. Metric handles are registered here, with

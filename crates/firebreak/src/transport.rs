@@ -12,7 +12,7 @@ pub type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// Where in the attempt an error happened; it decides between the two kinds of reset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
+pub(crate) enum Stage {
     /// Before the response head arrived.
     BeforeResponse,
     /// While the response body was being read.
@@ -24,7 +24,7 @@ pub enum Stage {
 /// It recognises firebreak's own [`Error`] and [`TimeoutError`], hyper-util's client error
 /// (`is_connect`), hyper's error kinds, rustls errors, `io::Error` kinds, and hyper-util's
 /// `dns error` connect errors (by their message, the only stable signal it exposes).
-pub fn classify_error(err: &(dyn StdError + 'static), stage: Stage) -> Class {
+pub(crate) fn classify_error(err: &(dyn StdError + 'static), stage: Stage) -> Class {
     let mut connect = false;
     let mut dns = false;
     let mut tls = false;
@@ -148,7 +148,7 @@ fn starts_with_dns(e: &dyn StdError) -> bool {
 /// Classifies an error known only as `Display + 'static` (tower-http's `classify_error`
 /// signature): it is downcast to the error types tower stacks carry, then classified as
 /// [`classify_error`] does. Unknown types give [`Class::Other`].
-pub fn classify_display<E: Display + 'static>(e: &E) -> Class {
+pub(crate) fn classify_display<E: Display + 'static>(e: &E) -> Class {
     let any = e as &dyn Any;
     if let Some(fe) = any.downcast_ref::<Error>() {
         return fe.class();

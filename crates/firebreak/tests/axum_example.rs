@@ -57,7 +57,7 @@ async fn the_gateway_recovers_upstream_faults_and_maps_timeouts() {
         let client = FireworksClient::new(
             &sim.base_url(),
             ApiKey::new("fw_gw").unwrap(),
-            Stack::interactive().timeouts(t),
+            Stack { timeouts: t, ..Stack::interactive() },
         )
         .unwrap();
         let addr = serve(client).await;
@@ -87,7 +87,7 @@ async fn the_gateway_recovers_upstream_faults_and_maps_timeouts() {
         let client = FireworksClient::new(
             &hang.base_url(),
             ApiKey::new("fw_gw").unwrap(),
-            Stack::interactive().timeouts(t).retry(retry),
+            Stack { timeouts: t, retry, ..Stack::interactive() },
         )
         .unwrap();
         let addr = serve(client).await;

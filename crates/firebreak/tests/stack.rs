@@ -97,7 +97,10 @@ async fn the_deadline_bounds_the_whole_call() {
         let client = FireworksClient::new(
             &sim.base_url(),
             ApiKey::new(KEY).unwrap(),
-            Stack::interactive().timeouts(t),
+            Stack {
+                timeouts: t,
+                ..Stack::interactive()
+            },
         )
         .unwrap();
         let started = std::time::Instant::now();
@@ -126,18 +129,18 @@ fn bad_settings_are_typed_errors() {
         FireworksClient::new("not a url", key(), Stack::interactive()),
         Err(StackError::BaseUrl(_))
     ));
-    let mut s = Stack::agentic();
+    let mut s = Stack::preset(Workload::Agentic);
     s.retry.max_attempts = 0;
     let e = s.layer().unwrap_err();
     assert!(matches!(e, StackError::Retry(_)), "{e}");
-    let mut s = Stack::long_context();
+    let mut s = Stack::preset(Workload::LongContext);
     s.timeouts.idle = Some(Duration::ZERO);
     assert!(matches!(s.layer(), Err(StackError::Timeout(_))));
     for s in [
         Stack::interactive(),
-        Stack::agentic(),
-        Stack::long_context(),
-        Stack::batch_submit(),
+        Stack::preset(Workload::Agentic),
+        Stack::preset(Workload::LongContext),
+        Stack::preset(Workload::BatchSubmit),
     ] {
         s.layer().unwrap();
     }
@@ -251,7 +254,10 @@ async fn a_gate_per_key_and_model_separates_models_and_uses_the_clients_key() {
         let client = FireworksClient::new(
             &sim.base_url(),
             ApiKey::new(KEY).unwrap(),
-            Stack::interactive().key_by(firebreak::gate::KeyBy::ApiKeyAndModel),
+            Stack {
+                key_by: firebreak::gate::KeyBy::ApiKeyAndModel,
+                ..Stack::interactive()
+            },
         )
         .unwrap();
         let body = |model: &str, id: &str| {

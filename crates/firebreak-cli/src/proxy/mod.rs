@@ -666,9 +666,11 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), Box<dyn std::error::Error
     let metrics = install_prometheus()?;
     // One gate per (caller's key, model): tenants are isolated (the configured key, filled in
     // below the gate, is used for callers that send none).
-    let mut stack = Stack::preset(default_preset)
-        .timeouts(widest(&presets))
-        .key_by(firebreak::gate::KeyBy::ApiKeyAndModel);
+    let mut stack = Stack {
+        timeouts: widest(&presets),
+        key_by: firebreak::gate::KeyBy::ApiKeyAndModel,
+        ..Stack::preset(default_preset)
+    };
     // SSE error events reach the caller as the upstream sent them.
     stack.sse_errors_as_failures = false;
     let mode = match (&key, tokens.is_empty()) {

@@ -47,7 +47,7 @@ impl ApiKey {
     }
 
     /// The `Authorization` header value, already marked sensitive.
-    pub fn header_value(&self) -> &HeaderValue {
+    pub(crate) fn header_value(&self) -> &HeaderValue {
         &self.header
     }
 }
@@ -85,7 +85,8 @@ impl AuthLayer {
     }
 
     /// The key this layer sends (its `Debug` is redacted).
-    pub fn key(&self) -> &ApiKey {
+    #[cfg_attr(not(feature = "stack"), allow(dead_code))]
+    pub(crate) fn key(&self) -> &ApiKey {
         &self.key
     }
 }

@@ -28,11 +28,6 @@ impl<C, B> SharedClient<C, B> {
             inner: Arc::new(client),
         }
     }
-
-    /// The client.
-    pub fn get_ref(&self) -> &Client<C, B> {
-        &self.inner
-    }
 }
 
 impl<C, B> Clone for SharedClient<C, B> {

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 /// Default cap on a server-requested delay: longer requests fail at once with a typed error
 /// carrying the delay (the Fireworks SDK caps at 60 s too).
-pub const DEFAULT_MAX_SERVER_DELAY: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_MAX_SERVER_DELAY: Duration = Duration::from_secs(60);
 
 /// Default bound on the replay buffer: long-context prompts are large.
-pub const DEFAULT_MAX_REPLAY_BODY: usize = 16 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_REPLAY_BODY: usize = 16 * 1024 * 1024;
 
 /// The retry budget, shared by every clone of the layer: each *successful* call deposits
 /// `ratio` of a retry, each retry withdraws one, and a retry that succeeds refunds what it

@@ -30,11 +30,6 @@ impl RetryLayer {
             shared: Arc::new(PolicyShared::new(cfg)),
         })
     }
-
-    /// The settings.
-    pub fn config(&self) -> &RetryConfig {
-        &self.shared.cfg
-    }
 }
 
 impl<S> Layer<S> for RetryLayer {

@@ -65,10 +65,7 @@ mod policy;
 mod replay;
 
 pub use backoff::{Backoff, Jitter};
-pub use config::{
-    BudgetConfig, DEFAULT_MAX_REPLAY_BODY, DEFAULT_MAX_SERVER_DELAY, RetryConfig, RetryConfigError,
-    RetryOn,
-};
+pub use config::{BudgetConfig, RetryConfig, RetryConfigError, RetryOn};
 pub use layer::{ResponseFuture, Retry, RetryLayer};
 pub use policy::{FireworksPolicy, Replayable};
 pub use replay::ReplayBody;

@@ -134,15 +134,6 @@ impl Clone for FireworksPolicy {
 }
 
 impl FireworksPolicy {
-    /// A policy with `cfg`.
-    ///
-    /// # Errors
-    /// [`crate::retry::RetryConfigError`] when `cfg` does not validate.
-    pub fn new(cfg: RetryConfig) -> Result<Self, crate::retry::RetryConfigError> {
-        cfg.validate()?;
-        Ok(Self::from_shared(Arc::new(PolicyShared::new(cfg))))
-    }
-
     pub(crate) fn from_shared(shared: Arc<PolicyShared>) -> Self {
         let rng = shared.cfg.seed.map(SmallRng::seed_from_u64);
         FireworksPolicy {

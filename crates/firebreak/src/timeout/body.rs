@@ -309,13 +309,6 @@ impl<B: Body> TimedRequestBody<B> {
     }
 }
 
-impl<B> TimedRequestBody<B> {
-    /// Unwraps the original body.
-    pub fn into_inner(self) -> B {
-        self.inner
-    }
-}
-
 impl<B> Body for TimedRequestBody<B>
 where
     B: Body<Data = Bytes>,
