@@ -302,7 +302,7 @@ classes! {
 
 impl ClientErrorKind {
     /// The kind for a 4xx status (any other status gives [`ClientErrorKind::Other`]).
-    pub fn from_status(status: u16) -> ClientErrorKind {
+    pub(crate) fn from_status(status: u16) -> ClientErrorKind {
         match status {
             400 => ClientErrorKind::BadRequest,
             401 => ClientErrorKind::Unauthorized,

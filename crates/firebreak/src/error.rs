@@ -33,7 +33,7 @@ struct Details {
 
 impl Classification {
     /// The classification of a success: no header or body parsing beyond the status.
-    pub fn success(status: StatusCode) -> Self {
+    pub(crate) fn success(status: StatusCode) -> Self {
         Classification {
             class: Class::from_status(status),
             status,
@@ -168,7 +168,7 @@ impl Classification {
     }
 
     /// The `x-should-retry` override, if the server sent a valid one.
-    pub fn should_retry(&self) -> Option<bool> {
+    pub(crate) fn should_retry(&self) -> Option<bool> {
         self.details.as_ref().and_then(|d| d.should_retry)
     }
 

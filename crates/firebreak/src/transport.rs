@@ -148,6 +148,7 @@ fn starts_with_dns(e: &dyn StdError) -> bool {
 /// Classifies an error known only as `Display + 'static` (tower-http's `classify_error`
 /// signature): it is downcast to the error types tower stacks carry, then classified as
 /// [`classify_error`] does. Unknown types give [`Class::Other`].
+#[cfg_attr(not(feature = "classify"), allow(dead_code))]
 pub(crate) fn classify_display<E: Display + 'static>(e: &E) -> Class {
     let any = e as &dyn Any;
     if let Some(fe) = any.downcast_ref::<Error>() {

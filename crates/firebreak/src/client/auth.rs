@@ -47,6 +47,7 @@ impl ApiKey {
     }
 
     /// The `Authorization` header value, already marked sensitive.
+    #[cfg_attr(not(feature = "stack"), allow(dead_code))]
     pub(crate) fn header_value(&self) -> &HeaderValue {
         &self.header
     }
