@@ -64,6 +64,92 @@ fn listing(json: &Path) -> String {
     out
 }
 
+/// The API items in a listing: modules, types, traits, constants, free functions and inherent
+/// methods. Struct fields, enum variants and the members of trait impls (`fmt`, `poll`, `call`,
+/// associated types) are not counted: they follow from the items.
+fn items(listing: &str) -> usize {
+    let mut n = 0;
+    let mut in_trait_impl = false;
+    for line in listing.lines() {
+        if let Some(head) = line.strip_prefix("impl") {
+            in_trait_impl = head.split(" where ").next().unwrap_or("").contains(" for ");
+            continue;
+        }
+        let mut body = line;
+        while body.starts_with("#[") {
+            body = body.split_once("] ").map_or("", |(_, rest)| rest);
+        }
+        let Some(rest) = body.strip_prefix("pub ") else {
+            continue;
+        };
+        // `const fn`, `async fn`, `unsafe fn` are functions; a bare `const` is a constant.
+        let rest = ["const fn ", "async fn ", "unsafe fn "]
+            .iter()
+            .find_map(|q| rest.strip_prefix(q).map(|r| (q, r)))
+            .map_or(rest.to_string(), |(_, r)| format!("fn {r}"));
+        let rest = rest.as_str();
+        let Some((kind, path)) = rest.split_once(' ') else {
+            continue;
+        };
+        if !matches!(
+            kind,
+            "fn" | "struct" | "enum" | "trait" | "type" | "mod" | "const" | "static" | "use"
+        ) {
+            continue; // a field or a variant
+        }
+        if matches!(kind, "fn" | "type" | "const") && in_trait_impl {
+            // A member of a trait impl: its owner (the path segment before the name) is a type.
+            let path = path.split(['(', ' ']).next().unwrap_or("");
+            let mut depth = 0;
+            let plain: String = path
+                .chars()
+                .filter(|c| {
+                    match c {
+                        '<' => depth += 1,
+                        '>' => depth -= 1,
+                        _ => return depth == 0,
+                    }
+                    false
+                })
+                .collect();
+            let owner = plain.rsplit("::").nth(1).unwrap_or("");
+            if owner.starts_with(|c: char| c.is_ascii_uppercase()) {
+                continue;
+            }
+        }
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn the_api_has_at_most_60_percent_of_the_items_it_had_before_issue_15() {
+    // `public-api-before-15.txt` is the same listing, made the same way, of the seven library
+    // crates at commit 4cc8110 (before #15 merged them into `firebreak`).
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let before = std::fs::read_to_string(root.join("tests/public-api-before-15.txt")).unwrap();
+    let now = std::fs::read_to_string(root.join("crates/firebreak/public-api.txt")).unwrap();
+    let (b, n) = (items(&before), items(&now));
+    let (bl, nl) = (before.lines().count(), now.lines().count());
+    println!(
+        "items: {b} before, {n} now ({:.1}%)",
+        100.0 * n as f64 / b as f64
+    );
+    println!(
+        "listing lines: {bl} before, {nl} now ({:.1}%)",
+        100.0 * nl as f64 / bl as f64
+    );
+    assert!(b > 300, "the before listing is there: {b}");
+    assert!(n * 10 <= b * 6, "{n} items is over 60% of {b}");
+}
+
+#[test]
+fn items_are_counted_by_kind_not_by_line() {
+    let listing = "pub mod a\npub struct a::T\npub a::T::field: u8\nimpl a::T\npub const fn a::T::new() -> Self\nimpl core::fmt::Debug for a::T\npub fn a::T::fmt(&self) -> R\npub fn a::free()\npub const a::MAX: usize\n#[non_exhaustive] pub enum a::E\npub a::E::V\n";
+    // mod, struct, inherent `new`, free fn, const, enum; not the field, `fmt` nor the variant.
+    assert_eq!(items(listing), 6);
+}
+
 #[test]
 fn the_public_api_is_the_committed_listing() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

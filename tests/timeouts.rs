@@ -6,8 +6,8 @@
 use bytes::Bytes;
 use firebreak::client::{ClientConfig, build_with, https_connector};
 use firebreak::timeout::{
-    AttemptTimeoutLayer, AttemptTimeouts, ConnectTimeoutLayer, DeadlineLayer, TimedRequestBody,
-    TimedResponseBody, TimeoutConfig,
+    AttemptTimeoutLayer, AttemptTimeouts, DeadlineLayer, TimedRequestBody, TimedResponseBody,
+    TimeoutConfig,
 };
 use firebreak::{
     Class, Error, TimeoutError, TimeoutPhase, classify::ClassifiedBody, classify::ClassifyLayer,
@@ -42,11 +42,11 @@ fn cfg() -> TimeoutConfig {
 fn stack(
     c: &TimeoutConfig,
 ) -> impl Service<Request<Full<Bytes>>, Response = Resp, Error = Error> + Clone {
-    let client_cfg = ClientConfig::default().connect_timeout(None);
-    let conn = ConnectTimeoutLayer::new(c.connect.unwrap())
-        .unwrap()
-        .layer(https_connector(&client_cfg).unwrap());
-    let client = build_with::<_, TimedRequestBody<Full<Bytes>>>(conn, &client_cfg);
+    let client_cfg = ClientConfig::default();
+    let client = build_with::<_, TimedRequestBody<Full<Bytes>>>(
+        https_connector(&client_cfg).unwrap(),
+        &client_cfg,
+    );
     ServiceBuilder::new()
         .layer(AttemptTimeoutLayer::new(c).unwrap())
         .layer(ClassifyLayer::new())
@@ -272,12 +272,24 @@ async fn a_slow_upload_is_a_request_write_timeout() {
 async fn a_connect_that_never_completes_is_a_client_side_connect_timeout() {
     bounded(20, async {
         let (addr, _fill, _l) = blackhole();
-        let e = stack(&cfg())
-            .oneshot(post(
-                &format!("http://{addr}/inference/v1"),
-                "/chat/completions",
-                chat_body("c", false),
-            ))
+        // The connect timer is in the connector `FireworksClient` builds: the stack's
+        // `timeouts.connect` (300 ms here), one attempt.
+        let stack = firebreak::Stack {
+            timeouts: cfg(),
+            retry: firebreak::retry::RetryConfig {
+                max_attempts: 1,
+                ..firebreak::retry::RetryConfig::default()
+            },
+            ..firebreak::Stack::interactive()
+        };
+        let client = firebreak::FireworksClient::new(
+            &format!("http://{addr}/inference/v1"),
+            firebreak::client::ApiKey::new(KEY).unwrap(),
+            stack,
+        )
+        .unwrap();
+        let e = client
+            .post("/chat/completions", chat_body("c", false))
             .await
             .unwrap_err();
         assert_eq!(

@@ -447,35 +447,6 @@ async fn deadlines_only_get_shorter() {
     assert_eq!(Deadline::of(&req), Some(shorter));
 }
 
-#[tokio::test(start_paused = true)]
-async fn connect_timeout_names_its_phase_and_is_client_side() {
-    bounded(3600, async {
-        let never = tower::service_fn(|_uri: http::Uri| {
-            futures_util::future::pending::<Result<(), std::io::Error>>()
-        });
-        let mut c = ConnectTimeoutLayer::new(Duration::from_secs(10))
-            .unwrap()
-            .layer(never);
-        let t0 = Instant::now();
-        let e = c
-            .call(http::Uri::from_static("http://127.0.0.1:1/"))
-            .await
-            .unwrap_err();
-        let e = e.downcast::<Error>().expect("a firebreak error");
-        assert_eq!(
-            phase_of(&e),
-            (TimeoutPhase::Connect, Duration::from_secs(10))
-        );
-        assert!(e.is_client_side() && e.is_connect());
-        assert_eq!(t0.elapsed(), Duration::from_secs(10));
-        assert!(matches!(
-            ConnectTimeoutLayer::new(Duration::ZERO),
-            Err(ConfigError::Zero("connect"))
-        ));
-    })
-    .await
-}
-
 #[test]
 fn public_types_are_send_and_sync() {
     fn send_sync<T: Send + Sync>() {}

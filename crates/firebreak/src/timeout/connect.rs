@@ -1,6 +1,9 @@
 //! [`ConnectTimeoutLayer`]: a timeout on the connector (DNS + TCP + TLS), whose error names the
 //! phase and the configured duration and is classified as client-side.
 
+// Used by the stack's connector (`FireworksClient`), the one owner of the connect timeout.
+#![cfg_attr(not(feature = "stack"), allow(dead_code))]
+
 use crate::{BoxError, Error, TimeoutPhase};
 use http::Uri;
 use std::future::Future;
@@ -23,7 +26,7 @@ use tower::{Layer, Service};
 /// # let _ = connector;
 /// ```
 #[derive(Debug, Clone, Copy)]
-pub struct ConnectTimeoutLayer {
+pub(crate) struct ConnectTimeoutLayer {
     d: Duration,
 }
 
@@ -32,7 +35,7 @@ impl ConnectTimeoutLayer {
     ///
     /// # Errors
     /// [`crate::timeout::ConfigError`] for zero or more than [`crate::timeout::MAX_TIMEOUT`].
-    pub fn new(d: Duration) -> Result<Self, crate::timeout::ConfigError> {
+    pub(crate) fn new(d: Duration) -> Result<Self, crate::timeout::ConfigError> {
         if d.is_zero() {
             return Err(crate::timeout::ConfigError::Zero("connect"));
         }
@@ -52,26 +55,9 @@ impl<C> Layer<C> for ConnectTimeoutLayer {
 
 /// The connector [`ConnectTimeoutLayer`] makes.
 #[derive(Debug, Clone)]
-pub struct ConnectTimeout<C> {
+pub(crate) struct ConnectTimeout<C> {
     inner: C,
     d: Duration,
-}
-
-impl<C> ConnectTimeout<C> {
-    /// The inner connector.
-    pub fn get_ref(&self) -> &C {
-        &self.inner
-    }
-
-    /// The inner connector, mutably.
-    pub fn get_mut(&mut self) -> &mut C {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner connector.
-    pub fn into_inner(self) -> C {
-        self.inner
-    }
 }
 
 impl<C> Service<Uri> for ConnectTimeout<C>
@@ -99,7 +85,7 @@ where
 
 /// The future of [`ConnectTimeout`]. It is `Unpin`, as hyper-util's client requires of
 /// connector futures.
-pub struct ConnectFuture<F> {
+pub(crate) struct ConnectFuture<F> {
     fut: F,
     sleep: Pin<Box<Sleep>>,
     d: Duration,
@@ -130,5 +116,41 @@ where
             }
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Class, Error, TimeoutError, TimeoutPhase};
+    use tokio::time::Instant;
+
+    #[tokio::test(start_paused = true)]
+    async fn connect_timeout_names_its_phase_and_is_client_side() {
+        let never =
+            tower::service_fn(|_uri: Uri| std::future::pending::<Result<(), std::io::Error>>());
+        let mut c = ConnectTimeoutLayer::new(Duration::from_secs(10))
+            .unwrap()
+            .layer(never);
+        let t0 = Instant::now();
+        let e = tokio::time::timeout(
+            Duration::from_secs(60),
+            c.call(Uri::from_static("http://127.0.0.1:1/")),
+        )
+        .await
+        .expect("bounded")
+        .unwrap_err();
+        let e = e.downcast::<Error>().expect("a firebreak error");
+        assert_eq!(e.class(), Class::Timeout(TimeoutPhase::Connect));
+        let t = std::error::Error::source(&*e)
+            .and_then(|s| s.downcast_ref::<TimeoutError>())
+            .expect("TimeoutError source");
+        assert_eq!(t.after(), Duration::from_secs(10));
+        assert!(e.is_client_side() && e.is_connect());
+        assert_eq!(t0.elapsed(), Duration::from_secs(10));
+        assert!(matches!(
+            ConnectTimeoutLayer::new(Duration::ZERO),
+            Err(crate::timeout::ConfigError::Zero("connect"))
+        ));
     }
 }

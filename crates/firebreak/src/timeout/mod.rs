@@ -69,5 +69,6 @@ mod deadline;
 pub use attempt::{AttemptFuture, AttemptTimeout, AttemptTimeoutLayer, AttemptTimeouts};
 pub use body::{TimedRequestBody, TimedResponseBody};
 pub use config::{ConfigError, MAX_TIMEOUT, TimeoutConfig, Workload};
-pub use connect::{ConnectFuture, ConnectTimeout, ConnectTimeoutLayer};
+#[cfg_attr(not(feature = "stack"), allow(unused_imports))]
+pub(crate) use connect::{ConnectTimeout, ConnectTimeoutLayer};
 pub use deadline::{DeadlineFuture, DeadlineLayer, DeadlineService};
