@@ -205,21 +205,7 @@ impl Classification {
 }
 
 fn find_ours<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a Error> {
-    let mut cur: Option<&'a (dyn std::error::Error + 'static)> = Some(e);
-    for _ in 0..32 {
-        let c = cur?;
-        if let Some(ours) = c.downcast_ref::<Error>() {
-            return Some(ours);
-        }
-        cur = match c
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-        {
-            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
-            None => c.source(),
-        };
-    }
-    None
+    crate::transport::chain(e).find_map(|c| c.downcast_ref::<Error>())
 }
 
 /// A timeout of one phase; the source of a timeout [`Error`].

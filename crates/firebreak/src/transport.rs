@@ -19,7 +19,24 @@ pub(crate) enum Stage {
     MidBody,
 }
 
-/// Classifies an error by walking its source chain (at most 32 links).
+/// An error and its sources, at most 32 links: the one walk of a source chain. A custom
+/// `io::Error`'s `source()` skips the error it wraps, so the walk descends into that instead.
+pub(crate) fn chain<'a>(
+    err: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    let mut cur = Some(err);
+    std::iter::from_fn(move || {
+        let e = cur?;
+        cur = match e.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => Some(inner as &(dyn StdError + 'static)),
+            None => e.source(),
+        };
+        Some(e)
+    })
+    .take(32)
+}
+
+/// Classifies an error by walking its source chain ([`chain`]).
 ///
 /// It recognises firebreak's own [`Error`] and [`TimeoutError`], hyper-util's client error
 /// (`is_connect`), hyper's error kinds, rustls errors, `io::Error` kinds, and hyper-util's
@@ -32,9 +49,7 @@ pub(crate) fn classify_error(err: &(dyn StdError + 'static), stage: Stage) -> Cl
     let mut timed_out = false;
     let mut reset = false;
     let mut protocol = false;
-    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
-    for _ in 0..32 {
-        let Some(e) = cur else { break };
+    for e in chain(err) {
         if let Some(fe) = e.downcast_ref::<Error>() {
             return fe.class();
         }
@@ -82,11 +97,6 @@ pub(crate) fn classify_error(err: &(dyn StdError + 'static), stage: Stage) -> Cl
         if !dns && starts_with_dns(e) {
             dns = true;
         }
-        // A custom io::Error's `source()` skips the error it wraps; descend into that instead.
-        cur = match e.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
-            Some(inner) => Some(inner as &(dyn StdError + 'static)),
-            None => e.source(),
-        };
     }
     if connect || dns {
         return if dns {

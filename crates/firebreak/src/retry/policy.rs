@@ -1,7 +1,7 @@
 //! [`FireworksPolicy`]: the retry decision, as a `tower::retry::Policy`.
 
 use crate::Deadline;
-use crate::retry::config::RetryConfig;
+use crate::retry::config::{RetryConfig, RetryOn};
 use crate::retry::replay::ReplayBody;
 use crate::{AttemptContext, DelayReason, GaveUp, NotReplayable, RetryInfo};
 use crate::{Class, Classification, Error};
@@ -133,7 +133,59 @@ impl Clone for FireworksPolicy {
     }
 }
 
+/// How one attempt ended, as the retry decision reads it.
+enum Ended<'a> {
+    /// An answer, with its classification.
+    Answer(&'a Classification),
+    /// A failure (a transport error, a timeout, a refusal by the gate).
+    Failed(&'a Error),
+}
+
+impl Ended<'_> {
+    fn class(&self) -> Class {
+        match self {
+            Ended::Answer(c) => c.class(),
+            Ended::Failed(e) => e.class(),
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Ended::Answer(c) => c.retry_after(),
+            Ended::Failed(e) => e.retry_after(),
+        }
+    }
+
+    /// Whether it may be retried: the caller's status overrides first, then the class's rule
+    /// ([`Class::is_retryable_given`], the one owner of the precedence) with the server's
+    /// `x-should-retry` hint. A failure without a status keeps its own verdict.
+    fn retryable(&self, on: &RetryOn) -> bool {
+        let (status, hint) = match self {
+            Ended::Answer(c) => (Some(c.status()), c.should_retry()),
+            Ended::Failed(e) => match e.status() {
+                Some(s) => (Some(s), None),
+                None => return e.is_retryable(),
+            },
+        };
+        let Some(s) = status else { return false };
+        if on.never.contains(&s.as_u16()) {
+            return false;
+        }
+        let hint = hint.filter(|_| !on.ignore_should_retry);
+        self.class().is_retryable_given(hint) || (hint.is_none() && on.also.contains(&s.as_u16()))
+    }
+}
+
 impl FireworksPolicy {
+    /// A policy with `cfg`, for a plain `tower::retry::Retry` (the retry layer builds its own).
+    ///
+    /// # Errors
+    /// [`crate::retry::RetryConfigError`] when `cfg` does not validate.
+    pub fn new(cfg: RetryConfig) -> Result<Self, crate::retry::RetryConfigError> {
+        cfg.validate()?;
+        Ok(Self::from_shared(Arc::new(PolicyShared::new(cfg))))
+    }
+
     pub(crate) fn from_shared(shared: Arc<PolicyShared>) -> Self {
         let rng = shared.cfg.seed.map(SmallRng::seed_from_u64);
         FireworksPolicy {
@@ -169,23 +221,11 @@ impl FireworksPolicy {
     fn decide<B: Replayable>(
         &mut self,
         req: &Request<B>,
-        class: Class,
-        status: Option<http::StatusCode>,
-        should_retry: Option<bool>,
-        server_delay: Option<Duration>,
-        retryable_by_error: bool,
+        ended: &Ended<'_>,
     ) -> Result<(Duration, DelayReason), GaveUp> {
         let cfg = &self.shared.cfg;
-        let retryable = match status {
-            Some(s) if cfg.retry_on.never.contains(&s.as_u16()) => false,
-            Some(s) => {
-                let hint = should_retry.filter(|_| !cfg.retry_on.ignore_should_retry);
-                class.is_retryable_given(hint)
-                    || (hint.is_none() && cfg.retry_on.also.contains(&s.as_u16()))
-            }
-            None => retryable_by_error,
-        };
-        if !retryable {
+        let server_delay = ended.retry_after();
+        if !ended.retryable(&cfg.retry_on) {
             return Err(GaveUp::NotRetryable);
         }
         if self.attempts >= cfg.max_attempts {
@@ -243,25 +283,15 @@ where
         result: &mut Result<Response<ResB>, Error>,
     ) -> Option<Sleep> {
         self.attempts += 1;
-        let (class, status, should_retry, delay, by_error) = match result {
+        let answer;
+        let ended = match result {
             Ok(resp) => {
-                let c = Classification::of(resp);
-                (
-                    c.class(),
-                    Some(c.status()),
-                    c.should_retry(),
-                    c.retry_after(),
-                    false,
-                )
+                answer = Classification::of(resp);
+                Ended::Answer(&answer)
             }
-            Err(e) => (
-                e.class(),
-                e.status(),
-                None,
-                e.retry_after(),
-                e.is_retryable(),
-            ),
+            Err(e) => Ended::Failed(e),
         };
+        let class = ended.class();
         if let Some(slot) = self.classes.get_mut(self.attempts as usize - 1) {
             *slot = Some(class);
         }
@@ -282,7 +312,7 @@ where
             }
             return None;
         }
-        match self.decide(req, class, status, should_retry, delay, by_error) {
+        match self.decide(req, &ended) {
             Ok((wait, reason)) => {
                 self.slept += wait;
                 req.extensions_mut().insert(AttemptContext {

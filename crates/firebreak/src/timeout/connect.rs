@@ -15,16 +15,6 @@ use tower::{Layer, Service};
 
 /// Wraps a connector (a `Service<Uri>`, such as hyper-util's `HttpConnector` or hyper-rustls'
 /// `HttpsConnector`) with a connect timeout covering resolution, TCP and TLS.
-///
-/// ```
-/// use firebreak::timeout::ConnectTimeoutLayer;
-/// use hyper_util::client::legacy::connect::HttpConnector;
-/// use std::time::Duration;
-/// use tower::Layer;
-///
-/// let connector = ConnectTimeoutLayer::new(Duration::from_secs(10)).unwrap().layer(HttpConnector::new());
-/// # let _ = connector;
-/// ```
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ConnectTimeoutLayer {
     d: Duration,
