@@ -43,7 +43,7 @@ impl Classification {
 
     /// The classification [`ClassifyLayer`](crate::classify::ClassifyLayer) gave `resp`. Plain successes
     /// carry none (attaching one would allocate on every call); for them this is
-    /// [`Classification::success`]. A failure that never passed through the layer is classified
+    /// `Classification::success`. A failure that never passed through the layer is classified
     /// here from its status and headers (its body is not read).
     pub fn of<B>(resp: &http::Response<B>) -> Classification {
         match resp.extensions().get::<Classification>() {

@@ -8,6 +8,24 @@
 //! table is in the timeout module's docs); every part can be overridden.
 //! [`FireworksClient`] is the ready-made client: base URL, API key and a stack.
 //!
+//! # The contracts
+//! Every layer reads and writes these, and nothing of another layer:
+//! - [`Class`], the taxonomy of what happened to an attempt: server answers (success, rate
+//!   limited, overloaded, server error, request timeout, named client errors, an error event in
+//!   an SSE stream) and transport failures (connect failed by DNS / refused / TLS / other,
+//!   timeouts by phase, resets before the response or mid-body, protocol errors, the gate's
+//!   refusal). Each class knows whether it is
+//!   [retryable by default](Class::is_retryable_by_default) and whether the attempt
+//!   [reached the server](Class::reached_server): Fireworks' dashboard counts only attempts that
+//!   did. A quota answer (402, `insufficient_quota`, a spending limit, a suspended account) and
+//!   501 are never retried; `x-ratelimit-reset-*` is never a retry delay.
+//! - [`Classification`], an answer's class with its parsed error body, server delay and request
+//!   id; [`Error`], the one error, with predicates (`is_timeout`, `is_rate_limited`,
+//!   `is_retryable`, `is_client_side`), accessors and a `source()` chain.
+//! - [`Deadline`], the call record ([`AttemptContext`], [`RetryInfo`], [`GaveUp`]) and the
+//!   [`names`] of spans, fields and metrics.
+//! - [`parse`], pure and total parsers for error bodies in every shape seen from Fireworks.
+//!
 //! # Example
 //! ```no_run
 //! use bytes::Bytes;

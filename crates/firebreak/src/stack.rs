@@ -41,7 +41,7 @@ pub type BoxStack = BoxCloneSyncService<Request<Full<Bytes>>, Response<Fireworks
 #[non_exhaustive]
 pub enum StackError {
     /// A timeout setting.
-    Timeout(crate::timeout::ConfigError),
+    Timeout(crate::timeout::TimeoutConfigError),
     /// A retry setting.
     Retry(crate::retry::RetryConfigError),
     /// A 429 gate setting.
@@ -104,7 +104,7 @@ pub struct Stack {
     /// Whether an error event inside an SSE stream ends the body with an error (the default), or
     /// passes through untouched (what a proxy wants).
     pub sse_errors_as_failures: bool,
-    /// Whether to record tracing spans and metrics (on by default; see [`observe`]).
+    /// Whether to record tracing spans and metrics (on by default; see [`observe`](crate::observe)).
     pub observe: bool,
 }
 

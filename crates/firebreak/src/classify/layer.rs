@@ -19,7 +19,7 @@ pub(crate) struct Config {
     pub(crate) errors_for_status: bool,
 }
 
-/// Classifies every attempt: see the [crate docs](crate).
+/// Classifies every attempt: see the [module docs](crate::classify).
 #[derive(Debug, Clone, Copy)]
 pub struct ClassifyLayer {
     cfg: Config,

@@ -1,4 +1,4 @@
-//! `firebreak-client`: the hyper client that firebreak's layers wrap.
+//! The client (feature `client`): the hyper client that firebreak's layers wrap.
 //!
 //! - [`build`] makes a hyper-util legacy [`Client`] with HTTPS through rustls (ring provider,
 //!   webpki roots), HTTP/1.1 and HTTP/2 (ALPN), a connect timeout that defaults to the 10 s
@@ -175,7 +175,7 @@ where
 }
 
 /// Builds the client around any connector (for example [`https_connector`] wrapped in
-/// firebreak-timeout's `ConnectTimeoutLayer`), with `cfg`'s pool settings.
+/// the stack's connect timer), with `cfg`'s pool settings.
 pub fn build_with<C, B>(conn: C, cfg: &ClientConfig) -> Client<C, B>
 where
     C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,

@@ -168,7 +168,7 @@ impl GateConfig {
 
 /// A gate setting that cannot work.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GateConfigError(pub String);
+pub struct GateConfigError(String);
 
 impl fmt::Display for GateConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

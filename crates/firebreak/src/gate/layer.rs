@@ -206,7 +206,7 @@ impl<S: RateStore> Shared<S> {
     }
 }
 
-/// The 429 gate: see the [crate docs](crate). Clones share every gate.
+/// The 429 gate: see the [module docs](crate::gate). Clones share every gate.
 #[derive(Debug)]
 pub struct GateLayer {
     shared: Arc<Shared<Store>>,

@@ -1,4 +1,4 @@
-//! `firebreak-ratelimit`: back off as a fleet, but only on evidence.
+//! The 429 gate (feature `gate`): back off as a fleet, but only on evidence.
 //!
 //! With every other client, each request handles its own 429: fifty concurrent requests all hit
 //! the wall, all sleep, and all wake up together into the wall again. This layer sits inside the
@@ -7,7 +7,7 @@
 //! cooldown, a smaller window, a slower pace) needs fleet-wide evidence, recovers with time,
 //! and one request, header or tenant never slows the others.**
 //!
-//! What counts as evidence ([`Signal`], [`Answer::signal`]):
+//! What counts as evidence (`Signal`, `Answer::signal` in `store.rs`):
 //! - **A rate-limit 429** (it carries `x-ratelimit-*` headers, or its body says "rate limit"):
 //!   fleet-wide on its own. Its delay (`Retry-After`, `retry-after-ms`) becomes a cooldown for
 //!   the key, and it lowers a learned pace (× `decrease`, once a second at most).
@@ -48,15 +48,15 @@
 //!    the request that got it fails, with its typed error, from the retry layer. Ignored headers
 //!    are named in a DEBUG trace event. `x-ratelimit-reset-*` is never a retry delay.
 //! 6. **A bounded, fair wait.** Requests wait in FIFO order, at most `max_queue` per key. One
-//!    that cannot get a send slot before its deadline (firebreak-timeout's
+//!    that cannot get a send slot before its deadline (the timeout module's
 //!    [`Deadline`](crate::Deadline)) fails at once with a client-side `Throttled`
 //!    error carrying the wait it would have needed. A waiter that gives up returns its reserved
 //!    slot at once.
 //! 7. **Bounded keys.** At most `max_keys` (10,000) gates; idle ones are evicted, least recently
 //!    used first, counted in `firebreak_gate_evictions_total`.
-//! 8. **The state behind a trait.** [`RateStore`] holds the shared pacing, cooldown and quota
-//!    state; [`InProcessStore`] is the default, and a distributed store can replace it
-//!    ([`GateLayer::with_store`]).
+//! 8. **The state behind a trait.** A crate-private `RateStore` holds the shared pacing,
+//!    cooldown and quota state, in this process (`InProcessStore`). It is the seam for a store
+//!    shared by many processes (issue #16), which will make it public in its async form.
 //!
 //! A request holds its place until its response body ends ([`PermitBody`]): what the window
 //! measures is what the server is serving. Without evidence the window is wide, so long

@@ -22,7 +22,7 @@ pub struct GateKey(pub u64);
 // Already a hash: maps keyed by it skip hashing it again.
 impl nohash_hasher::IsEnabled for GateKey {}
 
-/// What kind of evidence one answer is (see the [crate docs](crate)).
+/// What kind of evidence one answer is (see the gate module's docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub(crate) enum Signal {

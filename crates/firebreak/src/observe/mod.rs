@@ -1,22 +1,19 @@
-//! Tracing spans and metrics for the firebreak stack: one span per logical request with a
-//! child span per attempt, and counters and histograms through the [`metrics`] facade, so any
-//! exporter works (Prometheus, StatsD, OpenTelemetry…).
+//! Observation (feature `observe`): tracing spans and metrics, one span per call with a child
+//! span per attempt, and counters and histograms through the [`metrics`] facade, so any exporter
+//! works (Prometheus, StatsD, OpenTelemetry…).
 //!
-//! Two layers, placed by the `firebreak` facade:
+//! Two layers, placed as [the architecture](crate#how-a-request-flows-outside-to-inside) says:
 //!
-//! ```text
-//! ObserveLayer → deadline → retry → AttemptObserveLayer → 429 gate → attempt timeouts → classify
-//! ```
-//!
-//! - [`ObserveLayer`] is outermost: it sees the logical request from the call to the end of the
-//!   response body, whatever happens in between (retries, waits, the deadline). It counts the
-//!   outcome once, when the request ends, even if the caller drops it half way (`cancelled`).
+//! - [`ObserveLayer`] is outermost: it sees the call from its start to the end of the response
+//!   body, whatever happens in between (retries, waits, the deadline). It counts the outcome
+//!   once, when the call ends, even if the caller drops it half way (`cancelled`).
 //! - [`AttemptObserveLayer`] sits between retry and the gate: it sees every attempt, including
 //!   the ones the gate refused to send, which are client-side failures. The retry layer tells it
-//!   which attempt it is and how long it waited before it, and why ([`firebreak::AttemptContext`]);
+//!   which attempt it is and how long it waited before it, and why ([`AttemptContext`](crate::AttemptContext));
 //!   the gate records its own wait on the attempt span (`gate_wait_ms`, `gate_wait_reason`).
 //!
-//! Both classify with the same verdict every other layer uses ([`firebreak::Class`]).
+//! Both classify with the same verdict every other layer uses ([`Class`](crate::Class)). The span
+//! and metric names are constants in [`names`](crate::names).
 //!
 //! # Spans
 //! Following tower-http's `TraceLayer`: spans at `DEBUG`, an event when the request finishes
@@ -39,7 +36,7 @@
 //!
 //! | name | type | labels | what |
 //! |---|---|---|---|
-//! | `firebreak_requests_total` | counter | `outcome` (`success`, `failure`, `cancelled`), `class` | logical requests, counted once when they end |
+//! | `firebreak_requests_total` | counter | `outcome` (`success`, `failure`, `cancelled`), `class` | calls, counted once when they end |
 //! | `firebreak_attempts_total` | counter | `class`, `reached_server` | attempts; `reached_server="true"` is what the provider can see |
 //! | `firebreak_retries_total` | counter | `reason` (the class that caused it) | retries |
 //! | `firebreak_http_429_total` | counter | – | 429 answers received |
@@ -76,7 +73,7 @@
 //! # let _ = svc;
 //! ```
 //!
-//! The `firebreak` facade's `Stack` does this for you; `Stack::observe(false)` turns it off.
+//! [`Stack`](crate::Stack) does this for you; its `observe: false` turns it off.
 //!
 //! How to read these metrics beside Fireworks' own: [`client_failures`].
 

@@ -17,7 +17,7 @@ use tower::{Layer, Service};
 use tracing::Span;
 use tracing::field::Empty;
 
-/// Observes logical requests: the outermost layer of the stack. See the [crate docs](crate).
+/// Observes calls: the outermost layer of the stack. See the [module docs](crate::observe).
 #[derive(Debug, Clone)]
 pub struct ObserveLayer {
     obs: Observer,

@@ -41,7 +41,7 @@ pub struct ApiError {
     pub code: Option<String>,
     /// `error.type` (e.g. `invalid_request_error`).
     pub kind: Option<String>,
-    /// A human message, at most [`MAX_MESSAGE_CHARS`] characters.
+    /// A human message, at most 1024 characters.
     pub message: Option<String>,
     /// `error.param` (e.g. `model`).
     pub param: Option<String>,

@@ -73,7 +73,8 @@ pub struct RetryOn {
     pub ignore_should_retry: bool,
 }
 
-/// Every retry setting. Build one with [`RetryConfig::builder`].
+/// Every retry setting: `RetryConfig { max_attempts: 3, ..RetryConfig::default() }`; the
+/// layer validates it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryConfig {
     /// Attempts in all, the first included.

@@ -13,7 +13,7 @@ use tower::{Layer, Service};
 pub type ResponseFuture<S, B> =
     tower::retry::future::ResponseFuture<FireworksPolicy, S, Request<ReplayBody<B>>>;
 
-/// Retries failed attempts: see the [crate docs](crate). Clones share the budget.
+/// Retries failed attempts: see the [module docs](crate::retry). Clones share the budget.
 #[derive(Debug, Clone)]
 pub struct RetryLayer {
     shared: Arc<PolicyShared>,
@@ -46,7 +46,7 @@ impl<S> Layer<S> for RetryLayer {
 }
 
 /// The service [`RetryLayer`] makes. The inner service sees `Request<ReplayBody<B>>` and must
-/// fail with [`firebreak::Error`] (put the classify layer, or any firebreak layer, below).
+/// fail with [`Error`](crate::Error) (a firebreak layer below, or `map_err(Error::transport)` over any client).
 #[derive(Debug, Clone)]
 pub struct Retry<S> {
     inner: tower::retry::Retry<FireworksPolicy, S>,

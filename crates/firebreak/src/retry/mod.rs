@@ -1,6 +1,6 @@
-//! `firebreak-retry`: retries that follow Fireworks' guidance and do not make outages worse.
+//! Retry (feature `retry`): retries that follow Fireworks' guidance and do not make outages worse.
 //!
-//! - **What is retried** comes from the shared classification (`firebreak-classify`): 429, 500,
+//! - **What is retried** comes from the shared classification ([`Class`](crate::Class)): 429, 500,
 //!   502, 503, 504 and 408; connect failures; resets before the response; response-header
 //!   timeouts. 400, 401, 402, 403, 404, 412, 413 and 422 are not. `x-should-retry` overrides the
 //!   status, and [`RetryOn`] changes the set.
@@ -19,7 +19,7 @@
 //!   streams without waiting; a body over the bound (16 MiB by default) is sent once and not
 //!   retried, and the final error says so.
 //! - **Per attempt**: an optional attempt-number header (`x-stainless-retry-count`-compatible),
-//!   an optional `Idempotency-Key` reused on every attempt, and [`RetryInfo`] in the final
+//!   an optional `Idempotency-Key` reused on every attempt, and [`RetryInfo`](crate::RetryInfo) in the final
 //!   response's extensions (attempts, time slept, classes seen, why it gave up).
 //! - **Cancellation**: dropping the response future stops every further attempt and sleep.
 //!

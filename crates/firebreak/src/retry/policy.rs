@@ -82,7 +82,7 @@ impl Replayable for http_body_util::Empty<Bytes> {
 /// and settings are shared by all clones.
 ///
 /// It implements [`tower::retry::Policy`], so it also works with a plain `tower::retry::Retry`
-/// around any service whose error is [`firebreak::Error`]:
+/// around any service whose error is [`Error`](crate::Error):
 ///
 /// ```
 /// use bytes::Bytes;

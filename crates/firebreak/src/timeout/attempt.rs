@@ -82,8 +82,8 @@ impl AttemptTimeoutLayer {
     /// A layer with `cfg`'s per-attempt phases.
     ///
     /// # Errors
-    /// [`crate::timeout::ConfigError`] when `cfg` does not validate.
-    pub fn new(cfg: &TimeoutConfig) -> Result<Self, crate::timeout::ConfigError> {
+    /// [`crate::timeout::TimeoutConfigError`] when `cfg` does not validate.
+    pub fn new(cfg: &TimeoutConfig) -> Result<Self, crate::timeout::TimeoutConfigError> {
         cfg.validate()?;
         Ok(AttemptTimeoutLayer { t: cfg.into() })
     }
@@ -124,7 +124,7 @@ impl<S> AttemptTimeout<S> {
     ///
     /// # Errors
     /// As [`AttemptTimeoutLayer::new`].
-    pub fn new(inner: S, cfg: &TimeoutConfig) -> Result<Self, crate::timeout::ConfigError> {
+    pub fn new(inner: S, cfg: &TimeoutConfig) -> Result<Self, crate::timeout::TimeoutConfigError> {
         Ok(AttemptTimeoutLayer::new(cfg)?.layer(inner))
     }
 
@@ -132,7 +132,9 @@ impl<S> AttemptTimeout<S> {
     ///
     /// # Errors
     /// As [`AttemptTimeoutLayer::new`].
-    pub fn layer(cfg: &TimeoutConfig) -> Result<AttemptTimeoutLayer, crate::timeout::ConfigError> {
+    pub fn layer(
+        cfg: &TimeoutConfig,
+    ) -> Result<AttemptTimeoutLayer, crate::timeout::TimeoutConfigError> {
         AttemptTimeoutLayer::new(cfg)
     }
 

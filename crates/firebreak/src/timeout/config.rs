@@ -24,7 +24,7 @@ pub enum Workload {
 ///
 /// | phase | what it bounds |
 /// |---|---|
-/// | `connect` | TCP + TLS connect, in the connector ([`ConnectTimeoutLayer`](crate::timeout::ConnectTimeoutLayer)) |
+/// | `connect` | TCP + TLS connect, in the connector `FireworksClient` builds |
 /// | `ready` | waiting for the inner service to be ready (pool, concurrency limits, the 429 gate below) |
 /// | `write` | sending the request body |
 /// | `headers` | from the end of the write to the response head (time to first byte) |
@@ -140,8 +140,8 @@ impl TimeoutConfig {
     /// total must not exceed the deadline.
     ///
     /// # Errors
-    /// [`ConfigError`] naming the first bad setting.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// [`TimeoutConfigError`] naming the first bad setting.
+    pub fn validate(&self) -> Result<(), TimeoutConfigError> {
         let fields = [
             ("connect", self.connect),
             ("ready", self.ready),
@@ -154,14 +154,14 @@ impl TimeoutConfig {
         ];
         for (name, v) in fields {
             match v {
-                Some(d) if d.is_zero() => return Err(ConfigError::Zero(name)),
-                Some(d) if d > MAX_TIMEOUT => return Err(ConfigError::TooLong(name, d)),
+                Some(d) if d.is_zero() => return Err(TimeoutConfigError::Zero(name)),
+                Some(d) if d > MAX_TIMEOUT => return Err(TimeoutConfigError::TooLong(name, d)),
                 _ => {}
             }
         }
         if let (Some(a), Some(d)) = (self.attempt, self.deadline) {
             if a > d {
-                return Err(ConfigError::AttemptOverDeadline {
+                return Err(TimeoutConfigError::AttemptOverDeadline {
                     attempt: a,
                     deadline: d,
                 });
@@ -181,7 +181,7 @@ impl Default for TimeoutConfig {
 /// A timeout setting that cannot work.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum ConfigError {
+pub enum TimeoutConfigError {
     /// A zero duration would fail every call; use `None` to disable a phase.
     Zero(&'static str),
     /// Longer than [`MAX_TIMEOUT`].
@@ -195,18 +195,18 @@ pub enum ConfigError {
     },
 }
 
-impl fmt::Display for ConfigError {
+impl fmt::Display for TimeoutConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ConfigError::Zero(n) => write!(
+            TimeoutConfigError::Zero(n) => write!(
                 f,
                 "timeout `{n}` is zero, which would fail every call (leave it unset to turn the phase off)"
             ),
-            ConfigError::TooLong(n, d) => write!(
+            TimeoutConfigError::TooLong(n, d) => write!(
                 f,
                 "timeout `{n}` of {d:?} is longer than the {MAX_TIMEOUT:?} maximum"
             ),
-            ConfigError::AttemptOverDeadline { attempt, deadline } => write!(
+            TimeoutConfigError::AttemptOverDeadline { attempt, deadline } => write!(
                 f,
                 "the attempt timeout ({attempt:?}) is longer than the overall deadline ({deadline:?})"
             ),
@@ -214,7 +214,7 @@ impl fmt::Display for ConfigError {
     }
 }
 
-impl std::error::Error for ConfigError {}
+impl std::error::Error for TimeoutConfigError {}
 
 #[cfg(test)]
 mod tests {
@@ -279,7 +279,7 @@ mod tests {
         }
         .validate()
         .unwrap_err();
-        assert_eq!(e, ConfigError::Zero("headers"));
+        assert_eq!(e, TimeoutConfigError::Zero("headers"));
         assert!(e.to_string().contains("leave it unset"));
         let e = TimeoutConfig {
             idle: Some(Duration::from_secs(90_000)),
@@ -287,14 +287,14 @@ mod tests {
         }
         .validate()
         .unwrap_err();
-        assert!(matches!(e, ConfigError::TooLong("idle", _)));
+        assert!(matches!(e, TimeoutConfigError::TooLong("idle", _)));
         let e = TimeoutConfig {
             attempt: Some(Duration::from_secs(300)),
             ..base
         }
         .validate()
         .unwrap_err();
-        assert!(matches!(e, ConfigError::AttemptOverDeadline { .. }));
+        assert!(matches!(e, TimeoutConfigError::AttemptOverDeadline { .. }));
         let unbounded = TimeoutConfig {
             deadline: None,
             attempt: Some(Duration::from_secs(300)),

@@ -24,13 +24,13 @@ impl ConnectTimeoutLayer {
     /// A connect timeout of `d`.
     ///
     /// # Errors
-    /// [`crate::timeout::ConfigError`] for zero or more than [`crate::timeout::MAX_TIMEOUT`].
-    pub(crate) fn new(d: Duration) -> Result<Self, crate::timeout::ConfigError> {
+    /// [`crate::timeout::TimeoutConfigError`] for zero or more than [`crate::timeout::MAX_TIMEOUT`].
+    pub(crate) fn new(d: Duration) -> Result<Self, crate::timeout::TimeoutConfigError> {
         if d.is_zero() {
-            return Err(crate::timeout::ConfigError::Zero("connect"));
+            return Err(crate::timeout::TimeoutConfigError::Zero("connect"));
         }
         if d > crate::timeout::MAX_TIMEOUT {
-            return Err(crate::timeout::ConfigError::TooLong("connect", d));
+            return Err(crate::timeout::TimeoutConfigError::TooLong("connect", d));
         }
         Ok(ConnectTimeoutLayer { d })
     }
@@ -140,7 +140,7 @@ mod tests {
         assert_eq!(t0.elapsed(), Duration::from_secs(10));
         assert!(matches!(
             ConnectTimeoutLayer::new(Duration::ZERO),
-            Err(crate::timeout::ConfigError::Zero("connect"))
+            Err(crate::timeout::TimeoutConfigError::Zero("connect"))
         ));
     }
 }

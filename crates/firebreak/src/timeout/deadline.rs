@@ -33,13 +33,15 @@ impl DeadlineLayer {
     /// A deadline of `total` per call.
     ///
     /// # Errors
-    /// [`crate::timeout::ConfigError`] for zero or more than [`crate::timeout::MAX_TIMEOUT`].
-    pub fn new(total: Duration) -> Result<Self, crate::timeout::ConfigError> {
+    /// [`crate::timeout::TimeoutConfigError`] for zero or more than [`crate::timeout::MAX_TIMEOUT`].
+    pub fn new(total: Duration) -> Result<Self, crate::timeout::TimeoutConfigError> {
         if total.is_zero() {
-            return Err(crate::timeout::ConfigError::Zero("deadline"));
+            return Err(crate::timeout::TimeoutConfigError::Zero("deadline"));
         }
         if total > crate::timeout::MAX_TIMEOUT {
-            return Err(crate::timeout::ConfigError::TooLong("deadline", total));
+            return Err(crate::timeout::TimeoutConfigError::TooLong(
+                "deadline", total,
+            ));
         }
         Ok(DeadlineLayer {
             total,

@@ -1,11 +1,11 @@
-//! `firebreak-timeout`: every phase of a call timed on its own, workload presets from Fireworks'
+//! Timeouts (feature `timeout`): every phase of a call timed on its own, workload presets from Fireworks'
 //! guidance, and an overall deadline that the other layers respect.
 //!
 //! One big timeout is wrong for LLM traffic: a streamed generation can rightly take 30 minutes,
 //! yet a connection that never opens, or a stream that stops sending tokens, must be caught in
 //! seconds. So each phase has its own timer ([`TimeoutConfig`]):
 //!
-//! - **connect** — [`ConnectTimeoutLayer`] on the connector (DNS + TCP + TLS); client-side.
+//! - **connect** — on the connector `FireworksClient` builds (DNS + TCP + TLS); client-side.
 //! - **ready** — waiting for the inner service to be ready; client-side (class `timeout_ready`).
 //! - **write** — sending the request body.
 //! - **headers** — from the end of the write to the response head (time to first byte).
@@ -13,11 +13,11 @@
 //! - **idle** — the longest gap between two body frames: what catches a stalled stream.
 //! - **attempt** — one attempt, from the call to the end of the body.
 //! - **deadline** — the whole call across attempts, backoff sleeps and rate-limit waits
-//!   ([`DeadlineLayer`]); carried on the request as a [`Deadline`] extension so the retry and
+//!   ([`DeadlineLayer`]); carried on the request as a [`Deadline`](crate::Deadline) extension so the retry and
 //!   429 layers can see how much time is left and fail fast instead of starting a wait that
-//!   cannot finish in time ([`Deadline::check_wait`]).
+//!   cannot finish in time ([`Deadline::check_wait`](crate::Deadline::check_wait)).
 //!
-//! Every timeout error is a [`firebreak::Error`] whose class names the phase
+//! Every timeout error is an [`Error`](crate::Error) whose class names the phase
 //! (`Class::Timeout(phase)`) and whose source is a `TimeoutError` with the configured duration.
 //! Connect and ready timeouts never reached the server; the others did.
 //!
@@ -58,7 +58,7 @@
 //!
 //! # Bad input
 //! Zero or over-a-day durations, and an attempt longer than the deadline, are rejected when the
-//! layers are built ([`ConfigError`]); `None` disables a phase. Nothing panics at run time.
+//! layers are built ([`TimeoutConfigError`]); `None` disables a phase. Nothing panics at run time.
 
 mod attempt;
 mod body;
@@ -68,7 +68,7 @@ mod deadline;
 
 pub use attempt::{AttemptFuture, AttemptTimeout, AttemptTimeoutLayer, AttemptTimeouts};
 pub use body::{TimedRequestBody, TimedResponseBody};
-pub use config::{ConfigError, MAX_TIMEOUT, TimeoutConfig, Workload};
+pub use config::{MAX_TIMEOUT, TimeoutConfig, TimeoutConfigError, Workload};
 #[cfg_attr(not(feature = "stack"), allow(unused_imports))]
 pub(crate) use connect::{ConnectTimeout, ConnectTimeoutLayer};
 pub use deadline::{DeadlineFuture, DeadlineLayer, DeadlineService};
