@@ -62,7 +62,12 @@ impl TokenEstimate {
             .ok()
             .and_then(|m| m.max_tokens)
             .unwrap_or(default_completion);
-        let prompt = u32::try_from(body.len() / 4).unwrap_or(u32::MAX);
+        Self::of_size(body.len() as u64, completion)
+    }
+
+    /// The one estimate rule: a body of `bytes` (about four bytes a token) plus `completion`.
+    pub(crate) fn of_size(bytes: u64, completion: u32) -> TokenEstimate {
+        let prompt = u32::try_from(bytes / 4).unwrap_or(u32::MAX);
         TokenEstimate(prompt.saturating_add(completion))
     }
 }
@@ -384,9 +389,7 @@ where
                     .size_hint()
                     .exact()
                     .unwrap_or(req.body().size_hint().lower());
-                u32::try_from(bytes / 4)
-                    .unwrap_or(u32::MAX)
-                    .saturating_add(sh.cfg.default_completion_tokens)
+                TokenEstimate::of_size(bytes, sh.cfg.default_completion_tokens).0
             }
             None => 0,
         };
