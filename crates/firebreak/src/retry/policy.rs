@@ -121,15 +121,7 @@ impl Clone for FireworksPolicy {
             let n = self.shared.calls.fetch_add(1, Ordering::Relaxed);
             SmallRng::seed_from_u64(s ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
         });
-        FireworksPolicy {
-            shared: self.shared.clone(),
-            attempts: 0,
-            slept: Duration::ZERO,
-            first_end: None,
-            previous: None,
-            classes: [None; 8],
-            rng,
-        }
+        Self::fresh(self.shared.clone(), rng)
     }
 }
 
@@ -188,6 +180,11 @@ impl FireworksPolicy {
 
     pub(crate) fn from_shared(shared: Arc<PolicyShared>) -> Self {
         let rng = shared.cfg.seed.map(SmallRng::seed_from_u64);
+        Self::fresh(shared, rng)
+    }
+
+    /// A policy for a new call: no attempts yet.
+    fn fresh(shared: Arc<PolicyShared>, rng: Option<SmallRng>) -> Self {
         FireworksPolicy {
             shared,
             attempts: 0,
