@@ -6,7 +6,7 @@
 
 use crate::class::Class;
 use crate::parse::delay::server_delay;
-use crate::parse::grpc::GrpcStatus;
+use crate::parse::grpc::{GrpcStatus, negative_pushback};
 use crate::transport::classify_display;
 use http::{HeaderMap, Request, Response};
 use std::fmt;
@@ -76,11 +76,12 @@ impl ClassifyResponse for GrpcClassifier {
     fn classify_response<B>(self, res: &Response<B>) -> ClassifiedResponse<GrpcFailure, GrpcEos> {
         if !res.status().is_success() {
             // A proxy in front of the gRPC server answered (e.g. 503): use the HTTP class.
+            let pushback = server_delay(res.headers(), SystemTime::now());
             return ClassifiedResponse::Ready(Err(GrpcFailure {
                 class: Class::from_status(res.status()),
                 code: None,
-                pushback: server_delay(res.headers(), SystemTime::now()).delay(),
-                refused: false,
+                pushback: pushback.delay(),
+                refused: negative_pushback(&pushback),
                 message: None,
             }));
         }
@@ -181,6 +182,22 @@ mod tests {
         let f = eos.classify_eos(Some(&t)).unwrap_err();
         assert_eq!(f.class, Class::Overloaded);
         assert!(!f.is_retryable(), "negative pushback means do not retry");
+        // The same from a proxy's non-2xx answer in front of the gRPC server.
+        let mut h = HeaderMap::new();
+        h.insert("grpc-retry-pushback-ms", HeaderValue::from_static("-1"));
+        let mut resp = Response::new(());
+        *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        *resp.headers_mut() = h;
+        match GrpcClassifier.classify_response(&resp) {
+            ClassifiedResponse::Ready(Err(f)) => {
+                assert_eq!(f.class, Class::Overloaded);
+                assert!(
+                    !f.is_retryable(),
+                    "a negative pushback refuses the retry here too"
+                );
+            }
+            _ => panic!("a 503 is a failure"),
+        }
         t.insert("grpc-status", HeaderValue::from_static("0"));
         assert!(GrpcEos.classify_eos(Some(&t)).is_ok());
         assert_eq!(
