@@ -2,8 +2,9 @@
 //! own retries off, gets firebreak's behaviour.
 //!
 //! A request passes, in order:
-//! 1. the connection's timers ([`conn`]: keep-alive, header, write stall) and the cap on
-//!    connections (further ones wait in the accept backlog);
+//! 1. the connection's timers ([`conn`]: keep-alive, header, write stall), the cap on
+//!    connections (further ones wait in the accept backlog), and a request head of at most
+//!    [`MAX_HEAD`] (64 KiB; 431 beyond);
 //! 2. admission ([`guard`]: Host, browsers, routes, methods, dot-segments, caller tokens);
 //! 3. the caller's preset and deadline ([`caller`]);
 //! 4. the request body, under `--max-body`, `--body-timeout` and the `--body-memory` budget
@@ -15,6 +16,11 @@
 //!
 //! Only HTTP/1.1 is served: h2c (HTTP/2 without TLS, by prior knowledge or upgrade) is off, as
 //! the SDKs speak HTTP/1.1 to a local sidecar.
+
+/// The largest request head (request line and headers) the proxy reads: 64 KiB. hyper checks
+/// the limit between reads, so a head may pass it by at most one read (another 64 KiB); one far
+/// larger always gets 431. SDK requests send well under 2 KiB.
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
 
 mod body;
 mod caller;
@@ -842,6 +848,7 @@ async fn serve(
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .header_read_timeout(None)
+            .max_buf_size(MAX_HEAD)
             .serve_connection(io, svc);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
