@@ -43,12 +43,18 @@ impl Deadline {
     /// Sets this deadline on `req`, unless it already carries an earlier one (a deadline is only
     /// ever shortened). Returns the one now in force.
     pub fn apply<B>(self, req: &mut Request<B>) -> Deadline {
-        let d = match Deadline::of(req) {
-            Some(existing) if existing.at <= self.at => existing,
-            _ => self,
-        };
+        let d = self.shortened_by(Deadline::of(req));
         req.extensions_mut().insert(d);
         d
+    }
+
+    /// The one in force of this deadline and an `outer` one: a deadline is only ever shortened,
+    /// so an outer one that ends first stays.
+    pub(crate) fn shortened_by(self, outer: Option<Deadline>) -> Deadline {
+        match outer {
+            Some(o) if o.at <= self.at => o,
+            _ => self,
+        }
     }
 
     /// The instant it passes.

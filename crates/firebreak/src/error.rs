@@ -208,6 +208,25 @@ fn find_ours<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a Error> 
     crate::transport::chain(e).find_map(|c| c.downcast_ref::<Error>())
 }
 
+#[cfg(test)]
+impl Error {
+    /// For unit tests: the phase and configured duration of a timeout error (its class and its
+    /// `TimeoutError` source, which must agree).
+    pub(crate) fn timeout_parts(&self) -> (TimeoutPhase, Duration) {
+        let Class::Timeout(p) = self.class() else {
+            panic!("not a timeout: {self:?}")
+        };
+        let t = find_timeout(self).expect("a TimeoutError source");
+        assert_eq!(t.phase(), p);
+        (p, t.after())
+    }
+}
+
+#[cfg(test)]
+fn find_timeout(e: &Error) -> Option<&TimeoutError> {
+    crate::transport::chain(e).find_map(|c| c.downcast_ref::<TimeoutError>())
+}
+
 /// A timeout of one phase; the source of a timeout [`Error`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimeoutError {

@@ -57,8 +57,6 @@ pub use class::{Class, ClientErrorKind, ConnectKind, TimeoutPhase};
 pub use deadline::Deadline;
 pub use error::{Classification, Error, TimeoutError};
 pub use parse::body::{ApiError, BodyShape};
-#[cfg(feature = "gate")]
-pub(crate) use parse::ratelimit::RateLimitHeaders;
 pub use transport::BoxError;
 
 // The layers, one feature each.

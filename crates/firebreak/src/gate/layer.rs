@@ -7,7 +7,8 @@ use crate::gate::store::{Answer, GateKey, InProcessStore, RateStore};
 
 /// The one store the public types use; the trait stays the seam for a shared one (#16).
 type Store = InProcessStore;
-use crate::{BoxError, Class, Classification, Error, RateLimitHeaders};
+use crate::parse::ratelimit::RateLimitHeaders;
+use crate::{BoxError, Class, Classification, Error};
 use bytes::Bytes;
 use http::{Extensions, HeaderMap, Method, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};

@@ -1,8 +1,9 @@
 //! The rate, cooldown and quota state shared by everyone using a key, behind [`RateStore`], so
 //! that a distributed store can replace the in-process one without changing the layer.
 
+use crate::Class;
 use crate::gate::config::{GateConfig, HeaderUnit};
-use crate::{Class, RateLimitHeaders};
+use crate::parse::ratelimit::RateLimitHeaders;
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;

@@ -112,7 +112,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Class, Error, TimeoutError, TimeoutPhase};
+    use crate::{Error, TimeoutPhase};
     use tokio::time::Instant;
 
     #[tokio::test(start_paused = true)]
@@ -131,11 +131,10 @@ mod tests {
         .expect("bounded")
         .unwrap_err();
         let e = e.downcast::<Error>().expect("a firebreak error");
-        assert_eq!(e.class(), Class::Timeout(TimeoutPhase::Connect));
-        let t = std::error::Error::source(&*e)
-            .and_then(|s| s.downcast_ref::<TimeoutError>())
-            .expect("TimeoutError source");
-        assert_eq!(t.after(), Duration::from_secs(10));
+        assert_eq!(
+            e.timeout_parts(),
+            (TimeoutPhase::Connect, Duration::from_secs(10))
+        );
         assert!(e.is_client_side() && e.is_connect());
         assert_eq!(t0.elapsed(), Duration::from_secs(10));
         assert!(matches!(

@@ -127,12 +127,7 @@ where
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let (dl, fut) = if self.scoped {
-            // A deadline is only ever shortened: an outer one that ends first stays in force.
-            let mine = Deadline::after(self.total);
-            let dl = match Deadline::of(&req) {
-                Some(outer) if outer.instant() <= mine.instant() => outer,
-                _ => mine,
-            };
+            let dl = Deadline::after(self.total).shortened_by(Deadline::of(&req));
             (dl, SCOPED.sync_scope(dl, || self.inner.call(req)))
         } else {
             let dl = Deadline::after(self.total).apply(&mut req);
@@ -217,16 +212,11 @@ mod tests {
     use super::*;
     use crate::timeout::{AttemptTimeoutLayer, TimedRequestBody, TimeoutConfig};
     use bytes::Bytes;
+    use firebreak_testkit::bounded;
     use http_body_util::Full;
     use tokio::time::Instant;
     use tower::ServiceExt;
     use tower_test::mock;
-
-    async fn bounded<F: Future>(secs: u64, f: F) -> F::Output {
-        tokio::time::timeout(Duration::from_secs(secs), f)
-            .await
-            .expect("test took too long")
-    }
 
     fn cfg() -> TimeoutConfig {
         TimeoutConfig {
@@ -234,16 +224,6 @@ mod tests {
             attempt: Some(Duration::from_secs(100)),
             ..TimeoutConfig::default()
         }
-    }
-
-    fn phase_of(e: &Error) -> (TimeoutPhase, Duration) {
-        let crate::Class::Timeout(p) = e.class() else {
-            panic!("not a timeout: {e:?}")
-        };
-        let t = std::error::Error::source(e)
-            .and_then(|s| s.downcast_ref::<crate::TimeoutError>())
-            .expect("TimeoutError source");
-        (p, t.after())
     }
 
     #[tokio::test(start_paused = true)]
@@ -262,7 +242,7 @@ mod tests {
             // The attempt layer, which reads the stamp, ends the call at the deadline.
             let e = call.await.unwrap().unwrap_err();
             assert_eq!(
-                phase_of(&e),
+                e.timeout_parts(),
                 (TimeoutPhase::Deadline, Duration::from_secs(8))
             );
             assert_eq!(t0.elapsed(), Duration::from_secs(8));
@@ -287,7 +267,7 @@ mod tests {
             let (req, _send) = h.next_request().await.unwrap();
             assert!(Deadline::of(&req).is_some(), "the outer extension");
             let e = call.await.unwrap().unwrap_err();
-            assert_eq!(phase_of(&e).0, TimeoutPhase::Deadline);
+            assert_eq!(e.timeout_parts().0, TimeoutPhase::Deadline);
             assert_eq!(t0.elapsed(), Duration::from_secs(5));
 
             // Scoped alone: no extension on the request, yet the attempt layer below sees it.
@@ -303,7 +283,7 @@ mod tests {
             assert!(req.extensions().get::<Deadline>().is_none(), "no extension");
             let e = call.await.unwrap().unwrap_err();
             assert_eq!(
-                phase_of(&e),
+                e.timeout_parts(),
                 (TimeoutPhase::Deadline, Duration::from_secs(3))
             );
             assert_eq!(t0.elapsed(), Duration::from_secs(3));

@@ -3,7 +3,8 @@
 
 use crate::gate::GateConfig;
 use crate::gate::store::{Answer, GateKey, InProcessStore, RateStore, Reserve, Signal};
-use crate::{Class, Classification, RateLimitHeaders};
+use crate::parse::ratelimit::RateLimitHeaders;
+use crate::{Class, Classification};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use proptest::prelude::*;
 use std::time::{Duration, SystemTime};

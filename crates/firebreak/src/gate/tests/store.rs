@@ -1,9 +1,10 @@
 //! The shared state's rules, one by one, on `InProcessStore` directly (no clock but the
 //! instants passed in): each test pins a boundary the gate's behaviour depends on.
 
+use crate::Class;
 use crate::gate::store::{Answer, GateKey, InProcessStore, RateStore, Reserve};
 use crate::gate::{GateConfig, HeaderUnit};
-use crate::{Class, RateLimitHeaders};
+use crate::parse::ratelimit::RateLimitHeaders;
 use http::HeaderMap;
 use std::time::Duration;
 use tokio::time::Instant;
