@@ -31,6 +31,8 @@ pub struct SimConfig {
     /// Largest number of attempts kept in the log; further attempts are counted in
     /// [`crate::Sim::log_dropped`], never silently lost.
     pub log_capacity: usize,
+    /// Control-plane resources (jobs, deployments), served under `/v1/accounts/{account}/`.
+    pub control: Vec<crate::ControlResource>,
 }
 
 impl Default for SimConfig {
@@ -45,6 +47,7 @@ impl Default for SimConfig {
             faults: Vec::new(),
             max_request_body: 32 * 1024 * 1024,
             log_capacity: 1_000_000,
+            control: Vec::new(),
         }
     }
 }
@@ -57,6 +60,12 @@ impl SimConfig {
             paths: Vec::new(),
             fault,
         });
+        self
+    }
+
+    /// Adds a control-plane resource (builder style).
+    pub fn resource(mut self, r: crate::ControlResource) -> Self {
+        self.control.push(r);
         self
     }
 
@@ -93,6 +102,9 @@ impl SimConfig {
     /// Checks the scenario for values that cannot work, naming the first one found.
     pub fn validate(&self) -> Result<(), crate::SimError> {
         let bad = |what: String| Err(crate::SimError::Config(what));
+        for r in &self.control {
+            r.validate().map_err(crate::SimError::Config)?;
+        }
         if let Some(rl) = &self.rate_limit {
             if !(rl.rate_per_sec.is_finite() && rl.rate_per_sec > 0.0) {
                 return bad(format!(

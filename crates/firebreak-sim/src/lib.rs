@@ -38,6 +38,9 @@
 //! | `POST /inference/v1/completions` | `text_completion` JSON or SSE |
 //! | `POST /inference/v1/embeddings` | an embeddings list |
 //! | `GET /inference/v1/models` | the model list |
+//! | `GET /v1/accounts/{a}/{collection}/{id}` | a control-plane resource of [`SimConfig::control`], its state advancing along its script with each GET ([`ControlResource`]) |
+//! | `POST /v1/accounts/{a}/{collection}/{id}:resume` (`:cancel`) | restarts the resource's script from its resume steps |
+//! | `GET /training/v1/rlorTrainerJobs/{a}/{id}/api/v1/healthz` | 200 once the trainer job is running and its unhealthy checks are used up, else 503 |
 //!
 //! Every success carries the `fireworks-prompt-tokens`, `fireworks-cached-prompt-tokens`,
 //! `fireworks-server-time-to-first-token` and `fireworks-server-processing-time` headers, and,
@@ -51,6 +54,7 @@ mod bodies;
 mod body;
 mod bucket;
 mod config;
+mod control;
 mod log;
 mod server;
 
@@ -59,6 +63,7 @@ pub use config::{
     CapacityConfig, CapacityReject, DelayHeader, ErrorShape, Fault, FaultRule, Growth, Latency,
     RateLimitConfig, RateLimitDelay, RateUnit, SimConfig, Trigger,
 };
+pub use control::{COLLECTIONS, ControlResource, GetFailure, Step};
 pub use log::AttemptRecord;
 
 use std::io::{self, Write};

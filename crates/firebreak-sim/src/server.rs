@@ -36,6 +36,7 @@ pub(crate) struct Shared {
     pub(crate) attempts: Mutex<HashMap<String, u32>>,
     pub(crate) bucket: Option<Mutex<Bucket>>,
     pub(crate) in_flight: AtomicUsize,
+    pub(crate) control: crate::control::ControlPlane,
 }
 
 impl Shared {
@@ -46,6 +47,7 @@ impl Shared {
             .clone()
             .map(|rl| Mutex::new(Bucket::new(rl, start)));
         Shared {
+            control: crate::control::ControlPlane::new(cfg.control.clone()),
             log: AttemptLog::new(cfg.log_capacity),
             cfg,
             start,
@@ -496,6 +498,33 @@ pub(crate) async fn handle(
             vec![],
             "auth",
         ));
+    }
+
+    // The control plane.
+    if let Some(req) = crate::control::parse(&parts.method, parts.uri.path()) {
+        use crate::control::ControlAnswer as A;
+        let answer = match req {
+            Ok(req) => shared.control.answer(&req),
+            Err(status) => A::Error(status, bodies::default_message(status).into(), "route"),
+        };
+        return match answer {
+            A::Json(status, v) => Ok(ctx.respond(
+                status,
+                vec![],
+                "application/json",
+                Bytes::from(v.to_string()),
+            )),
+            A::Error(status, message, fault) => {
+                Ok(ctx.error(status, ErrorShape::GrpcGateway, &message, vec![], fault))
+            }
+            A::Reset => {
+                let mut ctx = ctx;
+                ctx.guard.record.fault = Some("control_reset".into());
+                reset.store(true, Ordering::Release);
+                drop(ctx);
+                Err(DropConnection)
+            }
+        };
     }
 
     // Routing.
