@@ -271,7 +271,19 @@ impl ControlPlane {
     /// # Errors
     /// [`JobsError::Config`] for an invalid URL.
     pub fn new(base_url: &str, key: ApiKey) -> Result<ControlPlane, JobsError> {
-        let client = FireworksClient::new(base_url, key, control_plane_stack())
+        Self::with_stack(base_url, key, control_plane_stack())
+    }
+
+    /// As [`ControlPlane::new`] with a stack of your own (start from [`control_plane_stack`]).
+    ///
+    /// # Errors
+    /// [`JobsError::Config`] for an invalid URL or setting.
+    pub fn with_stack(
+        base_url: &str,
+        key: ApiKey,
+        stack: Stack,
+    ) -> Result<ControlPlane, JobsError> {
+        let client = FireworksClient::new(base_url, key, stack)
             .map_err(|e| JobsError::Config(e.to_string()))?;
         Ok(Self::with_service(client.base_url(), client.service()))
     }
