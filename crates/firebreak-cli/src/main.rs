@@ -10,6 +10,7 @@ mod args;
 mod breakdown;
 mod chat;
 mod demo;
+mod jobs;
 mod load;
 mod logging;
 mod proxy;
@@ -37,6 +38,8 @@ enum Command {
     Proxy(proxy::ProxyArgs),
     /// Ask one question and stream the answer to the terminal.
     Chat(chat::ChatArgs),
+    /// Wait on long-running resources: reconnect a trainer job, wait for a deployment or a job.
+    Jobs(jobs::JobsArgs),
 }
 
 fn main() {
@@ -57,6 +60,7 @@ fn main() {
             Command::Load(args) => load::run(args).await,
             Command::Proxy(args) => proxy::run(args).await,
             Command::Chat(args) => chat::run(args).await,
+            Command::Jobs(args) => jobs::run(args).await,
         }
     });
     if let Err(e) = result {

@@ -309,7 +309,17 @@ impl ControlPlane {
     /// # Errors
     /// The stack's [`Error`]; a non-2xx answer becomes one too, with its class and status.
     pub async fn get(&self, r: &Resource) -> Result<Snapshot, Error> {
-        let (_, body) = self.call(Method::GET, &r.path(), self.timeouts.get).await?;
+        self.get_within(r, self.timeouts.get).await
+    }
+
+    /// A GET bounded by `limit` or the GET timeout, whichever is shorter.
+    pub(crate) async fn get_within(
+        &self,
+        r: &Resource,
+        limit: Duration,
+    ) -> Result<Snapshot, Error> {
+        let limit = limit.min(self.timeouts.get);
+        let (_, body) = self.call(Method::GET, &r.path(), limit).await?;
         parse(&body)
     }
 

@@ -253,7 +253,8 @@ impl<'a> Waiter<'a> {
 
     /// GETs the resource. A failed GET that could succeed later is tried again every `every`,
     /// until `give_up_at` or until the failures have lasted `allowance`, whichever is first;
-    /// a definite refusal (401, 403, 404, 400) ends the wait at once.
+    /// a definite refusal (401, 403, 404, 400) ends the wait at once. Each GET is bounded by
+    /// the GET timeout and by the time left (at least a second).
     async fn get(
         &mut self,
         every: Duration,
@@ -263,7 +264,13 @@ impl<'a> Waiter<'a> {
         let r = self.resource();
         let mut streak: Option<(Instant, u32)> = None;
         loop {
-            match self.cp.get(&r).await {
+            // A poll never outlives the time it has: the stack's own retries inside it stop
+            // there too (but a poll at the very end still gets a second).
+            let until = streak.map_or(give_up_at, |(since, _)| give_up_at.min(since + allowance));
+            let limit = until
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_secs(1));
+            match self.cp.get_within(&r, limit).await {
                 Ok(s) => {
                     self.out.polls += 1;
                     self.out.state.clone_from(&s.state);
