@@ -340,7 +340,8 @@ impl ControlPlane {
     }
 
     /// Whether a trainer job is healthy: `GET {base}/training/v1/rlorTrainerJobs/{account}/{job}/api/v1/healthz`
-    /// answered exactly 200. Any other answer is `Ok(false)`.
+    /// answered exactly 200. Any other answer is `Ok(false)`. Like every call it goes through the
+    /// stack, so a 503 is retried within the health check's own 5 s.
     ///
     /// # Errors
     /// Only for a call that got no answer (connect failure, timeout).
