@@ -186,34 +186,12 @@ fn bad_input_and_missing_keys_are_one_line_errors_and_keys_never_show() {
     let sim = sim(&rt);
     let base = format!("http://{}", sim.addr());
     let line = |o: &Output| String::from_utf8_lossy(&o.stderr).trim().to_string();
-    let (out, _) = jobs(
-        &[
-            "wait",
-            "--account",
-            "acct",
-            "--deployment",
-            "dep",
-            "--base-url",
-            &base,
-        ],
-        None,
-    );
+    let head = ["wait", "--account", "acct", "--base-url", &base];
+    let wait = |extra: &[&str], key| jobs(&[&head[..], extra].concat(), key);
+    let (out, _) = wait(&["--deployment", "dep"], None);
     assert_eq!(out.status.code(), Some(1));
     assert!(line(&out).contains("FIREWORKS_API_KEY"), "{}", line(&out));
-    let (out, _) = jobs(
-        &[
-            "wait",
-            "--account",
-            "acct",
-            "--deployment",
-            "dep",
-            "--base-url",
-            &base,
-            "--timeout",
-            "0",
-        ],
-        Some(KEY),
-    );
+    let (out, _) = wait(&["--deployment", "dep", "--timeout", "0"], Some(KEY));
     assert_eq!(out.status.code(), Some(1));
     assert!(line(&out).contains("--timeout"), "{}", line(&out));
     let (out, _) = jobs(
@@ -229,27 +207,19 @@ fn bad_input_and_missing_keys_are_one_line_errors_and_keys_never_show() {
         Some(KEY),
     );
     assert_eq!(out.status.code(), Some(1));
+    assert!(line(&out).contains("a/b"), "{}", line(&out));
     // Exactly one target.
-    let (out, _) = jobs(
-        &["wait", "--account", "acct", "--base-url", &base],
-        Some(KEY),
-    );
+    let (out, _) = wait(&[], Some(KEY));
+    assert_eq!(out.status.code(), Some(2));
+    let (out, _) = wait(&["--deployment", "dep", "--batch-job", "b"], Some(KEY));
     assert_eq!(out.status.code(), Some(2));
     // A wrong key: refused at once, and neither key is shown.
-    let (out, v) = jobs(
-        &[
-            "wait",
-            "--account",
-            "acct",
-            "--deployment",
-            "dep",
-            "--base-url",
-            &base,
-            "--json",
-        ],
+    let (out, v) = wait(
+        &["--deployment", "dep", "--json"],
         Some("fw_wrong_SECRET_key"),
     );
     assert_eq!(out.status.code(), Some(1));
+    assert!(v["error"].as_str().unwrap().contains("refused"), "{v}");
     assert!(!v.to_string().contains("fw_wrong_SECRET_key"));
     assert!(!String::from_utf8_lossy(&out.stderr).contains("fw_wrong_SECRET_key"));
     // Nothing listening: unreachable once the allowance is spent, in about that time.
