@@ -73,6 +73,10 @@ pub mod retry;
 #[cfg(feature = "timeout")]
 pub mod timeout;
 
+// Integrations, each behind its own feature (not in the default).
+#[cfg(feature = "async-openai")]
+pub mod async_openai;
+
 // The composition.
 #[cfg(feature = "stack")]
 mod stack;
