@@ -69,7 +69,9 @@ async fn flaky() -> Sim {
 async fn a_chat_completion_succeeds_after_a_503_and_a_429() {
     let sim = flaky().await;
     let c = client(&sim);
-    let resp = bounded(20, c.chat().create(chat("aoa-1", false))).await.unwrap();
+    let resp = bounded(20, c.chat().create(chat("aoa-1", false)))
+        .await
+        .unwrap();
     assert!(!resp.choices.is_empty());
     assert_eq!(statuses(&sim, "aoa-1"), [503, 429, 200]);
 }
@@ -109,16 +111,23 @@ async fn a_400_is_sent_once_and_is_async_openais_api_error() {
         should_retry: None,
         message: Some("messages must not be empty".into()),
     };
-    let sim = Sim::start(SimConfig::default().api_key(KEY).fault(Trigger::Always, fault))
-        .await
-        .unwrap();
+    let sim = Sim::start(
+        SimConfig::default()
+            .api_key(KEY)
+            .fault(Trigger::Always, fault),
+    )
+    .await
+    .unwrap();
     let e = bounded(20, client(&sim).chat().create(chat("aoa-3", false)))
         .await
         .unwrap_err();
     match &e {
         OpenAIError::ApiError(api) => {
             assert_eq!(api.status_code.as_u16(), 400);
-            assert!(api.api_error.message.contains("messages must not be empty"), "{e}");
+            assert!(
+                api.api_error.message.contains("messages must not be empty"),
+                "{e}"
+            );
         }
         other => panic!("expected an API error, got {other:?}"),
     }
@@ -134,9 +143,13 @@ async fn a_quota_429_is_sent_once() {
         should_retry: None,
         message: None,
     };
-    let sim = Sim::start(SimConfig::default().api_key(KEY).fault(Trigger::Always, fault))
-        .await
-        .unwrap();
+    let sim = Sim::start(
+        SimConfig::default()
+            .api_key(KEY)
+            .fault(Trigger::Always, fault),
+    )
+    .await
+    .unwrap();
     let e = bounded(20, client(&sim).chat().create(chat("aoa-4", false)))
         .await
         .unwrap_err();
@@ -149,11 +162,10 @@ async fn a_quota_429_is_sent_once() {
 
 #[tokio::test]
 async fn a_hang_is_cut_at_the_first_byte_timeout_and_retried() {
-    let sim = Sim::start(
-        SimConfig::default()
-            .api_key(KEY)
-            .fault(Trigger::FirstAttempts { n: 1 }, Fault::Hang { for_ms: 30_000 }),
-    )
+    let sim = Sim::start(SimConfig::default().api_key(KEY).fault(
+        Trigger::FirstAttempts { n: 1 },
+        Fault::Hang { for_ms: 30_000 },
+    ))
     .await
     .unwrap();
     let started = std::time::Instant::now();
@@ -162,7 +174,10 @@ async fn a_hang_is_cut_at_the_first_byte_timeout_and_retried() {
         .unwrap();
     assert!(!resp.choices.is_empty());
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(5), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
     let log = sim.attempts_for("aoa-5");
     assert_eq!(log.len(), 2);
     assert_eq!(log[1].status, 200);

@@ -28,6 +28,9 @@ fn rustdoc_json(root: &Path) -> PathBuf {
             "firebreak",
             "--lib",
             "--locked",
+            // The integrations' items too: each is public API once its feature is on.
+            "--features",
+            "async-openai,reqwest",
             "--target-dir",
         ])
         .arg(&target)
@@ -129,6 +132,13 @@ fn the_api_has_at_most_60_percent_of_the_items_it_had_before_issue_15() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let before = std::fs::read_to_string(root.join("tests/public-api-before-15.txt")).unwrap();
     let now = std::fs::read_to_string(root.join("crates/firebreak/public-api.txt")).unwrap();
+    // The integrations (#20: `firebreak::async_openai`, `firebreak::reqwest`) came after #15
+    // and are opt-in features; the target is about the layers it consolidated.
+    let now: String = now
+        .lines()
+        .filter(|l| !l.contains("firebreak::async_openai") && !l.contains("firebreak::reqwest"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     let (b, n) = (items(&before), items(&now));
     let (bl, nl) = (before.lines().count(), now.lines().count());
     println!(

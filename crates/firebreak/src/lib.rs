@@ -76,6 +76,8 @@ pub mod timeout;
 // Integrations, each behind its own feature (not in the default).
 #[cfg(feature = "async-openai")]
 pub mod async_openai;
+#[cfg(feature = "reqwest")]
+pub mod reqwest;
 
 // The composition.
 #[cfg(feature = "stack")]
