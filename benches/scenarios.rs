@@ -4,7 +4,9 @@
 //! policy.
 //!
 //! `cargo bench --bench scenarios -- retry` prints the retry table (issue #5),
-//! `cargo bench --bench scenarios -- ratelimit` the 429 table (issue #6); with neither, both. Without `--bench` (as under
+//! `cargo bench --bench scenarios -- ratelimit` the 429 table (issue #6),
+//! `cargo bench --bench scenarios -- integrations` async-openai's default retry layer beside
+//! async-openai over firebreak (issue #20); with none named, all. Without `--bench` (as under
 //! `cargo test`) it runs a small transient scenario and checks every client completed.
 //!
 //! For investigating firebreak alone: `FIREBREAK_BENCH_ONLY_FIREBREAK=2000` (transient) or
@@ -41,7 +43,13 @@ enum Peer {
     ReqwestRetry,
     TowerCount,
     DocsLoop,
-    OpenAi { max_retries: u32 },
+    OpenAi {
+        max_retries: u32,
+    },
+    /// async-openai 0.43's `Client` as it comes (its `OpenAIRetryLayer`).
+    AsyncOpenAi,
+    /// async-openai's `Client` over firebreak (`firebreak::async_openai::client`, interactive stack).
+    AsyncOpenAiFirebreak,
 }
 
 impl Peer {
@@ -54,6 +62,10 @@ impl Peer {
             Peer::DocsLoop => "Fireworks docs' loop (1 s·2ⁿ + U(0,1), 5 attempts)".into(),
             Peer::OpenAi { max_retries } => {
                 format!("openai SDK policy (max_retries {max_retries})")
+            }
+            Peer::AsyncOpenAi => "async-openai 0.43, its default retry layer".into(),
+            Peer::AsyncOpenAiFirebreak => {
+                "async-openai 0.43 over firebreak (interactive stack)".into()
             }
         }
     }
@@ -133,8 +145,32 @@ fn one(peer: Peer, ctx: Arc<Ctx>, i: usize) -> BoxFut {
                 end == Attempt::Status(200)
             }
             Peer::OpenAi { max_retries } => openai(&ctx, &id, max_retries).await,
+            Peer::AsyncOpenAi => async_openai_call(&ctx.aoa_default, &id).await,
+            Peer::AsyncOpenAiFirebreak => async_openai_call(&ctx.aoa_firebreak, &id).await,
         }
     })
+}
+
+/// One chat completion through an async-openai `Client`; the simulator's logical id is `user`.
+async fn async_openai_call(
+    c: &async_openai::Client<async_openai::config::OpenAIConfig>,
+    id: &str,
+) -> bool {
+    use async_openai::types::chat::{
+        ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequestArgs,
+    };
+    #[allow(deprecated)]
+    let req = CreateChatCompletionRequestArgs::default()
+        .model("accounts/fireworks/models/llama-v3p1-8b-instruct")
+        .messages([ChatCompletionRequestUserMessageArgs::default()
+            .content("hello")
+            .build()
+            .expect("message")
+            .into()])
+        .user(id)
+        .build()
+        .expect("request");
+    c.chat().create(req).await.is_ok()
 }
 
 async fn openai(ctx: &Ctx, id: &str, max_retries: u32) -> bool {
@@ -194,6 +230,8 @@ struct Ctx {
     reqwest: reqwest_middleware::ClientWithMiddleware,
     firebreak: FbSvc,
     firebreak_gate: FbGateSvc,
+    aoa_default: async_openai::Client<async_openai::config::OpenAIConfig>,
+    aoa_firebreak: async_openai::Client<async_openai::config::OpenAIConfig>,
 }
 
 type FbGateSvc = tower::util::BoxCloneSyncService<
@@ -256,7 +294,20 @@ fn ctx(base: String) -> Arc<Ctx> {
         )
         .layer(ClassifyLayer::new())
         .service(client);
+    let aoa_default = async_openai::Client::with_config(
+        async_openai::config::OpenAIConfig::new()
+            .with_api_base(base.clone())
+            .with_api_key(KEY),
+    );
+    let aoa_firebreak = firebreak::async_openai::client(
+        &base,
+        firebreak::client::ApiKey::new(KEY).expect("key"),
+        firebreak::Stack::interactive(),
+    )
+    .expect("async-openai over firebreak");
     Arc::new(Ctx {
+        aoa_default,
+        aoa_firebreak,
         firebreak_gate: tower::util::BoxCloneSyncService::new(fbg),
         base,
         plain: plain_client(),
@@ -454,7 +505,7 @@ fn main() {
     let want = |section: &str| {
         let named = args
             .iter()
-            .any(|a| a == "retry" || a == "ratelimit" || a == "gate");
+            .any(|a| a == "retry" || a == "ratelimit" || a == "gate" || a == "integrations");
         !named || args.iter().any(|a| a == section)
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -510,6 +561,14 @@ fn main() {
                 .expect("bounded");
             assert_eq!(d.early, 0, "no retry before its legitimate delay");
             println!("scenarios smoke: gate rows ok (quota {:.2} attempts/request, own delays {:.1}% in {:.1} s)", q.attempts, d.success, d.makespan);
+            for p in [Peer::AsyncOpenAi, Peer::AsyncOpenAiFirebreak] {
+                let r = tokio::time::timeout(Duration::from_secs(120), run(Scenario::Transient, p, 40, 16)).await.expect("bounded");
+                assert!(r.amplification >= 1.0, "{}: every request reached the server", r.peer);
+                if p == Peer::AsyncOpenAiFirebreak {
+                    assert!(r.success >= 90.0, "async-openai over firebreak: success {}", r.success);
+                }
+                println!("scenarios smoke: {} ok ({:.0}% success)", r.peer, r.success);
+            }
             return;
         }
         if want("gate") {
@@ -542,6 +601,21 @@ fn main() {
                     println!(
                         "| {} | {} | {:.1} | {:.3} | {:.0} | {:.0} | {:.1} |",
                         r.scenario, r.peer, r.success, r.amplification, r.p50, r.p99, r.makespan
+                    );
+                }
+            }
+        }
+        if want("integrations") {
+            println!();
+            println!("| scenario | client | success % | attempts / request | 429/503 received | p50 ms | p99 ms | makespan s | ÷ ideal |");
+            println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+            for (s, n) in [(Scenario::Transient, 2000), (Scenario::BucketRetryAfter, 1000)] {
+                for p in [Peer::AsyncOpenAi, Peer::AsyncOpenAiFirebreak] {
+                    let r = tokio::time::timeout(Duration::from_secs(600), run(s, p, n, 64)).await.expect("bounded");
+                    let ratio = r.ideal.map_or("–".to_string(), |i| format!("{:.2}", r.makespan / i));
+                    println!(
+                        "| {} | {} | {:.1} | {:.3} | {} | {:.0} | {:.0} | {:.1} | {} |",
+                        r.scenario, r.peer, r.success, r.amplification, r.rejected, r.p50, r.p99, r.makespan, ratio
                     );
                 }
             }
