@@ -440,6 +440,18 @@ async fn a_resume_with_dcp_save_interval_0_warns_and_an_absent_one_says_nothing(
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_resume_that_fails_ends_the_wait_with_its_error() {
+    let (cp, calls) = plane(|_, w| match w {
+        RESUME => A::Status(400),
+        _ => A::State("JOB_STATE_PAUSED"),
+    });
+    let (e, so_far) = reason(reconnect(&cp, ReconnectConfig::default()).await.0);
+    assert!(matches!(e, JobsError::ResumeFailed { .. }), "{e}");
+    assert!(!so_far.resumed);
+    assert_eq!(count(&calls, RESUME), 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn unknown_states_are_waited_on_never_taken_as_an_ending() {
     let (cp, _) = plane(|t, w| match w {
         GET if t < 30.0 => A::State("JOB_STATE_SOMETHING_NEW"),
