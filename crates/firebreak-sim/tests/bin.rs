@@ -43,7 +43,8 @@ fn serves_a_scenario_and_logs_attempts_as_jsonl() {
     let mut text = String::new();
     while t.elapsed() < Duration::from_secs(10) {
         text = std::fs::read_to_string(&log).unwrap_or_default();
-        if !text.is_empty() {
+        // A whole line: the writer may be caught half-way through one.
+        if text.contains('\n') {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
