@@ -9,24 +9,14 @@ use async_openai::types::chat::{
     CreateChatCompletionRequestArgs,
 };
 use firebreak::client::ApiKey;
-use firebreak::retry::Backoff;
 use firebreak::{Class, Stack};
 use firebreak_sim::{ErrorShape, Fault, Sim, SimConfig, Trigger};
 use firebreak_testkit::{KEY, bounded, status_fault};
 use futures_util::StreamExt;
 use std::time::Duration;
 
-/// The interactive stack, its backoff scaled down to milliseconds and a 300 ms first byte.
 fn stack() -> Stack {
-    let mut s = Stack::interactive();
-    s.retry.backoff = Backoff {
-        base: Duration::from_millis(5),
-        cap: Duration::from_millis(50),
-        ..s.retry.backoff
-    };
-    s.timeouts.headers = Some(Duration::from_millis(300));
-    s.timeouts.first_event = Some(Duration::from_millis(300));
-    s
+    firebreak_testkit::fast_interactive()
 }
 
 fn client(sim: &Sim) -> Client<OpenAIConfig> {

@@ -2,7 +2,6 @@
 //! firebreak-sim on 127.0.0.1: the simulator's log is the witness of every attempt.
 
 use firebreak::reqwest::{FirebreakMiddleware, firebreak_error};
-use firebreak::retry::Backoff;
 use firebreak::{Class, GaveUp, RetryInfo, Stack};
 use firebreak_sim::{ErrorShape, Fault, Sim, SimConfig, Trigger};
 use firebreak_testkit::{KEY, bounded, chat_body, status_fault};
@@ -11,17 +10,8 @@ use hyper::body::Frame;
 use reqwest_middleware::ClientWithMiddleware;
 use std::time::Duration;
 
-/// The interactive stack, its backoff scaled down to milliseconds and a 300 ms first byte.
 fn stack() -> Stack {
-    let mut s = Stack::interactive();
-    s.retry.backoff = Backoff {
-        base: Duration::from_millis(5),
-        cap: Duration::from_millis(50),
-        ..s.retry.backoff
-    };
-    s.timeouts.headers = Some(Duration::from_millis(300));
-    s.timeouts.first_event = Some(Duration::from_millis(300));
-    s
+    firebreak_testkit::fast_interactive()
 }
 
 fn client(stack: Stack) -> ClientWithMiddleware {

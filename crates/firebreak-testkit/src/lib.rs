@@ -262,3 +262,18 @@ pub fn fds_and_rss(pid: u32) -> (usize, u64) {
         .unwrap_or(0);
     (fds, rss)
 }
+
+/// The interactive stack made fast for tests: backoff from 5 ms capped at 50 ms, and a 300 ms
+/// first byte (response head and first SSE event), so a hang is cut and retried in well under a
+/// second.
+pub fn fast_interactive() -> firebreak::Stack {
+    let mut s = firebreak::Stack::interactive();
+    s.retry.backoff = firebreak::retry::Backoff {
+        base: Duration::from_millis(5),
+        cap: Duration::from_millis(50),
+        ..s.retry.backoff
+    };
+    s.timeouts.headers = Some(Duration::from_millis(300));
+    s.timeouts.first_event = Some(Duration::from_millis(300));
+    s
+}
