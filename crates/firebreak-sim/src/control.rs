@@ -489,6 +489,27 @@ mod tests {
     }
 
     #[test]
+    fn a_scenario_file_describes_resources() {
+        let cfg: crate::SimConfig = serde_json::from_str(
+            r#"{"control": [{"collection": "rlorTrainerJobs", "id": "j",
+                "states": [{"state": "JOB_STATE_RUNNING", "polls": 2}, {"state": "JOB_STATE_FAILED"}],
+                "resume_states": [{"state": "JOB_STATE_RUNNING"}],
+                "get_failures": 1, "get_failure": "reset", "dcp_save_interval": 0}]}"#,
+        )
+        .unwrap();
+        let r = &cfg.control[0];
+        assert_eq!(r.states[0].polls, Some(2));
+        assert_eq!(r.states[1].polls, None);
+        assert_eq!(
+            (r.get_failure, r.dcp_save_interval),
+            (GetFailure::Reset, Some(0))
+        );
+        assert!(cfg.validate().is_ok());
+        let typo = serde_json::from_str::<crate::SimConfig>(r#"{"control": [{"colection": "x"}]}"#);
+        assert!(typo.is_err(), "unknown fields are refused, not ignored");
+    }
+
+    #[test]
     fn bad_scripts_are_refused() {
         assert!(
             ControlResource::new("nope", "j")
