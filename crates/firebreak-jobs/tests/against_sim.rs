@@ -200,9 +200,10 @@ async fn a_job_stuck_in_creating_ends_as_stuck() {
         "{e}"
     );
     assert_eq!(count(&sim, "POST", ":resume"), 0);
-    // Re-polled every 40 ms for 1.5 s: about 38 GETs, never a tight loop.
+    // Re-polled every 40 ms for 1.5 s: at most about 38 GETs (never a tight loop), and more
+    // than one (a slow machine's round trips only make them fewer).
     let gets = count(&sim, "GET", "/rlorTrainerJobs/j4");
-    assert!((10..=60).contains(&gets), "{gets} GETs");
+    assert!((3..=60).contains(&gets), "{gets} GETs");
 }
 
 #[tokio::test]
