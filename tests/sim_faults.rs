@@ -807,3 +807,87 @@ async fn invalid_config_is_a_typed_error() {
     assert!(matches!(Sim::start(bad).await, Err(SimError::Config(m)) if m.contains("1.5")));
     let _ = Full::new(Bytes::new());
 }
+
+/// The exporter counts exactly what the simulator served to the account's deployments, per
+/// status, and answers at most 6 scrapes a minute.
+#[tokio::test]
+async fn the_exporter_counts_what_was_served_and_limits_scrapes() {
+    bounded(30, async {
+        let sim = Sim::start(cfg().fault(Trigger::FirstAttempts { n: 1 }, status(503)))
+            .await
+            .unwrap();
+        let c = plain_client();
+        let model =
+            "accounts/fireworks/models/llama-v3p1-8b-instruct#accounts/acct/deployments/dep1";
+        for i in 0..4 {
+            for _ in 0..2 {
+                let body =
+                    serde_json::json!({"model": model, "user": format!("exp-{i}"), "messages": []});
+                send(
+                    &c,
+                    post(&sim.base_url(), CHAT, Bytes::from(body.to_string())),
+                )
+                .await
+                .unwrap();
+            }
+        }
+        // A serverless request: not exported.
+        chat(&sim, "serverless-1", false).await;
+        let base = format!("http://{}", sim.addr());
+        let scrape = || {
+            let c = c.clone();
+            let base = base.clone();
+            async move {
+                let req = http::Request::get(format!("{base}/v1/accounts/acct/metrics"))
+                    .header("authorization", format!("Bearer {KEY}"))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                send(&c, req).await.unwrap()
+            }
+        };
+        let a = scrape().await;
+        assert_eq!(a.status, 200);
+        let text = String::from_utf8_lossy(&a.body).to_string();
+        // The simulator's own log is the truth the exporter must match.
+        let served: Vec<_> = sim
+            .log()
+            .into_iter()
+            .filter(|r| r.model.as_deref() == Some(model) && r.status != 0)
+            .collect();
+        let errors = served.iter().filter(|r| r.status == 503).count();
+        assert_eq!((served.len(), errors), (8, 4));
+        let line = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        assert_eq!(
+            line("request_counter_total:sum_by_deployment{"),
+            Some(served.len() as f64),
+            "{text}"
+        );
+        assert_eq!(
+            line("requests_error_total:sum_by_deployment{"),
+            Some(errors as f64),
+            "{text}"
+        );
+        assert!(
+            text.contains("deployment_id=\"dep1\"") && text.contains("http_code=\"503\""),
+            "{text}"
+        );
+        assert!(!text.contains("serverless"), "{text}");
+        // Five more are allowed this minute, the seventh is a 429 with a delay.
+        for _ in 0..5 {
+            assert_eq!(scrape().await.status, 200);
+        }
+        let refused = scrape().await;
+        assert_eq!(refused.status, 429);
+        assert!(
+            refused
+                .header("retry-after")
+                .is_some_and(|s| s.parse::<u64>().is_ok_and(|n| (1..=60).contains(&n)))
+        );
+    })
+    .await;
+}

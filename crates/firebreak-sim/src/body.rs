@@ -54,6 +54,7 @@ impl AttemptRecord {
             bytes_sent: 0,
             completed: false,
             header_names: Vec::new(),
+            model: None,
         }
     }
 }

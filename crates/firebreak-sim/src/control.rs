@@ -178,6 +178,10 @@ pub(crate) enum ControlReq {
         account: String,
         id: String,
     },
+    /// The exporter: `GET /v1/accounts/{account}/metrics` (answered by `exporter.rs`).
+    Metrics {
+        account: String,
+    },
 }
 
 /// `None` when the path is not a control-plane path (the inference routes take it).
@@ -198,6 +202,15 @@ pub(crate) fn parse(method: &http::Method, path: &str) -> Option<Result<ControlR
     }
     let rest = path.strip_prefix("/v1/accounts/")?;
     let parts: Vec<&str> = rest.split('/').collect();
+    if let [account, "metrics"] = parts[..] {
+        return Some(if method == http::Method::GET {
+            Ok(ControlReq::Metrics {
+                account: account.into(),
+            })
+        } else {
+            Err(405)
+        });
+    }
     let [account, collection, last] = parts[..] else {
         return Some(Err(404));
     };
@@ -371,6 +384,9 @@ impl ControlPlane {
                 }
                 let state = Self::current(r, rt).to_string();
                 ControlAnswer::Json(200, Self::body(r, account, &state))
+            }
+            ControlReq::Metrics { .. } => {
+                ControlAnswer::Error(500, "the exporter is answered by the server".into(), "bug")
             }
             ControlReq::Healthz { id, .. } => {
                 let Some(i) = self.find("rlorTrainerJobs", id) else {

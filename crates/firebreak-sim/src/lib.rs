@@ -40,6 +40,7 @@
 //! | `GET /inference/v1/models` | the model list |
 //! | `GET /v1/accounts/{a}/{collection}/{id}` | a control-plane resource of [`SimConfig::control`], its state advancing along its script with each GET ([`ControlResource`]) |
 //! | `POST /v1/accounts/{a}/{collection}/{id}:resume` (`:cancel`) | restarts the resource's script from its resume steps |
+//! | `GET /v1/accounts/{a}/metrics` | Fireworks' deployment exporter (Prometheus text): what this simulator served to the account's dedicated deployments, at most 6 scrapes a minute per account, then 429 |
 //! | `GET /training/v1/rlorTrainerJobs/{a}/{id}/api/v1/healthz` | 200 once the trainer job is running and its unhealthy checks are used up, else 503 |
 //!
 //! Every success carries the `fireworks-prompt-tokens`, `fireworks-cached-prompt-tokens`,
@@ -55,6 +56,7 @@ mod body;
 mod bucket;
 mod config;
 mod control;
+mod exporter;
 mod log;
 mod server;
 

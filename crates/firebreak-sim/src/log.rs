@@ -41,6 +41,9 @@ pub struct AttemptRecord {
     /// keys).
     #[serde(default)]
     pub header_names: Vec<String>,
+    /// The `model` the JSON body named, if any.
+    #[serde(default)]
+    pub model: Option<String>,
 }
 
 /// The shared log. Bounded by `capacity`; overflow is counted, not silently lost.

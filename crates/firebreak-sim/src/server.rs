@@ -37,6 +37,7 @@ pub(crate) struct Shared {
     pub(crate) bucket: Option<Mutex<Bucket>>,
     pub(crate) in_flight: AtomicUsize,
     pub(crate) control: crate::control::ControlPlane,
+    pub(crate) exporter: crate::exporter::ScrapeLimit,
 }
 
 impl Shared {
@@ -48,6 +49,7 @@ impl Shared {
             .map(|rl| Mutex::new(Bucket::new(rl, start)));
         Shared {
             control: crate::control::ControlPlane::new(cfg.control.clone()),
+            exporter: crate::exporter::ScrapeLimit::default(),
             log: AttemptLog::new(cfg.log_capacity),
             cfg,
             start,
@@ -460,6 +462,7 @@ pub(crate) async fn handle(
             .keys()
             .map(|k| k.as_str().to_string())
             .collect(),
+        model: info.as_ref().and_then(|i| i.model.clone()),
     };
     let ctx = Ctx {
         reset: reset.clone(),
@@ -504,6 +507,28 @@ pub(crate) async fn handle(
     if let Some(req) = crate::control::parse(&parts.method, parts.uri.path()) {
         use crate::control::ControlAnswer as A;
         let answer = match req {
+            Ok(crate::control::ControlReq::Metrics { account }) => {
+                return Ok(match shared.exporter.admit(&account, Instant::now()) {
+                    Ok(()) => ctx.respond(
+                        200,
+                        vec![],
+                        "text/plain; version=0.0.4",
+                        Bytes::from(crate::exporter::render(
+                            &shared.log.snapshot_from(0),
+                            &account,
+                        )),
+                    ),
+                    Err(wait) => ctx.error(
+                        429,
+                        ErrorShape::GrpcGateway,
+                        "metrics scrape limit exceeded: 6 requests per minute per account",
+                        delay_headers(&[DelayHeader::RetryAfterSecs {
+                            secs: wait.as_secs_f64().ceil().max(1.0),
+                        }]),
+                        "metrics_rate_limit",
+                    ),
+                });
+            }
             Ok(req) => shared.control.answer(&req),
             Err(status) => A::Error(status, bodies::default_message(status).into(), "route"),
         };
