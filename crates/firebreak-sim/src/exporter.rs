@@ -113,7 +113,8 @@ pub(crate) fn render(records: &[AttemptRecord], account: &str) -> String {
             );
         }
     }
-    let _ = writeln!(out, "# TYPE latency_overall_ms:sum_by_deployment histogram");
+    // Pre-aggregated buckets are recording-rule series, not a histogram family (their names do
+    // not share the family's prefix), so they go out untyped: a strict parser accepts them.
     for (d, c) in &per {
         let l = labels(d);
         for (i, le) in BUCKETS_MS.iter().enumerate() {
