@@ -11,7 +11,7 @@ use async_openai::types::chat::{
 use firebreak::client::ApiKey;
 use firebreak::{Class, Stack};
 use firebreak_sim::{ErrorShape, Fault, Sim, SimConfig, Trigger};
-use firebreak_testkit::{KEY, bounded, status_fault};
+use firebreak_testkit::{KEY, bounded, error_fault, status_fault};
 use futures_util::StreamExt;
 use std::time::Duration;
 
@@ -94,13 +94,7 @@ async fn a_streamed_completion_succeeds_after_a_503_and_a_429() {
 
 #[tokio::test]
 async fn a_400_is_sent_once_and_is_async_openais_api_error() {
-    let fault = Fault::Status {
-        status: 400,
-        shape: None,
-        delay: vec![],
-        should_retry: None,
-        message: Some("messages must not be empty".into()),
-    };
+    let fault = error_fault(400, None, Some("messages must not be empty"));
     let sim = Sim::start(
         SimConfig::default()
             .api_key(KEY)
@@ -126,13 +120,7 @@ async fn a_400_is_sent_once_and_is_async_openais_api_error() {
 
 #[tokio::test]
 async fn a_quota_429_is_sent_once() {
-    let fault = Fault::Status {
-        status: 429,
-        shape: Some(ErrorShape::InsufficientQuota),
-        delay: vec![],
-        should_retry: None,
-        message: None,
-    };
+    let fault = error_fault(429, Some(ErrorShape::InsufficientQuota), None);
     let sim = Sim::start(
         SimConfig::default()
             .api_key(KEY)

@@ -4,7 +4,7 @@
 use firebreak::reqwest::{FirebreakMiddleware, firebreak_error};
 use firebreak::{Class, GaveUp, RetryInfo, Stack};
 use firebreak_sim::{ErrorShape, Fault, Sim, SimConfig, Trigger};
-use firebreak_testkit::{KEY, bounded, chat_body, status_fault};
+use firebreak_testkit::{KEY, bounded, chat_body, error_fault, status_fault};
 use http_body_util::StreamBody;
 use hyper::body::Frame;
 use reqwest_middleware::ClientWithMiddleware;
@@ -74,13 +74,7 @@ async fn a_call_and_a_stream_succeed_after_a_503_and_a_429() {
 
 #[tokio::test]
 async fn a_400_and_a_quota_429_are_sent_once() {
-    let bad = Fault::Status {
-        status: 400,
-        shape: None,
-        delay: vec![],
-        should_retry: None,
-        message: Some("messages must not be empty".into()),
-    };
+    let bad = error_fault(400, None, Some("messages must not be empty"));
     let sim1 = sim(vec![(Trigger::Always, bad)]).await;
     let resp = send(&client(stack()), &sim1, chat_body("rqm-3", false).into())
         .await
@@ -94,13 +88,7 @@ async fn a_400_and_a_quota_429_are_sent_once() {
     );
     assert_eq!(statuses(&sim1, "rqm-3"), [400]);
 
-    let quota = Fault::Status {
-        status: 429,
-        shape: Some(ErrorShape::InsufficientQuota),
-        delay: vec![],
-        should_retry: None,
-        message: None,
-    };
+    let quota = error_fault(429, Some(ErrorShape::InsufficientQuota), None);
     let sim2 = sim(vec![(Trigger::Always, quota)]).await;
     let resp = send(&client(stack()), &sim2, chat_body("rqm-4", false).into())
         .await

@@ -82,14 +82,17 @@ pub(crate) struct TimeoutArgs {
 
 /// A flag's seconds, in (0, 86400].
 pub(crate) fn secs(name: &str, v: Option<f64>) -> Result<Option<Duration>, String> {
-    match v {
-        None => Ok(None),
-        Some(x) if x.is_finite() && x > 0.0 && x <= 86_400.0 => {
-            Ok(Some(Duration::from_secs_f64(x)))
-        }
-        Some(x) => Err(format!(
-            "--{name} must be a number of seconds in (0, 86400], got {x}"
-        )),
+    v.map(|x| secs_up_to(name, x, 86_400.0)).transpose()
+}
+
+/// `--name` as a number of seconds in `(0, max]`.
+pub(crate) fn secs_up_to(name: &str, x: f64, max: f64) -> Result<Duration, String> {
+    if x.is_finite() && x > 0.0 && x <= max {
+        Ok(Duration::from_secs_f64(x))
+    } else {
+        Err(format!(
+            "--{name} must be a number of seconds in (0, {max}], got {x}"
+        ))
     }
 }
 

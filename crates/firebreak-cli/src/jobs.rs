@@ -93,15 +93,9 @@ struct WaitArgs {
     poll_interval: f64,
 }
 
-/// A number of seconds in (0, a year].
+/// A number of seconds in (0, a year] (a PENDING wait alone defaults to 48 h).
 fn seconds(flag: &str, x: f64) -> Result<Duration, String> {
-    if x.is_finite() && x > 0.0 && x <= 366.0 * 86_400.0 {
-        Ok(Duration::from_secs_f64(x))
-    } else {
-        Err(format!(
-            "--{flag} must be a number of seconds over 0 and at most a year, got {x}"
-        ))
-    }
+    crate::args::secs_up_to(flag, x, 366.0 * 86_400.0)
 }
 
 fn client(c: &Common) -> Result<ControlPlane, String> {

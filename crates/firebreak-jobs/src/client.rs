@@ -144,7 +144,7 @@ impl fmt::Display for Resource {
 }
 
 /// What one GET said about a resource.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Snapshot {
     /// The `state` field as sent (empty when absent).
     pub state: String,
@@ -157,6 +157,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Why it is in its state: the control plane's message, else the state itself.
+    pub fn reason(&self) -> String {
+        self.message.clone().unwrap_or_else(|| self.state.clone())
+    }
+
     /// Reads a resource's JSON.
     ///
     /// ```
@@ -330,13 +335,8 @@ impl ControlPlane {
     pub async fn action(&self, r: &Resource, action: &str) -> Result<Snapshot, Error> {
         let path = format!("{}:{action}", r.path());
         let (_, body) = self.call(Method::POST, &path, self.timeouts.action).await?;
-        // Some actions answer `{}`; the state is then read by the next GET.
-        Ok(parse(&body).unwrap_or(Snapshot {
-            state: String::new(),
-            message: None,
-            dcp_save_interval: None,
-            raw: serde_json::Value::Null,
-        }))
+        // Some actions answer `{}` or nothing; the state is then read by the next GET.
+        Ok(parse(&body).unwrap_or_default())
     }
 
     /// Whether a trainer job is healthy: `GET {base}/training/v1/rlorTrainerJobs/{account}/{job}/api/v1/healthz`

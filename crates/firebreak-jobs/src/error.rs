@@ -118,6 +118,24 @@ pub struct WaitError {
     pub so_far: Box<Outcome>,
 }
 
+impl WaitError {
+    /// A wait that ended before its first poll (bad input): nothing was seen.
+    pub(crate) fn before_start(resource: Resource, reason: JobsError) -> WaitError {
+        WaitError {
+            reason,
+            so_far: Box::new(Outcome {
+                resource,
+                state: String::new(),
+                healthy: false,
+                resumed: false,
+                polls: 0,
+                failed_polls: 0,
+                elapsed: std::time::Duration::ZERO,
+            }),
+        }
+    }
+}
+
 impl std::fmt::Display for WaitError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.reason.fmt(f)

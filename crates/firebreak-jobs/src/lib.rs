@@ -87,18 +87,8 @@ impl Deployments<'_> {
 }
 
 fn resource(kind: ResourceKind, account: &str, id: &str) -> Result<Resource, WaitError> {
-    Resource::new(kind, account, id).map_err(|reason| WaitError {
-        reason,
-        so_far: Box::new(Outcome {
-            resource: Resource::placeholder(kind),
-            state: String::new(),
-            healthy: false,
-            resumed: false,
-            polls: 0,
-            failed_polls: 0,
-            elapsed: std::time::Duration::ZERO,
-        }),
-    })
+    Resource::new(kind, account, id)
+        .map_err(|reason| WaitError::before_start(Resource::placeholder(kind), reason))
 }
 
 impl ControlPlane {

@@ -353,15 +353,15 @@ impl ControlPlane {
         mut verdict: impl FnMut(&Snapshot) -> Verdict,
         on_progress: &mut dyn FnMut(&Progress),
     ) -> Result<Outcome, WaitError> {
-        let mut w = Waiter::new(self, r, cfg.heartbeat, on_progress);
         if let Err(e) = check(&[
             ("poll_interval", cfg.poll_interval),
             ("timeout", cfg.timeout),
             ("max_unreachable", cfg.max_unreachable),
             ("heartbeat", cfg.heartbeat),
         ]) {
-            return w.fail(e);
+            return Err(WaitError::before_start(r.clone(), e));
         }
+        let mut w = Waiter::new(self, r, cfg.heartbeat, on_progress);
         let end = w.start + cfg.timeout;
         loop {
             let s = match w.get(cfg.poll_interval, cfg.max_unreachable, end).await {
@@ -369,11 +369,10 @@ impl ControlPlane {
                 Err(e) => return w.fail(e),
             };
             let resource = w.resource();
-            let message = || s.message.clone().unwrap_or_else(|| s.state.clone());
             match verdict(&s) {
                 Verdict::Done => return w.done(),
                 Verdict::Failed(m) => {
-                    let message = if m.is_empty() { message() } else { m };
+                    let message = if m.is_empty() { s.reason() } else { m };
                     return w.fail(JobsError::Failed { resource, message });
                 }
                 Verdict::Ended => {
@@ -413,11 +412,10 @@ impl ControlPlane {
         on_progress: &mut dyn FnMut(&Progress),
     ) -> Result<Outcome, WaitError> {
         if deployment.kind() != ResourceKind::Deployment {
-            let mut w = Waiter::new(self, deployment, cfg.heartbeat, on_progress);
-            w.out.elapsed = Duration::ZERO;
-            return w.fail(JobsError::Config(format!(
-                "{deployment} is not a deployment"
-            )));
+            return Err(WaitError::before_start(
+                deployment.clone(),
+                JobsError::Config(format!("{deployment} is not a deployment")),
+            ));
         }
         self.wait_for(
             deployment,
@@ -493,15 +491,18 @@ impl ControlPlane {
         cfg: &ReconnectConfig,
         on_progress: &mut dyn FnMut(&Progress),
     ) -> Result<Outcome, WaitError> {
-        let mut w = Waiter::new(self, job, cfg.heartbeat, on_progress);
         if job.kind() != ResourceKind::RlorTrainerJob {
-            return w.fail(JobsError::Config(format!(
-                "{job} is not an rlorTrainerJob: reconnect-and-wait needs the trainer's health check"
-            )));
+            return Err(WaitError::before_start(
+                job.clone(),
+                JobsError::Config(format!(
+                    "{job} is not an rlorTrainerJob: reconnect-and-wait needs the trainer's health check"
+                )),
+            ));
         }
         if let Err(e) = cfg.validate() {
-            return w.fail(e);
+            return Err(WaitError::before_start(job.clone(), e));
         }
+        let mut w = Waiter::new(self, job, cfg.heartbeat, on_progress);
         let resumable_by = w.start + cfg.max_wait_for_resumable;
         loop {
             let s = match w
@@ -584,10 +585,9 @@ async fn wait_healthy(mut w: Waiter<'_>, cfg: &ReconnectConfig) -> Result<Outcom
             });
         }
         if st == JobState::Failed {
-            let message = s.message.unwrap_or(s.state);
             return w.fail(JobsError::Failed {
                 resource: job,
-                message,
+                message: s.reason(),
             });
         }
         if st == JobState::Pending && running_until.is_none() {

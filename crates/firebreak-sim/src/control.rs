@@ -178,10 +178,6 @@ pub(crate) enum ControlReq {
         account: String,
         id: String,
     },
-    /// The exporter: `GET /v1/accounts/{account}/metrics` (answered by `exporter.rs`).
-    Metrics {
-        account: String,
-    },
 }
 
 /// `None` when the path is not a control-plane path (the inference routes take it).
@@ -202,15 +198,6 @@ pub(crate) fn parse(method: &http::Method, path: &str) -> Option<Result<ControlR
     }
     let rest = path.strip_prefix("/v1/accounts/")?;
     let parts: Vec<&str> = rest.split('/').collect();
-    if let [account, "metrics"] = parts[..] {
-        return Some(if method == http::Method::GET {
-            Ok(ControlReq::Metrics {
-                account: account.into(),
-            })
-        } else {
-            Err(405)
-        });
-    }
     let [account, collection, last] = parts[..] else {
         return Some(Err(404));
     };
@@ -320,19 +307,20 @@ impl ControlPlane {
     }
 
     pub(crate) fn answer(&self, req: &ControlReq) -> ControlAnswer {
-        let not_found = || ControlAnswer::Error(404, "resource not found".into(), "not_found");
+        let (collection, id) = match req {
+            ControlReq::Get { collection, id, .. } | ControlReq::Action { collection, id, .. } => {
+                (collection.as_str(), id.as_str())
+            }
+            ControlReq::Healthz { id, .. } => ("rlorTrainerJobs", id.as_str()),
+        };
+        let Some(i) = self.find(collection, id) else {
+            return ControlAnswer::Error(404, "resource not found".into(), "not_found");
+        };
+        let r = &self.resources[i];
         let mut rts = self.runtime.lock().unwrap_or_else(|e| e.into_inner());
+        let rt = rts.entry(i).or_default();
         match req {
-            ControlReq::Get {
-                account,
-                collection,
-                id,
-            } => {
-                let Some(i) = self.find(collection, id) else {
-                    return not_found();
-                };
-                let r = &self.resources[i];
-                let rt = rts.entry(i).or_default();
+            ControlReq::Get { account, .. } => {
                 if rt.gets_failed < r.get_failures {
                     rt.gets_failed += 1;
                     return match r.get_failure {
@@ -345,24 +333,13 @@ impl ControlPlane {
                     };
                 }
                 let state = Self::current(r, rt).to_string();
-                if state == "JOB_STATE_RUNNING" && !rt.started {
-                    rt.started = true;
-                    rt.unhealthy_left = r.unhealthy_checks;
-                }
+                Self::note_start(r, rt, &state);
                 Self::advance(r, rt);
                 ControlAnswer::Json(200, Self::body(r, account, &state))
             }
             ControlReq::Action {
-                account,
-                collection,
-                id,
-                action,
+                account, action, ..
             } => {
-                let Some(i) = self.find(collection, id) else {
-                    return not_found();
-                };
-                let r = &self.resources[i];
-                let rt = rts.entry(i).or_default();
                 match action.as_str() {
                     "resume" if resumable(collection) => {
                         *rt = Runtime {
@@ -385,20 +362,10 @@ impl ControlPlane {
                 let state = Self::current(r, rt).to_string();
                 ControlAnswer::Json(200, Self::body(r, account, &state))
             }
-            ControlReq::Metrics { .. } => {
-                ControlAnswer::Error(500, "the exporter is answered by the server".into(), "bug")
-            }
-            ControlReq::Healthz { id, .. } => {
-                let Some(i) = self.find("rlorTrainerJobs", id) else {
-                    return not_found();
-                };
-                let r = &self.resources[i];
-                let rt = rts.entry(i).or_default();
-                let running = Self::current(r, rt) == "JOB_STATE_RUNNING";
-                if running && !rt.started {
-                    rt.started = true;
-                    rt.unhealthy_left = r.unhealthy_checks;
-                }
+            ControlReq::Healthz { .. } => {
+                let state = Self::current(r, rt);
+                let running = state == "JOB_STATE_RUNNING";
+                Self::note_start(r, rt, state);
                 if running && rt.unhealthy_left == 0 {
                     ControlAnswer::Json(200, json!({"status": "ok"}))
                 } else {
@@ -406,6 +373,15 @@ impl ControlPlane {
                     ControlAnswer::Error(503, "trainer is not ready".into(), "unhealthy")
                 }
             }
+        }
+    }
+
+    /// The first time a start (the script's, or a resume's) is seen running, the health check
+    /// starts failing `unhealthy_checks` times.
+    fn note_start(r: &ControlResource, rt: &mut Runtime, state: &str) {
+        if state == "JOB_STATE_RUNNING" && !rt.started {
+            rt.started = true;
+            rt.unhealthy_left = r.unhealthy_checks;
         }
     }
 }

@@ -22,6 +22,22 @@ pub(crate) const SCRAPES_PER_MINUTE: usize = 6;
 /// The latency histogram's upper bounds, in milliseconds.
 const BUCKETS_MS: [f64; 8] = [10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0, 30000.0];
 
+/// The account of `GET /v1/accounts/{account}/metrics`; `None` for any other path, `Err(405)`
+/// for another method.
+pub(crate) fn parse(method: &http::Method, path: &str) -> Option<Result<String, u16>> {
+    let account = path
+        .strip_prefix("/v1/accounts/")?
+        .strip_suffix("/metrics")?;
+    if account.is_empty() || account.contains('/') {
+        return None;
+    }
+    Some(if method == http::Method::GET {
+        Ok(account.to_string())
+    } else {
+        Err(405)
+    })
+}
+
 /// The labels of one deployment.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Deployment {

@@ -503,32 +503,43 @@ pub(crate) async fn handle(
         ));
     }
 
+    // The metrics exporter.
+    if let Some(req) = crate::exporter::parse(&parts.method, parts.uri.path()) {
+        return Ok(match req {
+            Err(status) => ctx.error(
+                status,
+                ErrorShape::GrpcGateway,
+                bodies::default_message(status),
+                vec![],
+                "route",
+            ),
+            Ok(account) => match shared.exporter.admit(&account, Instant::now()) {
+                Ok(()) => ctx.respond(
+                    200,
+                    vec![],
+                    "text/plain; version=0.0.4",
+                    Bytes::from(crate::exporter::render(
+                        &shared.log.snapshot_from(0),
+                        &account,
+                    )),
+                ),
+                Err(wait) => ctx.error(
+                    429,
+                    ErrorShape::GrpcGateway,
+                    "metrics scrape limit exceeded: 6 requests per minute per account",
+                    delay_headers(&[DelayHeader::RetryAfterSecs {
+                        secs: wait.as_secs_f64().ceil().max(1.0),
+                    }]),
+                    "metrics_rate_limit",
+                ),
+            },
+        });
+    }
+
     // The control plane.
     if let Some(req) = crate::control::parse(&parts.method, parts.uri.path()) {
         use crate::control::ControlAnswer as A;
         let answer = match req {
-            Ok(crate::control::ControlReq::Metrics { account }) => {
-                return Ok(match shared.exporter.admit(&account, Instant::now()) {
-                    Ok(()) => ctx.respond(
-                        200,
-                        vec![],
-                        "text/plain; version=0.0.4",
-                        Bytes::from(crate::exporter::render(
-                            &shared.log.snapshot_from(0),
-                            &account,
-                        )),
-                    ),
-                    Err(wait) => ctx.error(
-                        429,
-                        ErrorShape::GrpcGateway,
-                        "metrics scrape limit exceeded: 6 requests per minute per account",
-                        delay_headers(&[DelayHeader::RetryAfterSecs {
-                            secs: wait.as_secs_f64().ceil().max(1.0),
-                        }]),
-                        "metrics_rate_limit",
-                    ),
-                });
-            }
             Ok(req) => shared.control.answer(&req),
             Err(status) => A::Error(status, bodies::default_message(status).into(), "route"),
         };

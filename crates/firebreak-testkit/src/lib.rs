@@ -248,6 +248,21 @@ pub fn status_fault(status: u16, delay: Vec<firebreak_sim::DelayHeader>) -> fire
     }
 }
 
+/// An error answer with a body `shape` (the default gateway one when `None`) and a `message`.
+pub fn error_fault(
+    status: u16,
+    shape: Option<firebreak_sim::ErrorShape>,
+    message: Option<&str>,
+) -> firebreak_sim::Fault {
+    firebreak_sim::Fault::Status {
+        status,
+        shape,
+        delay: vec![],
+        should_retry: None,
+        message: message.map(str::to_string),
+    }
+}
+
 /// Open file descriptors and resident memory (KiB) of process `pid`, from `/proc` (zeros where
 /// `/proc` is not there).
 pub fn fds_and_rss(pid: u32) -> (usize, u64) {
