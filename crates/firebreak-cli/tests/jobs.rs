@@ -21,6 +21,9 @@ fn sim(rt: &tokio::runtime::Runtime) -> Sim {
                 .stay("READY"),
         )
         .resource(
+            ControlResource::new("reinforcementFineTuningJobs", "rft").stay("JOB_STATE_COMPLETED"),
+        )
+        .resource(
             ControlResource::new("batchInferenceJobs", "bad")
                 .then("JOB_STATE_RUNNING", 1)
                 .stay("JOB_STATE_FAILED"),
@@ -170,6 +173,16 @@ fn wait_covers_deployments_and_jobs() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(v["state"], "JOB_STATE_FAILED");
     assert!(v["error"].as_str().unwrap().contains("failed"), "{v}");
+    let (out, v) = jobs(
+        &[&["wait", "--rft-job", "rft"], &common[..]].concat(),
+        Some(KEY),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(v["resource"], "reinforcementFineTuningJobs/rft");
     // An unknown resource is refused at once, not polled.
     let (out, v) = jobs(
         &[&["wait", "--sft-job", "nope"], &common[..]].concat(),

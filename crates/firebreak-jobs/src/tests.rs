@@ -559,3 +559,64 @@ async fn a_job_is_waited_on_until_it_ends() {
         }
     }
 }
+
+#[test]
+fn every_ending_is_one_line_that_says_what_to_do() {
+    let r = job;
+    let e = || firebreak::Error::new(firebreak::Class::Other);
+    let endings = [
+        JobsError::Tombstone {
+            resource: r(),
+            state: "JOB_STATE_DELETED".into(),
+        },
+        JobsError::Failed {
+            resource: r(),
+            message: "node preempted".into(),
+        },
+        JobsError::Ended {
+            resource: r(),
+            state: "JOB_STATE_CANCELLED".into(),
+        },
+        JobsError::Stuck {
+            resource: r(),
+            state: "JOB_STATE_CREATING".into(),
+            waited: Duration::from_secs(120),
+        },
+        JobsError::PendingTooLong {
+            resource: r(),
+            waited: Duration::from_secs(100),
+        },
+        JobsError::TimedOut {
+            resource: r(),
+            state: "JOB_STATE_RUNNING".into(),
+            waited: Duration::from_secs(600),
+        },
+        JobsError::Unreachable {
+            resource: r(),
+            waited: Duration::from_secs(120),
+            failures: 25,
+            last: e(),
+        },
+        JobsError::Refused {
+            resource: r(),
+            error: e(),
+        },
+        JobsError::ResumeFailed {
+            resource: r(),
+            error: e(),
+        },
+    ];
+    for ending in endings {
+        let text = ending.to_string();
+        assert!(!text.contains('\n'), "{text}");
+        assert!(
+            text.starts_with("rlorTrainerJobs/job"),
+            "names the resource: {text}"
+        );
+        // What happened; then, after the semicolon, what to do.
+        let (_, advice) = text
+            .rsplit_once("; ")
+            .unwrap_or_else(|| panic!("no advice: {text}"));
+        assert!(advice.split_whitespace().count() >= 3, "{text}");
+    }
+}

@@ -172,9 +172,11 @@ async fn a_tombstone_fails_on_the_first_poll_without_a_resume() {
     let sim = Sim::start(SimConfig::default().api_key(KEY).resource(r))
         .await
         .unwrap();
+    // Through the account handle, as a user would call it.
+    let cp = client(&sim);
     let e = bounded(
         30,
-        client(&sim).reconnect_and_wait(&job("j3"), &fast(), &mut |_| {}),
+        cp.trainer_jobs("acct").reconnect_and_wait("j3", &fast()),
     )
     .await
     .unwrap_err();
