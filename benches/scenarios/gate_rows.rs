@@ -382,7 +382,7 @@ pub(crate) async fn tenants() -> (f64, f64, f64) {
                             .body(Full::new(chat_body(&format!("req-{k:06}"), false)))
                             .expect("request");
                         req.extensions_mut()
-                            .insert(firebreak::gate::Model(Arc::from("llama")));
+                            .insert(firebreak::Model(Arc::from("llama")));
                         let t = Instant::now();
                         let ok = match client.service().oneshot(req).await {
                             Ok(r) => r.status() == 200 && r.into_body().collect().await.is_ok(),

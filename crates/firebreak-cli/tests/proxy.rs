@@ -250,16 +250,21 @@ fn metrics_are_served_in_the_prometheus_text_format() {
     );
     assert!(!text.contains("SECRET"));
     let (samples, types) = parse_prometheus(&text);
+    // The sum of the series `name` whose labels include `labels` (calls are also labelled by
+    // model, here `m`, and deployment, here none).
     let get = |name: &str, labels: &[(&str, &str)]| {
-        let mut l: Vec<(String, String)> = labels
+        let matching: Vec<f64> = samples
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .filter(|((n, l), _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .map(|(_, v)| *v)
             .collect();
-        l.sort();
-        samples
-            .get(&(name.to_string(), l))
-            .copied()
-            .unwrap_or_else(|| panic!("no {name}{labels:?} in:\n{text}"))
+        assert!(!matching.is_empty(), "no {name}{labels:?} in:\n{text}");
+        matching.iter().sum::<f64>()
     };
     let log = rt.block_on(async { sim.log() });
     let overloaded = log.iter().filter(|r| r.status == 503).count() as f64;
@@ -268,6 +273,13 @@ fn metrics_are_served_in_the_prometheus_text_format() {
         get(
             "firebreak_requests_total",
             &[("outcome", "success"), ("class", "success")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        get(
+            "firebreak_requests_total",
+            &[("model", "m"), ("outcome", "success")]
         ),
         3.0
     );
@@ -370,4 +382,68 @@ fn one_callers_429_never_holds_another_caller() {
         "A honoured its delay: {took:?}"
     );
     drop(rt);
+}
+
+#[test]
+fn ten_thousand_model_names_leave_at_most_the_cap_plus_one_model_series() {
+    let (_rt, sim) = sim_on_runtime(SimConfig::default().api_key(KEY));
+    let cap = 16;
+    let p = proxy(
+        &sim.base_url(),
+        &["--api-key", KEY, "--model-labels", &cap.to_string()],
+    );
+    const CALLS: usize = 10_000;
+    const THREADS: usize = 4;
+    let statuses: Vec<Vec<u16>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let addr = p.addr.clone();
+                s.spawn(move || {
+                    (0..CALLS / THREADS)
+                        .map(|i| {
+                            let body = format!(
+                                r#"{{"model":"hostile-{t}-{i}","messages":[],"max_tokens":1}}"#
+                            );
+                            http(&addr, "POST", "/v1/chat/completions", None, &body).0
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let answered = statuses.iter().flatten().filter(|&&s| s != 0).count();
+    assert_eq!(answered, CALLS, "every call was answered");
+    let (s, _, text) = http(&p.addr, "GET", "/metrics", None, "");
+    assert_eq!(s, 200);
+    let (samples, _) = parse_prometheus(&text);
+    for metric in ["firebreak_requests_total", "firebreak_attempts_total"] {
+        let mut models = std::collections::BTreeSet::new();
+        let mut series_with_model = 0;
+        let mut calls = 0.0;
+        for ((name, labels), v) in &samples {
+            if name != metric {
+                continue;
+            }
+            calls += v;
+            if let Some((_, m)) = labels.iter().find(|(k, _)| k == "model") {
+                models.insert(m.clone());
+                series_with_model += 1;
+            }
+        }
+        assert_eq!(models.len(), cap + 1, "{metric}: {models:?}");
+        assert!(models.contains("other"), "{metric}");
+        // One class each here (the same answer for every call), so one series per model.
+        assert_eq!(series_with_model, cap + 1, "{metric}");
+        // Nothing lost: every call (one attempt each) is counted once.
+        assert_eq!(calls, CALLS as f64, "{metric}");
+    }
+    let other = samples
+        .iter()
+        .filter(|((n, l), _)| {
+            n == "firebreak_requests_total" && l.iter().any(|(k, v)| k == "model" && v == "other")
+        })
+        .map(|(_, v)| v)
+        .sum::<f64>();
+    assert_eq!(other, (CALLS - cap) as f64);
 }

@@ -47,6 +47,13 @@ impl Recorded {
         metrics::with_local_recorder(&self.recorder, f)
     }
 
+    /// Makes this recorder the current one on this thread until the guard drops: series a
+    /// stack registers while it runs (a model's, when the model is first seen) record here.
+    /// In a current-thread runtime that covers every poll.
+    pub fn install(&self) -> metrics::LocalRecorderGuard<'_> {
+        metrics::set_default_local_recorder(&self.recorder)
+    }
+
     fn refresh(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, Labels), Totals>> {
         let mut totals = self.totals.lock().expect("totals lock");
         for (key, _, _, value) in self.snapshotter.snapshot().into_vec() {

@@ -48,6 +48,7 @@ mod call;
 mod class;
 mod deadline;
 mod error;
+mod model;
 pub mod names;
 pub mod parse;
 mod transport;
@@ -56,6 +57,7 @@ pub use call::{AttemptContext, DelayReason, GaveUp, NotReplayable, RetryInfo};
 pub use class::{Class, ClientErrorKind, ConnectKind, TimeoutPhase};
 pub use deadline::Deadline;
 pub use error::{Classification, Error, TimeoutError};
+pub use model::Model;
 pub use parse::body::{ApiError, BodyShape};
 pub use transport::BoxError;
 

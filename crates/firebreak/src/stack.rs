@@ -106,6 +106,10 @@ pub struct Stack {
     pub sse_errors_as_failures: bool,
     /// Whether to record tracing spans and metrics (on by default; see [`observe`](crate::observe)).
     pub observe: bool,
+    /// How many distinct models get a `model` label on the call and attempt counters
+    /// ([`Observer::with_model_cap`]; default [`DEFAULT_MODEL_CAP`](crate::observe::DEFAULT_MODEL_CAP),
+    /// `0` for none). [`FireworksClient::post`] reads the model from the body when this is on.
+    pub model_labels: usize,
 }
 
 impl Stack {
@@ -118,6 +122,7 @@ impl Stack {
             key_by: KeyBy::Client,
             sse_errors_as_failures: true,
             observe: true,
+            model_labels: crate::observe::DEFAULT_MODEL_CAP,
         }
     }
 
@@ -137,11 +142,12 @@ impl Stack {
             .deadline
             .unwrap_or(crate::timeout::MAX_TIMEOUT);
         let observer = if self.observe {
-            Observer::new()
+            Observer::with_model_cap(self.model_labels)
         } else {
             Observer::disabled()
         };
         Ok(StackLayer {
+            model_labels: self.observe && self.model_labels > 0,
             observer,
             // The layers below all end their waits at the deadline: no timer of its own. They
             // all run on the caller's task: the deadline travels in a task-local, not in an
@@ -162,6 +168,7 @@ impl Stack {
 /// The composed layer. Clones share the retry budget and the 429 gate.
 #[derive(Debug, Clone)]
 pub struct StackLayer {
+    model_labels: bool,
     observer: Observer,
     deadline: DeadlineLayer,
     retry: RetryLayer,
@@ -338,10 +345,12 @@ impl FireworksClient {
         let estimate = gate.tokens_per_minute.map(|_| {
             crate::gate::TokenEstimate::from_json_body(&json, gate.default_completion_tokens)
         });
-        // A gate per (API key, model) needs the model: read from the body, only then.
-        let model = matches!(self.layer.gate.key_by(), KeyBy::ApiKeyAndModel)
-            .then(|| crate::gate::Model::from_json_body(&json))
-            .flatten();
+        // A gate per (API key, model) and model labels need the model: read from the body,
+        // only then.
+        let model = (self.layer.model_labels
+            || matches!(self.layer.gate.key_by(), KeyBy::ApiKeyAndModel))
+        .then(|| crate::Model::from_json_body(&json))
+        .flatten();
         let mut req = Request::post(format!("{}{path}", self.base))
             .body(Full::new(json))
             .map_err(|e| Error::new(Class::Other).with_source(e))?;

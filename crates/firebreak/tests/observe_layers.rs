@@ -284,3 +284,96 @@ async fn the_gate_says_when_it_waited_for_a_cooldown_or_for_pacing() {
     assert_eq!(paced.len(), 1, "{paced:?}");
     assert!(paced[0] > 900.0 && paced[0] <= 1000.0, "{paced:?}");
 }
+
+/// A request for `model`, or one with no model.
+fn req_for(model: Option<&str>) -> Request<Full<Bytes>> {
+    let mut r = req();
+    if let Some(m) = model {
+        r.extensions_mut()
+            .insert(firebreak::Model(std::sync::Arc::from(m)));
+    }
+    r
+}
+
+#[tokio::test(start_paused = true)]
+async fn model_labels_are_capped_and_nothing_is_lost() {
+    let rec = Recorded::new();
+    let _current = rec.install();
+    let obs = Observer::with_model_cap(3);
+    let svc = tower::ServiceBuilder::new()
+        .layer(ObserveLayer::new(obs.clone()))
+        .layer(firebreak::retry::RetryLayer::new(retry()).unwrap())
+        .layer(AttemptObserveLayer::new(obs))
+        .layer(ClassifyLayer::new())
+        .service(Script::new(&[503], Duration::from_millis(5)));
+    let models = [
+        Some("llama#accounts/acme/deployments/d1"),
+        Some("accounts/fireworks/models/qwen"),
+        Some("llama#accounts/acme/deployments/d1"),
+        Some("m3"),
+        Some("m4"),
+        Some("m5"),
+        None,
+    ];
+    let long = "x".repeat(firebreak::observe::MAX_MODEL_LABEL_LEN + 1);
+    for m in models.iter().copied().chain([Some(long.as_str())]) {
+        let resp = svc.clone().oneshot(req_for(m)).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+    }
+
+    let calls = rec.counters_by(names::REQUESTS, "model");
+    assert_eq!(
+        calls,
+        [
+            ("accounts/fireworks/models/qwen".to_string(), 1),
+            ("llama#accounts/acme/deployments/d1".to_string(), 2),
+            ("m3".to_string(), 1),
+            ("other".to_string(), 3),
+        ]
+        .into(),
+        "three models of their own, then `other` (the long id included)"
+    );
+    // Every call is counted once: the one without a model has no model label.
+    assert_eq!(rec.counter(names::REQUESTS, &[]), models.len() as u64 + 1);
+    // The first attempt of the first call was the scripted 503, retried.
+    assert_eq!(
+        rec.counter(
+            names::ATTEMPTS,
+            &[
+                ("model", "llama#accounts/acme/deployments/d1"),
+                ("deployment", "accounts/acme/deployments/d1"),
+                ("class", "overloaded"),
+                ("reached_server", "true"),
+            ]
+        ),
+        1
+    );
+    // d1: three attempts over two calls; the four other labelled calls name no deployment;
+    // the call without a model has no deployment label at all.
+    assert_eq!(
+        rec.counters_by(names::ATTEMPTS, "deployment"),
+        [
+            (String::new(), 5),
+            ("accounts/acme/deployments/d1".to_string(), 3),
+        ]
+        .into()
+    );
+    assert_eq!(rec.counter(names::ATTEMPTS, &[]), models.len() as u64 + 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cap_of_zero_turns_model_labels_off() {
+    let rec = Recorded::new();
+    let _current = rec.install();
+    let obs = Observer::with_model_cap(0);
+    let svc = tower::ServiceBuilder::new()
+        .layer(ObserveLayer::new(obs.clone()))
+        .layer(AttemptObserveLayer::new(obs))
+        .layer(ClassifyLayer::new())
+        .service(Script::new(&[], Duration::from_millis(5)));
+    let resp = svc.oneshot(req_for(Some("m1"))).await.unwrap();
+    resp.into_body().collect().await.unwrap();
+    assert!(rec.counters_by(names::REQUESTS, "model").is_empty());
+    assert_eq!(rec.counter(names::REQUESTS, &[("outcome", "success")]), 1);
+    assert_eq!(rec.counter(names::ATTEMPTS, &[("class", "success")]), 1);
+}

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use firebreak::Deadline;
 use firebreak::gate::*;
-use firebreak::{Class, Error, classify::ClassifyLayer};
+use firebreak::{Class, Error, Model, classify::ClassifyLayer};
 use firebreak_testkit::bounded;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};

@@ -102,6 +102,11 @@ pub(crate) struct ProxyArgs {
     /// error event.
     #[arg(long, default_value_t = 30.0)]
     shutdown_grace: f64,
+    /// Distinct models that get a `model` label of their own on /metrics; later ones are
+    /// counted as `model="other"`, so hostile model names cannot grow the series (0: no model
+    /// labels).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(0..=10_000))]
+    model_labels: u16,
 }
 
 /// State shared by every connection.
@@ -201,7 +206,7 @@ fn stamp(r: &mut Response<ProxyBody>, attempts: u32, id: &str) {
 
 /// What the proxy reads from a JSON request body, in one parse: whether it asks for a stream,
 /// and its model (for the per-(key, model) gate).
-fn peek_body(body: &[u8]) -> (bool, Option<firebreak::gate::Model>) {
+fn peek_body(body: &[u8]) -> (bool, Option<firebreak::Model>) {
     // Each field is read leniently, so a bad value in one never hides the other.
     #[derive(serde::Deserialize)]
     struct Peek {
@@ -214,7 +219,7 @@ fn peek_body(body: &[u8]) -> (bool, Option<firebreak::gate::Model>) {
             p.model
                 .as_ref()
                 .and_then(|v| v.as_str())
-                .map(|m| firebreak::gate::Model(Arc::from(m))),
+                .map(|m| firebreak::Model(Arc::from(m))),
         ),
         Err(_) => (false, None),
     }
@@ -675,6 +680,7 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), Box<dyn std::error::Error
     let mut stack = Stack {
         timeouts: widest(&presets),
         key_by: firebreak::gate::KeyBy::ApiKeyAndModel,
+        model_labels: usize::from(args.model_labels),
         ..Stack::preset(default_preset)
     };
     // SSE error events reach the caller as the upstream sent them.

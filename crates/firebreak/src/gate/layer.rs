@@ -8,7 +8,7 @@ use crate::gate::store::{Answer, GateKey, InProcessStore, RateStore};
 /// The one store the public types use; the trait stays the seam for a shared one (#16).
 type Store = InProcessStore;
 use crate::parse::ratelimit::RateLimitHeaders;
-use crate::{BoxError, Class, Classification, Error};
+use crate::{BoxError, Class, Classification, Error, Model};
 use bytes::Bytes;
 use http::{Extensions, HeaderMap, Method, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
@@ -24,26 +24,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
 use tower::{Layer, Service};
-
-/// The model a request is for, in the request extensions, so that gates can be keyed per
-/// (API key, model) without reading the body. `firebreak::FireworksClient::post` and the proxy
-/// set it from the body's `model` when the gate is keyed by [`KeyBy::ApiKeyAndModel`].
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Model(pub Arc<str>);
-
-impl Model {
-    /// The `model` of a JSON request body, if it names one (a body that is not JSON, or has no
-    /// string `model`, gives `None`).
-    pub fn from_json_body(body: &[u8]) -> Option<Model> {
-        #[derive(serde::Deserialize)]
-        struct M<'a> {
-            #[serde(borrow)]
-            model: Option<std::borrow::Cow<'a, str>>,
-        }
-        let m = serde_json::from_slice::<M<'_>>(body).ok()?.model?;
-        Some(Model(Arc::from(m.as_ref())))
-    }
-}
 
 /// The tokens a request will use (prompt + completion), set by the caller in the extensions for
 /// token caps. Without it the gate estimates `body bytes / 4 + default_completion_tokens`.

@@ -83,7 +83,6 @@ mod tests;
 
 pub use config::{GateConfig, GateConfigError, HeaderUnit};
 pub use layer::{
-    Gate, GateLayer, GateSnapshot, KeyBy, Model, PermitBody, RequestHead, ResponseFuture,
-    TokenEstimate,
+    Gate, GateLayer, GateSnapshot, KeyBy, PermitBody, RequestHead, ResponseFuture, TokenEstimate,
 };
 pub use store::GateKey;

@@ -1,7 +1,7 @@
 //! [`AttemptObserveLayer`]: one child span and one class per attempt.
 
 use crate::AttemptContext;
-use crate::observe::instruments::{Instruments, Observer, ms};
+use crate::observe::instruments::{Instruments, ModelCounters, Observer, ms};
 use crate::{Classification, Error};
 use http::{Request, Response};
 use pin_project_lite::pin_project;
@@ -91,10 +91,12 @@ where
                 inner: self.inner.call(req),
                 span: Span::none(),
                 ins: None,
+                model: None,
                 start: None,
             };
         };
         let ctx = req.extensions().get::<AttemptContext>().copied();
+        let model = ins.model_of(req.extensions());
         if let Some(c) = ctx {
             ins.retry(c.after, c.reason, c.delay);
         }
@@ -120,6 +122,7 @@ where
             inner,
             span,
             ins: Some(ins.clone()),
+            model,
             start,
         }
     }
@@ -132,6 +135,7 @@ pin_project! {
         inner: F,
         span: Span,
         ins: Option<Arc<Instruments>>,
+        model: Option<Arc<ModelCounters>>,
         start: Option<Instant>,
     }
 }
@@ -164,7 +168,7 @@ where
             Ok(resp) => (Classification::class_of(resp), Some(resp.status().as_u16())),
             Err(e) => (e.class(), e.status().map(|s| s.as_u16())),
         };
-        ins.attempt_done(class, status);
+        ins.attempt_done(class, status, this.model.as_deref());
         let span = &*this.span;
         if !span.is_disabled() {
             span.record("class", class.label());

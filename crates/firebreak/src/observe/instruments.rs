@@ -2,10 +2,12 @@
 
 use crate::Class;
 use crate::DelayReason;
+use crate::Model;
 use crate::names;
 use metrics::{Counter, Histogram, Unit};
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 const CLASSES: usize = Class::ALL.len();
@@ -75,12 +77,41 @@ pub(crate) struct Instruments {
     ttfb: Histogram,
     latency: [Histogram; 3],
     backoff: [Histogram; 2],
+    models: Option<ModelSeries>,
 }
 
+/// How many distinct models get a `model` label of their own by default.
+pub const DEFAULT_MODEL_CAP: usize = 64;
+
+/// A model id longer than this (in bytes) is counted under `model="other"`: a label value is
+/// kept in every series that carries it, so hostile input must not choose its size.
+pub const MAX_MODEL_LABEL_LEN: usize = 256;
+
 impl Observer {
-    /// An observer whose handles belong to the current recorder. With no recorder installed,
-    /// the handles are no-ops and tracing costs one check per span.
+    /// An observer whose handles belong to the current recorder, with up to
+    /// [`DEFAULT_MODEL_CAP`] model labels. With no recorder installed, the handles are no-ops
+    /// and tracing costs one check per span.
     pub fn new() -> Self {
+        Observer::with_model_cap(DEFAULT_MODEL_CAP)
+    }
+
+    /// An observer that labels `firebreak_requests_total` and `firebreak_attempts_total` of a
+    /// call carrying a [`Model`] with `model` and `deployment` (see [`Model::deployment`]; empty
+    /// for a model that names none), for at most `cap` distinct models: the first `cap` seen
+    /// keep their own series, every later one (and any id over [`MAX_MODEL_LABEL_LEN`] bytes)
+    /// is counted under `model="other"`. So under any input, even hostile ids through a proxy,
+    /// each of those metrics has at most `cap + 1` model values (times the classes). `0` turns
+    /// the labels off. Calls without a [`Model`] are counted without these labels.
+    ///
+    /// A model's series are registered when the model is first seen, with the recorder current
+    /// then (the fixed series are registered now): install the exporter globally, as `firebreak
+    /// proxy` does, for model labels to reach it.
+    ///
+    /// ```
+    /// let obs = firebreak::observe::Observer::with_model_cap(16);
+    /// # let _ = obs;
+    /// ```
+    pub fn with_model_cap(cap: usize) -> Self {
         describe();
         let per_class = |name: &'static str| {
             std::array::from_fn(|i| {
@@ -118,6 +149,7 @@ impl Observer {
                 .map(|o| metrics::histogram!(names::OVERALL_MS, "outcome" => o.label())),
             backoff: [DelayReason::Backoff, DelayReason::Server]
                 .map(|r| metrics::histogram!(names::BACKOFF_MS, "reason" => r.label())),
+            models: (cap > 0).then(|| ModelSeries::new(cap)),
         };
         Observer {
             inner: Some(Arc::new(inner)),
@@ -132,13 +164,26 @@ impl Observer {
 }
 
 impl Instruments {
-    pub(crate) fn request_done(&self, outcome: Outcome, class: Option<Class>, total: Duration) {
-        match outcome {
-            Outcome::Success => self.requests_success.increment(1),
-            Outcome::Failure => {
+    /// The series of the call's model, if model labels are on and the request names one.
+    pub(crate) fn model_of(&self, ext: &http::Extensions) -> Option<Arc<ModelCounters>> {
+        let series = self.models.as_ref()?;
+        Some(series.get(ext.get::<Model>()?))
+    }
+
+    pub(crate) fn request_done(
+        &self,
+        outcome: Outcome,
+        class: Option<Class>,
+        total: Duration,
+        model: Option<&ModelCounters>,
+    ) {
+        match (outcome, model) {
+            (Outcome::Success, None) => self.requests_success.increment(1),
+            (Outcome::Failure, None) => {
                 self.requests_failure[class.unwrap_or(Class::Other).index()].increment(1);
             }
-            Outcome::Cancelled => self.requests_cancelled.increment(1),
+            (Outcome::Cancelled, None) => self.requests_cancelled.increment(1),
+            (_, Some(m)) => m.request(outcome, class),
         }
         self.latency[outcome.index()].record(ms(total));
     }
@@ -156,13 +201,111 @@ impl Instruments {
         self.backoff[i].record(ms(slept));
     }
 
-    pub(crate) fn attempt_done(&self, class: Class, status: Option<u16>) {
+    pub(crate) fn attempt_done(
+        &self,
+        class: Class,
+        status: Option<u16>,
+        model: Option<&ModelCounters>,
+    ) {
         let i = class.index();
-        self.attempts[i].increment(1);
+        match model {
+            None => self.attempts[i].increment(1),
+            Some(m) => m.attempt(class),
+        }
         self.client_failures[i].increment(1);
         if status == Some(429) {
             self.http_429.increment(1);
         }
+    }
+}
+
+/// The per-model series: at most `cap` models of their own, then `other`.
+struct ModelSeries {
+    cap: usize,
+    seen: RwLock<HashMap<Arc<str>, Arc<ModelCounters>>>,
+    other: Arc<ModelCounters>,
+}
+
+impl ModelSeries {
+    fn new(cap: usize) -> Self {
+        ModelSeries {
+            cap,
+            seen: RwLock::new(HashMap::new()),
+            other: Arc::new(ModelCounters::new("other", "")),
+        }
+    }
+
+    fn get(&self, m: &Model) -> Arc<ModelCounters> {
+        if m.0.len() > MAX_MODEL_LABEL_LEN {
+            return self.other.clone();
+        }
+        // A poisoned lock only means a panic elsewhere while holding it; the map is still whole.
+        if let Some(c) = self
+            .seen
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&m.0)
+        {
+            return c.clone();
+        }
+        let mut seen = self.seen.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = seen.get(&m.0) {
+            return c.clone();
+        }
+        if seen.len() >= self.cap {
+            return self.other.clone();
+        }
+        let c = Arc::new(ModelCounters::new(&m.0, m.deployment().unwrap_or("")));
+        seen.insert(m.0.clone(), c.clone());
+        c
+    }
+}
+
+/// One model's call and attempt counters, each registered when first used, so that a model
+/// adds only the series it has values for.
+pub(crate) struct ModelCounters {
+    model: metrics::SharedString,
+    deployment: metrics::SharedString,
+    requests: [OnceLock<Counter>; CLASSES],
+    requests_cancelled: OnceLock<Counter>,
+    attempts: [OnceLock<Counter>; CLASSES],
+}
+
+impl ModelCounters {
+    fn new(model: &str, deployment: &str) -> Self {
+        ModelCounters {
+            model: model.to_string().into(),
+            deployment: deployment.to_string().into(),
+            requests: std::array::from_fn(|_| OnceLock::new()),
+            requests_cancelled: OnceLock::new(),
+            attempts: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+
+    fn request(&self, outcome: Outcome, class: Option<Class>) {
+        let (outcome_label, class_label, slot) = match outcome {
+            Outcome::Cancelled => ("cancelled", "none", &self.requests_cancelled),
+            Outcome::Success => ("success", "success", &self.requests[Class::Success.index()]),
+            Outcome::Failure => {
+                let c = class.unwrap_or(Class::Other);
+                ("failure", c.label(), &self.requests[c.index()])
+            }
+        };
+        slot.get_or_init(|| {
+            metrics::counter!(names::REQUESTS, "outcome" => outcome_label, "class" => class_label,
+                "model" => self.model.clone(), "deployment" => self.deployment.clone())
+        })
+        .increment(1);
+    }
+
+    fn attempt(&self, class: Class) {
+        self.attempts[class.index()]
+            .get_or_init(|| {
+                metrics::counter!(names::ATTEMPTS, "class" => class.label(),
+                    "reached_server" => bool_label(class.reached_server()),
+                    "model" => self.model.clone(), "deployment" => self.deployment.clone())
+            })
+            .increment(1);
     }
 }
 

@@ -36,8 +36,8 @@
 //!
 //! | name | type | labels | what |
 //! |---|---|---|---|
-//! | `firebreak_requests_total` | counter | `outcome` (`success`, `failure`, `cancelled`), `class` | calls, counted once when they end |
-//! | `firebreak_attempts_total` | counter | `class`, `reached_server` | attempts; `reached_server="true"` is what the provider can see |
+//! | `firebreak_requests_total` | counter | `outcome` (`success`, `failure`, `cancelled`), `class`; `model`, `deployment` (below) | calls, counted once when they end |
+//! | `firebreak_attempts_total` | counter | `class`, `reached_server`; `model`, `deployment` (below) | attempts; `reached_server="true"` is what the provider can see |
 //! | `firebreak_retries_total` | counter | `reason` (the class that caused it) | retries |
 //! | `firebreak_http_429_total` | counter | – | 429 answers received |
 //! | `firebreak_client_failures_total` | counter | `kind` (`dns`, `refused`, `tls`, `connect_other`, `connect_timeout`, `ready_timeout`, `gate_refused`) | attempts that never reached the server |
@@ -48,9 +48,14 @@
 //! | `firebreak_gate_concurrency_limit` | gauge | – | the gate's adaptive concurrency limit, summed over keys |
 //! | `firebreak_gate_queue_length` | gauge | – | requests waiting in the gate, summed over keys |
 //!
-//! `class` is one of the fixed labels of [`Class::label`](crate::Class::label):
-//! the set of series is fixed when the layer is built. No request id, URL, model or key is
-//! ever a label.
+//! `class` is one of the fixed labels of [`Class::label`](crate::Class::label). A call whose
+//! request carries a [`Model`](crate::Model) is counted in the two counters with `model` (its
+//! id) and `deployment` (`accounts/{a}/deployments/{id}` for a dedicated deployment, as
+//! Fireworks' exporter names it, else empty), so the two views can be put side by side per
+//! deployment. Those labels are bounded: at most [`DEFAULT_MODEL_CAP`] models (set it with
+//! [`Observer::with_model_cap`] or [`Stack::model_labels`](crate::Stack::model_labels)), then
+//! `model="other"`. Every other series is fixed when the layer is built. No request id, URL or
+//! key is ever a label.
 //!
 //! # Example
 //! ```
@@ -84,5 +89,5 @@ mod instruments;
 mod request;
 
 pub use attempt::{AttemptFuture, AttemptObserve, AttemptObserveLayer};
-pub use instruments::{Observer, Outcome};
+pub use instruments::{DEFAULT_MODEL_CAP, MAX_MODEL_LABEL_LEN, Observer, Outcome};
 pub use request::{Observe, ObserveLayer, ObservedBody, RequestFuture};

@@ -1,7 +1,7 @@
 //! [`ObserveLayer`]: one span and one outcome per logical request.
 
 use crate::RetryInfo;
-use crate::observe::instruments::{Instruments, Observer, Outcome, ms};
+use crate::observe::instruments::{Instruments, ModelCounters, Observer, Outcome, ms};
 use crate::{Class, Classification, Error};
 use bytes::Bytes;
 use http::{Request, Response};
@@ -112,6 +112,7 @@ where
         if let Some(id) = req.headers().get("x-request-id") {
             span.record("request_id", tracing::field::debug(id));
         }
+        let model = ins.model_of(req.extensions());
         // The first attempt is made inside `call` by the retry layer below: in this span.
         let inner = {
             let _entered = span.enter();
@@ -120,7 +121,7 @@ where
         RequestFuture {
             inner,
             span,
-            record: Some(Record::new(ins.clone())),
+            record: Some(Record::new(ins.clone(), model)),
         }
     }
 }
@@ -141,14 +142,16 @@ pub(crate) fn mark_sensitive(headers: &mut http::HeaderMap) {
 /// (a drop before the end counts as cancelled).
 struct Record {
     ins: Arc<Instruments>,
+    model: Option<Arc<ModelCounters>>,
     start: Instant,
     done: bool,
 }
 
 impl Record {
-    fn new(ins: Arc<Instruments>) -> Self {
+    fn new(ins: Arc<Instruments>, model: Option<Arc<ModelCounters>>) -> Self {
         Record {
             ins,
+            model,
             start: Instant::now(),
             done: false,
         }
@@ -160,7 +163,8 @@ impl Record {
         }
         self.done = true;
         let total = self.start.elapsed();
-        self.ins.request_done(outcome, class, total);
+        self.ins
+            .request_done(outcome, class, total, self.model.as_deref());
         span.record("outcome", outcome.label());
         span.record("total_ms", ms(total));
         if let Some(c) = class {
@@ -182,8 +186,12 @@ impl Drop for Record {
     fn drop(&mut self) {
         if !self.done {
             self.done = true;
-            self.ins
-                .request_done(Outcome::Cancelled, None, self.start.elapsed());
+            self.ins.request_done(
+                Outcome::Cancelled,
+                None,
+                self.start.elapsed(),
+                self.model.as_deref(),
+            );
         }
     }
 }
