@@ -116,8 +116,10 @@ impl Class {
     /// For a client-side failure (one the provider's dashboard never sees), its kind as a
     /// metric label: `dns`, `refused`, `tls`, `connect_other`, `connect_timeout`,
     /// `ready_timeout` or `gate_refused`. `None` when the request reached the server.
-    #[cfg_attr(not(feature = "observe"), allow(dead_code))]
-    pub(crate) fn client_side_kind(self) -> Option<&'static str> {
+    /// The `kind` label of `firebreak_client_failures_total` for a failure that never reached
+    /// the server (`dns`, `refused`, `tls`, `connect_other`, `connect_timeout`,
+    /// `ready_timeout`, `gate_refused`); `None` for a class that reached it.
+    pub fn client_side_kind(self) -> Option<&'static str> {
         Some(match self {
             Class::Connect(ConnectKind::Dns) => "dns",
             Class::Connect(ConnectKind::Refused) => "refused",
@@ -249,6 +251,18 @@ macro_rules! classes {
             pub fn label(self) -> &'static str {
                 Class::LABELS[self.index()]
             }
+
+            /// The class whose [`label`](Class::label) this is, for reading metrics back
+            /// (`None` for any other string).
+            ///
+            /// ```
+            /// use firebreak::Class;
+            /// assert_eq!(Class::from_label("rate_limited"), Some(Class::RateLimited));
+            /// assert_eq!(Class::from_label("nope"), None);
+            /// ```
+            pub fn from_label(label: &str) -> Option<Class> {
+                Class::LABELS.iter().position(|l| *l == label).map(|i| Class::ALL[i])
+            }
         }
 
         /// Compiles only if the list names every class.
@@ -349,6 +363,7 @@ mod tests {
         for (i, c) in Class::ALL.iter().enumerate() {
             assert_eq!(c.index(), i, "{c:?}");
             assert!(labels.insert(c.label()), "duplicate label {}", c.label());
+            assert_eq!(Class::from_label(c.label()), Some(*c));
             assert_eq!(c.client_side_kind().is_some(), c.is_client_side(), "{c:?}");
         }
     }
