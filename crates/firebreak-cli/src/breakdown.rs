@@ -10,6 +10,7 @@ pub(crate) struct Seen {
     pub(crate) attempts: u64,
     pub(crate) reached_server: u64,
     pub(crate) rate_limited: u64,
+    pub(crate) attempts_by_class: BTreeMap<String, u64>,
     pub(crate) client_side: BTreeMap<String, u64>,
     pub(crate) server_failures: BTreeMap<String, u64>,
 }
@@ -32,6 +33,9 @@ impl Seen {
             match key.name() {
                 names::ATTEMPTS => {
                     seen.attempts += n;
+                    if let Some(c) = label("class").filter(|_| n > 0) {
+                        *seen.attempts_by_class.entry(c).or_default() += n;
+                    }
                     if label("reached_server").as_deref() == Some("true") {
                         seen.reached_server += n;
                         match label("class") {

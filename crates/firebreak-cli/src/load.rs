@@ -166,11 +166,13 @@ pub(crate) async fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>
         }
     }
     let summary = serde_json::json!({
+        "model": args.model,
         "requests": results.len(),
         "succeeded": succeeded,
         "failed": results.len() - succeeded,
         "attempts": seen.attempts,
         "attempts_reached_server": seen.reached_server,
+        "attempts_by_class": seen.attempts_by_class,
         "rate_limited_responses": seen.rate_limited,
         "client_side_failures": seen.client_side.values().sum::<u64>(),
         "client_side_by_kind": seen.client_side,

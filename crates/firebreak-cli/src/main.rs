@@ -14,6 +14,7 @@ mod jobs;
 mod load;
 mod logging;
 mod proxy;
+mod reconcile;
 
 use clap::{Parser, Subcommand};
 
@@ -40,6 +41,9 @@ enum Command {
     Chat(chat::ChatArgs),
     /// Wait on long-running resources: reconnect a trainer job, wait for a deployment or a job.
     Jobs(jobs::JobsArgs),
+    /// Put Fireworks' exported deployment metrics beside firebreak's own counts, per deployment
+    /// and minute, and say where each failure happened.
+    Reconcile(reconcile::ReconcileArgs),
 }
 
 fn main() {
@@ -61,6 +65,7 @@ fn main() {
             Command::Proxy(args) => proxy::run(args).await,
             Command::Chat(args) => chat::run(args).await,
             Command::Jobs(args) => jobs::run(args).await,
+            Command::Reconcile(args) => reconcile::run(args).await,
         }
     });
     if let Err(e) = result {

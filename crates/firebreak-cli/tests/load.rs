@@ -76,7 +76,9 @@ fn load_json_matches_the_simulator_log() {
     );
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     for k in [
+        "model",
         "requests",
+        "attempts_by_class",
         "succeeded",
         "failed",
         "attempts",
@@ -131,6 +133,15 @@ fn load_json_matches_the_simulator_log() {
     let seen: std::collections::BTreeMap<String, u64> =
         serde_json::from_value(v["server_acknowledged_failures_by_class"].clone()).unwrap();
     assert_eq!(seen, failed);
+    // Every attempt by class: the failures above plus the successes the log shows.
+    let mut by_class = failed.clone();
+    by_class.insert(
+        "success".into(),
+        log.iter().filter(|r| r.status == 200).count() as u64,
+    );
+    let all: std::collections::BTreeMap<String, u64> =
+        serde_json::from_value(v["attempts_by_class"].clone()).unwrap();
+    assert_eq!(all, by_class);
     assert_eq!(
         v["rate_limited_responses"].as_u64().unwrap(),
         log.iter().filter(|r| r.status == 429).count() as u64

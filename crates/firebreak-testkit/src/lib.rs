@@ -135,10 +135,22 @@ pub fn blackhole() -> (
     Vec<std::net::TcpStream>,
     socket2::Socket,
 ) {
+    blackhole_on(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+/// As [`blackhole`], on a given loopback address (for example one where connects were
+/// refused a moment ago, to turn refusals into connect timeouts behind the same URL).
+pub fn blackhole_on(
+    at: std::net::SocketAddr,
+) -> (
+    std::net::SocketAddr,
+    Vec<std::net::TcpStream>,
+    socket2::Socket,
+) {
     use socket2::{Domain, Socket, Type};
     let l = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
-    l.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
-        .expect("bind");
+    l.set_reuse_address(true).expect("SO_REUSEADDR");
+    l.bind(&at.into()).expect("bind");
     l.listen(0).expect("listen");
     let addr = l
         .local_addr()

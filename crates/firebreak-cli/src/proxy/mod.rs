@@ -25,6 +25,7 @@ pub(crate) const MAX_HEAD: usize = 64 * 1024;
 mod body;
 mod caller;
 mod conn;
+mod exporter;
 mod guard;
 mod headers;
 
@@ -107,6 +108,18 @@ pub(crate) struct ProxyArgs {
     /// labels).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(0..=10_000))]
     model_labels: u16,
+    /// Scrape Fireworks' per-deployment metrics exporter for this account (with the configured
+    /// key) and serve its series under this proxy's /metrics, beside firebreak's own: one
+    /// scrape gets both views (see `firebreak reconcile`).
+    #[arg(long, value_name = "ACCOUNT")]
+    scrape_account: Option<String>,
+    /// Where the exporter lives (with --scrape-account).
+    #[arg(long, default_value = firebreak_reconcile::FIREWORKS_API_URL)]
+    scrape_base_url: String,
+    /// Seconds between scrapes. The exporter refreshes every 30 s and allows 6 requests a
+    /// minute; the scraper never sends more, whatever this says.
+    #[arg(long, default_value_t = 60.0)]
+    scrape_every: f64,
 }
 
 /// State shared by every connection.
@@ -123,6 +136,7 @@ struct Shared {
     cut: CancellationToken,
     scrub: Arc<dyn Fn(&str) -> String + Send + Sync>,
     warned: Mutex<HashSet<u64>>,
+    exporter: Option<Arc<exporter::ExporterPage>>,
 }
 
 /// A non-streaming answer up to this size is read whole before it is sent, so that one that
@@ -536,7 +550,11 @@ fn metrics_text(p: &Shared, mut log: CallLog, inflight: InFlight) -> Response<Pr
         Some(h) => {
             h.run_upkeep();
             (log.status, log.outcome) = (200, "ok");
-            let mut r = Response::new(ProxyBody::full(h.render(), log, Some(inflight)));
+            let mut text = h.render();
+            if let Some(e) = &p.exporter {
+                text.push_str(&e.text());
+            }
+            let mut r = Response::new(ProxyBody::full(text, log, Some(inflight)));
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -678,7 +696,13 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), Box<dyn std::error::Error
     // One gate per (caller's key, model): tenants are isolated (the configured key, filled in
     // below the gate, is used for callers that send none).
     let mut stack = Stack {
-        timeouts: widest(&presets),
+        // Connecting is the upstream's matter, not the workload's: the connect timer lives in
+        // the shared connector, so it is the resolved one (an explicit --connect-timeout
+        // included), not the widest preset's.
+        timeouts: TimeoutConfig {
+            connect: default_t.connect,
+            ..widest(&presets)
+        },
         key_by: firebreak::gate::KeyBy::ApiKeyAndModel,
         model_labels: usize::from(args.model_labels),
         ..Stack::preset(default_preset)
@@ -696,6 +720,18 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), Box<dyn std::error::Error
             "callers must present a token (--auth-token-env); no key is configured, so the upstream sees none"
         }
         (None, true) => "no key configured: each caller's own key is passed through",
+    };
+    let exporter = match &args.scrape_account {
+        None => None,
+        Some(account) => {
+            let k = key.clone().ok_or(
+                "--scrape-account needs the Fireworks key: set FIREWORKS_API_KEY (or --api-key)",
+            )?;
+            let base = base_url("--scrape-base-url", &args.scrape_base_url)?;
+            let every = secs_flag("scrape-every", args.scrape_every)?;
+            let scraper = firebreak_reconcile::Scraper::new(&base, account, k)?;
+            Some(exporter::start(scraper, every.max(Duration::from_secs(1))))
+        }
     };
     let auth = key.map(|k| firebreak::client::AuthLayer::new(k).if_missing());
     let client = FireworksClient::with_auth(&upstream, auth, stack, &ClientConfig::default())?;
@@ -745,6 +781,7 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), Box<dyn std::error::Error
         cut: CancellationToken::new(),
         scrub,
         warned: Mutex::new(HashSet::new()),
+        exporter,
     });
     serve(
         listener,
