@@ -405,3 +405,56 @@ fn scraping_needs_a_key() {
         "{e}"
     );
 }
+
+#[test]
+fn a_load_json_summary_reconciles_with_the_exporter() {
+    let rt = runtime();
+    let sim = rt
+        .block_on(firebreak_sim::Sim::start(sim_config()))
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_firebreak"))
+        .args([
+            "load",
+            "--base-url",
+            &sim.base_url(),
+            "--model",
+            MODEL,
+            "--requests",
+            "12",
+            "--concurrency",
+            "1",
+            "--json",
+        ])
+        .env("FIREWORKS_API_KEY", KEY)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = std::env::temp_dir().join(format!("firebreak-load-{}.json", std::process::id()));
+    std::fs::write(&file, &out.stdout).unwrap();
+    let base = sim.base_url().replace("/inference/v1", "");
+    let (code, v, _) = reconcile(&[
+        "--account",
+        "acct",
+        "--client-json",
+        file.to_str().unwrap(),
+        "--base-url",
+        &base,
+        "--json",
+    ]);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(code, 0, "{v}");
+    let served = sim
+        .log()
+        .iter()
+        .filter(|r| r.model.as_deref() == Some(MODEL) && r.status != 0)
+        .count() as u64;
+    let t = &v["totals"][0];
+    assert_eq!(t["client"]["calls"], 12);
+    assert_eq!(t["client"]["answered"], served);
+    assert_eq!(t["server"]["requests"], served);
+    assert!(v["verdict"][0].as_str().unwrap().contains("503"), "{v}");
+}
