@@ -41,7 +41,10 @@ pub(crate) struct LoadArgs {
     /// `max_tokens` of each request.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_tokens: u32,
-    /// Print exactly one JSON object on stdout.
+    /// Print exactly one JSON object on stdout: `model`, `requests`, `succeeded`, `failed`,
+    /// `attempts`, `attempts_reached_server`, `attempts_by_class`, `rate_limited_responses`,
+    /// `client_side_failures`, `client_side_by_kind`, `server_acknowledged_failures_by_class`,
+    /// `elapsed_s`, `latency_ms` (`p50`, `p99`, `max`) and `failures_by_class`.
     #[arg(long)]
     json: bool,
     /// Attempts per call, the first included.

@@ -14,6 +14,27 @@
 //!   them side by side per window, checks that what firebreak saw answered equals what the
 //!   server counted, and ends with a verdict. `firebreak reconcile` is its command line.
 //!
+//! # The rules
+//!
+//! - **Answered** is an attempt whose response head reached firebreak, error or not. Fireworks'
+//!   exporter counts what its servers answered, so *answered* (firebreak) and
+//!   `request_counter_total` (Fireworks) must be equal.
+//! - **Sent, not answered** ([`sent_unanswered`]: resets before a response, write and
+//!   header timeouts, the attempt or call deadline during the exchange) may or may not have been
+//!   counted by the server: a surplus on the server's side up to their number is agreement
+//!   ([`Agreement::WithinUnanswered`]).
+//! - Anything else is **flagged** ([`Agreement::Differs`], exit status 2 on the command line):
+//!   other clients of the deployment, firebreak's and the exporter's minutes not lining up, or
+//!   counts lost on one side.
+//! - **Never reached** is every attempt with a client-side kind (`dns`, `refused`, `tls`,
+//!   `connect_other`, `connect_timeout`, `ready_timeout`, `gate_refused`); the verdict names
+//!   them, because no dashboard of Fireworks can.
+//! - Both sides' numbers are read as **counters** (totals since their process started), as the
+//!   simulator serves the exporter's: a window is the difference of two readings, and a counter
+//!   that went down is taken as a restart. If an account's exporter serves per-minute values
+//!   instead (its series are "pre-aggregated over 1-minute windows"), compare single readings
+//!   taken a minute apart.
+//!
 //! The exporter covers dedicated deployments only, and firebreak labels a call with its
 //! deployment when the model id names one (`{base}#accounts/{a}/deployments/{id}`, see
 //! [`firebreak::Model::deployment`]): serverless traffic has nothing to reconcile with.
