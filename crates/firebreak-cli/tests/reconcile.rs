@@ -458,3 +458,66 @@ fn a_load_json_summary_reconciles_with_the_exporter() {
     assert_eq!(t["server"]["requests"], served);
     assert!(v["verdict"][0].as_str().unwrap().contains("503"), "{v}");
 }
+
+#[test]
+fn a_live_window_gives_a_row_per_reading_and_totals_that_agree() {
+    let rt = runtime();
+    let sim = rt
+        .block_on(firebreak_sim::Sim::start(sim_config()))
+        .unwrap();
+    let p = proxy(&sim.base_url(), &["--api-key", KEY]);
+    let base = sim.base_url().replace("/inference/v1", "");
+    let metrics_url = format!("http://{}/metrics", p.addr);
+    let (result, sent) = std::thread::scope(|s| {
+        let watcher = s.spawn(|| {
+            reconcile(&[
+                "--account",
+                "acct",
+                "--client-metrics",
+                &metrics_url,
+                "--base-url",
+                &base,
+                "--window",
+                "4s",
+                "--every",
+                "1s",
+                "--json",
+            ])
+        });
+        // Traffic well inside the watch: after the first reading, before the last.
+        std::thread::sleep(Duration::from_millis(1200));
+        let t = std::time::Instant::now();
+        let mut sent = 0;
+        while t.elapsed() < Duration::from_millis(1400) && sent < 100 {
+            calls(&p.addr, &format!("live{sent}"), 1);
+            sent += 1;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (watcher.join().unwrap(), sent)
+    });
+    let (code, v, _) = result;
+    assert_eq!(code, 0, "{v}");
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "four windows of one second: {v}");
+    let served = sim
+        .log()
+        .iter()
+        .filter(|r| r.model.as_deref() == Some(MODEL) && r.status != 0)
+        .count() as u64;
+    let t = &v["totals"][0];
+    assert_eq!(t["client"]["calls"], sent);
+    assert_eq!(t["client"]["answered"], served);
+    assert_eq!(t["server"]["requests"], served);
+    let per_window: u64 = rows
+        .iter()
+        .map(|r| r["server"]["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(per_window, served);
+    assert!(
+        rows.iter()
+            .filter(|r| r["client"]["calls"].as_u64().unwrap() > 0)
+            .count()
+            >= 2,
+        "the traffic spans windows: {v}"
+    );
+}

@@ -92,16 +92,28 @@ impl Report {
                 })
                 .collect(),
         };
-        let mut rows = Vec::new();
         let mut total = Reading::default();
-        for (i, w) in windows.iter().enumerate() {
+        for w in &windows {
             total.client.add(&w.client);
             total.server.add(&w.server);
-            if windows.len() > 1 {
-                rows.extend(side_by_side(w, Some(i), &keep));
+        }
+        // Every deployment seen in any window gets a row in every window, zeros included.
+        let mut names: Vec<&String> = total
+            .client
+            .deployments
+            .keys()
+            .chain(total.server.deployments.keys())
+            .filter(|d| keep(d))
+            .collect();
+        names.sort();
+        names.dedup();
+        let mut rows = Vec::new();
+        if windows.len() > 1 {
+            for (i, w) in windows.iter().enumerate() {
+                rows.extend(side_by_side(w, Some(i), &names));
             }
         }
-        let totals = side_by_side(&total, None, &keep);
+        let totals = side_by_side(&total, None, &names);
         let verdict = verdict(&totals);
         Report {
             window_s,
@@ -207,23 +219,14 @@ impl Report {
     }
 }
 
-fn side_by_side(w: &Reading, window: Option<usize>, keep: &dyn Fn(&str) -> bool) -> Vec<Row> {
-    let mut names: Vec<&String> = w
-        .client
-        .deployments
-        .keys()
-        .chain(w.server.deployments.keys())
-        .filter(|d| keep(d))
-        .collect();
-    names.sort();
-    names.dedup();
+fn side_by_side(w: &Reading, window: Option<usize>, names: &[&String]) -> Vec<Row> {
     names
-        .into_iter()
+        .iter()
         .map(|d| {
-            let client = w.client.deployments.get(d).cloned().unwrap_or_default();
-            let server = w.server.deployments.get(d).cloned().unwrap_or_default();
+            let client = w.client.deployments.get(*d).cloned().unwrap_or_default();
+            let server = w.server.deployments.get(*d).cloned().unwrap_or_default();
             Row {
-                deployment: d.clone(),
+                deployment: d.to_string(),
                 window,
                 agreement: Agreement::of(&client, &server),
                 client,
@@ -392,6 +395,12 @@ mod tests {
         ];
         let r = Report::from_readings(&readings, 60, Some("d1"));
         assert_eq!(r.rows.len(), 2);
+        // A window without traffic still has its row, of zeros.
+        let quiet = [Reading::default(), readings[0].clone(), readings[0].clone()];
+        let q = Report::from_readings(&quiet, 60, None);
+        assert_eq!(q.rows.len(), 2);
+        assert_eq!(q.rows[1].client, ClientCounts::default());
+        assert_eq!(q.rows[1].window, Some(1));
         assert_eq!(r.rows[0].client.answered, 6);
         assert_eq!(r.rows[0].server.requests, 6);
         assert_eq!(r.rows[1].client.answered, 15);
