@@ -366,8 +366,10 @@ fn rate_headers(shared: &Shared, rate: f64, remaining: f64) -> Vec<(HeaderName, 
         hv(format!("{}", limit.round() as u64))
             .map(|v| (HeaderName::from_static("x-ratelimit-limit-requests"), v)),
     );
+    // A bucket may hold more than one period's worth (its burst); like a real limiter, the
+    // header never states more remaining than the limit.
     out.extend(
-        hv(format!("{}", remaining.max(0.0) as u64))
+        hv(format!("{}", remaining.clamp(0.0, limit.round()) as u64))
             .map(|v| (HeaderName::from_static("x-ratelimit-remaining-requests"), v)),
     );
     out

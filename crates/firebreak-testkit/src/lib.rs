@@ -11,8 +11,10 @@ use std::future::Future;
 use std::time::Duration;
 
 pub mod baselines;
+mod fleet;
 mod inmem;
 mod recorded;
+pub use fleet::{FleetPlan, FleetRun, run_fleet};
 pub use inmem::{Captured, CountPolicy, Ok200, inmem_request};
 pub use recorded::Recorded;
 
@@ -303,4 +305,97 @@ pub fn fast_interactive() -> firebreak::Stack {
     s.timeouts.headers = Some(Duration::from_millis(300));
     s.timeouts.first_event = Some(Duration::from_millis(300));
     s
+}
+
+/// A `redis-server` of the test's own, on a free loopback port, with no persistence; killed
+/// when dropped. Tests that need Redis fail (they do not skip) when it cannot start:
+/// `scripts/test` installs `redis-server` when it is missing.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Option<std::process::Child>,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl RedisServer {
+    /// Starts one on a free port and waits (at most 10 s) until it answers `PING`.
+    pub fn start() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        RedisServer::start_on(port)
+    }
+
+    /// Starts one on `port` (for a restart on the same address).
+    pub fn start_on(port: u16) -> RedisServer {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server ({e}): install it (apt-get install redis-server; scripts/test does)")
+            });
+        let mut s = RedisServer {
+            child: Some(child),
+            port,
+        };
+        let t = std::time::Instant::now();
+        // Bounded: 10 s of 20 ms tries.
+        while t.elapsed() < Duration::from_secs(10) {
+            if s.ping() {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        s.stop();
+        panic!("redis-server did not answer PING on 127.0.0.1:{port} within 10 s");
+    }
+
+    /// `redis://127.0.0.1:{port}`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Whether it answers `PING` now.
+    pub fn ping(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut c) = std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from(([127, 0, 0, 1], self.port)),
+            Duration::from_millis(200),
+        ) else {
+            return false;
+        };
+        let _ = c.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut buf = [0u8; 16];
+        c.write_all(b"PING\r\n").is_ok()
+            && c.read(&mut buf)
+                .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+    }
+
+    /// Kills it (SIGKILL: a crash, not a shutdown) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

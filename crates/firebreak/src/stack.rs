@@ -110,6 +110,9 @@ pub struct Stack {
     /// ([`Observer::with_model_cap`]; default [`DEFAULT_MODEL_CAP`](crate::observe::DEFAULT_MODEL_CAP),
     /// `0` for none). [`FireworksClient::post`] reads the model from the body when this is on.
     pub model_labels: usize,
+    /// Other processes sharing the gate's account limits (`None`: this process alone). See
+    /// [`Fleet`](crate::gate::Fleet); `firebreak-redis` gives one over Redis.
+    pub fleet: Option<std::sync::Arc<dyn crate::gate::Fleet>>,
 }
 
 impl Stack {
@@ -123,6 +126,7 @@ impl Stack {
             sse_errors_as_failures: true,
             observe: true,
             model_labels: crate::observe::DEFAULT_MODEL_CAP,
+            fleet: None,
         }
     }
 
@@ -157,8 +161,11 @@ impl Stack {
                 .enforced_below()
                 .scoped(),
             retry: RetryLayer::new(self.retry.clone()).map_err(StackError::Retry)?,
-            gate: GateLayer::new(self.gate.clone(), self.key_by.clone())
-                .map_err(StackError::Gate)?,
+            gate: match &self.fleet {
+                None => GateLayer::new(self.gate.clone(), self.key_by.clone()),
+                Some(f) => GateLayer::with_fleet(self.gate.clone(), self.key_by.clone(), f.clone()),
+            }
+            .map_err(StackError::Gate)?,
             attempt: AttemptTimeoutLayer::new(&self.timeouts).map_err(StackError::Timeout)?,
             classify: ClassifyLayer::new().sse_errors_as_failures(self.sse_errors_as_failures),
         })

@@ -1183,3 +1183,102 @@ async fn a_cooldown_that_starts_while_a_caller_waits_for_its_slot_holds_it_too()
     })
     .await
 }
+
+/// A fleet of four, in memory: a fixed share, and a record of what was published.
+#[derive(Debug, Default)]
+struct FakeFleet {
+    inbox: std::sync::Mutex<Vec<FleetInbox>>,
+    published: std::sync::Mutex<Vec<(GateKey, FleetEvent)>>,
+}
+
+impl Fleet for FakeFleet {
+    fn attach(&self, inbox: FleetInbox) {
+        self.inbox.lock().unwrap().push(inbox);
+    }
+    fn share(&self, _key: GateKey) -> Option<f64> {
+        Some(0.25)
+    }
+    fn publish(&self, key: GateKey, event: FleetEvent) {
+        self.published.lock().unwrap().push((key, event));
+    }
+}
+
+fn fleet_gate(fleet: Arc<FakeFleet>) -> (Svc, Handle) {
+    let (m, h) = mock::pair::<Req, Response<Full<Bytes>>>();
+    let cfg = GateConfig {
+        header_unit: HeaderUnit::PerMinute,
+        headroom: 1.0,
+        ..GateConfig::default()
+    };
+    let layer = GateLayer::with_fleet(cfg, KeyBy::Client, fleet).unwrap();
+    (layer.layer(ClassifyLayer::new().layer(m)), h)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fleet_member_paces_at_its_share_and_publishes_its_cooldowns() {
+    bounded(600, async {
+        let fleet = Arc::new(FakeFleet::default());
+        let (svc, mut h) = fleet_gate(fleet.clone());
+        // 60 a minute for the account; a quarter of it here: one send every 4 s.
+        let c = spawn(&svc, req());
+        next(&mut h, answer(200, &[("x-ratelimit-limit-requests", "60")])).await;
+        c.await.unwrap().unwrap();
+        let calls: Vec<Call> = (0..3).map(|_| spawn(&svc, req())).collect();
+        let mut at = Vec::new();
+        for _ in 0..3 {
+            at.push(next(&mut h, answer(200, &[])).await);
+        }
+        for c in calls {
+            c.await.unwrap().unwrap();
+        }
+        assert_eq!(at[1] - at[0], Duration::from_secs(4));
+        assert_eq!(at[2] - at[1], Duration::from_secs(4));
+        assert!(
+            fleet.published.lock().unwrap().is_empty(),
+            "no evidence, nothing published"
+        );
+        // A rate-limit 429 with a delay: published as a cooldown of that delay.
+        let c = spawn(&svc, req());
+        next(&mut h, limited("7")).await;
+        assert_eq!(c.await.unwrap().unwrap(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            fleet.published.lock().unwrap().as_slice(),
+            &[(GateKey(0), FleetEvent::Cooldown(Duration::from_secs(7)))]
+        );
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn another_members_cooldown_holds_this_one_and_is_not_published_again() {
+    bounded(600, async {
+        let fleet = Arc::new(FakeFleet::default());
+        let (svc, mut h) = fleet_gate(fleet.clone());
+        let inbox = fleet.inbox.lock().unwrap()[0].clone();
+        inbox.apply(GateKey(0), FleetEvent::Cooldown(Duration::from_secs(5)));
+        let t0 = Instant::now();
+        let c = spawn(&svc, req());
+        let sent = next(&mut h, answer(200, &[])).await;
+        c.await.unwrap().unwrap();
+        assert_eq!(sent - t0, Duration::from_secs(5));
+        // An absurd remote delay is ignored, as a local one would be.
+        inbox.apply(GateKey(0), FleetEvent::Cooldown(Duration::from_secs(3600)));
+        let t1 = Instant::now();
+        let c = spawn(&svc, req());
+        let sent = next(&mut h, answer(200, &[])).await;
+        c.await.unwrap().unwrap();
+        assert!(sent - t1 < Duration::from_secs(1));
+        // A remote exhausted quota fails calls fast, client-side.
+        inbox.apply(
+            GateKey(0),
+            FleetEvent::QuotaExhausted(Duration::from_secs(60)),
+        );
+        let e = spawn(&svc, req()).await.unwrap().unwrap_err();
+        assert!(e.is_quota_exhausted(), "{e}");
+        assert!(
+            fleet.published.lock().unwrap().is_empty(),
+            "remote events are not echoed"
+        );
+    })
+    .await;
+}

@@ -2,6 +2,7 @@
 
 use crate::Deadline;
 use crate::gate::config::{GateConfig, GateConfigError};
+use crate::gate::fleet::{Fleet, FleetInbox};
 use crate::gate::state::{GateMetrics, LocalGate, Permit};
 use crate::gate::store::{Answer, GateKey, InProcessStore, RateStore};
 
@@ -215,6 +216,26 @@ impl GateLayer {
         cfg.validate()?;
         let store = InProcessStore::new(cfg.clone());
         Ok(Self::with_store(cfg, key_by, store))
+    }
+
+    /// A gate that shares its fleet-wide state with other processes through `fleet` (see
+    /// [`Fleet`]): each process paces at its share of a stated or configured account rate, and
+    /// a cooldown or an exhausted quota one of them sees holds the others too.
+    ///
+    /// # Errors
+    /// [`GateConfigError`] when `cfg` does not validate.
+    pub fn with_fleet(
+        cfg: GateConfig,
+        key_by: KeyBy,
+        fleet: Arc<dyn Fleet>,
+    ) -> Result<Self, GateConfigError> {
+        cfg.validate()?;
+        let store = InProcessStore::with_fleet(cfg.clone(), fleet.clone());
+        let layer = Self::with_store(cfg, key_by, store);
+        fleet.attach(FleetInbox {
+            store: Arc::downgrade(&layer.shared.store),
+        });
+        Ok(layer)
     }
 
     /// The credential [`KeyBy::ApiKeyAndModel`] uses for requests that carry no

@@ -54,9 +54,13 @@
 //!    slot at once.
 //! 7. **Bounded keys.** At most `max_keys` (10,000) gates; idle ones are evicted, least recently
 //!    used first, counted in `firebreak_gate_evictions_total`.
-//! 8. **The state behind a trait.** A crate-private `RateStore` holds the shared pacing,
-//!    cooldown and quota state, in this process (`InProcessStore`). It is the seam for a store
-//!    shared by many processes (issue #16), which will make it public in its async form.
+//! 8. **Many processes, one limit.** The pacing, cooldown and quota state lives in this
+//!    process (the crate-private `RateStore`). Processes that share an account limit link
+//!    their gates through a [`Fleet`] ([`GateLayer::with_fleet`], or `Stack::fleet`;
+//!    `firebreak-redis` is one over Redis): each paces at its share of a stated or configured
+//!    account rate, and a cooldown or an exhausted quota one sees reaches the others. Nothing
+//!    on the request path waits for the fleet; without it (or when its backend is down) the
+//!    gate is exactly the local one.
 //!
 //! A request holds its place until its response body ends ([`PermitBody`]): what the window
 //! measures is what the server is serving. Without evidence the window is wide, so long
@@ -75,6 +79,7 @@
 //! ```
 
 mod config;
+mod fleet;
 mod layer;
 mod state;
 mod store;
@@ -82,6 +87,7 @@ mod store;
 mod tests;
 
 pub use config::{GateConfig, GateConfigError, HeaderUnit};
+pub use fleet::{Fleet, FleetEvent, FleetInbox};
 pub use layer::{
     Gate, GateLayer, GateSnapshot, KeyBy, PermitBody, RequestHead, ResponseFuture, TokenEstimate,
 };

@@ -3,8 +3,9 @@
 
 use crate::Class;
 use crate::gate::config::{GateConfig, HeaderUnit};
+use crate::gate::fleet::{Fleet, FleetEvent};
 use crate::parse::ratelimit::RateLimitHeaders;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -174,10 +175,20 @@ impl KeyRate {
     }
 
     fn rate(&self, static_rate: Option<f64>) -> Option<f64> {
-        [self.header_rate, self.aimd_rate, static_rate]
-            .into_iter()
-            .flatten()
-            .reduce(f64::min)
+        self.rate_shared(static_rate, 1.0)
+    }
+
+    /// The pace, with account-wide rates (stated by headers, or configured) cut to this
+    /// process's `share` of them; a learned rate is this process's own already.
+    fn rate_shared(&self, static_rate: Option<f64>, share: f64) -> Option<f64> {
+        [
+            self.header_rate.map(|r| r * share),
+            self.aimd_rate,
+            static_rate.map(|r| r * share),
+        ]
+        .into_iter()
+        .flatten()
+        .reduce(f64::min)
     }
 
     /// Admissions per second lately: the last full window, or the current one (at least 1 s
@@ -225,6 +236,7 @@ impl KeyRate {
 pub(crate) struct InProcessStore {
     cfg: GateConfig,
     keys: RwLock<nohash_hasher::IntMap<GateKey, Mutex<KeyRate>>>,
+    fleet: Option<Arc<dyn Fleet>>,
 }
 
 impl InProcessStore {
@@ -233,6 +245,54 @@ impl InProcessStore {
         InProcessStore {
             cfg,
             keys: RwLock::new(nohash_hasher::IntMap::default()),
+            fleet: None,
+        }
+    }
+
+    /// A store whose account-wide rates are shared with, and whose fleet-wide evidence is
+    /// published to, `fleet`.
+    pub(crate) fn with_fleet(cfg: GateConfig, fleet: Arc<dyn Fleet>) -> Self {
+        InProcessStore {
+            fleet: Some(fleet),
+            ..InProcessStore::new(cfg)
+        }
+    }
+
+    /// Another process's evidence (see [`FleetInbox`](crate::gate::FleetInbox)).
+    pub(crate) fn apply_remote(&self, key: GateKey, event: FleetEvent, now: Instant) {
+        self.with_key(key, now, |s| match event {
+            FleetEvent::Cooldown(d) if d <= self.cfg.max_cooldown => {
+                s.cooldown_until = s.cooldown_until.max(now + d);
+                s.cooled = true;
+                s.last_throttle = Some(now);
+            }
+            FleetEvent::QuotaExhausted(d) => {
+                s.quota_until = s.quota_until.max(now + d.min(self.cfg.quota_recheck));
+            }
+            _ => {}
+        });
+    }
+
+    /// This process's share of an account-wide rate on `key`: 1 without a fleet, or with one
+    /// that cannot tell (`None`).
+    fn share(&self, key: GateKey) -> f64 {
+        self.fleet_share(key).unwrap_or(1.0)
+    }
+
+    /// The share, `None` when a fleet is attached but cannot tell.
+    fn fleet_share(&self, key: GateKey) -> Option<f64> {
+        match &self.fleet {
+            None => Some(1.0),
+            Some(f) => f
+                .share(key)
+                .filter(|s| s.is_finite() && *s > 0.0)
+                .map(|s| s.min(1.0)),
+        }
+    }
+
+    fn publish(&self, key: GateKey, event: FleetEvent) {
+        if let Some(f) = &self.fleet {
+            f.publish(key, event);
         }
     }
 
@@ -262,7 +322,8 @@ impl InProcessStore {
 
 impl RateStore for InProcessStore {
     fn reserve(&self, key: GateKey, now: Instant, tokens: u32, latest: Option<Instant>) -> Reserve {
-        self.with_key(key, now, |s| self.reserve_in(s, now, tokens, latest))
+        let share = self.share(key);
+        self.with_key(key, now, |s| self.reserve_in(s, now, tokens, latest, share))
     }
 
     fn release(&self, key: GateKey, slot: Instant, tokens: u32, now: Instant) {
@@ -298,7 +359,7 @@ impl RateStore for InProcessStore {
     }
 
     fn learn(&self, key: GateKey, obs: &Answer, now: Instant) -> bool {
-        self.with_key(key, now, |s| self.observe_in(s, obs, now))
+        self.with_key(key, now, |s| self.observe_in(key, s, obs, now))
     }
 
     fn snapshot(&self, key: GateKey, now: Instant) -> Option<RateSnapshot> {
@@ -327,6 +388,7 @@ impl InProcessStore {
         now: Instant,
         tokens: u32,
         latest: Option<Instant>,
+        share: f64,
     ) -> Reserve {
         if s.quota_until > now {
             return Reserve::QuotaExhausted {
@@ -342,7 +404,7 @@ impl InProcessStore {
                 return Reserve::Refused { wait: start - now };
             }
         }
-        let rate = s.rate(self.static_rate());
+        let rate = s.rate_shared(self.static_rate(), share);
         s.last_interval = match rate {
             Some(r) => Duration::from_secs_f64(1.0 / r),
             // A cooldown with no known rate ends in a bounded ramp, not all at once.
@@ -353,7 +415,7 @@ impl InProcessStore {
             s.next_free = start + s.last_interval;
         }
         if let Some(tpm) = self.cfg.tokens_per_minute {
-            let per_sec = f64::from(tpm) / 60.0;
+            let per_sec = f64::from(tpm) / 60.0 * share;
             s.tokens_next_free = start.max(s.tokens_next_free)
                 + Duration::from_secs_f64(f64::from(tokens) / per_sec);
         }
@@ -361,7 +423,14 @@ impl InProcessStore {
         Reserve::At(start)
     }
 
-    fn cool_down(&self, s: &mut KeyRate, d: Option<Duration>, now: Instant, what: &str) {
+    fn cool_down(
+        &self,
+        key: GateKey,
+        s: &mut KeyRate,
+        d: Option<Duration>,
+        now: Instant,
+        what: &str,
+    ) {
         let Some(d) = d else { return };
         if d > self.cfg.max_cooldown {
             // One absurd header must not stop everyone: that request fails on its own (the
@@ -375,9 +444,10 @@ impl InProcessStore {
         }
         s.cooldown_until = s.cooldown_until.max(now + d);
         s.cooled = true;
+        self.publish(key, FleetEvent::Cooldown(d));
     }
 
-    fn observe_in(&self, s: &mut KeyRate, obs: &Answer, now: Instant) -> bool {
+    fn observe_in(&self, key: GateKey, s: &mut KeyRate, obs: &Answer, now: Instant) -> bool {
         let cfg = &self.cfg;
         let signal = obs.signal();
         // Learn the limit from the headers, when they make sense.
@@ -388,7 +458,13 @@ impl InProcessStore {
                 if cfg.header_unit == HeaderUnit::Detect {
                     // Read per second until a rate-limit 429 arrives while this client sent
                     // less than that: then the limit cannot be per second.
-                    if s.per_second && signal == Signal::Gate && s.recent_rate(now) < limit as f64 {
+                    // The fleet's rate, not this process's: with N processes sharing the
+                    // key, this one sends about a 1/N share of what the server sees. A fleet
+                    // that cannot tell leaves the reading as it is.
+                    let below = self
+                        .fleet_share(key)
+                        .is_some_and(|share| s.recent_rate(now) / share < limit as f64);
+                    if s.per_second && signal == Signal::Gate && below {
                         tracing::debug!(
                             limit,
                             "429 gate: x-ratelimit-limit-requests now read per minute (a 429 came below the per-second reading)"
@@ -434,6 +510,7 @@ impl InProcessStore {
             }
             Signal::Quota => {
                 s.quota_until = now + cfg.quota_recheck;
+                self.publish(key, FleetEvent::QuotaExhausted(cfg.quota_recheck));
                 tracing::warn!(
                     recheck_s = cfg.quota_recheck.as_secs(),
                     "429 gate: the account's quota or spending limit is exhausted; calls on this key fail fast until the recheck"
@@ -443,7 +520,7 @@ impl InProcessStore {
             Signal::Gate => {
                 s.last_throttle = Some(now);
                 match obs.retry_after {
-                    Some(d) => self.cool_down(s, Some(d), now, "429"),
+                    Some(d) => self.cool_down(key, s, Some(d), now, "429"),
                     None => {
                         // No delay header: a reset header is a pacing hint after a 429, when
                         // it says nothing is left (never a retry delay).
@@ -489,7 +566,7 @@ impl InProcessStore {
                 let fleet = s.chain >= cfg.fleet_signals;
                 if fleet {
                     s.last_throttle = Some(now);
-                    self.cool_down(s, obs.retry_after, now, "capacity");
+                    self.cool_down(key, s, obs.retry_after, now, "capacity");
                 } else if obs.retry_after.is_some() {
                     tracing::debug!(
                         chain = s.chain,
