@@ -295,3 +295,32 @@ mod tests {
         assert!(h.contains("30 min"), "{h}");
     }
 }
+
+/// `--redis-url` and `--redis-prefix`, shared by `load` and `proxy`: link this process's 429
+/// gate with the other firebreak processes of the same account (see `firebreak-redis`).
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct FleetArgs {
+    /// Share the account's rate limit, cooldowns and quota state with other firebreak
+    /// processes through Redis (`redis://[user:password@]host:port[/db]`). Without Redis
+    /// reachable, each process uses its own gate and reconnects in the background. Never
+    /// printed.
+    #[arg(long, value_name = "URL")]
+    redis_url: Option<String>,
+    /// The prefix of every Redis key and channel (several applications can share one Redis).
+    #[arg(long, default_value = "firebreak", value_name = "PREFIX")]
+    redis_prefix: String,
+}
+
+impl FleetArgs {
+    /// `stack`, linked through Redis when `--redis-url` is set. Call inside the runtime.
+    pub(crate) fn apply(&self, stack: firebreak::Stack) -> Result<firebreak::Stack, String> {
+        let Some(url) = &self.redis_url else {
+            return Ok(stack);
+        };
+        let cfg = firebreak_redis::RedisConfig {
+            prefix: self.redis_prefix.clone(),
+            ..firebreak_redis::RedisConfig::new(url)
+        };
+        firebreak_redis::shared(stack, cfg).map_err(|e| format!("--redis-url: {e}"))
+    }
+}

@@ -1,6 +1,6 @@
 //! `firebreak load`: drive a workload through the stack against any OpenAI-compatible endpoint.
 
-use crate::args::{TimeoutArgs, api_key, base_url};
+use crate::args::{FleetArgs, TimeoutArgs, api_key, base_url};
 use crate::breakdown::{Seen, breakdown};
 use bytes::Bytes;
 use clap::Args;
@@ -38,6 +38,8 @@ pub(crate) struct LoadArgs {
     stream: bool,
     #[command(flatten)]
     timeouts: TimeoutArgs,
+    #[command(flatten)]
+    fleet: FleetArgs,
     /// `max_tokens` of each request.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_tokens: u32,
@@ -83,6 +85,7 @@ pub(crate) async fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>
     if let Some(n) = args.max_attempts {
         stack.retry.max_attempts = n;
     }
+    let stack = args.fleet.apply(stack)?;
     // The stack's own metrics count attempts, 429s and client-side failures; a recorder local
     // to this command receives them (the handles are bound when the client is built).
     let recorder = metrics_util::debugging::DebuggingRecorder::new();

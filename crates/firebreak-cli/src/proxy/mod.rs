@@ -75,6 +75,8 @@ pub(crate) struct ProxyArgs {
     allowed_host: Vec<String>,
     #[command(flatten)]
     timeouts: TimeoutArgs,
+    #[command(flatten)]
+    fleet: crate::args::FleetArgs,
     /// Largest request body, in bytes; larger ones get a 413 (before `100 Continue`). The 8 MiB
     /// default fits a long conversation with a few base64 images.
     #[arg(long, default_value_t = 8 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..=(1 << 30)))]
@@ -709,6 +711,7 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), Box<dyn std::error::Error
     };
     // SSE error events reach the caller as the upstream sent them.
     stack.sse_errors_as_failures = false;
+    let stack = args.fleet.apply(stack)?;
     let mode = match (&key, tokens.is_empty()) {
         (Some(_), false) => {
             "callers must present a token (--auth-token-env); the configured key is sent in its place"
