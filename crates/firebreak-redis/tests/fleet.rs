@@ -252,5 +252,25 @@ fn a_rate_limit_429_in_one_process_holds_the_others_within_a_heartbeat() {
             1,
             "only A's one 429"
         );
+        // Hygiene: every key under the prefix, expiring, holding hashes only.
+        let client = redis::Client::open(redis.url()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert!(keys.iter().any(|k| k.contains(":members:")), "{keys:?}");
+        for k in &keys {
+            assert!(k.starts_with("firebreak:"), "{k}");
+            assert!(!k.contains(KEY) && !k.contains("SECRET"), "{k}");
+            let ttl: i64 = redis::cmd("PTTL").arg(k).query_async(&mut c).await.unwrap();
+            assert!(ttl > 0, "{k} expires ({ttl})");
+            let kind: String = redis::cmd("TYPE").arg(k).query_async(&mut c).await.unwrap();
+            if kind == "string" {
+                let v: String = redis::cmd("GET").arg(k).query_async(&mut c).await.unwrap();
+                assert!(!v.contains("SECRET"), "{k} = {v}");
+            }
+        }
     });
 }
