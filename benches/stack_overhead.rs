@@ -97,6 +97,24 @@ fn benches(c: &mut Criterion) {
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let mut full_recorded =
         metrics::with_local_recorder(&prometheus, || stack(Stack::interactive()));
+    // Issue #16: the gate and the whole stack linked to a live Redis fleet (a redis-server of
+    // the bench's own), beside the same without one: what sharing costs a call.
+    let redis = firebreak_testkit::RedisServer::start();
+    let fleet = firebreak_redis::RedisFleet::start(firebreak_redis::RedisConfig::new(redis.url()))
+        .expect("a fleet");
+    rt.block_on(fleet.connected_within(Duration::from_secs(5)));
+    assert!(
+        fleet.is_connected(),
+        "the fleet reached the bench's redis-server"
+    );
+    let fleet: std::sync::Arc<dyn firebreak::gate::Fleet> = std::sync::Arc::new(fleet);
+    let mut gate_fleet = GateLayer::with_fleet(GateConfig::default(), KeyBy::Client, fleet.clone())
+        .unwrap()
+        .layer(Ok200(body.clone()));
+    let mut full_fleet = stack(Stack {
+        fleet: Some(fleet),
+        ..Stack::interactive()
+    });
     let mut g = c.benchmark_group("stack_overhead");
     g.bench_function("bare", |b| b.iter(|| run(&mut bare)));
     g.bench_function("tower_retry+timeout", |b| b.iter(|| run(&mut tower_pair)));
@@ -105,10 +123,16 @@ fn benches(c: &mut Criterion) {
         b.iter(|| run(&mut attempt))
     });
     g.bench_function("firebreak_gate", |b| b.iter(|| run(&mut gate)));
+    g.bench_function("firebreak_gate_redis_fleet", |b| {
+        b.iter(|| run(&mut gate_fleet))
+    });
     g.bench_function("firebreak_retry", |b| b.iter(|| run(&mut retry)));
     g.bench_function("firebreak_deadline", |b| b.iter(|| run(&mut deadline)));
     g.bench_function("firebreak_observe", |b| b.iter(|| run(&mut observe)));
     g.bench_function("firebreak_full_stack", |b| b.iter(|| run(&mut full)));
+    g.bench_function("firebreak_full_stack_redis_fleet", |b| {
+        b.iter(|| run(&mut full_fleet))
+    });
     g.bench_function("firebreak_full_stack_observe_off", |b| {
         b.iter(|| run(&mut full_off))
     });

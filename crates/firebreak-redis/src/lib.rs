@@ -73,7 +73,6 @@ mod sync;
 
 use firebreak::Stack;
 use firebreak::gate::{Fleet, FleetEvent, FleetInbox, GateKey};
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -211,7 +210,11 @@ struct Inner {
     cfg: RedisConfig,
     /// This process's id in the fleet (random).
     id: String,
-    keys: RwLock<HashMap<u64, Arc<KeyShare>>>,
+    /// Keyed by the gate key, already a hash.
+    keys: RwLock<nohash_hasher::IntMap<u64, Arc<KeyShare>>>,
+    /// Milliseconds since the fleet started, as the sync task last stamped it (a coarse clock:
+    /// the request path reads it instead of the system clock).
+    coarse_now: AtomicU64,
     new_key: Notify,
     events: mpsc::Sender<(GateKey, FleetEvent)>,
     inboxes: Mutex<Vec<FleetInbox>>,
@@ -225,6 +228,13 @@ struct Inner {
 impl Inner {
     fn now_ms(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Stamps the coarse clock the request path reads.
+    fn tick(&self) -> u64 {
+        let now = self.now_ms();
+        self.coarse_now.store(now, Ordering::Relaxed);
+        now
     }
 
     fn deliver(&self, key: GateKey, event: FleetEvent) {
@@ -259,7 +269,8 @@ impl RedisFleet {
         let inner = Arc::new(Inner {
             id: format!("{:016x}", rand::random::<u64>()),
             cfg,
-            keys: RwLock::new(HashMap::new()),
+            keys: RwLock::new(nohash_hasher::IntMap::default()),
+            coarse_now: AtomicU64::new(0),
             new_key: Notify::new(),
             events: tx,
             inboxes: Mutex::new(Vec::new()),
@@ -307,43 +318,37 @@ impl Fleet for RedisFleet {
     }
 
     fn share(&self, key: GateKey) -> Option<f64> {
-        let now = self.inner.now_ms();
-        let known = self
-            .inner
+        let inner = &self.inner;
+        let now = inner.coarse_now.load(Ordering::Relaxed);
+        // The common case: a key already known, under the read lock, no allocation, no clock.
+        if let Some(k) = inner
             .keys
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key.0)
-            .cloned();
-        let k = match known {
-            Some(k) => k,
-            None => {
-                let k = self
-                    .inner
-                    .keys
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .entry(key.0)
-                    .or_insert_with(|| {
-                        // Until the key's own members are known, assume every process of the
-                        // fleet uses it: never over the limit while counting.
-                        Arc::new(KeyShare {
-                            share: AtomicU64::new(self.inner.fleet_share.load(Ordering::Relaxed)),
-                            last_used: AtomicU64::new(now),
-                            since: now,
-                        })
-                    })
-                    .clone();
-                // Register the new key at once rather than at the next heartbeat.
-                self.inner.new_key.notify_one();
-                k
-            }
+        {
+            k.last_used.store(now, Ordering::Relaxed);
+            return inner
+                .connected
+                .load(Ordering::Acquire)
+                .then(|| f64::from_bits(k.share.load(Ordering::Relaxed)));
+        }
+        let share = {
+            let mut keys = inner.keys.write().unwrap_or_else(|e| e.into_inner());
+            // Until the key's own members are known, assume every process of the fleet uses
+            // it: never over the limit while counting.
+            let k = keys.entry(key.0).or_insert_with(|| {
+                Arc::new(KeyShare {
+                    share: AtomicU64::new(inner.fleet_share.load(Ordering::Relaxed)),
+                    last_used: AtomicU64::new(now),
+                    since: inner.now_ms(),
+                })
+            });
+            f64::from_bits(k.share.load(Ordering::Relaxed))
         };
-        k.last_used.store(now, Ordering::Relaxed);
-        self.inner
-            .connected
-            .load(Ordering::Acquire)
-            .then(|| f64::from_bits(k.share.load(Ordering::Relaxed)))
+        // Register the new key at once rather than at the next heartbeat.
+        inner.new_key.notify_one();
+        inner.connected.load(Ordering::Acquire).then_some(share)
     }
 
     fn publish(&self, key: GateKey, event: FleetEvent) {

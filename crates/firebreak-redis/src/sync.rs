@@ -89,6 +89,9 @@ pub(crate) async fn run(
         backoff = (backoff * 2).min(fleet.cfg.reconnect_max);
         drop(fleet);
         // Events seen while Redis is down cannot be shared: count them, keep nothing.
+        if let Some(f) = inner.upgrade() {
+            f.tick();
+        }
         let until = tokio::time::Instant::now() + wait;
         loop {
             tokio::select! {
@@ -171,11 +174,16 @@ async fn heartbeat_keys(
     conn: &mut MultiplexedConnection,
 ) -> Result<(), String> {
     let cfg = &fleet.cfg;
-    let now = fleet.now_ms();
+    let now = fleet.tick();
     let active_ms = u64::try_from(cfg.active_for.as_millis()).unwrap_or(u64::MAX);
     let keys: Vec<(u64, Arc<crate::KeyShare>)> = {
         let mut map = fleet.keys.write().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, k| now.saturating_sub(k.last_used.load(Ordering::Relaxed)) <= active_ms);
+        // `last_used` is stamped from the coarse clock, at most a heartbeat (or a reconnect
+        // wait) behind.
+        let slack = (cfg.heartbeat.max(cfg.reconnect_max)).as_millis() as u64;
+        map.retain(|_, k| {
+            now.saturating_sub(k.last_used.load(Ordering::Relaxed)) <= active_ms + slack
+        });
         map.iter().map(|(k, v)| (*k, v.clone())).collect()
     };
     // Wall-clock milliseconds: members of one fleet may be different machines.
