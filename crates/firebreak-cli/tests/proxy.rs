@@ -387,7 +387,7 @@ fn one_callers_429_never_holds_another_caller() {
 #[test]
 fn ten_thousand_model_names_leave_at_most_the_cap_plus_one_model_series() {
     let (_rt, sim) = sim_on_runtime(SimConfig::default().api_key(KEY));
-    // The default cap: firebreak::observe::DEFAULT_MODEL_CAP.
+    // The proxy's default cap (`--model-labels`).
     let cap = 64;
     let p = proxy(&sim.base_url(), &["--api-key", KEY]);
     const CALLS: usize = 10_000;

@@ -1016,12 +1016,20 @@ fn listen_accepts_localhost_and_a_disconnect_cancels_the_upstream() {
 #[test]
 fn metrics_cardinality_is_fixed_under_hostile_input_and_never_shows_the_key() {
     let (_rt, sim) = healthy();
-    let p = keyed(&sim, &[]);
+    // Model labels are bounded by --model-labels (here 4): the first models get their own,
+    // the rest share `model="other"`; nothing else grows.
+    let p = keyed(&sim, &["--model-labels", "4"]);
     let _ = post(&p, "/v1/chat/completions", &[], &chat("warm", false, 2));
-    let series = |p: &Proxy| {
+    let page = |p: &Proxy| {
         let (_, _, body) = request(&p.addr, "GET", "/metrics", &[], "");
         assert!(!body.contains(KEY));
-        body.lines().filter(|l| !l.starts_with('#')).count()
+        body
+    };
+    let series = |p: &Proxy| {
+        page(p)
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.contains("model=\""))
+            .count()
     };
     let before = series(&p);
     for i in 0..30 {
@@ -1035,7 +1043,19 @@ fn metrics_cardinality_is_fixed_under_hostile_input_and_never_shows_the_key() {
         );
         let _ = post(&p, "/v1/chat/completions", &[], &body);
     }
-    assert_eq!(series(&p), before, "no series per path, model or key");
+    assert_eq!(series(&p), before, "no series per path or key");
+    let models: std::collections::BTreeSet<String> = page(&p)
+        .lines()
+        .filter_map(|l| {
+            l.split("model=\"")
+                .nth(1)?
+                .split('"')
+                .next()
+                .map(str::to_string)
+        })
+        .collect();
+    assert!(models.len() <= 5, "at most the cap + `other`: {models:?}");
+    assert!(models.contains("other"), "{models:?}");
 }
 
 #[test]

@@ -73,3 +73,53 @@ fn two_load_processes_share_one_limit_through_redis() {
         "{err}"
     );
 }
+
+#[test]
+fn the_proxy_shares_its_gate_through_redis() {
+    let rt = runtime();
+    let sim = rt
+        .block_on(Sim::start(SimConfig::default().api_key(KEY)))
+        .unwrap();
+    let redis = RedisServer::start();
+    let p = common::proxy(
+        &sim.base_url(),
+        &[
+            "--api-key",
+            KEY,
+            "--redis-url",
+            &redis.url(),
+            "--redis-prefix",
+            "app1",
+        ],
+    );
+    let (s, _, body) = common::request(
+        &p.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        &common::chat("u-1", false, 2),
+    );
+    assert_eq!(s, 200, "{body}");
+    // Bounded: the fleet connects in the background (at most 5 s of 50 ms polls).
+    let t = std::time::Instant::now();
+    let metrics = loop {
+        let (_, _, m) = common::request(&p.addr, "GET", "/metrics", &[], "");
+        if m.contains("firebreak_redis_up 1") || t.elapsed() > std::time::Duration::from_secs(5) {
+            break m;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(metrics.contains("firebreak_redis_up 1"), "{metrics}");
+    // Its keys are under the prefix it was given.
+    let keys = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "--scan"])
+        .output()
+        .unwrap();
+    let keys = String::from_utf8_lossy(&keys.stdout);
+    assert!(keys.lines().any(|k| k.starts_with("app1:")), "{keys}");
+    assert!(keys.lines().all(|k| k.starts_with("app1:")), "{keys}");
+    assert!(
+        !p.log().contains(&redis.url()[8..]),
+        "the Redis URL is never logged"
+    );
+}

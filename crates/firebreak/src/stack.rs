@@ -107,8 +107,10 @@ pub struct Stack {
     /// Whether to record tracing spans and metrics (on by default; see [`observe`](crate::observe)).
     pub observe: bool,
     /// How many distinct models get a `model` label on the call and attempt counters
-    /// ([`Observer::with_model_cap`]; default [`DEFAULT_MODEL_CAP`](crate::observe::DEFAULT_MODEL_CAP),
-    /// `0` for none). [`FireworksClient::post`] reads the model from the body when this is on.
+    /// ([`Observer::with_model_cap`]; `0`, the default, for none; `firebreak proxy` uses 64).
+    /// [`FireworksClient::post`] reads the model from the body when this is on. A model's
+    /// series are registered when it is first seen, with the recorder current then: turn this
+    /// on with a globally installed exporter.
     pub model_labels: usize,
     /// Other processes sharing the gate's account limits (`None`: this process alone). See
     /// [`Fleet`](crate::gate::Fleet); `firebreak-redis` gives one over Redis.
@@ -125,7 +127,7 @@ impl Stack {
             key_by: KeyBy::Client,
             sse_errors_as_failures: true,
             observe: true,
-            model_labels: crate::observe::DEFAULT_MODEL_CAP,
+            model_labels: 0,
             fleet: None,
         }
     }

@@ -80,25 +80,21 @@ pub(crate) struct Instruments {
     models: Option<ModelSeries>,
 }
 
-/// How many distinct models get a `model` label of their own by default.
-pub const DEFAULT_MODEL_CAP: usize = 64;
-
 /// A model id longer than this (in bytes) is counted under `model="other"`: a label value is
 /// kept in every series that carries it, so hostile input must not choose its size.
-pub const MAX_MODEL_LABEL_LEN: usize = 256;
+const MAX_MODEL_LABEL_LEN: usize = 256;
 
 impl Observer {
-    /// An observer whose handles belong to the current recorder, with up to
-    /// [`DEFAULT_MODEL_CAP`] model labels. With no recorder installed, the handles are no-ops
-    /// and tracing costs one check per span.
+    /// An observer whose handles belong to the current recorder, without model labels. With
+    /// no recorder installed, the handles are no-ops and tracing costs one check per span.
     pub fn new() -> Self {
-        Observer::with_model_cap(DEFAULT_MODEL_CAP)
+        Observer::with_model_cap(0)
     }
 
     /// An observer that labels `firebreak_requests_total` and `firebreak_attempts_total` of a
     /// call carrying a [`Model`] with `model` and `deployment` (see [`Model::deployment`]; empty
     /// for a model that names none), for at most `cap` distinct models: the first `cap` seen
-    /// keep their own series, every later one (and any id over [`MAX_MODEL_LABEL_LEN`] bytes)
+    /// keep their own series, every later one (and any id over 256 bytes)
     /// is counted under `model="other"`. So under any input, even hostile ids through a proxy,
     /// each of those metrics has at most `cap + 1` model values (times the classes). `0` turns
     /// the labels off. Calls without a [`Model`] are counted without these labels.

@@ -52,9 +52,9 @@
 //! request carries a [`Model`](crate::Model) is counted in the two counters with `model` (its
 //! id) and `deployment` (`accounts/{a}/deployments/{id}` for a dedicated deployment, as
 //! Fireworks' exporter names it, else empty), so the two views can be put side by side per
-//! deployment. Those labels are bounded: at most [`DEFAULT_MODEL_CAP`] models (set it with
-//! [`Observer::with_model_cap`] or [`Stack::model_labels`](crate::Stack::model_labels)), then
-//! `model="other"`. Every other series is fixed when the layer is built. No request id, URL or
+//! deployment. Those labels are opt-in and bounded: at most the cap given to
+//! [`Observer::with_model_cap`] or [`Stack::model_labels`](crate::Stack::model_labels) (`firebreak
+//! proxy` uses 64), then `model="other"`. Every other series is fixed when the layer is built. No request id, URL or
 //! key is ever a label.
 //!
 //! # Example
@@ -89,5 +89,5 @@ mod instruments;
 mod request;
 
 pub use attempt::{AttemptFuture, AttemptObserve, AttemptObserveLayer};
-pub use instruments::{DEFAULT_MODEL_CAP, MAX_MODEL_LABEL_LEN, Observer, Outcome};
+pub use instruments::{Observer, Outcome};
 pub use request::{Observe, ObserveLayer, ObservedBody, RequestFuture};
