@@ -175,6 +175,29 @@ fn add_map(to: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
     }
 }
 
+/// Each deployment's counts since an earlier reading (a deployment new since then: all of it).
+fn minus_each<C: Default>(
+    now: &BTreeMap<String, C>,
+    before: &BTreeMap<String, C>,
+    minus: impl Fn(&C, &C) -> C,
+) -> BTreeMap<String, C> {
+    let none = C::default();
+    now.iter()
+        .map(|(d, c)| (d.clone(), minus(c, before.get(d).unwrap_or(&none))))
+        .collect()
+}
+
+/// Adds each deployment's counts of `from` into `to`.
+fn add_each<C: Default>(
+    to: &mut BTreeMap<String, C>,
+    from: &BTreeMap<String, C>,
+    plus: impl Fn(&mut C, &C),
+) {
+    for (d, c) in from {
+        plus(to.entry(d.clone()).or_default(), c);
+    }
+}
+
 fn count(v: f64) -> u64 {
     if v.is_finite() && v > 0.0 {
         v.round() as u64
@@ -225,22 +248,13 @@ impl ServerView {
     /// What was counted since `earlier` (a reading of the same exporter).
     pub fn minus(&self, earlier: &ServerView) -> ServerView {
         ServerView {
-            deployments: self
-                .deployments
-                .iter()
-                .map(|(d, c)| {
-                    let before = earlier.deployments.get(d).cloned().unwrap_or_default();
-                    (d.clone(), c.minus(&before))
-                })
-                .collect(),
+            deployments: minus_each(&self.deployments, &earlier.deployments, ServerCounts::minus),
         }
     }
 
     /// Adds another window's counts.
     pub fn add(&mut self, o: &ServerView) {
-        for (d, c) in &o.deployments {
-            self.deployments.entry(d.clone()).or_default().plus(c);
-        }
+        add_each(&mut self.deployments, &o.deployments, ServerCounts::plus);
     }
 }
 
@@ -318,22 +332,13 @@ impl ClientView {
 
     /// Adds another source's counts (several proxies in front of the same deployments).
     pub fn add(&mut self, o: &ClientView) {
-        for (d, c) in &o.deployments {
-            self.deployments.entry(d.clone()).or_default().plus(c);
-        }
+        add_each(&mut self.deployments, &o.deployments, ClientCounts::plus);
     }
 
     /// What was counted since `earlier` (a reading of the same sources).
     pub fn minus(&self, earlier: &ClientView) -> ClientView {
         ClientView {
-            deployments: self
-                .deployments
-                .iter()
-                .map(|(d, c)| {
-                    let before = earlier.deployments.get(d).cloned().unwrap_or_default();
-                    (d.clone(), c.minus(&before))
-                })
-                .collect(),
+            deployments: minus_each(&self.deployments, &earlier.deployments, ClientCounts::minus),
         }
     }
 }
