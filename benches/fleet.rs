@@ -65,8 +65,7 @@ fn one(burst: f64, redis: Option<&RedisServer>, plan: FleetPlan) -> Row {
         .enable_all()
         .build()
         .expect("runtime");
-    let mut rl = RateLimitConfig::new(20.0, burst);
-    rl.header_unit = RateUnit::PerSecond;
+    let rl = RateLimitConfig::new(20.0, burst).header_unit(RateUnit::PerSecond);
     let sim = rt
         .block_on(Sim::start(SimConfig::default().api_key(KEY).rate_limit(rl)))
         .expect("sim");

@@ -4,7 +4,8 @@
 //! matching the simulator's own log for the server side and the proxy's own metrics for the
 //! client side, with a verdict naming the client-side kinds.
 
-use firebreak_sim::{Fault, SimConfig, Trigger};
+use firebreak_sim::{SimConfig, Trigger};
+use firebreak_testkit::status_fault;
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
@@ -17,30 +18,17 @@ const MODEL: &str =
     "accounts/fireworks/models/llama-v3p1-8b-instruct#accounts/acct/deployments/dep1";
 const DEP: &str = "accounts/acct/deployments/dep1";
 
-fn status_fault(status: u16, offset: u32) -> (Trigger, Fault) {
-    (
-        Trigger::FirstAttemptsOfEvery {
-            n: 1,
-            every: 3,
-            offset,
-        },
-        Fault::Status {
-            status,
-            shape: None,
-            delay: vec![],
-            should_retry: None,
-            message: None,
-        },
-    )
-}
-
+/// The first attempt of every third call is a 503, of the next one a 429.
 fn sim_config() -> SimConfig {
-    let (t1, f1) = status_fault(503, 0);
-    let (t2, f2) = status_fault(429, 1);
+    let every_third = |offset| Trigger::FirstAttemptsOfEvery {
+        n: 1,
+        every: 3,
+        offset,
+    };
     SimConfig::default()
         .api_key(KEY)
-        .fault(t1, f1)
-        .fault(t2, f2)
+        .fault(every_third(0), status_fault(503, vec![]))
+        .fault(every_third(1), status_fault(429, vec![]))
 }
 
 /// `n` chat calls for the deployment through the proxy, one after another (one client: no

@@ -23,8 +23,7 @@ fn load(base: &str, extra: &[&str]) -> Command {
 #[test]
 fn two_load_processes_share_one_limit_through_redis() {
     let rt = runtime();
-    let mut rl = RateLimitConfig::new(10.0, 10.0);
-    rl.header_unit = RateUnit::PerSecond;
+    let rl = RateLimitConfig::new(10.0, 10.0).header_unit(RateUnit::PerSecond);
     let sim = rt
         .block_on(Sim::start(SimConfig::default().api_key(KEY).rate_limit(rl)))
         .unwrap();

@@ -6,7 +6,8 @@ use bytes::Bytes;
 use firebreak::client::ApiKey;
 use firebreak::{FireworksClient, Stack};
 use firebreak_reconcile::{ClientView, Exposition, Reading, Report, Scraper, ServerView};
-use firebreak_sim::{Fault, Sim, SimConfig, Trigger};
+use firebreak_sim::{Sim, SimConfig, Trigger};
+use firebreak_testkit::{bounded, status_fault};
 use http_body_util::BodyExt;
 use std::time::Duration;
 
@@ -15,12 +16,6 @@ const DEP: &str = "accounts/acct/deployments/dep1";
 const MODEL: &str =
     "accounts/fireworks/models/llama-v3p1-8b-instruct#accounts/acct/deployments/dep1";
 
-async fn bounded<F: std::future::Future>(secs: u64, f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(secs), f)
-        .await
-        .expect("the test finished in time")
-}
-
 fn sim_config() -> SimConfig {
     SimConfig::default().api_key(KEY).fault(
         Trigger::FirstAttemptsOfEvery {
@@ -28,13 +23,7 @@ fn sim_config() -> SimConfig {
             every: 2,
             offset: 0,
         },
-        Fault::Status {
-            status: 503,
-            shape: None,
-            delay: vec![],
-            should_retry: None,
-            message: None,
-        },
+        status_fault(503, vec![]),
     )
 }
 

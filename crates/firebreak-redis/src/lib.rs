@@ -3,13 +3,10 @@
 //! Fireworks limits an account (per model), not a process. Eight replicas of a service, or a
 //! batch spread over sixteen workers, each with its own 429 gate, each learn the limit alone,
 //! each earn their own 429s, and together pace at N times the limit. [`RedisFleet`] links their
-//! gates through Redis (a [`firebreak::gate::Fleet`]):
+//! gates through Redis as a [`firebreak::gate::Fleet`] (what a fleet shares, and what stays
+//! local, is in firebreak's architecture, "Where shared state lives"): `N` below is the number
+//! of processes that used the same gate key (API key and model, hashed) lately.
 //!
-//! - **The rate is split.** Each process paces at `1 / N` of a stated (`x-ratelimit-limit-*`)
-//!   or configured account rate, `N` being the processes that used the same gate key (API key
-//!   and model, hashed) lately.
-//! - **Cooldowns and exhausted quotas propagate.** A rate-limit 429's delay, capacity evidence
-//!   or a quota answer seen by one process holds the others too.
 //! - **Nothing waits for Redis.** The request path reads memory; a background task does every
 //!   round trip. When Redis is unreachable, slow (over [`RedisConfig::command_timeout`]) or
 //!   restarted, each process falls back to its local gate, counts the fallback and logs one

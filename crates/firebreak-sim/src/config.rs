@@ -211,6 +211,12 @@ impl RateLimitConfig {
         self.delay = delay;
         self
     }
+
+    /// Sets the unit `x-ratelimit-limit-requests` is stated in.
+    pub fn header_unit(mut self, unit: RateUnit) -> Self {
+        self.header_unit = unit;
+        self
+    }
 }
 
 /// The delay header on a rate-limit 429.

@@ -18,14 +18,11 @@ pub enum FleetEvent {
     QuotaExhausted(Duration),
 }
 
-/// The other processes using the same limits. The gate calls it from the request path, so
-/// every method must return at once (read memory, queue work); the sharing itself happens in
-/// the background, and an implementation that lost its backend answers as if alone
-/// ([`Fleet::share`] = 1): the gate then works exactly as without it.
-///
-/// What is shared, and only that: a stated or configured account rate (each process paces at
-/// its share of it), cooldowns and exhausted quotas. Concurrency windows and learned rates stay
-/// local: they measure what this process sees.
+/// The other processes using the same limits (what is shared and why:
+/// [the architecture](crate#where-shared-state-lives)). The gate calls it from the request
+/// path, so every method must return at once (read memory, queue work); the sharing itself
+/// happens in the background, and an implementation that lost its backend answers `None`
+/// from [`Fleet::share`]: the gate then works exactly as without it.
 pub trait Fleet: Send + Sync + fmt::Debug + 'static {
     /// Called once, when the gate is built: where to deliver the other processes' events.
     fn attach(&self, inbox: FleetInbox);

@@ -54,13 +54,9 @@
 //!    slot at once.
 //! 7. **Bounded keys.** At most `max_keys` (10,000) gates; idle ones are evicted, least recently
 //!    used first, counted in `firebreak_gate_evictions_total`.
-//! 8. **Many processes, one limit.** The pacing, cooldown and quota state lives in this
-//!    process (the crate-private `RateStore`). Processes that share an account limit link
-//!    their gates through a [`Fleet`] ([`GateLayer::with_fleet`], or `Stack::fleet`;
-//!    `firebreak-redis` is one over Redis): each paces at its share of a stated or configured
-//!    account rate, and a cooldown or an exhausted quota one sees reaches the others. Nothing
-//!    on the request path waits for the fleet; without it (or when its backend is down) the
-//!    gate is exactly the local one.
+//! 8. **Many processes, one limit.** Processes that share an account limit link their gates
+//!    through a [`Fleet`] ([`GateLayer::with_fleet`], or `Stack::fleet`); what is shared and
+//!    what stays local is in [the architecture](crate#where-shared-state-lives).
 //!
 //! A request holds its place until its response body ends ([`PermitBody`]): what the window
 //! measures is what the server is serving. Without evidence the window is wide, so long
