@@ -178,9 +178,10 @@ async fn heartbeat_keys(
     let active_ms = u64::try_from(cfg.active_for.as_millis()).unwrap_or(u64::MAX);
     let keys: Vec<(u64, Arc<crate::KeyShare>)> = {
         let mut map = fleet.keys.write().unwrap_or_else(|e| e.into_inner());
-        // `last_used` is stamped from the coarse clock, at most a heartbeat (or a reconnect
-        // wait) behind.
-        let slack = (cfg.heartbeat.max(cfg.reconnect_max)).as_millis() as u64;
+        // `last_used` is stamped from the coarse clock, at most a heartbeat behind while
+        // connected. (After a reconnect wait it may be further behind: a key dropped for that
+        // is registered again by its next use.)
+        let slack = cfg.heartbeat.as_millis() as u64;
         map.retain(|_, k| {
             now.saturating_sub(k.last_used.load(Ordering::Relaxed)) <= active_ms + slack
         });

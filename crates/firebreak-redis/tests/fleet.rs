@@ -17,8 +17,7 @@ const KEY: &str = "fw_fleet_SECRET_key";
 /// no client can pace those); BENCHMARKS.md also shows a burst of 20, where that first round
 /// alone earns 12 429s whoever sends it.
 fn bucket() -> SimConfig {
-    let mut rl = RateLimitConfig::new(20.0, 40.0);
-    rl.header_unit = RateUnit::PerSecond;
+    let rl = RateLimitConfig::new(20.0, 40.0).header_unit(RateUnit::PerSecond);
     SimConfig::default().api_key(KEY).rate_limit(rl)
 }
 
@@ -164,13 +163,10 @@ fn a_rate_limit_429_in_one_process_holds_the_others_within_a_heartbeat() {
                 every: 1000,
                 offset: 7,
             },
-            firebreak_sim::Fault::Status {
-                status: 429,
-                shape: None,
-                delay: vec![firebreak_sim::DelayHeader::RetryAfterSecs { secs: 2.0 }],
-                should_retry: None,
-                message: Some("rate limit exceeded".into()),
-            },
+            firebreak_testkit::status_fault(
+                429,
+                vec![firebreak_sim::DelayHeader::RetryAfterSecs { secs: 2.0 }],
+            ),
         )))
         .unwrap();
     let redis = RedisServer::start();
@@ -273,4 +269,72 @@ fn a_rate_limit_429_in_one_process_holds_the_others_within_a_heartbeat() {
             }
         }
     });
+}
+
+#[test]
+fn a_keys_share_counts_only_its_users_and_grows_back_when_one_leaves() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = runtime();
+    let redis = RedisServer::start();
+    rt.block_on(async {
+        let cfg = RedisConfig {
+            heartbeat: Duration::from_millis(50),
+            member_ttl: Duration::from_millis(200),
+            active_for: Duration::from_millis(300),
+            ..RedisConfig::new(redis.url())
+        };
+        let (a, b) = (
+            RedisFleet::start(cfg.clone()).unwrap(),
+            RedisFleet::start(cfg).unwrap(),
+        );
+        assert!(a.connected_within(Duration::from_secs(5)).await);
+        assert!(b.connected_within(Duration::from_secs(5)).await);
+        let (shared, own) = (SHARED, OWN);
+        // A uses two keys, B one of them: the shared key is split, the other key is A's alone
+        // once its membership has settled.
+        let settled = until(&a, &b, true, || {
+            a.current_share(shared) == Some(0.5) && a.current_share(own) == Some(1.0)
+        })
+        .await;
+        assert!(
+            settled,
+            "{:?} {:?}",
+            a.current_share(shared),
+            a.current_share(own)
+        );
+        assert_eq!(b.current_share(shared), Some(0.5));
+        // B stops using the key: A's share grows back with time.
+        let t = tokio::time::Instant::now();
+        let back = until(&a, &b, false, || a.current_share(shared) == Some(1.0)).await;
+        assert!(back, "{:?}", a.current_share(shared));
+        // active_for + member_ttl + a heartbeat or two.
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    });
+}
+
+const SHARED: firebreak::gate::GateKey = firebreak::gate::GateKey(1);
+const OWN: firebreak::gate::GateKey = firebreak::gate::GateKey(2);
+
+/// Waits (bounded: 5 s of 20 ms steps) until `check` holds, with A using both keys and B the
+/// shared one (or not) meanwhile.
+async fn until(
+    a: &RedisFleet,
+    b: &RedisFleet,
+    b_uses_shared: bool,
+    check: impl Fn() -> bool,
+) -> bool {
+    use firebreak::gate::Fleet;
+    let t = tokio::time::Instant::now();
+    while t.elapsed() < Duration::from_secs(5) {
+        a.share(SHARED);
+        a.share(OWN);
+        if b_uses_shared {
+            b.share(SHARED);
+        }
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
 }

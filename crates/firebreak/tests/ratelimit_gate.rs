@@ -1255,6 +1255,13 @@ async fn another_members_cooldown_holds_this_one_and_is_not_published_again() {
         let fleet = Arc::new(FakeFleet::default());
         let (svc, mut h) = fleet_gate(fleet.clone());
         let inbox = fleet.inbox.lock().unwrap()[0].clone();
+        // Another key's cooldown leaves this one alone.
+        inbox.apply(GateKey(99), FleetEvent::Cooldown(Duration::from_secs(5)));
+        let t = Instant::now();
+        let c = spawn(&svc, req());
+        let sent = next(&mut h, answer(200, &[])).await;
+        c.await.unwrap().unwrap();
+        assert_eq!(sent - t, Duration::ZERO);
         inbox.apply(GateKey(0), FleetEvent::Cooldown(Duration::from_secs(5)));
         let t0 = Instant::now();
         let c = spawn(&svc, req());

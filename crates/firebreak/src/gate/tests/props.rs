@@ -139,7 +139,31 @@ proptest! {
 
 /// A rate-limit 429 stating `limit` per unit, after `sent` admissions in the last moment.
 fn per_second_after(sent: u32, limit: u64) -> bool {
-    let store = InProcessStore::new(GateConfig::default());
+    per_second_after_in(InProcessStore::new(GateConfig::default()), sent, limit)
+}
+
+/// A fleet that always answers the same share (`None`: it cannot tell).
+#[derive(Debug)]
+struct FixedShare(Option<f64>);
+
+impl crate::gate::Fleet for FixedShare {
+    fn attach(&self, _inbox: crate::gate::FleetInbox) {}
+    fn share(&self, _key: GateKey) -> Option<f64> {
+        self.0
+    }
+    fn publish(&self, _key: GateKey, _event: crate::gate::FleetEvent) {}
+}
+
+fn per_second_after_in_fleet(share: Option<f64>, sent: u32, limit: u64) -> bool {
+    let fleet = std::sync::Arc::new(FixedShare(share));
+    per_second_after_in(
+        InProcessStore::with_fleet(GateConfig::default(), fleet),
+        sent,
+        limit,
+    )
+}
+
+fn per_second_after_in(store: InProcessStore, sent: u32, limit: u64) -> bool {
     let now = Instant::now();
     for _ in 0..sent {
         assert!(matches!(
@@ -170,4 +194,14 @@ fn a_429_drops_the_per_second_reading_only_when_the_client_sent_less() {
     // reading stays. Sent 1 against 5: per second cannot be right, so per minute.
     assert!(per_second_after(20, 5));
     assert!(!per_second_after(1, 5));
+}
+
+#[test]
+fn in_a_fleet_the_per_second_reading_is_tested_against_the_fleets_rate() {
+    // One of four processes sent 2 against a stated 5: the fleet sent about 8, so the 429 is
+    // explained per second and the reading stays. Sent 1 of a half share: the fleet sent about
+    // 2, so per minute. A fleet that cannot tell (its backend is down) concludes nothing.
+    assert!(per_second_after_in_fleet(Some(0.25), 2, 5));
+    assert!(!per_second_after_in_fleet(Some(0.5), 1, 5));
+    assert!(per_second_after_in_fleet(None, 1, 5));
 }
