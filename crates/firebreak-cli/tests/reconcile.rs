@@ -270,6 +270,30 @@ fn counts_that_differ_are_flagged_with_exit_status_2() {
         v["verdict"][1].as_str().unwrap().starts_with("FLAGGED"),
         "{v}"
     );
+    // --deployment keeps one deployment, by id or by full name; another has nothing to flag.
+    let only = |d: &str| {
+        reconcile(&[
+            "--account",
+            "acct",
+            "--from",
+            server.to_str().unwrap(),
+            "--client-metrics",
+            client.to_str().unwrap(),
+            "--deployment",
+            d,
+            "--json",
+        ])
+    };
+    for d in ["dep1", DEP] {
+        let (code, v, _) = only(d);
+        assert_eq!(
+            (code, v["totals"][0]["deployment"].as_str()),
+            (2, Some(DEP))
+        );
+    }
+    let (code, v, _) = only("dep2");
+    assert_eq!(code, 0);
+    assert_eq!(v["totals"].as_array().unwrap().len(), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -145,3 +145,67 @@ async fn a_wrong_key_is_a_status_error_that_does_not_show_the_key() {
     })
     .await;
 }
+
+/// A one-route exporter stand-in: answers `answers` in turn (status, extra header line), then
+/// 200s, each with a tiny page; records when each request arrived.
+async fn scripted_exporter(
+    answers: Vec<(u16, &'static str)>,
+) -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<tokio::time::Instant>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        let mut answers = answers.into_iter();
+        // One request per connection (the answers close it); ends with the test's runtime.
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = vec![0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            log.lock().unwrap().push(tokio::time::Instant::now());
+            let (status, extra) = answers.next().unwrap_or((200, ""));
+            let body = "request_counter_total:sum_by_deployment{deployment=\"accounts/acct/deployments/d\",deployment_account=\"acct\"} 1\n";
+            let resp = format!(
+                "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n{extra}\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+        }
+    });
+    (base, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_is_waited_out_by_the_stack_and_its_retry_counts_against_the_limit() {
+    bounded(30, async {
+        let (base, seen) = scripted_exporter(vec![(429, "retry-after: 1\r\n")]).await;
+        let scraper = Scraper::new(&base, "acct", ApiKey::new(KEY).unwrap())
+            .unwrap()
+            .with_limit(2, Duration::from_secs(3));
+        let page = scraper.scrape().await.unwrap();
+        assert_eq!(
+            page.sum("request_counter_total:sum_by_deployment", &[]),
+            1.0
+        );
+        let t = seen.lock().unwrap().clone();
+        assert_eq!(t.len(), 2, "the 429, then the retry");
+        assert!(
+            t[1] - t[0] >= Duration::from_millis(950),
+            "waited the Retry-After: {:?}",
+            t[1] - t[0]
+        );
+        // Both attempts counted: the next scrape waits for the first to leave the 3 s window.
+        scraper.scrape().await.unwrap();
+        let t = seen.lock().unwrap().clone();
+        assert_eq!(t.len(), 3);
+        assert!(
+            t[2] - t[0] >= Duration::from_millis(2950),
+            "{:?}",
+            t[2] - t[0]
+        );
+    })
+    .await;
+}
