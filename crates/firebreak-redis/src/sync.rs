@@ -265,6 +265,7 @@ async fn publish(
     let (what, kind, d) = match event {
         FleetEvent::Cooldown(d) => ("cooldown", 'c', d),
         FleetEvent::QuotaExhausted(d) => ("quota", 'q', d),
+        FleetEvent::BreakerOpen(d) => ("breaker", 'b', d),
         _ => return Ok(()),
     };
     let ms = d.as_millis().max(1) as u64;
@@ -284,7 +285,7 @@ async fn publish(
     r.map(|_| ()).map_err(|e| e.to_string())
 }
 
-/// Another process's event: `{id} {c|q} {key hex} {ms}`.
+/// Another process's event: `{id} {c|q|b} {key hex} {ms}`.
 fn receive(fleet: &Arc<Inner>, msg: &redis::Msg) {
     let Ok(text) = msg.get_payload::<String>() else {
         return;
@@ -305,6 +306,7 @@ fn receive(fleet: &Arc<Inner>, msg: &redis::Msg) {
     let event = match kind {
         "c" => FleetEvent::Cooldown(d),
         "q" => FleetEvent::QuotaExhausted(d),
+        "b" => FleetEvent::BreakerOpen(d),
         _ => return,
     };
     fleet.deliver(GateKey(key), event);

@@ -21,14 +21,23 @@ use tokio::time::{Instant, Sleep};
 pub(crate) struct LogGuard {
     pub(crate) shared: Arc<Shared>,
     pub(crate) record: AttemptRecord,
-    pub(crate) holds_capacity: bool,
+    /// The capacity slot it holds: the scenario's (`Some(None)`) or a deployment's.
+    pub(crate) holds_capacity: Option<Option<usize>>,
 }
 
 impl Drop for LogGuard {
     fn drop(&mut self) {
         self.record.end_ms = self.shared.elapsed_ms(Instant::now());
-        if self.holds_capacity {
-            self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        match self.holds_capacity {
+            Some(None) => {
+                self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            }
+            Some(Some(i)) => {
+                if let Some(n) = self.shared.deployment_in_flight.get(i) {
+                    n.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+            None => {}
         }
         let rec = std::mem::replace(&mut self.record, AttemptRecord::empty());
         self.shared.log.push(rec);

@@ -33,6 +33,55 @@ pub struct SimConfig {
     pub log_capacity: usize,
     /// Control-plane resources (jobs, deployments), served under `/v1/accounts/{account}/`.
     pub control: Vec<crate::ControlResource>,
+    /// Dedicated deployments, each with its own capacity and faults: a request naming one's
+    /// `model` skips the shared rate limit (a dedicated deployment has none), is held to the
+    /// deployment's `capacity`, and meets its `faults` before the scenario's.
+    pub deployments: Vec<DeploymentConfig>,
+}
+
+/// One dedicated deployment the simulator hosts (see [`SimConfig::deployments`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentConfig {
+    /// The model id requests name it by (`accounts/{a}/deployedModels/{x}`, or
+    /// `{model}#accounts/{a}/deployments/{id}`).
+    pub model: String,
+    /// Its replicas' capacity: requests in flight beyond it are refused.
+    #[serde(default)]
+    pub capacity: Option<CapacityConfig>,
+    /// Its own fault rules, tried before the scenario's.
+    #[serde(default)]
+    pub faults: Vec<FaultRule>,
+}
+
+impl DeploymentConfig {
+    /// A deployment answering `model`, with no capacity limit and no faults.
+    pub fn new(model: impl Into<String>) -> Self {
+        DeploymentConfig {
+            model: model.into(),
+            capacity: None,
+            faults: Vec::new(),
+        }
+    }
+
+    /// Limits it to `max_in_flight`, refusing the rest with `reject_with`.
+    pub fn capacity(mut self, max_in_flight: usize, reject_with: CapacityReject) -> Self {
+        self.capacity = Some(CapacityConfig {
+            max_in_flight,
+            reject_with,
+        });
+        self
+    }
+
+    /// Adds a fault rule.
+    pub fn fault(mut self, when: Trigger, fault: Fault) -> Self {
+        self.faults.push(FaultRule {
+            when,
+            paths: Vec::new(),
+            fault,
+        });
+        self
+    }
 }
 
 impl Default for SimConfig {
@@ -48,6 +97,7 @@ impl Default for SimConfig {
             max_request_body: 32 * 1024 * 1024,
             log_capacity: 1_000_000,
             control: Vec::new(),
+            deployments: Vec::new(),
         }
     }
 }
@@ -99,9 +149,33 @@ impl SimConfig {
         self
     }
 
+    /// Adds a dedicated deployment (builder style).
+    pub fn deployment(mut self, d: DeploymentConfig) -> Self {
+        self.deployments.push(d);
+        self
+    }
+
     /// Checks the scenario for values that cannot work, naming the first one found.
     pub fn validate(&self) -> Result<(), crate::SimError> {
         let bad = |what: String| Err(crate::SimError::Config(what));
+        for (i, d) in self.deployments.iter().enumerate() {
+            if d.model.is_empty() {
+                return bad(format!("deployments[{i}]: model must not be empty"));
+            }
+            if self.deployments[..i].iter().any(|o| o.model == d.model) {
+                return bad(format!(
+                    "deployments[{i}]: model {:?} is listed twice",
+                    d.model
+                ));
+            }
+            if d.capacity.as_ref().is_some_and(|c| c.max_in_flight == 0) {
+                return bad(format!(
+                    "deployments[{i}]: capacity.max_in_flight must be >= 1"
+                ));
+            }
+            check_rules(&d.faults, &format!("deployments[{i}].faults"))
+                .map_err(crate::SimError::Config)?;
+        }
         for r in &self.control {
             r.validate().map_err(crate::SimError::Config)?;
         }
@@ -132,25 +206,30 @@ impl SimConfig {
                 return bad("capacity.max_in_flight must be >= 1".into());
             }
         }
-        for (i, rule) in self.faults.iter().enumerate() {
-            if let Trigger::Probability { p } = rule.when {
-                if !(0.0..=1.0).contains(&p) {
-                    return bad(format!("faults[{i}]: probability {p} is not in [0, 1]"));
-                }
-            }
-            if let Trigger::FirstAttemptsOfEvery { every: 0, .. } = rule.when {
-                return bad(format!("faults[{i}]: every must be at least 1"));
-            }
-            if let Fault::Status { status, .. } = &rule.fault {
-                if !(100..=999).contains(status) {
-                    return bad(format!(
-                        "faults[{i}]: status {status} is not a valid HTTP status"
-                    ));
-                }
+        check_rules(&self.faults, "faults").map_err(crate::SimError::Config)
+    }
+}
+
+/// The first fault rule of `rules` that cannot work, named as `{what}[i]`.
+fn check_rules(rules: &[FaultRule], what: &str) -> Result<(), String> {
+    for (i, rule) in rules.iter().enumerate() {
+        if let Trigger::Probability { p } = rule.when {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(format!("{what}[{i}]: probability {p} is not in [0, 1]"));
             }
         }
-        Ok(())
+        if let Trigger::FirstAttemptsOfEvery { every: 0, .. } = rule.when {
+            return Err(format!("{what}[{i}]: every must be at least 1"));
+        }
+        if let Fault::Status { status, .. } = &rule.fault {
+            if !(100..=999).contains(status) {
+                return Err(format!(
+                    "{what}[{i}]: status {status} is not a valid HTTP status"
+                ));
+            }
+        }
     }
+    Ok(())
 }
 
 /// Normal-path behaviour: how fast and how much the "model" answers.

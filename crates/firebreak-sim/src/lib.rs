@@ -62,8 +62,8 @@ mod server;
 
 pub use body::{BodyAbort, SimBody};
 pub use config::{
-    CapacityConfig, CapacityReject, DelayHeader, ErrorShape, Fault, FaultRule, Growth, Latency,
-    RateLimitConfig, RateLimitDelay, RateUnit, SimConfig, Trigger,
+    CapacityConfig, CapacityReject, DelayHeader, DeploymentConfig, ErrorShape, Fault, FaultRule,
+    Growth, Latency, RateLimitConfig, RateLimitDelay, RateUnit, SimConfig, Trigger,
 };
 pub use control::{COLLECTIONS, ControlResource, GetFailure, Step};
 pub use log::AttemptRecord;
@@ -207,6 +207,37 @@ impl Sim {
         self.shared
             .in_flight
             .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Requests in flight on the deployment serving `model` (0 for one not configured).
+    pub fn deployment_in_flight(&self, model: &str) -> usize {
+        self.shared
+            .cfg
+            .deployments
+            .iter()
+            .position(|d| d.model == model)
+            .map_or(0, |i| {
+                self.shared.deployment_in_flight[i].load(std::sync::atomic::Ordering::Acquire)
+            })
+    }
+
+    /// Takes `model` down until [`Sim::bring_up`]: every request naming it meets `fault`
+    /// (a 503, a reset, a hang…) before any limit or rule. For outage and recovery scenarios.
+    pub fn take_down(&self, model: &str, fault: Fault) {
+        self.shared
+            .outages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(model.to_string(), fault);
+    }
+
+    /// Ends an outage started by [`Sim::take_down`].
+    pub fn bring_up(&self, model: &str) {
+        self.shared
+            .outages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(model);
     }
 
     /// Stops accepting, aborts open connections and waits for the server task to end.

@@ -36,6 +36,11 @@ pub(crate) struct Shared {
     pub(crate) attempts: Mutex<HashMap<String, u32>>,
     pub(crate) bucket: Option<Mutex<Bucket>>,
     pub(crate) in_flight: AtomicUsize,
+    /// Requests in flight per deployment, in `cfg.deployments` order.
+    pub(crate) deployment_in_flight: Vec<AtomicUsize>,
+    /// Models taken down at run time ([`crate::Sim::take_down`]), with the fault every
+    /// request naming them meets.
+    pub(crate) outages: Mutex<HashMap<String, Fault>>,
     pub(crate) control: crate::control::ControlPlane,
     pub(crate) exporter: crate::exporter::ScrapeLimit,
 }
@@ -43,6 +48,7 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(cfg: SimConfig) -> Self {
         let start = Instant::now();
+        let cfg_deployments = cfg.deployments.clone();
         let bucket = cfg
             .rate_limit
             .clone()
@@ -61,6 +67,11 @@ impl Shared {
             attempts: Mutex::new(HashMap::new()),
             bucket,
             in_flight: AtomicUsize::new(0),
+            deployment_in_flight: cfg_deployments
+                .iter()
+                .map(|_| AtomicUsize::new(0))
+                .collect(),
+            outages: Mutex::new(HashMap::new()),
         }
     }
 
@@ -471,7 +482,7 @@ pub(crate) async fn handle(
         guard: LogGuard {
             shared: shared.clone(),
             record,
-            holds_capacity: false,
+            holds_capacity: None,
         },
         server_request_id,
     };
@@ -604,9 +615,18 @@ pub(crate) async fn handle(
         ));
     }
 
+    // A dedicated deployment: no shared rate limit, its own capacity and faults.
+    let deployment = shared.cfg.deployments.iter().position(|d| d.model == model);
+    let outage = shared
+        .outages
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&model)
+        .cloned();
+
     // Rate limit.
     let mut rl_headers = Vec::new();
-    if let Some(bucket) = &shared.bucket {
+    if let (Some(bucket), None) = (&shared.bucket, deployment) {
         let (admit, rate) = {
             let mut b = bucket.lock().unwrap_or_else(|e| e.into_inner());
             (b.try_take(Instant::now()), b.rate())
@@ -648,10 +668,17 @@ pub(crate) async fn handle(
 
     // Capacity.
     let mut ctx = ctx;
-    if let Some(cap) = &shared.cfg.capacity {
-        let now = shared.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+    let (capacity, counter) = match deployment {
+        Some(i) => (
+            shared.cfg.deployments[i].capacity.as_ref(),
+            &shared.deployment_in_flight[i],
+        ),
+        None => (shared.cfg.capacity.as_ref(), &shared.in_flight),
+    };
+    if let (Some(cap), None) = (capacity, &outage) {
+        let now = counter.fetch_add(1, Ordering::AcqRel) + 1;
         if now > cap.max_in_flight {
-            shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            counter.fetch_sub(1, Ordering::AcqRel);
             let (status, msg) = match cap.reject_with {
                 CapacityReject::Overloaded503 => {
                     (503, "Service overloaded, please try again later")
@@ -660,16 +687,24 @@ pub(crate) async fn handle(
             };
             return Ok(ctx.error(status, ErrorShape::Gateway, msg, vec![], "capacity"));
         }
-        ctx.guard.holds_capacity = true;
+        ctx.guard.holds_capacity = Some(deployment);
     }
 
-    // Faults.
+    // Faults: a run-time outage, then the deployment's rules, then the scenario's. A rule's
+    // index in the decision hash counts the deployment's rules first.
     let fault_id = request_id.clone().unwrap_or_else(|| format!("#{seq}"));
-    let fault = shared.cfg.faults.iter().enumerate().find_map(|(i, rule)| {
-        (!matches!(rule.fault, Fault::SlowUpload { .. })
-            && path_matches(&rule.paths, parts.uri.path())
-            && fires(rule.when, shared.cfg.seed, &fault_id, attempt, i))
-        .then(|| rule.fault.clone())
+    let own: &[crate::config::FaultRule] =
+        deployment.map_or(&[], |i| &shared.cfg.deployments[i].faults);
+    let fault = outage.or_else(|| {
+        own.iter()
+            .chain(shared.cfg.faults.iter())
+            .enumerate()
+            .find_map(|(i, rule)| {
+                (!matches!(rule.fault, Fault::SlowUpload { .. })
+                    && path_matches(&rule.paths, parts.uri.path())
+                    && fires(rule.when, shared.cfg.seed, &fault_id, attempt, i))
+                .then(|| rule.fault.clone())
+            })
     });
     if let Some(f) = &fault {
         ctx.guard.record.fault = Some(fault_name(f).to_string());

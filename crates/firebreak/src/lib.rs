@@ -57,7 +57,7 @@ pub use call::{AttemptContext, DelayReason, GaveUp, NotReplayable, RetryInfo};
 pub use class::{Class, ClientErrorKind, ConnectKind, TimeoutPhase};
 pub use deadline::Deadline;
 pub use error::{Classification, Error, TimeoutError};
-pub use model::Model;
+pub use model::{Model, TargetKind};
 pub use parse::body::{ApiError, BodyShape};
 pub use transport::BoxError;
 
@@ -86,3 +86,6 @@ pub mod reqwest;
 mod stack;
 #[cfg(feature = "stack")]
 pub use stack::*;
+// Fallback chains and circuit breakers, over the composed stack.
+#[cfg(feature = "route")]
+pub mod route;

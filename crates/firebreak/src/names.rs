@@ -39,3 +39,14 @@ pub const GATE_LIMIT: &str = "firebreak_gate_concurrency_limit";
 pub const GATE_QUEUE: &str = "firebreak_gate_queue_length";
 /// Idle keys evicted to keep the gate's map within `max_keys`.
 pub const GATE_EVICTIONS: &str = "firebreak_gate_evictions_total";
+
+/// Attempts per configured route target, by `target` and `class` (the route module).
+pub const TARGET_ATTEMPTS: &str = "firebreak_target_attempts_total";
+/// A route target's circuit breaker: 0 closed, 1 half-open, 2 open, by `target`.
+pub const BREAKER_STATE: &str = "firebreak_breaker_state";
+/// Circuit breaker transitions, by `target` and `to` (`open`, `half_open`, `closed`).
+pub const BREAKER_TRANSITIONS: &str = "firebreak_breaker_transitions_total";
+/// Calls moved past a target, by `target` (the one passed over) and `reason` (`open`: its
+/// breaker; `holding`: its gate is cooling down; `failed`: it answered with a retryable failure;
+/// `capacity`: it refused for capacity or rate).
+pub const FALLBACKS: &str = "firebreak_fallbacks_total";

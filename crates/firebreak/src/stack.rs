@@ -178,12 +178,12 @@ impl Stack {
 #[derive(Debug, Clone)]
 pub struct StackLayer {
     model_labels: bool,
-    observer: Observer,
-    deadline: DeadlineLayer,
-    retry: RetryLayer,
+    pub(crate) observer: Observer,
+    pub(crate) deadline: DeadlineLayer,
+    pub(crate) retry: RetryLayer,
     gate: GateLayer,
-    attempt: AttemptTimeoutLayer,
-    classify: ClassifyLayer,
+    pub(crate) attempt: AttemptTimeoutLayer,
+    pub(crate) classify: ClassifyLayer,
 }
 
 impl StackLayer {
@@ -215,9 +215,9 @@ impl<S> Layer<S> for StackLayer {
 
 /// The service under the stack in a [`FireworksClient`]: the shared HTTPS client, with or
 /// without the auth layer.
-type ClientService = tower::util::Either<crate::client::Auth<SharedHttps>, SharedHttps>;
+pub(crate) type ClientService = tower::util::Either<crate::client::Auth<SharedHttps>, SharedHttps>;
 
-type SharedHttps = crate::client::SharedClient<
+pub(crate) type SharedHttps = crate::client::SharedClient<
     crate::timeout::ConnectTimeout<crate::client::Connector>,
     InnerBody<Full<Bytes>>,
 >;
@@ -288,22 +288,7 @@ impl FireworksClient {
         if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() || bad_port {
             return Err(StackError::BaseUrl(base_url.to_string()));
         }
-        // The connect timeout is the stack's, in the connector, so its error names the phase
-        // and the configured duration like every other timeout.
-        let cfg = cfg.clone().connect_timeout(None);
-        let connector = crate::client::https_connector(&cfg).map_err(StackError::Client)?;
-        let connect = stack
-            .timeouts
-            .connect
-            .unwrap_or(crate::timeout::MAX_TIMEOUT);
-        let connector = ConnectTimeoutLayer::new(connect)
-            .map_err(StackError::Timeout)?
-            .layer(connector);
-        // Shared behind one `Arc`: the layers clone the service below them on every call.
-        let client = crate::client::SharedClient::new(crate::client::build_with::<
-            _,
-            InnerBody<Full<Bytes>>,
-        >(connector, &cfg));
+        let client = shared_https(&stack, cfg)?;
         let mut layer = stack.layer()?;
         // The auth layer adds the key below the gate: a gate keyed per (API key, model) keys
         // requests that carry none by the key that layer will send.
@@ -377,6 +362,24 @@ impl FireworksClient {
         let resp = self.svc.clone().oneshot(req).await?;
         Ok(resp.map(BodyExt::boxed))
     }
+}
+
+/// The HTTPS client under a stack: the connect timeout is the stack's, in the connector, so its
+/// error names the phase and the configured duration like every other timeout. Shared behind
+/// one `Arc`: the layers clone the service below them on every call.
+pub(crate) fn shared_https(stack: &Stack, cfg: &ClientConfig) -> Result<SharedHttps, StackError> {
+    let cfg = cfg.clone().connect_timeout(None);
+    let connector = crate::client::https_connector(&cfg).map_err(StackError::Client)?;
+    let connect = stack
+        .timeouts
+        .connect
+        .unwrap_or(crate::timeout::MAX_TIMEOUT);
+    let connector = ConnectTimeoutLayer::new(connect)
+        .map_err(StackError::Timeout)?
+        .layer(connector);
+    Ok(crate::client::SharedClient::new(
+        crate::client::build_with::<_, InnerBody<Full<Bytes>>>(connector, &cfg),
+    ))
 }
 
 /// The README's Rust snippets, compiled as doc tests so they cannot rot.

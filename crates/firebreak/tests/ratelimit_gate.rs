@@ -1289,3 +1289,58 @@ async fn another_members_cooldown_holds_this_one_and_is_not_published_again() {
     })
     .await;
 }
+
+/// What a target's kind changes: a serverless gate takes a bare 429 for a rate limit (a
+/// fleet-wide cooldown), an `auto` one for one request's capacity refusal (nobody else waits),
+/// and a dedicated one never paces by rate headers.
+#[tokio::test(start_paused = true)]
+async fn the_target_kind_decides_what_a_429_means() {
+    bounded(60, async {
+        let bare_429 = || {
+            Response::builder()
+                .status(429)
+                .header("retry-after", "5")
+                .body(Full::new(Bytes::from_static(
+                    br#"{"error":{"message":"try later"}}"#,
+                )))
+                .unwrap()
+        };
+        for (kind, cools) in [
+            (firebreak::TargetKind::Serverless, true),
+            (firebreak::TargetKind::Auto, false),
+            (firebreak::TargetKind::Dedicated, false),
+        ] {
+            let cfg = GateConfig {
+                kind,
+                ..GateConfig::default()
+            };
+            let (layer, svc, mut h) = gate(cfg, KeyBy::Client);
+            let c = spawn(&svc, req());
+            next(&mut h, bare_429()).await;
+            c.await.unwrap().unwrap();
+            let s = layer.snapshot()[0].1;
+            assert_eq!(
+                s.cooldown_remaining > Duration::ZERO,
+                cools,
+                "{kind:?}: {s:?}"
+            );
+        }
+        // Rate headers pace a serverless (or auto) key, never a dedicated one.
+        for (kind, paced) in [
+            (firebreak::TargetKind::Serverless, true),
+            (firebreak::TargetKind::Dedicated, false),
+        ] {
+            let cfg = GateConfig {
+                kind,
+                ..GateConfig::default()
+            };
+            let (layer, svc, mut h) = gate(cfg, KeyBy::Client);
+            let c = spawn(&svc, req());
+            next(&mut h, answer(200, &[("x-ratelimit-limit-requests", "60")])).await;
+            c.await.unwrap().unwrap();
+            let s = layer.snapshot()[0].1;
+            assert_eq!(s.rate_per_sec.is_some(), paced, "{kind:?}: {s:?}");
+        }
+    })
+    .await
+}

@@ -67,6 +67,12 @@ pub struct GateConfig {
     pub quota_recheck: Duration,
     /// Keys kept at most; idle ones are evicted, least recently used first (10,000).
     pub max_keys: usize,
+    /// Where the model runs ([`TargetKind`](crate::TargetKind)): `Auto` (the default) tells a
+    /// rate limit from a capacity refusal per answer; `Serverless` takes every 429 for a rate
+    /// limit; `Dedicated` takes every 429 and 503 "overloaded" for a capacity refusal (the
+    /// concurrency window, never a pace) and ignores rate headers. The route module sets it
+    /// per target.
+    pub kind: crate::TargetKind,
 }
 
 impl Default for GateConfig {
@@ -89,6 +95,7 @@ impl Default for GateConfig {
             recovery: Duration::from_secs(30),
             quota_recheck: Duration::from_secs(60),
             max_keys: 10_000,
+            kind: crate::TargetKind::Auto,
         }
     }
 }

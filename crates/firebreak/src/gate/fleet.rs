@@ -2,7 +2,7 @@
 //! fleet-wide state. An implementation (`firebreak-redis`) keeps the shared part elsewhere and
 //! syncs it in the background: nothing here waits on it.
 
-use crate::gate::store::{GateKey, InProcessStore};
+use crate::gate::store::GateKey;
 use std::fmt;
 use std::sync::Weak;
 use std::time::Duration;
@@ -16,6 +16,15 @@ pub enum FleetEvent {
     Cooldown(Duration),
     /// The key's quota was found exhausted; calls fail fast for this long.
     QuotaExhausted(Duration),
+    /// A route target's circuit breaker opened for this long (the key names the target; the
+    /// route module's breakers apply it, the gate ignores it).
+    BreakerOpen(Duration),
+}
+
+/// What a [`FleetInbox`] delivers into: the gate's store, or the route module's breakers.
+pub(crate) trait FleetSink: Send + Sync + fmt::Debug {
+    /// Applies another process's event.
+    fn apply_remote(&self, key: GateKey, event: FleetEvent, now: Instant);
 }
 
 /// The other processes using the same limits (what is shared and why:
@@ -39,7 +48,7 @@ pub trait Fleet: Send + Sync + fmt::Debug + 'static {
 /// without publishing them again.
 #[derive(Debug, Clone)]
 pub struct FleetInbox {
-    pub(crate) store: Weak<InProcessStore>,
+    pub(crate) sink: Weak<dyn FleetSink>,
 }
 
 impl FleetInbox {
@@ -47,13 +56,13 @@ impl FleetInbox {
     /// cooldown holds this process's sends on `key` (capped by `max_cooldown`, like a local
     /// one), an exhausted quota fails its calls fast. Does nothing once the gate is gone.
     pub fn apply(&self, key: GateKey, event: FleetEvent) {
-        if let Some(store) = self.store.upgrade() {
-            store.apply_remote(key, event, Instant::now());
+        if let Some(sink) = self.sink.upgrade() {
+            sink.apply_remote(key, event, Instant::now());
         }
     }
 
-    /// Whether the gate it delivers to still exists.
+    /// Whether the gate (or breakers) it delivers to still exists.
     pub fn is_live(&self) -> bool {
-        self.store.strong_count() > 0
+        self.sink.strong_count() > 0
     }
 }

@@ -232,8 +232,9 @@ impl GateLayer {
         cfg.validate()?;
         let store = InProcessStore::with_fleet(cfg.clone(), fleet.clone());
         let layer = Self::with_store(cfg, key_by, store);
+        let sink: Arc<dyn crate::gate::fleet::FleetSink> = layer.shared.store.clone();
         fleet.attach(FleetInbox {
-            store: Arc::downgrade(&layer.shared.store),
+            sink: Arc::downgrade(&sink),
         });
         Ok(layer)
     }
@@ -275,6 +276,21 @@ impl GateLayer {
     #[cfg_attr(not(feature = "stack"), allow(dead_code))]
     pub(crate) fn key_by(&self) -> &KeyBy {
         &self.shared.key_by
+    }
+
+    /// Whether a fleet-wide cooldown or a quota hold is on for any key now: a router moves a
+    /// call on to another target rather than waiting it out.
+    #[cfg_attr(not(feature = "route"), allow(dead_code))]
+    pub(crate) fn holding(&self) -> bool {
+        let now = Instant::now();
+        let gates = self.shared.gates.read().unwrap_or_else(|e| e.into_inner());
+        gates.keys().any(|k| {
+            self.shared
+                .store
+                .cooldown_until(*k, now)
+                .is_some_and(|t| t > now)
+                || self.shared.store.quota_recheck_in(*k, now).is_some()
+        })
     }
 
     /// The state of every gate, by key.
@@ -436,7 +452,7 @@ impl<S: RateStore> Shared<S> {
     fn learn(&self, gate: &LocalGate, key: GateKey, obs: Answer) {
         let fleet = self.store.learn(key, &obs, Instant::now());
         gate.learn(
-            obs.signal(),
+            obs.signal(self.cfg.kind),
             fleet,
             obs.in_flight_at_send,
             obs.sent_at,

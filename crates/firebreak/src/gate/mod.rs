@@ -83,6 +83,8 @@ mod store;
 mod tests;
 
 pub use config::{GateConfig, GateConfigError, HeaderUnit};
+#[cfg_attr(not(feature = "route"), allow(unused_imports))]
+pub(crate) use fleet::FleetSink;
 pub use fleet::{Fleet, FleetEvent, FleetInbox};
 pub use layer::{
     Gate, GateLayer, GateSnapshot, KeyBy, PermitBody, RequestHead, ResponseFuture, TokenEstimate,

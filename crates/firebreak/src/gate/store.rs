@@ -1,10 +1,10 @@
 //! The rate, cooldown and quota state shared by everyone using a key, behind [`RateStore`], so
 //! that a distributed store can replace the in-process one without changing the layer.
 
-use crate::Class;
 use crate::gate::config::{GateConfig, HeaderUnit};
 use crate::gate::fleet::{Fleet, FleetEvent};
 use crate::parse::ratelimit::RateLimitHeaders;
+use crate::{Class, TargetKind};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -59,12 +59,19 @@ pub(crate) struct Answer {
 }
 
 impl Answer {
-    /// The kind of evidence this answer is.
-    pub(crate) fn signal(&self) -> Signal {
-        match self.class {
-            Class::QuotaExhausted => Signal::Quota,
-            Class::RateLimited if self.rate_limit.is_some() || self.rate_limit_body => Signal::Gate,
-            Class::RateLimited | Class::Overloaded => Signal::Capacity,
+    /// The kind of evidence this answer is, from a target of `kind` ([`TargetKind`]): on a
+    /// dedicated deployment every 429 is a capacity refusal, on serverless every 429 is a rate
+    /// limit; otherwise its headers and body tell.
+    pub(crate) fn signal(&self, kind: TargetKind) -> Signal {
+        match (self.class, kind) {
+            (Class::QuotaExhausted, _) => Signal::Quota,
+            (Class::RateLimited, TargetKind::Serverless) => Signal::Gate,
+            (Class::RateLimited, TargetKind::Auto)
+                if self.rate_limit.is_some() || self.rate_limit_body =>
+            {
+                Signal::Gate
+            }
+            (Class::RateLimited | Class::Overloaded, _) => Signal::Capacity,
             _ => Signal::None,
         }
     }
@@ -257,9 +264,11 @@ impl InProcessStore {
             ..InProcessStore::new(cfg)
         }
     }
+}
 
+impl crate::gate::fleet::FleetSink for InProcessStore {
     /// Another process's evidence (see [`FleetInbox`](crate::gate::FleetInbox)).
-    pub(crate) fn apply_remote(&self, key: GateKey, event: FleetEvent, now: Instant) {
+    fn apply_remote(&self, key: GateKey, event: FleetEvent, now: Instant) {
         self.with_key(key, now, |s| match event {
             FleetEvent::Cooldown(d) if d <= self.cfg.max_cooldown => {
                 s.cooldown_until = s.cooldown_until.max(now + d);
@@ -272,7 +281,9 @@ impl InProcessStore {
             _ => {}
         });
     }
+}
 
+impl InProcessStore {
     /// This process's share of an account-wide rate on `key`: 1 without a fleet, or with one
     /// that cannot tell (`None`).
     fn share(&self, key: GateKey) -> f64 {
@@ -449,9 +460,14 @@ impl InProcessStore {
 
     fn observe_in(&self, key: GateKey, s: &mut KeyRate, obs: &Answer, now: Instant) -> bool {
         let cfg = &self.cfg;
-        let signal = obs.signal();
-        // Learn the limit from the headers, when they make sense.
-        if let Some(h) = &obs.rate_limit {
+        let signal = obs.signal(cfg.kind);
+        // Learn the limit from the headers, when they make sense (a dedicated deployment has
+        // no rate limit: whatever rate headers it sends do not pace it).
+        if let Some(h) = obs
+            .rate_limit
+            .as_ref()
+            .filter(|_| cfg.kind != TargetKind::Dedicated)
+        {
             if !h.is_consistent() {
                 tracing::debug!(?h, "429 gate: ignored contradictory x-ratelimit headers");
             } else if let Some(limit) = h.limit_requests.filter(|l| *l > 0) {

@@ -90,7 +90,7 @@ proptest! {
         prop_assert!(!fleet);
         // Anything but a rate-limit 429 leaves no cooldown.
         let cooldown = store.cooldown_until(key, now);
-        if obs.signal() != Signal::Gate {
+        if obs.signal(crate::TargetKind::Auto) != Signal::Gate {
             prop_assert!(cooldown.is_none(), "{status} {hs:?}: {cooldown:?}");
         }
         // And the next request's slot is never further than the cap, whatever was sent.
