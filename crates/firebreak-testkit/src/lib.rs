@@ -14,9 +14,11 @@ pub mod baselines;
 mod fleet;
 mod inmem;
 mod recorded;
+mod route;
 pub use fleet::{FleetPlan, FleetRun, run_fleet};
 pub use inmem::{Captured, CountPolicy, Ok200, inmem_request};
 pub use recorded::Recorded;
+pub use route::{Routed, drive_router};
 
 /// The key tests send. The simulator in a test accepts it via `SimConfig::api_key`.
 pub const KEY: &str = "fw_test_key_0123456789";

@@ -1,0 +1,229 @@
+//! The router over real loopback sockets against firebreak-sim hosting a dedicated deployment
+//! and a serverless model: a primary that goes fully down (503s, then resets) and comes back,
+//! and a dedicated deployment at capacity. Assertions are on outcomes and on the simulator's
+//! log, never on wall-clock speed.
+
+use firebreak::client::ApiKey;
+use firebreak::route::{BreakerConfig, BreakerState, RouteConfig, Router, Target};
+use firebreak_sim::{CapacityReject, DeploymentConfig, Fault, Latency, Sim, SimConfig};
+use firebreak_testkit::*;
+use std::time::{Duration, Instant};
+
+const PRIMARY: &str =
+    "accounts/fireworks/models/llama-v3p1-8b-instruct#accounts/acme/deployments/d1";
+const SERVERLESS: &str = "accounts/fireworks/models/llama-v3p1-8b-instruct";
+const COOLDOWN: Duration = Duration::from_millis(500);
+
+async fn sim(deployment: DeploymentConfig) -> Sim {
+    Sim::start(
+        SimConfig::default()
+            .api_key(KEY)
+            .latency(Latency {
+                ttfb_ms: 5,
+                ..Latency::default()
+            })
+            .deployment(deployment),
+    )
+    .await
+    .expect("the simulator starts")
+}
+
+fn router(sim: &Sim, tiers: Vec<Vec<Target>>) -> Router {
+    let cfg = RouteConfig::new()
+        .alias("chat", tiers)
+        .with_breaker(BreakerConfig {
+            consecutive_failures: 5,
+            cooldown: COOLDOWN,
+            probes: 1,
+        });
+    let _ = sim;
+    Router::new(
+        cfg,
+        fast_interactive(),
+        Some(ApiKey::new(KEY).unwrap()),
+        &Default::default(),
+    )
+    .unwrap()
+}
+
+fn chain(sim: &Sim) -> Vec<Vec<Target>> {
+    vec![
+        vec![Target::new("primary", sim.base_url(), PRIMARY)],
+        vec![Target::new("serverless", sim.base_url(), SERVERLESS)],
+    ]
+}
+
+/// The primary's attempts in the simulator's log: (arrival ms, status).
+fn primary_log(sim: &Sim) -> Vec<(f64, u16)> {
+    sim.log()
+        .iter()
+        .filter(|r| r.model.as_deref() == Some(PRIMARY))
+        .map(|r| (r.t_ms, r.status))
+        .collect()
+}
+
+async fn outage_and_recovery(fault: Fault) {
+    let sim = sim(DeploymentConfig::new(PRIMARY)).await;
+    let r = router(&sim, chain(&sim));
+    let healthy = drive_router(&r, "chat", "before", 100, 8).await;
+    assert!(
+        healthy
+            .iter()
+            .all(|c| c.status == 200 && c.target.as_deref() == Some("primary"))
+    );
+
+    sim.take_down(PRIMARY, fault.clone());
+    let down_at = Instant::now();
+    // At least 2.5 s down (five cooldowns), in batches, bounded.
+    let mut during = Vec::new();
+    for b in 0..200 {
+        if down_at.elapsed() >= Duration::from_millis(2500) {
+            break;
+        }
+        during.extend(drive_router(&r, "chat", &format!("during{b}"), 50, 8).await);
+    }
+    let outage = down_at.elapsed();
+    assert_eq!(
+        r.breakers()[0],
+        ("primary".to_string(), BreakerState::Open),
+        "{fault:?}"
+    );
+    sim.bring_up(PRIMARY);
+    tokio::time::sleep(COOLDOWN + Duration::from_millis(100)).await;
+    let after = drive_router(&r, "chat", "after", 100, 8).await;
+
+    let all: Vec<_> = healthy.iter().chain(&during).chain(&after).collect();
+    let ok = all.iter().filter(|c| c.status == 200).count();
+    assert!(
+        ok * 1000 >= all.len() * 995,
+        "{fault:?}: {ok}/{} succeeded",
+        all.len()
+    );
+
+    // The breaker opened within its window: five failures in a row, plus what was already in
+    // flight (7 others at concurrency 8); after that, one probe per cooldown at most.
+    let failed: Vec<f64> = primary_log(&sim)
+        .into_iter()
+        .filter(|(_, s)| *s != 200)
+        .map(|(t, _)| t)
+        .collect();
+    let probes_allowed = (outage.as_secs_f64() / COOLDOWN.as_secs_f64()).ceil() as usize + 1;
+    eprintln!(
+        "{fault:?}: {} failed primary attempts in a {outage:?} outage; {ok}/{} ok",
+        failed.len(),
+        all.len()
+    );
+    assert!(
+        failed.len() <= 5 + 7 + probes_allowed,
+        "{fault:?}: {} failed attempts on the primary in a {outage:?} outage",
+        failed.len()
+    );
+    // Five to open it, and a probe per cooldown after.
+    assert!(
+        failed.len() >= 5 + 3,
+        "{fault:?}: the outage was seen and probed"
+    );
+    // Only probes while open: after the first 12, attempts come a cooldown apart.
+    let probes = &failed[failed.len().min(12)..];
+    for w in probes.windows(2) {
+        assert!(
+            w[1] - w[0] >= COOLDOWN.as_secs_f64() * 1000.0 * 0.9,
+            "{fault:?}: probes {w:?} ms closer than the cooldown"
+        );
+    }
+    // Traffic came back to the primary.
+    let back = after[after.len() - 50..]
+        .iter()
+        .filter(|c| c.target.as_deref() == Some("primary"))
+        .count();
+    assert_eq!(back, 50, "{fault:?}: the last 50 calls after recovery");
+    assert_eq!(r.breakers()[0].1, BreakerState::Closed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_answering_503_fails_over_and_comes_back() {
+    bounded(60, outage_and_recovery(status_fault(503, vec![]))).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_resetting_connections_fails_over_and_comes_back() {
+    bounded(60, outage_and_recovery(Fault::ResetBeforeResponse)).await
+}
+
+#[test]
+fn a_dedicated_deployment_at_capacity_settles_near_it_and_advises_once() {
+    let buf = Captured::default();
+    let sub = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(buf.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(sub);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(bounded(60, async {
+        let capacity = 8;
+        let sim = std::sync::Arc::new(
+            Sim::start(
+                SimConfig::default()
+                    .api_key(KEY)
+                    .latency(Latency {
+                        ttfb_ms: 20,
+                        ..Latency::default()
+                    })
+                    .deployment(
+                        DeploymentConfig::new(PRIMARY)
+                            .capacity(capacity, CapacityReject::CapacityExceeded429),
+                    ),
+            )
+            .await
+            .unwrap(),
+        );
+        let r = router(
+            &sim,
+            vec![vec![Target::new("mine", sim.base_url(), PRIMARY)]],
+        );
+        let calls = 600;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sampler = {
+            let (sim, stop) = (sim.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut samples = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && samples.len() < 20_000 {
+                    samples.push(sim.deployment_in_flight(PRIMARY));
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                samples
+            })
+        };
+        let done = drive_router(&r, "chat", "cap", calls, 32).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut samples = sampler.await.unwrap();
+        assert!(done.iter().all(|c| c.status == 200), "every call answered");
+        let attempts = sim.log().len();
+        let amplification = attempts as f64 / calls as f64;
+        assert!(
+            amplification <= 1.10,
+            "amplification {amplification:.3} ({attempts} attempts)"
+        );
+        eprintln!(
+            "amplification {amplification:.3}; {} samples",
+            samples.len()
+        );
+        // In flight over the second half of the run: near the capacity, not far under it.
+        let mut late = samples.split_off(samples.len() / 2);
+        late.sort_unstable();
+        let median = late[late.len() / 2];
+        eprintln!("median in flight {median}, max {:?}", late.last());
+        assert!(
+            median * 2 >= capacity && median <= capacity,
+            "median in flight {median} for a capacity of {capacity}"
+        );
+        let text = buf.text();
+        let advice = text.matches("keeps refusing for capacity").count();
+        assert_eq!(advice, 1, "the advice once, not per request:\n{text}");
+        assert!(text.contains("d1") && text.contains("firectl deployment update"));
+    }));
+}
