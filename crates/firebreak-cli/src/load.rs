@@ -46,12 +46,18 @@ pub(crate) struct LoadArgs {
     /// Print exactly one JSON object on stdout: `model`, `requests`, `succeeded`, `failed`,
     /// `attempts`, `attempts_reached_server`, `attempts_by_class`, `rate_limited_responses`,
     /// `client_side_failures`, `client_side_by_kind`, `server_acknowledged_failures_by_class`,
-    /// `elapsed_s`, `latency_ms` (`p50`, `p99`, `max`) and `failures_by_class`.
+    /// `elapsed_s`, `latency_ms` (`p50`, `p99`, `max`), `failures_by_class`, and, with
+    /// `--fallback`, `answered_by` (calls per model that answered them).
     #[arg(long)]
     json: bool,
     /// Attempts per call, the first included.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
     max_attempts: Option<u32>,
+    /// A model to fall back to, in order, when --model (and the fallbacks before) are open,
+    /// cooling down or failing; repeat for more. Each model gets a circuit breaker; kinds are
+    /// read from the ids (see `firebreak::route`).
+    #[arg(long = "fallback", value_name = "MODEL")]
+    fallback: Vec<String>,
 }
 
 /// What one call ended with: success, or the class of its failure.
@@ -90,9 +96,26 @@ pub(crate) async fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>
     // to this command receives them (the handles are bound when the client is built).
     let recorder = metrics_util::debugging::DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
-    let client =
-        metrics::with_local_recorder(&recorder, || FireworksClient::new(&base, key, stack))?;
-    let svc = client.service();
+    // With fallbacks, calls name the primary model and go through its chain; the path is then
+    // relative to the targets' base URL.
+    let (svc, url) = if args.fallback.is_empty() {
+        let client =
+            metrics::with_local_recorder(&recorder, || FireworksClient::new(&base, key, stack))?;
+        (client.service(), format!("{base}/chat/completions"))
+    } else {
+        let models: Vec<&str> = std::iter::once(args.model.as_str())
+            .chain(args.fallback.iter().map(String::as_str))
+            .collect();
+        let cfg =
+            firebreak::route::RouteConfig::new().fallbacks(args.model.as_str(), &base, &models);
+        let router = metrics::with_local_recorder(&recorder, || {
+            firebreak::route::Router::new(cfg, stack, Some(key), &Default::default())
+        })?;
+        (
+            firebreak::BoxStack::new(router),
+            "/chat/completions".to_string(),
+        )
+    };
     let bar = if args.json {
         ProgressBar::hidden()
     } else {
@@ -103,48 +126,55 @@ pub(crate) async fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>
             .map_err(|e| e.to_string())?
             .progress_chars("=> "),
     );
-    let url = Arc::new(format!("{base}/chat/completions"));
+    let url = Arc::new(url);
     let t0 = Instant::now();
-    let results: Vec<(CallResult, Duration)> = futures_util::stream::iter(0..args.requests)
-        .map(|i| {
-            let (svc, url, bar) = (svc.clone(), url.clone(), bar.clone());
-            let body = serde_json::json!({
-                "model": args.model,
-                "messages": [{"role": "user", "content": "Write one sentence about reliability."}],
-                "max_tokens": args.max_tokens,
-                "stream": args.stream,
-                "user": format!("req-{i:06}"),
-            });
-            async move {
-                let t = Instant::now();
-                let req = Request::post(url.as_str())
-                    .header(http::header::CONTENT_TYPE, "application/json")
-                    .body(Full::new(Bytes::from(body.to_string())));
-                let r: CallResult = match req {
-                    Err(_) => failed("other"),
-                    Ok(req) => match svc.oneshot(req).await {
-                        Ok(resp) => {
-                            let class = Classification::class_of(&resp);
-                            let status = resp.status();
-                            match resp.into_body().collect().await {
-                                Ok(_) if status.is_success() => Ok(()),
-                                Ok(_) => failed(class.label()),
-                                Err(e) => Err(Failure {
-                                    class: e.class().label(),
-                                    mid_body: status.is_success(),
-                                }),
-                            }
+    let results: Vec<(CallResult, Duration, Option<String>)> = futures_util::stream::iter(
+        0..args.requests,
+    )
+    .map(|i| {
+        let (svc, url, bar) = (svc.clone(), url.clone(), bar.clone());
+        let body = serde_json::json!({
+            "model": args.model,
+            "messages": [{"role": "user", "content": "Write one sentence about reliability."}],
+            "max_tokens": args.max_tokens,
+            "stream": args.stream,
+            "user": format!("req-{i:06}"),
+        });
+        async move {
+            let t = Instant::now();
+            let req = Request::post(url.as_str())
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(body.to_string())));
+            let mut by = None;
+            let r: CallResult = match req {
+                Err(_) => failed("other"),
+                Ok(req) => match svc.oneshot(req).await {
+                    Ok(resp) => {
+                        by = resp
+                            .extensions()
+                            .get::<firebreak::route::AnsweredBy>()
+                            .map(|a| a.model.to_string());
+                        let class = Classification::class_of(&resp);
+                        let status = resp.status();
+                        match resp.into_body().collect().await {
+                            Ok(_) if status.is_success() => Ok(()),
+                            Ok(_) => failed(class.label()),
+                            Err(e) => Err(Failure {
+                                class: e.class().label(),
+                                mid_body: status.is_success(),
+                            }),
                         }
-                        Err(e) => failed(e.class().label()),
-                    },
-                };
-                bar.inc(1);
-                (r, t.elapsed())
-            }
-        })
-        .buffer_unordered(args.concurrency as usize)
-        .collect()
-        .await;
+                    }
+                    Err(e) => failed(e.class().label()),
+                },
+            };
+            bar.inc(1);
+            (r, t.elapsed(), by)
+        }
+    })
+    .buffer_unordered(args.concurrency as usize)
+    .collect()
+    .await;
     bar.finish_and_clear();
     let elapsed = t0.elapsed().as_secs_f64();
     let mut lat: Vec<f64> = results.iter().map(|r| r.1.as_secs_f64() * 1000.0).collect();
@@ -155,14 +185,20 @@ pub(crate) async fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>
             .unwrap_or(0.0)
     };
     let mut by_class: BTreeMap<&'static str, u64> = BTreeMap::new();
-    for (r, _) in &results {
+    let mut answered_by: BTreeMap<&str, u64> = BTreeMap::new();
+    for (_, _, by) in &results {
+        if let Some(m) = by {
+            *answered_by.entry(m.as_str()).or_default() += 1;
+        }
+    }
+    for (r, _, _) in &results {
         if let Err(f) = r {
             *by_class.entry(f.class).or_default() += 1;
         }
     }
     let succeeded = results.iter().filter(|r| r.0.is_ok()).count();
     let mut seen = Seen::read(&snapshotter);
-    for (r, _) in &results {
+    for (r, _, _) in &results {
         if let Err(Failure {
             class,
             mid_body: true,
@@ -187,6 +223,10 @@ pub(crate) async fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>
         "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": lat.last().copied().unwrap_or(0.0)},
         "failures_by_class": by_class,
     });
+    let mut summary = summary;
+    if !args.fallback.is_empty() {
+        summary["answered_by"] = serde_json::json!(answered_by);
+    }
     if args.json {
         println!("{summary}");
     } else {
@@ -208,6 +248,9 @@ pub(crate) async fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>
         );
         for (c, n) in &by_class {
             println!("  {c}: {n}");
+        }
+        for (m, n) in &answered_by {
+            println!("  answered by {m}: {n}");
         }
         println!("{}", breakdown(&seen));
     }

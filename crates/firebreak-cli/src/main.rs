@@ -15,6 +15,7 @@ mod load;
 mod logging;
 mod proxy;
 mod reconcile;
+mod routes;
 
 use clap::{Parser, Subcommand};
 

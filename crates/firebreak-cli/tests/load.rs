@@ -365,3 +365,57 @@ fn mid_stream_failures_are_in_the_breakdown_and_help_shows_the_presets() {
         "{help}"
     );
 }
+
+#[test]
+fn load_with_a_fallback_routes_around_a_dead_primary() {
+    const PRIMARY: &str = "accounts/acme/deployedModels/mine";
+    const FALLBACK: &str = "accounts/fireworks/models/llama-v3p1-8b-instruct";
+    let rt = common::runtime();
+    let sim = rt
+        .block_on(Sim::start(SimConfig::default().api_key(KEY).deployment(
+            firebreak_sim::DeploymentConfig::new(PRIMARY).fault(
+                Trigger::Always,
+                Fault::Status {
+                    status: 502,
+                    shape: None,
+                    delay: vec![],
+                    should_retry: None,
+                    message: None,
+                },
+            ),
+        )))
+        .unwrap();
+    let out = firebreak()
+        .args([
+            "load",
+            "--base-url",
+            &sim.base_url(),
+            "--model",
+            PRIMARY,
+            "--fallback",
+            FALLBACK,
+        ])
+        .args(["--requests", "40", "--concurrency", "4", "--json"])
+        .env("FIREWORKS_API_KEY", KEY)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["succeeded"], 40, "{v}");
+    assert_eq!(v["answered_by"][FALLBACK], 40, "{v}");
+    // The primary's breaker opened after five failures (and those already in flight).
+    let primary = rt
+        .block_on(async { sim.log() })
+        .iter()
+        .filter(|r| r.model.as_deref() == Some(PRIMARY))
+        .count();
+    assert!(
+        (5..=5 + 3).contains(&primary),
+        "{primary} attempts on the dead primary"
+    );
+}

@@ -2,10 +2,11 @@
 //! of firebreak-sim with faults: JSON and streamed completions succeed, and a 401 is the SDK's
 //! `AuthenticationError`. Through a second proxy that requires caller tokens: a token works and
 //! its absence is a 401; a 3 s SDK timeout with a hung first attempt succeeds in time; a stream
-//! cut mid-way raises the SDK's `APIError`. The SDK is installed into a throwaway virtualenv under `target/`
+//! cut mid-way raises the SDK's `APIError`. Through a proxy with `--config`: an alias whose
+//! primary deployment is down is answered by its fallback, with the `firebreak-target` header. The SDK is installed into a throwaway virtualenv under `target/`
 //! on first use (from PyPI), so `scripts/test` and CI need no extra step beyond python3.
 
-use firebreak_sim::{DelayHeader, Fault, Sim, SimConfig, Trigger};
+use firebreak_sim::{DelayHeader, DeploymentConfig, Fault, Sim, SimConfig, Trigger};
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -32,7 +33,13 @@ fn run_bounded(mut cmd: Command, limit: Duration, what: &str) -> std::process::O
     }
 }
 
+/// The venv's python, made once per test binary (its tests run in parallel).
 fn venv_python() -> PathBuf {
+    static VENV: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    VENV.get_or_init(make_venv).clone()
+}
+
+fn make_venv() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/openai-venv");
     let py = root.join("bin/python");
     let ready = py.exists()
@@ -180,4 +187,69 @@ fn the_openai_sdk_works_through_the_proxy_despite_faults() {
         1,
         "a stream already delivered is not sent again"
     );
+}
+
+#[test]
+fn the_openai_sdk_gets_an_alias_answered_by_the_fallback_with_the_target_header() {
+    const PRIMARY: &str =
+        "accounts/fireworks/models/llama-v3p1-8b-instruct#accounts/acme/deployments/d1";
+    const SERVERLESS: &str = "accounts/fireworks/models/llama-v3p1-8b-instruct";
+    let python = venv_python();
+    let rt = common::runtime();
+    let sim = rt
+        .block_on(Sim::start(
+            SimConfig::default()
+                .api_key("fw_sdk_key")
+                .deployment(DeploymentConfig::new(PRIMARY)),
+        ))
+        .unwrap();
+    sim.take_down(
+        PRIMARY,
+        Fault::Status {
+            status: 503,
+            shape: None,
+            delay: vec![],
+            should_retry: None,
+            message: None,
+        },
+    );
+    let dir = std::env::temp_dir().join(format!("firebreak-route-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("routes.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[targets.mine]\nmodel = \"{PRIMARY}\"\nkind = \"dedicated\"\nkey_env = \"FB_ROUTE_KEY\"\n\n[targets.serverless]\nmodel = \"{SERVERLESS}\"\nkey_env = \"FB_ROUTE_KEY\"\n\n[aliases]\nchat = [\"mine\", \"serverless\"]\n"
+        ),
+    )
+    .unwrap();
+    let proxy = common::proxy_env(
+        &sim.base_url(),
+        &["--config", config.to_str().unwrap()],
+        &[("FB_ROUTE_KEY", "fw_sdk_key")],
+    );
+    let mut c = Command::new(&python);
+    c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/openai_sdk_route_check.py"))
+        .env("FIREBREAK_PROXY", format!("http://{}", proxy.addr));
+    let out = run_bounded(c, Duration::from_secs(120), "the SDK route check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        proxy.log()
+    );
+    assert!(stdout.contains("openai SDK route ok"), "{stdout}");
+    let log = rt.block_on(async { sim.log() });
+    let by = |model: &str, status: u16| {
+        log.iter()
+            .filter(|r| r.model.as_deref() == Some(model) && r.status == status)
+            .count()
+    };
+    // Each of the three alias calls tried the primary once (its breaker needs five) and was
+    // answered by the serverless model; the plain call went upstream as it came.
+    assert_eq!(by(PRIMARY, 503), 3, "{log:?}");
+    assert_eq!(by(SERVERLESS, 200), 3);
+    assert_eq!(by("m", 200), 1);
+    let _ = std::fs::remove_dir_all(&dir);
 }

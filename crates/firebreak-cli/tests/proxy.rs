@@ -445,3 +445,38 @@ fn ten_thousand_model_names_leave_at_most_the_cap_plus_one_model_series() {
         .sum::<f64>();
     assert_eq!(other, (CALLS - cap) as f64);
 }
+
+#[test]
+fn a_bad_route_config_is_refused_naming_the_file_line_and_field() {
+    let dir = std::env::temp_dir().join(format!("firebreak-badroute-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("routes.toml");
+    std::fs::write(
+        &file,
+        "[targets.a]\nmodel = \"m\"\nkey_env = \"FB_NOT_SET_ANYWHERE\"\n\n[aliases]\nchat = [\"a\"]\n",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap().to_string();
+    let err = common::refused(common::proxy_cmd(
+        "http://127.0.0.1:9/v1",
+        &["--config", &path],
+        &[],
+    ));
+    assert!(
+        err.contains(&format!(
+            "{path}:3: targets.a.key_env: the environment variable FB_NOT_SET_ANYWHERE is not set"
+        )),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let err = common::refused(common::proxy_cmd(
+        "http://127.0.0.1:9/v1",
+        &["--config", "/nonexistent/routes.toml"],
+        &[],
+    ));
+    assert!(
+        err.contains("/nonexistent/routes.toml: cannot read it"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -122,11 +122,18 @@ pub(crate) struct ProxyArgs {
     /// minute; the scraper never sends more, whatever this says.
     #[arg(long, default_value_t = 60.0)]
     scrape_every: f64,
+    /// Route aliases through fallback chains of targets, each with a circuit breaker: a TOML
+    /// file (format: `firebreak::route` docs and the README). A call whose `model` is an
+    /// alias answers with a `firebreak-target` header; other models go to --upstream unchanged.
+    #[arg(long, value_name = "FILE")]
+    config: Option<String>,
 }
 
 /// State shared by every connection.
 struct Shared {
     svc: BoxStack,
+    /// Aliases routed through chains of targets (`--config`).
+    router: Option<firebreak::route::Router>,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     upstream: Arc<str>,
     policy: guard::Policy,
@@ -194,6 +201,23 @@ fn status_for(e: &Error) -> StatusCode {
         c if c.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
         _ => StatusCode::BAD_GATEWAY,
     }
+}
+
+/// The headers a routed answer adds: `firebreak-target` (the target that answered) and, while
+/// a dedicated target keeps refusing for capacity, `firebreak-advice`.
+fn route_headers<B>(resp: &Response<B>) -> http::HeaderMap {
+    let mut h = http::HeaderMap::new();
+    if let Some(by) = resp.extensions().get::<firebreak::route::AnsweredBy>() {
+        if let Ok(v) = HeaderValue::from_str(&by.target) {
+            h.insert("firebreak-target", v);
+        }
+    }
+    if let Some(a) = resp.extensions().get::<firebreak::route::CapacityAdvice>() {
+        if let Ok(v) = HeaderValue::from_str(&a.0) {
+            h.insert("firebreak-advice", v);
+        }
+    }
+    h
 }
 
 /// A request id: the caller's `x-request-id` when it is short and printable, else a new one.
@@ -404,8 +428,8 @@ async fn forward(
         up.headers_mut().insert("x-request-id", v);
     }
     // Each caller's key and model get their own gate: one tenant's 429s never hold another.
-    if let Some(m) = model {
-        up.extensions_mut().insert(m);
+    if let Some(m) = &model {
+        up.extensions_mut().insert(m.clone());
     }
     drop(bytes);
     up.extensions_mut().insert(plan.attempt);
@@ -414,7 +438,20 @@ async fn forward(
         up.extensions_mut()
             .insert(Deadline::after(left.max(Duration::from_millis(1))));
     }
-    let call = p.svc.clone().oneshot(up);
+    // An alias goes through its chain of targets; its path is relative to their base URLs.
+    let router = model
+        .as_ref()
+        .and_then(|m| p.router.as_ref().filter(|r| r.routes(&m.0)));
+    let call: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> = match router {
+        Some(r) => {
+            *up.uri_mut() = match format!("{rest}{query}").parse() {
+                Ok(u) => u,
+                Err(_) => up.uri().clone(),
+            };
+            Box::pin(r.clone().oneshot(up))
+        }
+        None => Box::pin(p.svc.clone().oneshot(up)),
+    };
     let result = match plan.head.filter(|_| stream) {
         Some(h) => {
             let left = h.saturating_sub(started.elapsed());
@@ -434,6 +471,7 @@ async fn forward(
     match result {
         Ok(resp) => {
             let attempts = firebreak::RetryInfo::of(&resp).attempts();
+            let routed = route_headers(&resp);
             let (rp, body) = resp.into_parts();
             let sse = rp
                 .headers
@@ -450,6 +488,7 @@ async fn forward(
                         let mut out = Response::new(ProxyBody::full(b, log, Some(inflight)));
                         *out.status_mut() = rp.status;
                         *out.headers_mut() = headers::caller_response(&rp.headers);
+                        out.headers_mut().extend(routed);
                         stamp(&mut out, attempts, id);
                         return out;
                     }
@@ -492,6 +531,7 @@ async fn forward(
             let mut out = Response::new(body);
             *out.status_mut() = rp.status;
             *out.headers_mut() = headers::caller_response(&rp.headers);
+            out.headers_mut().extend(routed);
             stamp(&mut out, attempts, id);
             out
         }
@@ -736,6 +776,18 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), Box<dyn std::error::Error
             Some(exporter::start(scraper, every.max(Duration::from_secs(1))))
         }
     };
+    let router = match &args.config {
+        None => None,
+        Some(path) => {
+            let cfg = crate::routes::load(path, &upstream)?;
+            Some(firebreak::route::Router::new(
+                cfg,
+                stack.clone(),
+                key.clone(),
+                &ClientConfig::default(),
+            )?)
+        }
+    };
     let auth = key.map(|k| firebreak::client::AuthLayer::new(k).if_missing());
     let client = FireworksClient::with_auth(&upstream, auth, stack, &ClientConfig::default())?;
     let authority = url::Url::parse(&upstream)
@@ -762,6 +814,7 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), Box<dyn std::error::Error
     println!("firebreak proxy listening on http://{addr} -> {upstream}; auth: {mode}");
     let shared = Arc::new(Shared {
         svc: client.service(),
+        router,
         metrics: Some(metrics),
         upstream: upstream.into(),
         policy: guard::Policy {

@@ -251,8 +251,8 @@ fn check_target(t: &Target) -> Result<(), RouteError> {
             why,
         })
     };
-    if t.name.is_empty() || t.name.len() > 64 || t.name.chars().any(|c| c.is_control()) {
-        return bad("its name must be 1 to 64 printable characters".into());
+    if t.name.is_empty() || t.name.len() > 256 || t.name.chars().any(|c| c.is_control()) {
+        return bad("its name must be 1 to 256 printable characters".into());
     }
     let uri: Result<http::Uri, _> = t.base_url.parse();
     match uri {

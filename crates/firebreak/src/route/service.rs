@@ -375,8 +375,8 @@ impl fmt::Debug for Router {
 
 impl Router {
     /// A router for `cfg`, each target with `stack`'s settings (its gate set to the target's
-    /// kind), sending `default_key` to targets without a key of their own (`None`: the
-    /// callers' `Authorization` goes through). Metric handles are registered here: install
+    /// kind). A target's own key replaces any `Authorization` a request carries; `default_key`
+    /// is sent to the others when a request carries none (`None`: requests go as they come). Metric handles are registered here: install
     /// the exporter first.
     ///
     /// # Errors
@@ -546,8 +546,15 @@ where
         Some(k) => gate.fallback_credential(k.header_value().as_bytes()),
         None => gate,
     };
-    let client = match key {
-        Some(k) => tower::util::Either::Left(AuthLayer::new(k.clone()).layer(http.clone())),
+    // A target's own key replaces whatever the request carries; the router's default key is
+    // sent only where the request carries none.
+    let auth = match (&t.key, default_key) {
+        (Some(k), _) => Some(AuthLayer::new(k.clone())),
+        (None, Some(k)) => Some(AuthLayer::new(k.clone()).if_missing()),
+        (None, None) => None,
+    };
+    let client = match auth {
+        Some(a) => tower::util::Either::Left(a.layer(http.clone())),
         None => tower::util::Either::Right(http.clone()),
     };
     let below = ServiceBuilder::new()
@@ -740,6 +747,8 @@ async fn route(
             .map_err(|e| Error::new(Class::Other).with_source(e))?;
         *req.headers_mut() = parts.headers.clone();
         req.headers_mut().remove(http::header::CONTENT_LENGTH);
+        // The call's own timers and deadline travel on; the model is the target's.
+        *req.extensions_mut() = parts.extensions.clone();
         req.extensions_mut().insert(Model(target.model.clone()));
         let svc = if is_last {
             t.full.clone()
