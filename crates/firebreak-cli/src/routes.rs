@@ -330,7 +330,11 @@ fn expand<'f>(
                     match m.as_str() {
                         Some(name) => members.push(target(name, &span)?),
                         None => {
-                            return Err(cx.err(&span, field, "a tier lists target names (strings)"));
+                            return Err(cx.err(
+                                &span,
+                                field,
+                                "a tier lists target names (strings)",
+                            ));
                         }
                     }
                 }

@@ -47,6 +47,9 @@
 //! A 429's cooldown reaches the other processes through Redis pub/sub, in one round trip
 //! (milliseconds on a LAN; `BENCHMARKS.md` has the measured figure); a process that missed the
 //! message (it was reconnecting) reads the cooldown's key at its next heartbeat, so within `H`.
+//! A route target's circuit breaker that opens (`firebreak::route`) reaches the others the same
+//! way and opens theirs for its cooldown; a process that missed the message finds out by its
+//! own failures. Each process probes for itself.
 //! What stays local: the concurrency window and a rate learned from 429s without headers,
 //! which measure what this process sees.
 //!
@@ -62,7 +65,8 @@
 //! Redis), holds only the gate key (a 64-bit hash of the credential and the model, never the
 //! key itself), and expires: `{prefix}:members:{key}` (a sorted set of process ids by last
 //! heartbeat, expiring after `2 · member_ttl`), `{prefix}:cooldown:{key}` and
-//! `{prefix}:quota:{key}` (expiring when the cooldown or the quota hold ends). Events go over
+//! `{prefix}:quota:{key}`, `{prefix}:breaker:{key}` (expiring when the cooldown, the quota hold
+//! or the open breaker ends). Events go over
 //! the channel `{prefix}:events`. Commands per request: none; per active key and process, one
 //! pipelined round trip per heartbeat; per fleet-wide event, one script call.
 

@@ -338,3 +338,73 @@ async fn until(
     }
     false
 }
+
+/// A route target's breaker that opens in one process opens in another through Redis, and that
+/// process skips the target without trying it (issue #17: breakers behind the fleet seam).
+#[test]
+fn a_breaker_opened_in_one_process_opens_in_another_through_redis() {
+    use firebreak::route::{BreakerConfig, BreakerState, RouteConfig, Router};
+    const PRIMARY: &str = "accounts/acme/deployedModels/down";
+    const FALLBACK: &str = "accounts/fireworks/models/up";
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = runtime();
+    let sim = rt
+        .block_on(Sim::start(SimConfig::default().api_key(KEY).deployment(
+            firebreak_sim::DeploymentConfig::new(PRIMARY).fault(
+                firebreak_sim::Trigger::Always,
+                firebreak_testkit::status_fault(503, vec![]),
+            ),
+        )))
+        .unwrap();
+    let redis = RedisServer::start();
+    rt.block_on(async {
+        let cfg = RedisConfig::new(redis.url());
+        let (fa, fb) = (
+            RedisFleet::start(cfg.clone()).unwrap(),
+            RedisFleet::start(cfg).unwrap(),
+        );
+        assert!(fa.connected_within(Duration::from_secs(5)).await);
+        assert!(fb.connected_within(Duration::from_secs(5)).await);
+        let router = |fleet: &RedisFleet| {
+            let routes = RouteConfig::new()
+                .fallbacks("chat", &sim.base_url(), &[PRIMARY, FALLBACK])
+                .with_breaker(BreakerConfig {
+                    cooldown: Duration::from_secs(30),
+                    ..BreakerConfig::default()
+                });
+            let stack = Stack {
+                fleet: Some(Arc::new(fleet.clone())),
+                ..Stack::interactive()
+            };
+            Router::new(
+                routes,
+                stack,
+                Some(firebreak::client::ApiKey::new(KEY).unwrap()),
+                &Default::default(),
+            )
+            .unwrap()
+        };
+        let (a, b) = (router(&fa), router(&fb));
+        let body = || bytes::Bytes::from_static(br#"{"model":"chat","messages":[]}"#);
+        for _ in 0..5 {
+            let r = a.post("/chat/completions", body()).await.unwrap();
+            assert_eq!(r.status(), 200);
+        }
+        assert_eq!(a.breakers()[0].1, BreakerState::Open);
+        let t = tokio::time::Instant::now();
+        while b.breakers()[0].1 != BreakerState::Open && t.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(b.breakers()[0].1, BreakerState::Open, "B heard within 5 s");
+        let before = sim.log().len();
+        let r = b.post("/chat/completions", body()).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let log = sim.log();
+        let sent: Vec<_> = log[before..].iter().map(|r| r.model.clone()).collect();
+        assert_eq!(
+            sent,
+            [Some(FALLBACK.to_string())],
+            "B went straight to the fallback"
+        );
+    });
+}

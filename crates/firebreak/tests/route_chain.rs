@@ -67,6 +67,15 @@ impl Upstream {
     }
 
     fn router(&self, cfg: RouteConfig, stack: Stack) -> Router {
+        self.router_with(cfg, stack, &firebreak_testkit::Recorded::new())
+    }
+
+    fn router_with(
+        &self,
+        cfg: RouteConfig,
+        stack: Stack,
+        rec: &firebreak_testkit::Recorded,
+    ) -> Router {
         let me = self.clone();
         let svc = tower::service_fn(move |req: Request<InnerBody<Full<Bytes>>>| {
             let me = me.clone();
@@ -115,7 +124,9 @@ impl Upstream {
                 )
             }
         });
-        Router::with_client(cfg, stack, Some(ApiKey::new("default-key").unwrap()), svc).unwrap()
+        rec.build(|| {
+            Router::with_client(cfg, stack, Some(ApiKey::new("default-key").unwrap()), svc).unwrap()
+        })
     }
 }
 
@@ -607,4 +618,71 @@ fn bad_configurations_are_refused_by_name() {
     // A target's key never shows in Debug.
     let t = Target::new("x", BASE, FALLBACK).key(ApiKey::new("sk-secret-123").unwrap());
     assert!(!format!("{t:?}").contains("sk-secret"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn per_target_metrics_name_only_configured_targets() {
+    bounded(60, async {
+        let up = Upstream::default();
+        up.set(PRIMARY, Behave::Status(503, vec![]));
+        let rec = firebreak_testkit::Recorded::new();
+        let r = up.router_with(two(primary(), fallback()), stack(), &rec);
+        for _ in 0..8 {
+            call(&r).await;
+        }
+        let attempts = |t: &str, c: &str| {
+            rec.counter(
+                "firebreak_target_attempts_total",
+                &[("target", t), ("class", c)],
+            )
+        };
+        assert_eq!(attempts("primary", "overloaded"), 5);
+        assert_eq!(attempts("fallback", "success"), 8);
+        assert_eq!(
+            rec.gauge("firebreak_breaker_state", &[("target", "primary")]),
+            2.0
+        );
+        assert_eq!(
+            rec.gauge("firebreak_breaker_state", &[("target", "fallback")]),
+            0.0
+        );
+        assert_eq!(
+            rec.counter(
+                "firebreak_breaker_transitions_total",
+                &[("target", "primary"), ("to", "open")]
+            ),
+            1
+        );
+        let fallbacks = |reason: &str| {
+            rec.counter(
+                "firebreak_fallbacks_total",
+                &[("target", "primary"), ("reason", reason)],
+            )
+        };
+        assert_eq!((fallbacks("capacity"), fallbacks("open")), (5, 3));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        up.set(PRIMARY, Behave::Status(200, vec![]));
+        call(&r).await;
+        assert_eq!(
+            rec.counter(
+                "firebreak_breaker_transitions_total",
+                &[("target", "primary"), ("to", "half_open")]
+            ),
+            1
+        );
+        assert_eq!(
+            rec.counter(
+                "firebreak_breaker_transitions_total",
+                &[("target", "primary"), ("to", "closed")]
+            ),
+            1
+        );
+        // Only the configured targets label a series: an alias or a model never does.
+        for (name, labels) in rec.series() {
+            if let Some((_, t)) = labels.iter().find(|(k, _)| k == "target") {
+                assert!(t == "primary" || t == "fallback", "{name} {labels:?}");
+            }
+        }
+    })
+    .await
 }
