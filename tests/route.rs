@@ -29,6 +29,10 @@ async fn sim(deployment: DeploymentConfig) -> Sim {
 }
 
 fn router(sim: &Sim, tiers: Vec<Vec<Target>>) -> Router {
+    router_with(sim, tiers, fast_interactive())
+}
+
+fn router_with(sim: &Sim, tiers: Vec<Vec<Target>>, stack: firebreak::Stack) -> Router {
     let cfg = RouteConfig::new()
         .alias("chat", tiers)
         .with_breaker(BreakerConfig {
@@ -39,7 +43,7 @@ fn router(sim: &Sim, tiers: Vec<Vec<Target>>) -> Router {
     let _ = sim;
     Router::new(
         cfg,
-        fast_interactive(),
+        stack,
         Some(ApiKey::new(KEY).unwrap()),
         &Default::default(),
     )
@@ -226,4 +230,66 @@ fn a_dedicated_deployment_at_capacity_settles_near_it_and_advises_once() {
         assert_eq!(advice, 1, "the advice once, not per request:\n{text}");
         assert!(text.contains("d1") && text.contains("firectl deployment update"));
     }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dedicated_deployment_that_queues_is_held_near_its_queue_target() {
+    bounded(60, async {
+        // Two slots, 40 ms each: 64 callers would queue (64 - 2) / 2 × 40 ms ≈ 1.24 s. The
+        // gate's queue target (500 ms) is met at 2 + 2 × 500 / 40 = 27 in flight.
+        let sim = std::sync::Arc::new(
+            Sim::start(
+                SimConfig::default()
+                    .api_key(KEY)
+                    .latency(Latency {
+                        ttfb_ms: 40,
+                        ..Latency::default()
+                    })
+                    .deployment(DeploymentConfig::new(PRIMARY).queue_after(2)),
+            )
+            .await
+            .unwrap(),
+        );
+        // The interactive preset's timers: a 1.2 s queue is slow, not a hang.
+        let r = router_with(
+            &sim,
+            vec![vec![Target::new("mine", sim.base_url(), PRIMARY)]],
+            firebreak::Stack::interactive(),
+        );
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sampler = {
+            let (sim, stop) = (sim.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut samples = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && samples.len() < 20_000 {
+                    samples.push(sim.deployment_in_flight(PRIMARY));
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                samples
+            })
+        };
+        let done = drive_router(&r, "chat", "queue", 300, 64).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut samples = sampler.await.unwrap();
+        assert!(done.iter().all(|c| c.status == 200), "every call answered");
+        let peak = samples.iter().copied().max().unwrap_or(0);
+        let mut late = samples.split_off(samples.len() / 2);
+        late.sort_unstable();
+        let median = late[late.len() / 2];
+        eprintln!("in flight: peak {peak}, late median {median}");
+        assert!(
+            peak > 27,
+            "the first round queued past the target ({peak} in flight)"
+        );
+        assert!(
+            (8..=30).contains(&median),
+            "settled near the queue target (27 in flight), not at 64 and not starved: {median}"
+        );
+        assert_eq!(
+            sim.log().len(),
+            300,
+            "queueing refuses nothing: one attempt per call"
+        );
+    })
+    .await
 }

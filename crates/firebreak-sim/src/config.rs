@@ -52,6 +52,12 @@ pub struct DeploymentConfig {
     /// Its own fault rules, tried before the scenario's.
     #[serde(default)]
     pub faults: Vec<FaultRule>,
+    /// Its replicas serve this many requests at once; each one beyond waits in a queue (a
+    /// queue of `k` adds `k / queue_after` times the time to first byte), and every answer
+    /// says how long it queued in `fireworks-prefill-queue-duration`, as Fireworks' dedicated
+    /// deployments do. `None`: no queueing, no header.
+    #[serde(default)]
+    pub queue_after: Option<usize>,
 }
 
 impl DeploymentConfig {
@@ -61,7 +67,15 @@ impl DeploymentConfig {
             model: model.into(),
             capacity: None,
             faults: Vec::new(),
+            queue_after: None,
         }
+    }
+
+    /// Serves `slots` requests at once and queues the rest (see
+    /// [`DeploymentConfig::queue_after`]).
+    pub fn queue_after(mut self, slots: usize) -> Self {
+        self.queue_after = Some(slots);
+        self
     }
 
     /// Limits it to `max_in_flight`, refusing the rest with `reject_with`.
@@ -167,6 +181,9 @@ impl SimConfig {
                     "deployments[{i}]: model {:?} is listed twice",
                     d.model
                 ));
+            }
+            if d.queue_after == Some(0) {
+                return bad(format!("deployments[{i}]: queue_after must be >= 1"));
             }
             if d.capacity.as_ref().is_some_and(|c| c.max_in_flight == 0) {
                 return bad(format!(

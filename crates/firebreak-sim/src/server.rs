@@ -675,8 +675,17 @@ pub(crate) async fn handle(
         ),
         None => (shared.cfg.capacity.as_ref(), &shared.in_flight),
     };
+    let queue_after = deployment.and_then(|i| shared.cfg.deployments[i].queue_after);
+    let mut queued = None;
+    if outage.is_none() && capacity.is_none() && queue_after.is_some() {
+        // Counted for the queue alone.
+        let now = counter.fetch_add(1, Ordering::AcqRel) + 1;
+        ctx.guard.holds_capacity = Some(deployment);
+        queued = queue_after.map(|q| now.saturating_sub(q) as f64 / q as f64);
+    }
     if let (Some(cap), None) = (capacity, &outage) {
         let now = counter.fetch_add(1, Ordering::AcqRel) + 1;
+        queued = queue_after.map(|q| now.saturating_sub(q) as f64 / q as f64);
         if now > cap.max_in_flight {
             counter.fetch_sub(1, Ordering::AcqRel);
             let (status, msg) = match cap.reject_with {
@@ -709,7 +718,10 @@ pub(crate) async fn handle(
     if let Some(f) = &fault {
         ctx.guard.record.fault = Some(fault_name(f).to_string());
     }
-    let mut extra_ttfb = Duration::ZERO;
+    // A queue of k ahead at q slots waits k / q services (one time to first byte each).
+    let queue_time =
+        queued.map(|k| Duration::from_secs_f64(k * shared.cfg.latency.ttfb_ms as f64 / 1000.0));
+    let mut extra_ttfb = queue_time.unwrap_or_default();
     let mut cut = None;
     match fault {
         Some(Fault::Status {
@@ -793,6 +805,14 @@ pub(crate) async fn handle(
     ];
     for (k, v) in perf {
         headers.extend(hv(v).map(|v| (HeaderName::from_static(k), v)));
+    }
+    if let Some(q) = queue_time {
+        headers.extend(hv(format!("{:.3}", q.as_secs_f64())).map(|v| {
+            (
+                HeaderName::from_static("fireworks-prefill-queue-duration"),
+                v,
+            )
+        }));
     }
     let (body, content_type) = match route {
         Route::Models => (bodies::models(&shared.cfg.models), "application/json"),

@@ -1344,3 +1344,59 @@ async fn the_target_kind_decides_what_a_429_means() {
     })
     .await
 }
+
+/// A dedicated target's queueing time steers its window: successes that queued past the
+/// target while in flight together narrow it (as refusals would), short queues and one slow
+/// request do not, and a gate that is not dedicated ignores the header.
+#[tokio::test(start_paused = true)]
+async fn a_dedicated_targets_queueing_time_narrows_its_window() {
+    bounded(600, async {
+        for (kind, queued, narrows) in [
+            (firebreak::TargetKind::Dedicated, "1.5", true),
+            (firebreak::TargetKind::Dedicated, "0.2", false),
+            (firebreak::TargetKind::Auto, "1.5", false),
+        ] {
+            let cfg = GateConfig {
+                kind,
+                ..GateConfig::default()
+            };
+            let (layer, svc, mut h) = gate(cfg, KeyBy::Client);
+            let limit = |l: &GateLayer| l.snapshot()[0].1.concurrency_limit;
+            let c = spawn(&svc, req());
+            next(&mut h, answer(200, &[])).await;
+            c.await.unwrap().unwrap();
+            // Eight in flight together; the last three answers say they queued.
+            let calls: Vec<Call> = (0..8).map(|_| spawn(&svc, req())).collect();
+            let mut sends = Vec::new();
+            for _ in 0..8 {
+                sends.push(h.next_request().await.unwrap().1);
+            }
+            for s in sends.drain(5..) {
+                s.send_response(answer(200, &[("fireworks-prefill-queue-duration", queued)]));
+            }
+            for s in sends {
+                s.send_response(answer(200, &[]));
+            }
+            for c in calls {
+                assert_eq!(c.await.unwrap().unwrap(), StatusCode::OK);
+            }
+            let l = limit(&layer);
+            assert_eq!(l < 8, narrows, "{kind:?} queued {queued}: window {l}");
+        }
+        // One slow request alone concerns itself.
+        let cfg = GateConfig {
+            kind: firebreak::TargetKind::Dedicated,
+            ..GateConfig::default()
+        };
+        let (layer, svc, mut h) = gate(cfg, KeyBy::Client);
+        let c = spawn(&svc, req());
+        next(
+            &mut h,
+            answer(200, &[("fireworks-prefill-queue-duration", "9")]),
+        )
+        .await;
+        c.await.unwrap().unwrap();
+        assert_eq!(layer.snapshot()[0].1.concurrency_limit, 16);
+    })
+    .await
+}

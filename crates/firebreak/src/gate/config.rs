@@ -73,6 +73,11 @@ pub struct GateConfig {
     /// concurrency window, never a pace) and ignores rate headers. The route module sets it
     /// per target.
     pub kind: crate::TargetKind,
+    /// On a dedicated target, a success whose `fireworks-prefill-queue-duration` exceeds this
+    /// is capacity evidence like a refusal (0.5 s, the target of Fireworks' own SDK, which
+    /// steers its concurrency on that queueing time): the window settles where requests stop
+    /// queueing, before the deployment starts refusing.
+    pub queue_target: Duration,
 }
 
 impl Default for GateConfig {
@@ -96,6 +101,7 @@ impl Default for GateConfig {
             quota_recheck: Duration::from_secs(60),
             max_keys: 10_000,
             kind: crate::TargetKind::Auto,
+            queue_target: Duration::from_millis(500),
         }
     }
 }
@@ -158,6 +164,12 @@ impl GateConfig {
             return bad(format!(
                 "quota_recheck {:?} must be in (0, 1 h]",
                 self.quota_recheck
+            ));
+        }
+        if self.queue_target.is_zero() || self.queue_target > Duration::from_secs(60) {
+            return bad(format!(
+                "queue_target {:?} must be in (0, 60 s]",
+                self.queue_target
             ));
         }
         if self.max_keys == 0 {

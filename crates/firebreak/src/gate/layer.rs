@@ -452,7 +452,7 @@ impl<S: RateStore> Shared<S> {
     fn learn(&self, gate: &LocalGate, key: GateKey, obs: Answer) {
         let fleet = self.store.learn(key, &obs, Instant::now());
         gate.learn(
-            obs.signal(self.cfg.kind),
+            obs.signal(&self.cfg),
             fleet,
             obs.in_flight_at_send,
             obs.sent_at,
@@ -576,6 +576,10 @@ where
                                 rate_limit_body: c
                                     .and_then(Classification::api_error)
                                     .is_some_and(says_rate_limit),
+                                // Read only where it steers the window: a dedicated target.
+                                queue: (this.shared.cfg.kind == crate::TargetKind::Dedicated)
+                                    .then(|| crate::parse::prefill_queue(resp.headers()))
+                                    .flatten(),
                                 in_flight_at_send: n,
                                 sent_at: sent,
                             };
@@ -588,6 +592,7 @@ where
                                 retry_after: e.retry_after(),
                                 rate_limit: None,
                                 rate_limit_body: e.api_error().is_some_and(says_rate_limit),
+                                queue: None,
                                 in_flight_at_send: n,
                                 sent_at: sent,
                             };

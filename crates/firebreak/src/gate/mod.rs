@@ -16,6 +16,12 @@
 //!   that were in flight together (each sent before the previous one's answer came back). One
 //!   request's own retries come one after another, so they never add up. Fewer concern those
 //!   requests alone: their delays are theirs (the retry layer honours them), nobody else waits.
+//! - **Where the model runs** ([`GateConfig::kind`], set per target by the
+//!   [route](crate::route) module): on a serverless target every 429 is a rate limit; on a
+//!   dedicated one every 429 and 503 is a capacity refusal, rate headers never pace it, and a
+//!   success whose `fireworks-prefill-queue-duration` exceeds `queue_target` (0.5 s, as
+//!   Fireworks' own SDK) counts as a capacity refusal too, so the window settles where
+//!   requests stop queueing, before the deployment refuses.
 //! - **A quota answer** ([`Class::QuotaExhausted`](crate::Class): 402, an
 //!   `insufficient_quota` 429, a 412 "account suspended", a spending-limit message): later calls
 //!   on the key fail at once, client-side, for `quota_recheck` (60 s), with an error that says

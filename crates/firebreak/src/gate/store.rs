@@ -52,6 +52,8 @@ pub(crate) struct Answer {
     pub(crate) rate_limit: Option<RateLimitHeaders>,
     /// Whether the error body names a rate limit (`RATE_LIMIT_EXCEEDED`, "rate limit …").
     pub(crate) rate_limit_body: bool,
+    /// The server's prefill queueing time, read from a dedicated target's answers.
+    pub(crate) queue: Option<Duration>,
     /// Requests this process had in flight on the key when this one was sent (itself included).
     pub(crate) in_flight_at_send: u32,
     /// When the attempt was sent.
@@ -59,11 +61,17 @@ pub(crate) struct Answer {
 }
 
 impl Answer {
-    /// The kind of evidence this answer is, from a target of `kind` ([`TargetKind`]): on a
-    /// dedicated deployment every 429 is a capacity refusal, on serverless every 429 is a rate
-    /// limit; otherwise its headers and body tell.
-    pub(crate) fn signal(&self, kind: TargetKind) -> Signal {
-        match (self.class, kind) {
+    /// The kind of evidence this answer is, from a target of `cfg.kind` ([`TargetKind`]): on a
+    /// dedicated deployment every 429 is a capacity refusal, and so is a success that queued
+    /// longer than `cfg.queue_target`; on serverless every 429 is a rate limit; otherwise its
+    /// headers and body tell.
+    pub(crate) fn signal(&self, cfg: &GateConfig) -> Signal {
+        match (self.class, cfg.kind) {
+            (Class::Success, TargetKind::Dedicated)
+                if self.queue.is_some_and(|q| q > cfg.queue_target) =>
+            {
+                Signal::Capacity
+            }
             (Class::QuotaExhausted, _) => Signal::Quota,
             (Class::RateLimited, TargetKind::Serverless) => Signal::Gate,
             (Class::RateLimited, TargetKind::Auto)
@@ -460,7 +468,7 @@ impl InProcessStore {
 
     fn observe_in(&self, key: GateKey, s: &mut KeyRate, obs: &Answer, now: Instant) -> bool {
         let cfg = &self.cfg;
-        let signal = obs.signal(cfg.kind);
+        let signal = obs.signal(cfg);
         // Learn the limit from the headers, when they make sense (a dedicated deployment has
         // no rate limit: whatever rate headers it sends do not pace it).
         if let Some(h) = obs

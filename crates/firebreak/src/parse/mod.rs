@@ -24,6 +24,17 @@ pub(crate) fn should_retry(headers: &HeaderMap) -> Option<bool> {
     }
 }
 
+/// The server's prefill queueing time (`fireworks-prefill-queue-duration`, seconds), which a
+/// dedicated deployment sends on its answers. Anything unparseable is ignored (`None`).
+#[cfg_attr(not(feature = "gate"), allow(dead_code))]
+pub(crate) fn prefill_queue(headers: &HeaderMap) -> Option<std::time::Duration> {
+    let v = headers
+        .get("fireworks-prefill-queue-duration")?
+        .to_str()
+        .ok()?;
+    delay::parse_seconds(v).ok()
+}
+
 /// The request id: the `x-request-id` header (also `fireworks-request-id`, `request-id`).
 pub(crate) fn request_id_header(headers: &HeaderMap) -> Option<&str> {
     ["x-request-id", "fireworks-request-id", "request-id"]

@@ -22,8 +22,9 @@
 //!   nothing moves: no duplicate token streams.
 //! - **Each target has its own stack**: attempt observation, a gate for its kind
 //!   (serverless: the rate and pacing gate; dedicated: the concurrency window steered by
-//!   capacity refusals, rate headers ignored), the per-attempt timeouts and classification,
-//!   and its key.
+//!   capacity refusals and the server's queueing time, rate headers ignored; see
+//!   [`GateConfig::kind`](crate::gate::GateConfig::kind)), the per-attempt timeouts and
+//!   classification, and its key.
 //!
 //! **The circuit breaker** (per target, every attempt counts): it opens after
 //! [`BreakerConfig::consecutive_failures`] (5) failed attempts in a row, so within five

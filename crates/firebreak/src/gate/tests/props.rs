@@ -82,6 +82,7 @@ proptest! {
             retry_after: c.retry_after(),
             rate_limit: (!rl.is_empty()).then_some(rl),
             rate_limit_body: rl_body,
+            queue: None,
             in_flight_at_send: 1,
             sent_at: now,
         };
@@ -90,7 +91,7 @@ proptest! {
         prop_assert!(!fleet);
         // Anything but a rate-limit 429 leaves no cooldown.
         let cooldown = store.cooldown_until(key, now);
-        if obs.signal(crate::TargetKind::Auto) != Signal::Gate {
+        if obs.signal(&GateConfig::default()) != Signal::Gate {
             prop_assert!(cooldown.is_none(), "{status} {hs:?}: {cooldown:?}");
         }
         // And the next request's slot is never further than the cap, whatever was sent.
@@ -124,6 +125,7 @@ proptest! {
             retry_after: None,
             rate_limit: Some(RateLimitHeaders::from_headers(&map)),
             rate_limit_body: false,
+            queue: None,
             in_flight_at_send: 1,
             sent_at: now,
         };
@@ -178,6 +180,7 @@ fn per_second_after_in(store: InProcessStore, sent: u32, limit: u64) -> bool {
         retry_after: None,
         rate_limit: Some(RateLimitHeaders::from_headers(&map)),
         rate_limit_body: true,
+        queue: None,
         in_flight_at_send: 1,
         sent_at: now,
     };

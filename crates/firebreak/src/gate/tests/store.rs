@@ -31,6 +31,7 @@ fn obs(
         retry_after,
         rate_limit: rl,
         rate_limit_body: true,
+        queue: None,
         in_flight_at_send: 1,
         sent_at: at,
     }
