@@ -480,3 +480,37 @@ fn a_bad_route_config_is_refused_naming_the_file_line_and_field() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_dedicated_deployment_that_keeps_refusing_is_named_in_the_answer_and_once_in_the_log() {
+    const DEPLOYMENT: &str =
+        "accounts/fireworks/models/llama-v3p1-8b-instruct#accounts/acme/deployments/d9";
+    let (_rt, sim) = sim_on_runtime(SimConfig::default().api_key(KEY).deployment(
+        firebreak_sim::DeploymentConfig::new(DEPLOYMENT).fault(
+            Trigger::Always,
+            Fault::Status {
+                status: 429,
+                shape: None,
+                delay: vec![],
+                should_retry: None,
+                message: Some("Deployment capacity exceeded".into()),
+            },
+        ),
+    ));
+    let p = proxy(&sim.base_url(), &["--api-key", KEY]);
+    let body = format!(r#"{{"model":"{DEPLOYMENT}","messages":[],"max_tokens":3}}"#);
+    // Each call's attempts (4) are all refused: from the third refusal on, it keeps refusing.
+    for _ in 0..2 {
+        let (s, head, _) = http(&p.addr, "POST", "/v1/chat/completions", None, &body);
+        assert_eq!(s, 429);
+        let a = common::header(&head, "firebreak-advice").expect("the advice");
+        assert!(a.contains("firectl deployment update d9"), "{a}");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        p.log().matches("keeps refusing for capacity").count(),
+        1,
+        "{}",
+        p.log()
+    );
+}

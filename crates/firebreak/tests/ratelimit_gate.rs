@@ -1400,3 +1400,73 @@ async fn a_dedicated_targets_queueing_time_narrows_its_window() {
     })
     .await
 }
+
+/// A per-(key, model) gate left at `Auto` reads each model's kind from its id: a bare 429 on a
+/// serverless model is a rate limit, on a deployment a capacity refusal; three refusals in
+/// 10 s make a deployment "keep refusing", and its answers then carry the advice, naming it.
+#[tokio::test(start_paused = true)]
+async fn a_per_model_gate_reads_the_kind_from_the_model_id_and_advises_once() {
+    bounded(600, async {
+        let (layer, svc, mut h) = gate(GateConfig::default(), KeyBy::ApiKeyAndModel);
+        let with = |m: &str| {
+            let mut r = req();
+            r.extensions_mut().insert(Model(Arc::from(m)));
+            r
+        };
+        let bare_429 = || {
+            Response::builder()
+                .status(429)
+                .header("retry-after", "2")
+                .body(Full::new(Bytes::from_static(
+                    br#"{"error":{"message":"busy"}}"#,
+                )))
+                .unwrap()
+        };
+        let serverless = "accounts/fireworks/models/llama-v3p1-8b-instruct";
+        let dedicated =
+            "accounts/fireworks/models/llama-v3p1-8b-instruct#accounts/acme/deployments/d7";
+        let cooling = |l: &GateLayer| {
+            l.snapshot()
+                .iter()
+                .filter(|(_, s)| s.cooldown_remaining > Duration::ZERO)
+                .count()
+        };
+        {
+            let (layer, svc, mut h) = gate(GateConfig::default(), KeyBy::ApiKeyAndModel);
+            let c = spawn(&svc, with(serverless));
+            next(&mut h, bare_429()).await;
+            c.await.unwrap().unwrap();
+            assert_eq!(cooling(&layer), 1, "the serverless model cools down");
+        }
+        let send = |svc: &Svc, r: Req| {
+            let svc = svc.clone();
+            tokio::spawn(async move { svc.oneshot(r).await })
+        };
+        let mut advised = Vec::new();
+        for _ in 0..4 {
+            let c = send(&svc, with(dedicated));
+            next(&mut h, bare_429()).await;
+            let resp = c.await.unwrap().unwrap();
+            advised.push(
+                resp.extensions()
+                    .get::<CapacityAdvice>()
+                    .map(|a| a.0.to_string()),
+            );
+        }
+        assert_eq!(
+            cooling(&layer),
+            0,
+            "one request's capacity refusals cool nobody down"
+        );
+        assert_eq!(advised[..2], [None, None]);
+        let a = advised[2]
+            .clone()
+            .expect("the third refusal carries the advice");
+        assert!(
+            a.contains("d7") && a.contains("firectl deployment update d7"),
+            "{a}"
+        );
+        assert_eq!(advised[3].as_deref(), Some(a.as_str()));
+    })
+    .await
+}

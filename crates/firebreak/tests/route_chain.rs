@@ -5,10 +5,8 @@
 
 use bytes::Bytes;
 use firebreak::client::ApiKey;
-use firebreak::gate::{Fleet, FleetEvent, FleetInbox, GateKey};
-use firebreak::route::{
-    AnsweredBy, BreakerConfig, BreakerState, CapacityAdvice, RouteConfig, Router, Target,
-};
+use firebreak::gate::{CapacityAdvice, Fleet, FleetEvent, FleetInbox, GateKey};
+use firebreak::route::{AnsweredBy, BreakerConfig, BreakerState, RouteConfig, Router, Target};
 use firebreak::{Class, InnerBody, Model, Stack, TargetKind};
 use firebreak_testkit::bounded;
 use http::{Request, Response};

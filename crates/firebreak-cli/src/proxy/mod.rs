@@ -203,8 +203,8 @@ fn status_for(e: &Error) -> StatusCode {
     }
 }
 
-/// The headers a routed answer adds: `firebreak-target` (the target that answered) and, while
-/// a dedicated target keeps refusing for capacity, `firebreak-advice`.
+/// The headers firebreak adds to an answer: `firebreak-target` (the route target that
+/// answered) and, while a dedicated deployment keeps refusing for capacity, `firebreak-advice`.
 fn route_headers<B>(resp: &Response<B>) -> http::HeaderMap {
     let mut h = http::HeaderMap::new();
     if let Some(by) = resp.extensions().get::<firebreak::route::AnsweredBy>() {
@@ -212,7 +212,7 @@ fn route_headers<B>(resp: &Response<B>) -> http::HeaderMap {
             h.insert("firebreak-target", v);
         }
     }
-    if let Some(a) = resp.extensions().get::<firebreak::route::CapacityAdvice>() {
+    if let Some(a) = resp.extensions().get::<firebreak::gate::CapacityAdvice>() {
         if let Ok(v) = HeaderValue::from_str(&a.0) {
             h.insert("firebreak-advice", v);
         }

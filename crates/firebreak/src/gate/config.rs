@@ -67,10 +67,12 @@ pub struct GateConfig {
     pub quota_recheck: Duration,
     /// Keys kept at most; idle ones are evicted, least recently used first (10,000).
     pub max_keys: usize,
-    /// Where the model runs ([`TargetKind`](crate::TargetKind)): `Auto` (the default) tells a
-    /// rate limit from a capacity refusal per answer; `Serverless` takes every 429 for a rate
-    /// limit; `Dedicated` takes every 429 and 503 "overloaded" for a capacity refusal (the
-    /// concurrency window, never a pace) and ignores rate headers. The route module sets it
+    /// Where the model runs ([`TargetKind`](crate::TargetKind)). `Auto` (the default): a gate
+    /// per (API key, model) reads each model's kind from its id, and where the id does not say,
+    /// each answer tells a rate limit from a capacity refusal. `Serverless` takes every 429 for
+    /// a rate limit; `Dedicated` takes every 429 and 503 "overloaded" for a capacity refusal
+    /// (the concurrency window, never a pace), ignores rate headers, reads the queueing time,
+    /// and gives the [`CapacityAdvice`](crate::gate::CapacityAdvice). The route module sets it
     /// per target.
     pub kind: crate::TargetKind,
     /// On a dedicated target, a success whose `fireworks-prefill-queue-duration` exceeds this

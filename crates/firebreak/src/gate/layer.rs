@@ -148,7 +148,7 @@ struct Shared<S> {
 }
 
 impl<S: RateStore> Shared<S> {
-    fn gate(&self, key: GateKey, now: Instant) -> Arc<LocalGate> {
+    fn gate(&self, key: GateKey, now: Instant, model: Option<&Model>) -> Arc<LocalGate> {
         let stamp =
             u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
         if let Some(g) = self
@@ -166,7 +166,17 @@ impl<S: RateStore> Shared<S> {
         }
         let g = gates
             .entry(key)
-            .or_insert_with(|| Arc::new(LocalGate::new(key, &self.cfg, self.metrics.clone(), now)))
+            .or_insert_with(|| {
+                // A per-(key, model) gate knows its model: its kind can come from the id.
+                let model = model.filter(|_| matches!(self.key_by, KeyBy::ApiKeyAndModel));
+                Arc::new(LocalGate::new(
+                    key,
+                    &self.cfg,
+                    self.metrics.clone(),
+                    now,
+                    model,
+                ))
+            })
             .clone();
         g.last_used.store(stamp, Ordering::Relaxed);
         g
@@ -412,7 +422,7 @@ where
             None => 0,
         };
         let now = Instant::now();
-        let gate = sh.gate(key, now);
+        let gate = sh.gate(key, now, req.extensions().get::<Model>());
         let state = match gate.try_admit(&*sh.store, tokens, now, &sh.cfg) {
             Some((permit, n)) => State::Calling {
                 fut: {
@@ -460,6 +470,15 @@ impl<S: RateStore> Shared<S> {
         );
     }
 }
+
+/// What to do about a dedicated deployment that keeps refusing for capacity (three 429s or
+/// 503s within 10 s), in one line naming the deployment: on the responses of the attempts it
+/// refuses while it keeps refusing (an extension; `firebreak proxy` sends it as the
+/// `firebreak-advice` header), in the detail of such an error, and once per episode (until
+/// 60 s pass without a refusal) as a WARN event. Only for a dedicated key (see
+/// [`GateConfig::kind`](crate::gate::GateConfig::kind)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapacityAdvice(pub Arc<str>);
 
 /// Whether an error body names a rate limit (`RATE_LIMIT_EXCEEDED`, `rate_limit_error`, "rate
 /// limit exceeded"): then a 429 is an account or model limit. A message that speaks of capacity
@@ -577,13 +596,18 @@ where
                                     .and_then(Classification::api_error)
                                     .is_some_and(says_rate_limit),
                                 // Read only where it steers the window: a dedicated target.
-                                queue: (this.shared.cfg.kind == crate::TargetKind::Dedicated)
+                                queue: (this.gate.kind == crate::TargetKind::Dedicated)
                                     .then(|| crate::parse::prefill_queue(resp.headers()))
                                     .flatten(),
+                                kind: this.gate.kind,
                                 in_flight_at_send: n,
                                 sent_at: sent,
                             };
                             this.shared.learn(this.gate, *this.key, obs);
+                            let mut resp = resp;
+                            if let Some(a) = this.gate.advice_for(class) {
+                                resp.extensions_mut().insert(a);
+                            }
                             Ok(resp.map(|b| PermitBody { inner: b, permit }))
                         }
                         Err(e) => {
@@ -593,11 +617,15 @@ where
                                 rate_limit: None,
                                 rate_limit_body: e.api_error().is_some_and(says_rate_limit),
                                 queue: None,
+                                kind: this.gate.kind,
                                 in_flight_at_send: n,
                                 sent_at: sent,
                             };
                             this.shared.learn(this.gate, *this.key, obs);
-                            Err(e)
+                            Err(match this.gate.advice_for(e.class()) {
+                                Some(a) => e.with_detail(a.0.to_string()),
+                                None => e,
+                            })
                         }
                     });
                 }

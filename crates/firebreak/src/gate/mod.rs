@@ -93,6 +93,7 @@ pub use config::{GateConfig, GateConfigError, HeaderUnit};
 pub(crate) use fleet::FleetSink;
 pub use fleet::{Fleet, FleetEvent, FleetInbox};
 pub use layer::{
-    Gate, GateLayer, GateSnapshot, KeyBy, PermitBody, RequestHead, ResponseFuture, TokenEstimate,
+    CapacityAdvice, Gate, GateLayer, GateSnapshot, KeyBy, PermitBody, RequestHead, ResponseFuture,
+    TokenEstimate,
 };
 pub use store::GateKey;

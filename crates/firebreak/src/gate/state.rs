@@ -1,9 +1,10 @@
 //! The per-process part of a key's gate: an adaptive concurrency limit over a fair (FIFO)
 //! semaphore, the wait queue's bound, and the counters metrics read.
 
+use crate::gate::CapacityAdvice;
 use crate::gate::config::GateConfig;
 use crate::gate::store::{GateKey, RateStore, Reserve, Signal};
-use crate::{Class, Error};
+use crate::{Class, Error, TargetKind};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -116,6 +117,27 @@ pub(crate) struct LocalGate {
     /// Nanoseconds since the layer's epoch at the last use (for eviction).
     pub(crate) last_used: AtomicU64,
     metrics: GateMetrics,
+    /// Where the key's model runs: the gate's `kind`, or, for a per-(key, model) gate left at
+    /// `Auto`, what the model id says.
+    pub(crate) kind: TargetKind,
+    /// The key's model id, when the gate is per (key, model): named in the capacity advice.
+    model: Option<Arc<str>>,
+    advice: Mutex<AdviceState>,
+}
+
+/// Capacity refusals within this window that make "keeps refusing".
+const ADVICE_WINDOW: Duration = Duration::from_secs(10);
+/// Refusals within [`ADVICE_WINDOW`] that make "keeps refusing".
+const ADVICE_AFTER: u32 = 3;
+/// Time without a capacity refusal that ends an episode (the advice is given again after it).
+const ADVICE_QUIET: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Default)]
+struct AdviceState {
+    window_start: Option<Instant>,
+    count: u32,
+    last: Option<Instant>,
+    advised: bool,
 }
 
 /// Held while a request is in flight (until its response body ends).
@@ -170,7 +192,85 @@ impl<S: RateStore> Drop for Reservation<'_, S> {
 }
 
 impl LocalGate {
-    pub(crate) fn new(key: GateKey, cfg: &GateConfig, metrics: GateMetrics, now: Instant) -> Self {
+    /// A dedicated key's answer of class `class` arrived: counts capacity refusals, and logs
+    /// the advice once per episode (three within 10 s; an episode ends after 60 s without).
+    fn note_capacity(&self, class: Class, now: Instant) {
+        if self.kind != TargetKind::Dedicated
+            || !matches!(class, Class::RateLimited | Class::Overloaded)
+        {
+            return;
+        }
+        let warn = {
+            let mut a = self.advice.lock().unwrap_or_else(|e| e.into_inner());
+            if a.last
+                .is_some_and(|l| now.saturating_duration_since(l) > ADVICE_QUIET)
+            {
+                a.advised = false;
+            }
+            if a.window_start
+                .is_none_or(|w| now.saturating_duration_since(w) > ADVICE_WINDOW)
+            {
+                a.window_start = Some(now);
+                a.count = 0;
+            }
+            a.count += 1;
+            a.last = Some(now);
+            let warn = a.count >= ADVICE_AFTER && !a.advised;
+            a.advised |= warn;
+            warn
+        };
+        if warn {
+            tracing::warn!("{}", self.advice_text());
+        }
+    }
+
+    /// Counts a capacity refusal of class `class` and, while this dedicated key keeps
+    /// refusing, the advice to attach to it.
+    pub(crate) fn advice_for(&self, class: Class) -> Option<CapacityAdvice> {
+        if self.kind != TargetKind::Dedicated
+            || !matches!(class, Class::RateLimited | Class::Overloaded)
+        {
+            return None;
+        }
+        let now = Instant::now();
+        self.note_capacity(class, now);
+        self.advising(now)
+    }
+
+    /// The advice, while this dedicated key keeps refusing for capacity.
+    fn advising(&self, now: Instant) -> Option<CapacityAdvice> {
+        let a = self.advice.lock().unwrap_or_else(|e| e.into_inner());
+        let on = a.advised
+            && a.last
+                .is_some_and(|l| now.saturating_duration_since(l) <= ADVICE_QUIET);
+        drop(a);
+        on.then(|| CapacityAdvice(self.advice_text().into()))
+    }
+
+    fn advice_text(&self) -> String {
+        // A deployment named after `#` ends with its id; `deployedModels/…` names none.
+        let id = self
+            .model
+            .as_deref()
+            .map(|m| match crate::Model(m.into()).deployment() {
+                Some(d) => d.rsplit('/').next().unwrap_or(m).to_string(),
+                None => m.to_string(),
+            });
+        match id {
+            Some(id) => format!(
+                "dedicated deployment {id} keeps refusing for capacity: raise its replica count or autoscaling limits (`firectl deployment update {id}`)"
+            ),
+            None => "a dedicated deployment keeps refusing for capacity: raise its replica count or autoscaling limits (`firectl deployment update <deployment id>`)".to_string(),
+        }
+    }
+
+    pub(crate) fn new(
+        key: GateKey,
+        cfg: &GateConfig,
+        metrics: GateMetrics,
+        now: Instant,
+        model: Option<&crate::Model>,
+    ) -> Self {
         let ramping = cfg.initial_concurrency < cfg.max_concurrency;
         metrics.limit.increment(f64::from(cfg.initial_concurrency));
         LocalGate {
@@ -191,6 +291,9 @@ impl LocalGate {
             waited_ns: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             admitted: AtomicU64::new(0),
+            kind: model.map_or(cfg.kind, |m| cfg.kind.resolve(&m.0)),
+            model: model.map(|m| m.0.clone()),
+            advice: Mutex::new(AdviceState::default()),
             last_used: AtomicU64::new(0),
             metrics,
         }

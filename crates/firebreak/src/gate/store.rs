@@ -54,6 +54,8 @@ pub(crate) struct Answer {
     pub(crate) rate_limit_body: bool,
     /// The server's prefill queueing time, read from a dedicated target's answers.
     pub(crate) queue: Option<Duration>,
+    /// Where the key's model runs (the gate's `kind`, or read from the key's model id).
+    pub(crate) kind: TargetKind,
     /// Requests this process had in flight on the key when this one was sent (itself included).
     pub(crate) in_flight_at_send: u32,
     /// When the attempt was sent.
@@ -61,12 +63,12 @@ pub(crate) struct Answer {
 }
 
 impl Answer {
-    /// The kind of evidence this answer is, from a target of `cfg.kind` ([`TargetKind`]): on a
+    /// The kind of evidence this answer is, from a target of its `kind` ([`TargetKind`]): on a
     /// dedicated deployment every 429 is a capacity refusal, and so is a success that queued
     /// longer than `cfg.queue_target`; on serverless every 429 is a rate limit; otherwise its
     /// headers and body tell.
     pub(crate) fn signal(&self, cfg: &GateConfig) -> Signal {
-        match (self.class, cfg.kind) {
+        match (self.class, self.kind) {
             (Class::Success, TargetKind::Dedicated)
                 if self.queue.is_some_and(|q| q > cfg.queue_target) =>
             {

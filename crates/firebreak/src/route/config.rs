@@ -94,16 +94,6 @@ impl Target {
     pub fn kind(&self) -> TargetKind {
         self.kind
     }
-
-    /// The deployment id a dedicated target names (`d1` in `…#accounts/acme/deployments/d1`),
-    /// else its model id: what `firectl deployment update` wants.
-    pub fn deployment_id(&self) -> &str {
-        // A deployment named after `#` ends the id: `…/deployments/{id}`.
-        match crate::Model(self.model.clone()).deployment() {
-            Some(_) => self.model.rsplit('/').next().unwrap_or(&self.model),
-            None => &self.model,
-        }
-    }
 }
 
 /// When a target's circuit breaker opens and how it comes back (see the

@@ -41,11 +41,9 @@
 //! that opens tells the other processes, whose breakers open for the same cooldown; each
 //! process probes for itself.
 //!
-//! **Capacity advice**: a dedicated target that refuses for capacity (429 or 503) three times
-//! within 10 s "keeps refusing": one WARN event says to raise its replicas or autoscaling
-//! (`firectl deployment update {id}`), naming the deployment; until 60 s pass without a
-//! refusal, the responses and errors of calls it refuses carry the same line
-//! ([`CapacityAdvice`], an extension on a response; the detail of an error).
+//! **Capacity advice** comes from a dedicated target's gate
+//! ([`CapacityAdvice`](crate::gate::CapacityAdvice)): one WARN per episode naming the
+//! deployment, and the same line on the answers it refuses meanwhile.
 //!
 //! **Metrics**, labelled by the configured target names only: `firebreak_target_attempts_total
 //! {target, class}`, `firebreak_breaker_state {target}` (0 closed, 1 half-open, 2 open),
@@ -79,4 +77,4 @@ mod service;
 
 pub use breaker::BreakerState;
 pub use config::{BreakerConfig, RouteConfig, RouteError, Target};
-pub use service::{AnsweredBy, CapacityAdvice, Router};
+pub use service::{AnsweredBy, Router};

@@ -11,7 +11,7 @@ use crate::route::config::{BreakerConfig, RouteConfig, RouteError, Target};
 use crate::route::rewrite::ModelBody;
 use crate::stack::{FireworksBody, InnerBody, Stack, StackLayer};
 use crate::timeout::DeadlineService;
-use crate::{Class, Classification, Error, Model, TargetKind};
+use crate::{Class, Classification, Error, Model};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
@@ -39,20 +39,7 @@ pub struct AnsweredBy {
     pub passed_over: u32,
 }
 
-/// What to do about a dedicated target that keeps refusing for capacity, one line: on the
-/// response of a call it refused (an extension), in the detail of such an error, and once per
-/// episode as a WARN event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CapacityAdvice(pub Arc<str>);
-
-/// Capacity refusals within this window that make "keeps refusing".
-const ADVICE_WINDOW: Duration = Duration::from_secs(10);
-/// Refusals within [`ADVICE_WINDOW`] that make "keeps refusing".
-const ADVICE_AFTER: u32 = 3;
-/// Time without a capacity refusal that ends an episode (the advice is given again after it).
-const ADVICE_QUIET: Duration = Duration::from_secs(60);
-
-/// The per-target state every clone shares: breaker, metrics, advice.
+/// The per-target state every clone shares: breaker and metrics.
 struct TargetShared {
     target: Target,
     cfg: BreakerConfig,
@@ -62,8 +49,6 @@ struct TargetShared {
     state_gauge: Gauge,
     transitions: [Counter; 3],
     fallbacks: [Counter; 4],
-    advice: Mutex<AdviceState>,
-    advice_text: Arc<str>,
 }
 
 impl fmt::Debug for TargetShared {
@@ -73,14 +58,6 @@ impl fmt::Debug for TargetShared {
             .field("state", &self.state())
             .finish_non_exhaustive()
     }
-}
-
-#[derive(Debug, Default)]
-struct AdviceState {
-    window_start: Option<Instant>,
-    count: u32,
-    last: Option<Instant>,
-    advised: bool,
 }
 
 /// Why a call passed a target over (the `reason` label of `firebreak_fallbacks_total`).
@@ -108,11 +85,6 @@ impl TargetShared {
         let fallback = |reason: &'static str| metrics::counter!(names::FALLBACKS, "target" => name.clone(), "reason" => reason);
         let state_gauge = metrics::gauge!(names::BREAKER_STATE, "target" => name.clone());
         state_gauge.set(BreakerState::Closed.gauge());
-        let id = target.deployment_id().to_string();
-        let advice_text = format!(
-            "dedicated deployment {id} (target {:?}) keeps refusing for capacity: raise its replica count or autoscaling limits (`firectl deployment update {id}`)",
-            target.name
-        );
         TargetShared {
             fleet: fleet.map(|f| (f, fleet_key(&target.base_url, &target.model))),
             target,
@@ -131,8 +103,6 @@ impl TargetShared {
                 fallback("failed"),
                 fallback("capacity"),
             ],
-            advice: Mutex::new(AdviceState::default()),
-            advice_text: advice_text.into(),
         }
     }
 
@@ -200,45 +170,6 @@ impl TargetShared {
         if let Some(m) = moved {
             self.moved(m, false);
         }
-        if self.target.kind == TargetKind::Dedicated
-            && matches!(class, Class::RateLimited | Class::Overloaded)
-        {
-            self.capacity_refused(now);
-        }
-    }
-
-    fn capacity_refused(&self, now: Instant) {
-        let warn = {
-            let mut a = self.advice.lock().unwrap_or_else(|e| e.into_inner());
-            if a.last
-                .is_some_and(|l| now.saturating_duration_since(l) > ADVICE_QUIET)
-            {
-                a.advised = false;
-            }
-            if a.window_start
-                .is_none_or(|w| now.saturating_duration_since(w) > ADVICE_WINDOW)
-            {
-                a.window_start = Some(now);
-                a.count = 0;
-            }
-            a.count += 1;
-            a.last = Some(now);
-            let warn = a.count >= ADVICE_AFTER && !a.advised;
-            a.advised |= warn;
-            warn
-        };
-        if warn {
-            tracing::warn!(target: "firebreak::route", target_name = &*self.target.name, "{}", self.advice_text);
-        }
-    }
-
-    /// The advice, while the target keeps refusing for capacity.
-    fn advising(&self) -> Option<CapacityAdvice> {
-        let a = self.advice.lock().unwrap_or_else(|e| e.into_inner());
-        let on = a.advised
-            && a.last
-                .is_some_and(|l| Instant::now().saturating_duration_since(l) <= ADVICE_QUIET);
-        on.then(|| CapacityAdvice(self.advice_text.clone()))
     }
 }
 
@@ -794,25 +725,12 @@ fn finish(
     result: Result<Response<FireworksBody>, Error>,
     passed_over: u32,
 ) -> Result<Response<FireworksBody>, Error> {
-    let refused = |c: Class| matches!(c, Class::RateLimited | Class::Overloaded);
-    let advice = t.shared.advising();
-    match result {
-        Ok(mut resp) => {
-            if refused(Classification::class_of(&resp)) {
-                if let Some(a) = advice {
-                    resp.extensions_mut().insert(a);
-                }
-            }
-            resp.extensions_mut().insert(AnsweredBy {
-                target: t.shared.target.name.clone(),
-                model: t.shared.target.model.clone(),
-                passed_over,
-            });
-            Ok(resp)
-        }
-        Err(e) => Err(match advice {
-            Some(a) if refused(e.class()) => e.with_detail(a.0.to_string()),
-            _ => e,
-        }),
-    }
+    result.map(|mut resp| {
+        resp.extensions_mut().insert(AnsweredBy {
+            target: t.shared.target.name.clone(),
+            model: t.shared.target.model.clone(),
+            passed_over,
+        });
+        resp
+    })
 }

@@ -83,6 +83,7 @@ proptest! {
             rate_limit: (!rl.is_empty()).then_some(rl),
             rate_limit_body: rl_body,
             queue: None,
+            kind: crate::TargetKind::Auto,
             in_flight_at_send: 1,
             sent_at: now,
         };
@@ -126,6 +127,7 @@ proptest! {
             rate_limit: Some(RateLimitHeaders::from_headers(&map)),
             rate_limit_body: false,
             queue: None,
+            kind: crate::TargetKind::Auto,
             in_flight_at_send: 1,
             sent_at: now,
         };
@@ -181,6 +183,7 @@ fn per_second_after_in(store: InProcessStore, sent: u32, limit: u64) -> bool {
         rate_limit: Some(RateLimitHeaders::from_headers(&map)),
         rate_limit_body: true,
         queue: None,
+        kind: crate::TargetKind::Auto,
         in_flight_at_send: 1,
         sent_at: now,
     };

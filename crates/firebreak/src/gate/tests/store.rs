@@ -32,6 +32,7 @@ fn obs(
         rate_limit: rl,
         rate_limit_body: true,
         queue: None,
+        kind: crate::TargetKind::Auto,
         in_flight_at_send: 1,
         sent_at: at,
     }
