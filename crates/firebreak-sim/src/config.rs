@@ -546,3 +546,43 @@ pub enum ErrorShape {
         bytes: usize,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deployments_read_from_json_and_bad_ones_are_named() {
+        // The README's example.
+        let cfg: SimConfig = serde_json::from_str(
+            r#"{"deployments": [{"model": "accounts/fireworks/models/llama-v3p1-8b-instruct#accounts/acme/deployments/d1",
+               "capacity": {"max_in_flight": 8, "reject_with": "capacity_exceeded429"}, "queue_after": 4}]}"#,
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.deployments[0].queue_after, Some(4));
+        let bad = |d: DeploymentConfig, want: &str| {
+            let e = SimConfig::default()
+                .deployment(DeploymentConfig::new("x"))
+                .deployment(d)
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{e}");
+        };
+        bad(
+            DeploymentConfig::new("x"),
+            "deployments[1]: model \"x\" is listed twice",
+        );
+        bad(DeploymentConfig::new("y").queue_after(0), "queue_after");
+        bad(
+            DeploymentConfig::new("y").capacity(0, CapacityReject::Overloaded503),
+            "max_in_flight",
+        );
+        bad(
+            DeploymentConfig::new("y")
+                .fault(Trigger::Probability { p: 2.0 }, Fault::ResetBeforeResponse),
+            "deployments[1].faults[0]: probability",
+        );
+    }
+}

@@ -1470,3 +1470,48 @@ async fn a_per_model_gate_reads_the_kind_from_the_model_id_and_advises_once() {
     })
     .await
 }
+
+/// Refusals the server's own successes contradict are not capacity evidence: eight in flight,
+/// the three sent last succeed (the server served 8 at once), then the three sent first are
+/// refused. Random load shedding looks like this; the window stays. The same three refusals
+/// with no success above them (a real limit under 6) narrow it.
+#[tokio::test(start_paused = true)]
+async fn refusals_below_an_in_flight_count_the_server_just_served_are_noise() {
+    bounded(600, async {
+        for noise in [true, false] {
+            let (layer, svc, mut h) = gate(GateConfig::default(), KeyBy::Client);
+            let c = spawn(&svc, req());
+            next(&mut h, answer(200, &[])).await;
+            c.await.unwrap().unwrap();
+            let calls: Vec<Call> = (0..8).map(|_| spawn(&svc, req())).collect();
+            let mut sends = Vec::new();
+            for _ in 0..8 {
+                sends.push(h.next_request().await.unwrap().1);
+            }
+            // Sent with 1..=8 in flight, in that order.
+            let high: Vec<_> = sends.drain(5..).collect();
+            let (first, refused, then) = if noise {
+                let low: Vec<_> = sends.drain(..3).collect();
+                (high, low, sends)
+            } else {
+                (sends, high, Vec::new())
+            };
+            for s in first {
+                s.send_response(answer(200, &[]));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            for s in refused {
+                s.send_response(answer(503, &[]));
+            }
+            for s in then {
+                s.send_response(answer(200, &[]));
+            }
+            for c in calls {
+                c.await.unwrap().unwrap();
+            }
+            let limit = layer.snapshot()[0].1.concurrency_limit;
+            assert_eq!(limit < 8, !noise, "noise {noise}: window {limit}");
+        }
+    })
+    .await
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 pub enum HeaderUnit {
     /// Per second first (Fireworks' current docs state its limits per second, and the higher
     /// reading never stalls anyone), as a hypothesis: a rate-limit 429 that arrives while the
-    /// client sent less than the per-second reading drops it for per minute; `recovery` without
+    /// client sent less than half the per-second reading drops it for per minute; `recovery` without
     /// a throttle brings it back.
     #[default]
     Detect,

@@ -460,10 +460,14 @@ where
 impl<S: RateStore> Shared<S> {
     /// Learns from one finished attempt: the shared rate state, then the local window.
     fn learn(&self, gate: &LocalGate, key: GateKey, obs: Answer) {
-        let fleet = self.store.learn(key, &obs, Instant::now());
+        let learned = self.store.learn(key, &obs, Instant::now());
+        if learned.noise {
+            // A refusal the server's recent successes contradict: its request's alone.
+            return;
+        }
         gate.learn(
             obs.signal(&self.cfg),
-            fleet,
+            learned.fleet,
             obs.in_flight_at_send,
             obs.sent_at,
             &self.cfg,

@@ -42,7 +42,7 @@
 //! 3. **Pacing.** `x-ratelimit-limit-requests` paces sends just under the stated limit
 //!    (`headroom`, 98%), read per second first ([`HeaderUnit::Detect`]): a per-second reading
 //!    is a hypothesis that never stalls anyone, dropped for per minute when a rate-limit 429
-//!    comes while the client sent less than it, and tried again after `recovery` without a
+//!    comes while the client (the fleet, with one) sent less than half of it, and tried again after `recovery` without a
 //!    throttle. `x-ratelimit-remaining-requests: 0` holds the
 //!    next send for one interval; after a 429 with no delay header, `x-ratelimit-reset-requests`
 //!    is a pacing hint. A learned pace is forgotten `recovery` after the last throttle. Static

@@ -14,6 +14,9 @@ const MEASURE_WINDOW: Duration = Duration::from_secs(2);
 const RELEASE_SPACING: Duration = Duration::from_millis(20);
 /// …for this long after it ends (at most 50 of them); later ones go at once.
 const RELEASE_RAMP: Duration = Duration::from_secs(1);
+/// Successes remembered per key to tell a capacity refusal from noise.
+const SERVED: usize = 8;
+
 /// Capacity refusals further apart than this never add up to fleet-wide evidence.
 const SIGNAL_WINDOW: Duration = Duration::from_secs(2);
 
@@ -87,6 +90,18 @@ impl Answer {
     }
 }
 
+/// What one answer taught the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Learned {
+    /// It completes fleet-wide capacity evidence.
+    pub(crate) fleet: bool,
+    /// A capacity refusal sent with `n` in flight while `fleet_signals` of the last successes
+    /// were sent with `n` or more in flight, within the signal window: the server's capacity
+    /// is not below `n`, so the refusal says nothing about it (random load shedding, a
+    /// replica's hiccup). It concerns its own request alone.
+    pub(crate) noise: bool,
+}
+
 /// A send slot, or why none can be had in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -132,9 +147,10 @@ pub(crate) trait RateStore: Send + Sync + 'static {
     fn cooldown_until(&self, key: GateKey, now: Instant) -> Option<Instant>;
     /// While the key's quota is known to be exhausted: the time until it is rechecked.
     fn quota_recheck_in(&self, key: GateKey, now: Instant) -> Option<Duration>;
-    /// Learns from one answer. Returns whether it completes fleet-wide capacity evidence
-    /// (`fleet_signals` capacity refusals of requests that were in flight together).
-    fn learn(&self, key: GateKey, obs: &Answer, now: Instant) -> bool;
+    /// Learns from one answer: whether it completes fleet-wide capacity evidence
+    /// (`fleet_signals` capacity refusals of requests that were in flight together), or is a
+    /// capacity refusal that a success contradicts (noise).
+    fn learn(&self, key: GateKey, obs: &Answer, now: Instant) -> Learned;
     /// The state, for metrics.
     fn snapshot(&self, key: GateKey, now: Instant) -> Option<RateSnapshot>;
     /// Drops `key`'s state (the layer evicted its idle gate).
@@ -161,6 +177,10 @@ struct KeyRate {
     /// Capacity refusals in a row whose requests overlapped in time, and when the last came.
     chain: u32,
     chain_last: Option<Instant>,
+    /// The last successes: how many requests were in flight when each was sent, and when it
+    /// came back (see [`Learned::noise`]); a ring, `served_next` its next slot.
+    served: [(u32, Option<Instant>); SERVED],
+    served_next: usize,
     /// Admissions counted in the current measuring window (at least 2 s long, so a burst of
     /// near-simultaneous admissions never reads as a high sustained rate).
     win_start: Instant,
@@ -185,6 +205,8 @@ impl KeyRate {
             last_throttle: None,
             chain: 0,
             chain_last: None,
+            served: [(0, None); SERVED],
+            served_next: 0,
             win_start: now,
             win_count: 0,
             sampled: None,
@@ -379,7 +401,7 @@ impl RateStore for InProcessStore {
         })
     }
 
-    fn learn(&self, key: GateKey, obs: &Answer, now: Instant) -> bool {
+    fn learn(&self, key: GateKey, obs: &Answer, now: Instant) -> Learned {
         self.with_key(key, now, |s| self.observe_in(key, s, obs, now))
     }
 
@@ -468,7 +490,7 @@ impl InProcessStore {
         self.publish(key, FleetEvent::Cooldown(d));
     }
 
-    fn observe_in(&self, key: GateKey, s: &mut KeyRate, obs: &Answer, now: Instant) -> bool {
+    fn observe_in(&self, key: GateKey, s: &mut KeyRate, obs: &Answer, now: Instant) -> Learned {
         let cfg = &self.cfg;
         let signal = obs.signal(cfg);
         // Learn the limit from the headers, when they make sense (a dedicated deployment has
@@ -486,10 +508,13 @@ impl InProcessStore {
                     // less than that: then the limit cannot be per second.
                     // The fleet's rate, not this process's: with N processes sharing the
                     // key, this one sends about a 1/N share of what the server sees. A fleet
-                    // that cannot tell leaves the reading as it is.
+                    // that cannot tell leaves the reading as it is. Under half the reading,
+                    // not just under it: the 60× slower reading must not follow from a share
+                    // counted a little wrong (a heartbeat late, a member not yet seen), and a
+                    // per-minute limit read per second is far over any real send rate.
                     let below = self
                         .fleet_share(key)
-                        .is_some_and(|share| s.recent_rate(now) / share < limit as f64);
+                        .is_some_and(|share| s.recent_rate(now) / share < limit as f64 * 0.5);
                     if s.per_second && signal == Signal::Gate && below {
                         tracing::debug!(
                             limit,
@@ -531,8 +556,12 @@ impl InProcessStore {
                     if let Some(r) = s.aimd_rate.as_mut() {
                         *r *= 1.01;
                     }
+                    // How many in flight the server still served at, lately.
+                    let i = s.served_next;
+                    s.served[i] = (obs.in_flight_at_send, Some(now));
+                    s.served_next = (i + 1) % SERVED;
                 }
-                false
+                Learned::default()
             }
             Signal::Quota => {
                 s.quota_until = now + cfg.quota_recheck;
@@ -541,7 +570,7 @@ impl InProcessStore {
                     recheck_s = cfg.quota_recheck.as_secs(),
                     "429 gate: the account's quota or spending limit is exhausted; calls on this key fail fast until the recheck"
                 );
-                false
+                Learned::default()
             }
             Signal::Gate => {
                 s.last_throttle = Some(now);
@@ -579,9 +608,32 @@ impl InProcessStore {
                         s.last_decrease = Some(now);
                     }
                 }
-                false
+                Learned::default()
             }
             Signal::Capacity => {
+                // A refusal at `n` in flight while the server lately served requests sent with
+                // `n` or more says nothing about capacity: it is that request's alone. Several
+                // of them (`fleet_signals`), not one: the client's count runs a moment ahead of
+                // the server's as answers end, so one success just above a real limit happens.
+                let contradicting = s
+                    .served
+                    .iter()
+                    .filter(|(n, t)| {
+                        *n >= obs.in_flight_at_send
+                            && t.is_some_and(|t| now.saturating_duration_since(t) < SIGNAL_WINDOW)
+                    })
+                    .count();
+                let contradicted = contradicting >= cfg.fleet_signals as usize;
+                if contradicted {
+                    tracing::debug!(
+                        in_flight = obs.in_flight_at_send,
+                        "429 gate: a capacity refusal at an in-flight count the server just served; it concerns its request alone"
+                    );
+                    return Learned {
+                        fleet: false,
+                        noise: true,
+                    };
+                }
                 // Evidence adds up only across requests that were in flight together: one
                 // request's own retries are sent one after another, so they never chain.
                 let overlaps = s.chain_last.is_some_and(|last| {
@@ -599,7 +651,10 @@ impl InProcessStore {
                         "429 gate: one request's capacity refusal; its delay applies to it alone"
                     );
                 }
-                fleet
+                Learned {
+                    fleet,
+                    noise: false,
+                }
             }
         }
     }

@@ -87,7 +87,7 @@ proptest! {
             in_flight_at_send: 1,
             sent_at: now,
         };
-        let fleet = store.learn(key, &obs, now);
+        let fleet = store.learn(key, &obs, now).fleet;
         // One answer is never fleet-wide capacity evidence (that takes three in flight together).
         prop_assert!(!fleet);
         // Anything but a rate-limit 429 leaves no cooldown.
