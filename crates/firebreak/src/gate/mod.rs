@@ -16,6 +16,9 @@
 //!   that were in flight together (each sent before the previous one's answer came back). One
 //!   request's own retries come one after another, so they never add up. Fewer concern those
 //!   requests alone: their delays are theirs (the retry layer honours them), nobody else waits.
+//!   A refusal sent with `n` in flight while three of the key's last eight successes were sent
+//!   with `n` or more in flight (within 2 s) is noise: the server just served that many, so
+//!   the refusal is random load shedding or one replica's hiccup, not a limit.
 //! - **Where the model runs** ([`GateConfig::kind`], set per target by the
 //!   [route](crate::route) module): on a serverless target every 429 is a rate limit; on a
 //!   dedicated one every 429 and 503 is a capacity refusal, rate headers never pace it, and a

@@ -103,14 +103,19 @@ pub struct RetryConfig {
 }
 
 impl Default for RetryConfig {
-    /// Five attempts; full jitter from 250 ms, capped at 10 s; at most 60 s of retrying;
+    /// Five attempts; full jitter from 100 ms, capped at 10 s; at most 60 s of retrying;
     /// server delays honoured up to 60 s; a success-based budget with refunds; 16 MiB replay.
+    ///
+    /// Why 100 ms: a transient failure (a reset, a 502, a replica's 503) concerns one request,
+    /// and its retry usually meets another replica, so waiting long buys nothing (async-openai
+    /// starts at 100 ms, Envoy at 25 ms). Waiting as a fleet when the server is overloaded or
+    /// rate limited is the gate's job, on evidence, and a server's delay is honoured as sent.
     fn default() -> Self {
         RetryConfig {
             max_attempts: 5,
             backoff: Backoff {
                 jitter: Jitter::Full,
-                base: Duration::from_millis(250),
+                base: Duration::from_millis(100),
                 cap: Duration::from_secs(10),
             },
             max_retry_time: Some(Duration::from_secs(60)),
