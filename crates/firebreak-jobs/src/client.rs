@@ -221,6 +221,8 @@ pub fn control_plane_stack() -> Stack {
             base: Duration::from_secs(1),
             cap: Duration::from_secs(30),
         },
+        // Already a slow schedule: the same when the control plane cannot be reached.
+        unreachable_backoff: None,
         max_retry_time: Some(Duration::from_secs(300)),
         retry_on: RetryOn {
             also: vec![408],

@@ -847,3 +847,51 @@ async fn full_and_empty_bodies_replay_as_they_are() {
             .is_empty()
     );
 }
+
+/// An endpoint nobody answers at waits on the slower `unreachable_backoff`; a 503 from a
+/// server that answered waits on `backoff`.
+#[tokio::test(start_paused = true)]
+async fn an_unreachable_endpoint_backs_off_on_its_own_schedule() {
+    bounded(3600, async {
+        let slow = Backoff {
+            jitter: Jitter::Equal,
+            base: Duration::from_secs(2),
+            cap: Duration::from_secs(10),
+        };
+        for (refused, lo, hi) in [
+            (true, Duration::from_secs(1), Duration::from_secs(2)),
+            (false, Duration::ZERO, Duration::from_millis(10)),
+        ] {
+            let (s, mut h) = svc(RetryConfig {
+                unreachable_backoff: Some(slow),
+                ..base()
+            });
+            let call = spawn(s, req());
+            let (_r, send) = h.next_request().await.unwrap();
+            let t = Instant::now();
+            if refused {
+                send.send_error(Error::new(Class::Connect(ConnectKind::Refused)));
+            } else {
+                send.send_response(answer(503, &[]));
+            }
+            let (_r, send) = h.next_request().await.unwrap();
+            let waited = t.elapsed();
+            send.send_response(answer(200, &[]));
+            call.await.unwrap().unwrap();
+            assert!(
+                waited >= lo && waited <= hi,
+                "refused {refused}: waited {waited:?}, expected [{lo:?}, {hi:?}]"
+            );
+        }
+        // A bad schedule is refused like `backoff`'s.
+        let bad = RetryConfig {
+            unreachable_backoff: Some(Backoff {
+                base: Duration::from_secs(20),
+                ..slow
+            }),
+            ..base()
+        };
+        assert!(bad.validate().is_err());
+    })
+    .await
+}

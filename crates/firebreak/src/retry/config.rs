@@ -81,6 +81,11 @@ pub struct RetryConfig {
     pub max_attempts: u32,
     /// The backoff schedule.
     pub backoff: Backoff,
+    /// The schedule after an attempt that could not reach the endpoint at all (a refused
+    /// connection, a DNS failure, a connect timeout): nobody is listening at the address, which
+    /// is an outage of the endpoint (a restart, a deploy), not of one replica, and lasts
+    /// seconds. `None` uses [`RetryConfig::backoff`].
+    pub unreachable_backoff: Option<Backoff>,
     /// Longest time from the first attempt's end to the start of a retry; `None`: unbounded
     /// (the overall deadline still applies).
     pub max_retry_time: Option<Duration>,
@@ -103,7 +108,8 @@ pub struct RetryConfig {
 }
 
 impl Default for RetryConfig {
-    /// Five attempts; full jitter from 100 ms, capped at 10 s; at most 60 s of retrying;
+    /// Five attempts; full jitter from 100 ms, capped at 10 s (from 500 ms when the endpoint
+    /// could not be reached at all); at most 60 s of retrying;
     /// server delays honoured up to 60 s; a success-based budget with refunds; 16 MiB replay.
     ///
     /// Why 100 ms: a transient failure (a reset, a 502, a replica's 503) concerns one request,
@@ -118,6 +124,11 @@ impl Default for RetryConfig {
                 base: Duration::from_millis(100),
                 cap: Duration::from_secs(10),
             },
+            unreachable_backoff: Some(Backoff {
+                jitter: Jitter::Full,
+                base: Duration::from_millis(500),
+                cap: Duration::from_secs(10),
+            }),
             max_retry_time: Some(Duration::from_secs(60)),
             max_server_delay: DEFAULT_MAX_SERVER_DELAY,
             budget: Some(BudgetConfig::default()),
@@ -143,16 +154,18 @@ impl RetryConfig {
         if self.max_attempts > 100 {
             return Err(E::TooManyAttempts(self.max_attempts));
         }
+        for b in std::iter::once(&self.backoff).chain(&self.unreachable_backoff) {
+            if b.base.is_zero() || b.cap.is_zero() {
+                return Err(E::ZeroBackoff);
+            }
+            if b.base > b.cap {
+                return Err(E::BaseOverCap {
+                    base: b.base,
+                    cap: b.cap,
+                });
+            }
+        }
         let b = &self.backoff;
-        if b.base.is_zero() || b.cap.is_zero() {
-            return Err(E::ZeroBackoff);
-        }
-        if b.base > b.cap {
-            return Err(E::BaseOverCap {
-                base: b.base,
-                cap: b.cap,
-            });
-        }
         if let Jitter::Proportional(f) = b.jitter {
             if !(f.is_finite() && (0.0..=1.0).contains(&f)) {
                 return Err(E::BadJitter(f));

@@ -205,9 +205,18 @@ impl FireworksPolicy {
         }
     }
 
-    fn draw(&mut self) -> Duration {
+    fn draw(&mut self, class: Class) -> Duration {
         let n = self.attempts.saturating_sub(1);
-        let b = self.shared.cfg.backoff;
+        let cfg = &self.shared.cfg;
+        // An endpoint nobody answers at is out for seconds, not one request's moment.
+        let unreachable = matches!(
+            class,
+            Class::Connect(_) | Class::Timeout(crate::TimeoutPhase::Connect)
+        );
+        let b = match cfg.unreachable_backoff {
+            Some(u) if unreachable => u,
+            _ => cfg.backoff,
+        };
         match self.rng.as_mut() {
             Some(r) => b.delay(n, self.previous, r),
             None => b.delay(n, self.previous, &mut rand::rng()),
@@ -237,7 +246,7 @@ impl FireworksPolicy {
                 return Err(GaveUp::ServerDelayOverCap(d));
             }
         }
-        let backoff = self.draw();
+        let backoff = self.draw(ended.class());
         // Never earlier than the server asked.
         let wait = backoff.max(server_delay.unwrap_or(Duration::ZERO));
         let reason = if server_delay.is_some_and(|d| d > backoff) {
