@@ -192,81 +192,74 @@ async fn capacity_limited_503_and_429() {
 fn ignored_headers_are_named_in_a_trace_event() {
     // #13 "bad input": a delay over the cap and contradictory rate headers are ignored by the
     // gate, which says so at DEBUG, and nobody else waits.
-    let buf = Captured::default();
-    let sub = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_writer(buf.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(sub);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(bounded(30, async {
-        let sim = Sim::start(
-            SimConfig::default()
-                .api_key(KEY)
-                .fault(
-                    firebreak_sim::Trigger::FirstAttemptsOfEvery {
-                        n: 1,
-                        every: 2,
-                        offset: 0,
-                    },
-                    status_fault(
-                        429,
-                        vec![firebreak_sim::DelayHeader::RetryAfterSecs { secs: 3600.0 }],
+    let ((), text) = logged(
+        tracing::Level::DEBUG,
+        bounded(30, async {
+            let sim = Sim::start(
+                SimConfig::default()
+                    .api_key(KEY)
+                    .fault(
+                        firebreak_sim::Trigger::FirstAttemptsOfEvery {
+                            n: 1,
+                            every: 2,
+                            offset: 0,
+                        },
+                        status_fault(
+                            429,
+                            vec![firebreak_sim::DelayHeader::RetryAfterSecs { secs: 3600.0 }],
+                        ),
+                    )
+                    .fault(
+                        firebreak_sim::Trigger::FirstAttemptsOfEvery {
+                            n: 1,
+                            every: 2,
+                            offset: 1,
+                        },
+                        status_fault(
+                            503,
+                            vec![
+                                firebreak_sim::DelayHeader::Raw {
+                                    name: "x-ratelimit-limit-requests".into(),
+                                    value: "10".into(),
+                                },
+                                firebreak_sim::DelayHeader::Raw {
+                                    name: "x-ratelimit-remaining-requests".into(),
+                                    value: "50".into(),
+                                },
+                            ],
+                        ),
                     ),
-                )
-                .fault(
-                    firebreak_sim::Trigger::FirstAttemptsOfEvery {
-                        n: 1,
-                        every: 2,
-                        offset: 1,
-                    },
-                    status_fault(
-                        503,
-                        vec![
-                            firebreak_sim::DelayHeader::Raw {
-                                name: "x-ratelimit-limit-requests".into(),
-                                value: "10".into(),
-                            },
-                            firebreak_sim::DelayHeader::Raw {
-                                name: "x-ratelimit-remaining-requests".into(),
-                                value: "50".into(),
-                            },
-                        ],
+            )
+            .await
+            .unwrap();
+            let (gate, svc) = stack();
+            let base = sim.base_url();
+            let t0 = std::time::Instant::now();
+            for i in 0..2 {
+                let r = svc
+                    .clone()
+                    .oneshot(post(
+                        &base,
+                        "/chat/completions",
+                        chat_body(&format!("req-{i}"), false),
+                    ))
+                    .await;
+                match i {
+                    // Over the 60 s cap: that request fails at once with its typed error.
+                    0 => assert!(
+                        r.is_err_and(|e| e.retry_after() == Some(Duration::from_secs(3600)))
                     ),
-                ),
-        )
-        .await
-        .unwrap();
-        let (gate, svc) = stack();
-        let base = sim.base_url();
-        let t0 = std::time::Instant::now();
-        for i in 0..2 {
-            let r = svc
-                .clone()
-                .oneshot(post(
-                    &base,
-                    "/chat/completions",
-                    chat_body(&format!("req-{i}"), false),
-                ))
-                .await;
-            match i {
-                // Over the 60 s cap: that request fails at once with its typed error.
-                0 => assert!(r.is_err_and(|e| e.retry_after() == Some(Duration::from_secs(3600)))),
-                // The 503 is retried and succeeds.
-                _ => assert_eq!(r.unwrap().status(), 200),
+                    // The 503 is retried and succeeds.
+                    _ => assert_eq!(r.unwrap().status(), 200),
+                }
             }
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "nobody waited for the bad delay"
-        );
-        assert_eq!(gate.snapshot()[0].1.cooldown_remaining, Duration::ZERO);
-    }));
-    let text = buf.text();
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "nobody waited for the bad delay"
+            );
+            assert_eq!(gate.snapshot()[0].1.cooldown_remaining, Duration::ZERO);
+        }),
+    );
     assert!(text.contains("ignored a 429 delay over the cap"), "{text}");
     assert!(
         text.contains("ignored contradictory x-ratelimit headers"),

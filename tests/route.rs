@@ -66,6 +66,35 @@ fn primary_log(sim: &Sim) -> Vec<(f64, u16)> {
         .collect()
 }
 
+/// Drives `calls` calls for "chat" at `concurrency` while sampling the deployment's requests
+/// in flight every 2 ms: the calls, the peak, and the median over the run's second half.
+async fn drive_sampling(
+    sim: &std::sync::Arc<Sim>,
+    r: &Router,
+    calls: usize,
+    concurrency: usize,
+) -> (Vec<Routed>, usize, usize) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (sim, stop) = (sim.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut samples = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && samples.len() < 50_000 {
+                samples.push(sim.deployment_in_flight(PRIMARY));
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            samples
+        })
+    };
+    let done = drive_router(r, "chat", "sampled", calls, concurrency).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut samples = sampler.await.unwrap();
+    let peak = samples.iter().copied().max().unwrap_or(0);
+    let mut late = samples.split_off(samples.len() / 2);
+    late.sort_unstable();
+    (done, peak, late.get(late.len() / 2).copied().unwrap_or(0))
+}
+
 async fn outage_and_recovery(fault: Fault) {
     let sim = sim(DeploymentConfig::new(PRIMARY)).await;
     let r = router(&sim, chain(&sim));
@@ -156,80 +185,50 @@ async fn a_primary_resetting_connections_fails_over_and_comes_back() {
 
 #[test]
 fn a_dedicated_deployment_at_capacity_settles_near_it_and_advises_once() {
-    let buf = Captured::default();
-    let sub = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_writer(buf.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(sub);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(bounded(60, async {
-        let capacity = 8;
-        let sim = std::sync::Arc::new(
-            Sim::start(
-                SimConfig::default()
-                    .api_key(KEY)
-                    .latency(Latency {
-                        ttfb_ms: 20,
-                        ..Latency::default()
-                    })
-                    .deployment(
-                        DeploymentConfig::new(PRIMARY)
-                            .capacity(capacity, CapacityReject::CapacityExceeded429),
-                    ),
-            )
-            .await
-            .unwrap(),
-        );
-        let r = router(
-            &sim,
-            vec![vec![Target::new("mine", sim.base_url(), PRIMARY)]],
-        );
-        let calls = 600;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let sampler = {
-            let (sim, stop) = (sim.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut samples = Vec::new();
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) && samples.len() < 20_000 {
-                    samples.push(sim.deployment_in_flight(PRIMARY));
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                samples
-            })
-        };
-        let done = drive_router(&r, "chat", "cap", calls, 32).await;
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let mut samples = sampler.await.unwrap();
-        assert!(done.iter().all(|c| c.status == 200), "every call answered");
-        let attempts = sim.log().len();
-        let amplification = attempts as f64 / calls as f64;
-        assert!(
-            amplification <= 1.10,
-            "amplification {amplification:.3} ({attempts} attempts)"
-        );
-        eprintln!(
-            "amplification {amplification:.3}; {} samples",
-            samples.len()
-        );
-        // In flight over the second half of the run: near the capacity, not far under it.
-        let mut late = samples.split_off(samples.len() / 2);
-        late.sort_unstable();
-        let median = late[late.len() / 2];
-        eprintln!("median in flight {median}, max {:?}", late.last());
-        assert!(
-            median * 2 >= capacity && median <= capacity,
-            "median in flight {median} for a capacity of {capacity}"
-        );
-        let text = buf.text();
-        let advice = text.matches("keeps refusing for capacity").count();
-        assert_eq!(advice, 1, "the advice once, not per request:\n{text}");
-        assert!(text.contains("d1") && text.contains("firectl deployment update"));
-    }));
+    let capacity = 8;
+    let calls = 600;
+    let ((attempts, median), log) = logged(
+        tracing::Level::WARN,
+        bounded(60, async {
+            let sim = std::sync::Arc::new(
+                Sim::start(
+                    SimConfig::default()
+                        .api_key(KEY)
+                        .latency(Latency {
+                            ttfb_ms: 20,
+                            ..Latency::default()
+                        })
+                        .deployment(
+                            DeploymentConfig::new(PRIMARY)
+                                .capacity(capacity, CapacityReject::CapacityExceeded429),
+                        ),
+                )
+                .await
+                .unwrap(),
+            );
+            let r = router(
+                &sim,
+                vec![vec![Target::new("mine", sim.base_url(), PRIMARY)]],
+            );
+            let (done, _, median) = drive_sampling(&sim, &r, calls, 32).await;
+            assert!(done.iter().all(|c| c.status == 200), "every call answered");
+            (sim.log().len(), median)
+        }),
+    );
+    let amplification = attempts as f64 / calls as f64;
+    eprintln!("amplification {amplification:.3}; median in flight {median}");
+    assert!(
+        amplification <= 1.10,
+        "amplification {amplification:.3} ({attempts} attempts)"
+    );
+    // In flight over the second half of the run: near the capacity, not far under it.
+    assert!(
+        median * 2 >= capacity && median <= capacity,
+        "median in flight {median} for a capacity of {capacity}"
+    );
+    let advice = log.matches("keeps refusing for capacity").count();
+    assert_eq!(advice, 1, "the advice once, not per request:\n{log}");
+    assert!(log.contains("d1") && log.contains("firectl deployment update"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,26 +255,8 @@ async fn a_dedicated_deployment_that_queues_is_held_near_its_queue_target() {
             vec![vec![Target::new("mine", sim.base_url(), PRIMARY)]],
             firebreak::Stack::interactive(),
         );
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let sampler = {
-            let (sim, stop) = (sim.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut samples = Vec::new();
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) && samples.len() < 20_000 {
-                    samples.push(sim.deployment_in_flight(PRIMARY));
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                samples
-            })
-        };
-        let done = drive_router(&r, "chat", "queue", 300, 64).await;
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let mut samples = sampler.await.unwrap();
+        let (done, peak, median) = drive_sampling(&sim, &r, 300, 64).await;
         assert!(done.iter().all(|c| c.status == 200), "every call answered");
-        let peak = samples.iter().copied().max().unwrap_or(0);
-        let mut late = samples.split_off(samples.len() / 2);
-        late.sort_unstable();
-        let median = late[late.len() / 2];
         eprintln!("in flight: peak {peak}, late median {median}");
         assert!(
             peak > 27,

@@ -375,13 +375,7 @@ fn load_with_a_fallback_routes_around_a_dead_primary() {
         .block_on(Sim::start(SimConfig::default().api_key(KEY).deployment(
             firebreak_sim::DeploymentConfig::new(PRIMARY).fault(
                 Trigger::Always,
-                Fault::Status {
-                    status: 502,
-                    shape: None,
-                    delay: vec![],
-                    should_retry: None,
-                    message: None,
-                },
+                firebreak_testkit::status_fault(502, vec![]),
             ),
         )))
         .unwrap();

@@ -203,16 +203,7 @@ fn the_openai_sdk_gets_an_alias_answered_by_the_fallback_with_the_target_header(
                 .deployment(DeploymentConfig::new(PRIMARY)),
         ))
         .unwrap();
-    sim.take_down(
-        PRIMARY,
-        Fault::Status {
-            status: 503,
-            shape: None,
-            delay: vec![],
-            should_retry: None,
-            message: None,
-        },
-    );
+    sim.take_down(PRIMARY, firebreak_testkit::status_fault(503, vec![]));
     let dir = std::env::temp_dir().join(format!("firebreak-route-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("routes.toml");

@@ -55,6 +55,24 @@ pub fn inmem_request() -> Request<Full<Bytes>> {
         .expect("a valid request")
 }
 
+/// Runs `fut` on a current-thread runtime with every event at `level` or above written to a
+/// buffer (this thread's subscriber); its output and what was logged.
+pub fn logged<F: std::future::Future>(level: tracing::Level, fut: F) -> (F::Output, String) {
+    let buf = Captured::default();
+    let sub = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(buf.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(sub);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let out = rt.block_on(fut);
+    (out, buf.text())
+}
+
 /// A `tracing_subscriber` writer into a shared buffer, for tests that read what was logged.
 #[derive(Debug, Clone, Default)]
 pub struct Captured(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);

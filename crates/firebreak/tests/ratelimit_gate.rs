@@ -77,6 +77,19 @@ fn spawn(s: &Svc, r: Req) -> Call {
     })
 }
 
+/// Eight calls in flight at once (sent with 1..=8 in flight, in order), and their pending answers.
+async fn eight_in_flight(
+    svc: &Svc,
+    h: &mut Handle,
+) -> (Vec<Call>, Vec<mock::SendResponse<Response<Full<Bytes>>>>) {
+    let calls: Vec<Call> = (0..8).map(|_| spawn(svc, req())).collect();
+    let mut sends = Vec::new();
+    for _ in 0..8 {
+        sends.push(h.next_request().await.unwrap().1);
+    }
+    (calls, sends)
+}
+
 /// Answers the next request that reaches the upstream; returns when it arrived.
 async fn next(h: &mut Handle, resp: Response<Full<Bytes>>) -> Instant {
     let (_r, send) = tokio::time::timeout(Duration::from_secs(600), h.next_request())
@@ -234,11 +247,7 @@ async fn the_window_ramps_by_the_clock_then_backs_off_on_fleet_wide_overload() {
         assert_eq!(limit(&layer), 64, "two doublings in 100 ms");
         // Eight in flight at once; three of them are refused while in flight together: that
         // is fleet-wide evidence, and capacity is under 8.
-        let calls: Vec<Call> = (0..8).map(|_| spawn(&svc, req())).collect();
-        let mut sends = Vec::new();
-        for _ in 0..8 {
-            sends.push(h.next_request().await.unwrap().1);
-        }
+        let (calls, mut sends) = eight_in_flight(&svc, &mut h).await;
         for s in sends.drain(5..) {
             s.send_response(answer(503, &[]));
         }
@@ -1366,11 +1375,7 @@ async fn a_dedicated_targets_queueing_time_narrows_its_window() {
             next(&mut h, answer(200, &[])).await;
             c.await.unwrap().unwrap();
             // Eight in flight together; the last three answers say they queued.
-            let calls: Vec<Call> = (0..8).map(|_| spawn(&svc, req())).collect();
-            let mut sends = Vec::new();
-            for _ in 0..8 {
-                sends.push(h.next_request().await.unwrap().1);
-            }
+            let (calls, mut sends) = eight_in_flight(&svc, &mut h).await;
             for s in sends.drain(5..) {
                 s.send_response(answer(200, &[("fireworks-prefill-queue-duration", queued)]));
             }
@@ -1483,11 +1488,7 @@ async fn refusals_below_an_in_flight_count_the_server_just_served_are_noise() {
             let c = spawn(&svc, req());
             next(&mut h, answer(200, &[])).await;
             c.await.unwrap().unwrap();
-            let calls: Vec<Call> = (0..8).map(|_| spawn(&svc, req())).collect();
-            let mut sends = Vec::new();
-            for _ in 0..8 {
-                sends.push(h.next_request().await.unwrap().1);
-            }
+            let (calls, mut sends) = eight_in_flight(&svc, &mut h).await;
             // Sent with 1..=8 in flight, in that order.
             let high: Vec<_> = sends.drain(5..).collect();
             let (first, refused, then) = if noise {

@@ -150,6 +150,14 @@ fn two(primary: Target, fallback: Target) -> RouteConfig {
         .with_breaker(breaker())
 }
 
+/// An upstream whose primary answers `status`, and a router of the primary then the fallback.
+fn primary_answering(status: u16) -> (Upstream, Router) {
+    let up = Upstream::default();
+    up.set(PRIMARY, Behave::Status(status, vec![]));
+    let r = up.router(two(primary(), fallback()), stack());
+    (up, r)
+}
+
 fn primary() -> Target {
     Target::new("primary", BASE, PRIMARY)
 }
@@ -179,9 +187,7 @@ fn state(r: &Router, name: &str) -> BreakerState {
 #[tokio::test(start_paused = true)]
 async fn a_dead_primary_opens_after_five_failures_gets_only_probes_and_takes_traffic_back() {
     bounded(120, async {
-        let up = Upstream::default();
-        up.set(PRIMARY, Behave::Status(503, vec![]));
-        let r = up.router(two(primary(), fallback()), stack());
+        let (up, r) = primary_answering(503);
         // Each call: one attempt on the primary, then the fallback at once.
         for i in 0..5 {
             let (status, by) = call(&r).await;
@@ -228,9 +234,7 @@ async fn a_dead_primary_opens_after_five_failures_gets_only_probes_and_takes_tra
 #[tokio::test(start_paused = true)]
 async fn half_open_lets_a_bounded_number_of_probes_through() {
     bounded(60, async {
-        let up = Upstream::default();
-        up.set(PRIMARY, Behave::Status(503, vec![]));
-        let r = up.router(two(primary(), fallback()), stack());
+        let (up, r) = primary_answering(503);
         for _ in 0..5 {
             call(&r).await;
         }
@@ -375,9 +379,7 @@ async fn a_rate_limited_serverless_target_is_passed_over_while_its_gate_cools_do
 #[tokio::test(start_paused = true)]
 async fn a_non_retryable_answer_ends_the_call_and_the_last_target_gets_the_retries() {
     bounded(60, async {
-        let up = Upstream::default();
-        up.set(PRIMARY, Behave::Status(400, vec![]));
-        let r = up.router(two(primary(), fallback()), stack());
+        let (up, r) = primary_answering(400);
         let (status, by) = call(&r).await;
         assert_eq!((status, &*by.unwrap().target), (400, "primary"));
         assert_eq!((up.count(PRIMARY), up.count(FALLBACK)), (1, 0));

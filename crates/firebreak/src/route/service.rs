@@ -233,6 +233,9 @@ where
     }
 }
 
+/// The future of a routed call.
+type RouteFuture = Pin<Box<dyn Future<Output = Result<Response<FireworksBody>, Error>> + Send>>;
+
 /// A target's stack: everything of [`Stack`] below the deadline, with the tap, boxed.
 type TargetService =
     tower::util::BoxCloneSyncService<Request<Full<Bytes>>, Response<FireworksBody>, Error>;
@@ -516,7 +519,7 @@ where
 impl Service<Request<Full<Bytes>>> for Router {
     type Response = Response<FireworksBody>;
     type Error = Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<FireworksBody>, Error>> + Send>>;
+    type Future = RouteFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         // Every target's stack is ready at once (their gates wait inside the call).
@@ -541,7 +544,7 @@ impl Service<Request<Full<Bytes>>> for Router {
 impl Service<Request<Full<Bytes>>> for Core {
     type Response = Response<FireworksBody>;
     type Error = Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<FireworksBody>, Error>> + Send>>;
+    type Future = RouteFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         Poll::Ready(Ok(()))
