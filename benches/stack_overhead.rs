@@ -5,6 +5,8 @@
 //! recorder, and on with both a recorder and a tracing subscriber at DEBUG (writing to a sink). Each iteration makes one call and reads the
 //! one-frame body; every future is ready on its first poll (inside a runtime context, for timers).
 //!
+//! Also the router (issue #17) with a one-target chain.
+//!
 //! `cargo bench --bench stack_overhead && scripts/criterion-medians stack_overhead`
 
 // criterion_group! generates an undocumented pub fn.
@@ -35,8 +37,11 @@ where
     RB: Body<Data = Bytes>,
     RB::Error: std::fmt::Debug,
 {
+    // The model names the route alias for the router's rows; the other layers never read it.
     let req = Request::post("http://api.fireworks.ai/inference/v1/chat/completions")
-        .body(Full::new(Bytes::from_static(br#"{"messages":[]}"#)))
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"m","messages":[]}"#,
+        )))
         .unwrap();
     futures_util::future::poll_fn(|cx| svc.poll_ready(cx))
         .now_or_never()
@@ -115,6 +120,20 @@ fn benches(c: &mut Criterion) {
         fleet: Some(fleet),
         ..Stack::interactive()
     });
+    // Issue #17: the router with a one-target chain over the same in-memory service: what
+    // routing a call costs on top of the stack (body parse, `model` rewrite, boxed target
+    // stack, breaker and tap).
+    let mut route = firebreak::route::Router::with_client(
+        firebreak::route::RouteConfig::new().fallbacks(
+            "m",
+            "http://api.fireworks.ai/inference/v1",
+            &["accounts/fireworks/models/llama-v3p1-8b-instruct"],
+        ),
+        Stack::interactive(),
+        None,
+        Ok200(body.clone()),
+    )
+    .unwrap();
     let mut g = c.benchmark_group("stack_overhead");
     g.bench_function("bare", |b| b.iter(|| run(&mut bare)));
     g.bench_function("tower_retry+timeout", |b| b.iter(|| run(&mut tower_pair)));
@@ -130,6 +149,7 @@ fn benches(c: &mut Criterion) {
     g.bench_function("firebreak_deadline", |b| b.iter(|| run(&mut deadline)));
     g.bench_function("firebreak_observe", |b| b.iter(|| run(&mut observe)));
     g.bench_function("firebreak_full_stack", |b| b.iter(|| run(&mut full)));
+    g.bench_function("firebreak_route_one_target", |b| b.iter(|| run(&mut route)));
     g.bench_function("firebreak_full_stack_redis_fleet", |b| {
         b.iter(|| run(&mut full_fleet))
     });
