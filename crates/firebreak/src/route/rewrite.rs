@@ -2,7 +2,6 @@
 
 use bytes::{Bytes, BytesMut};
 use serde_json::value::RawValue;
-use std::collections::HashMap;
 use std::ops::Range;
 
 /// A JSON request body and where its top-level `model` string is, found once per call.
@@ -19,10 +18,15 @@ impl ModelBody {
     /// Finds the top-level `model` of a JSON object body; `None` for a body that is not a
     /// JSON object or whose `model` is missing or not a string.
     pub(crate) fn parse(bytes: Bytes) -> Option<ModelBody> {
+        #[derive(serde::Deserialize)]
+        struct Top<'a> {
+            #[serde(borrow)]
+            model: Option<&'a RawValue>,
+        }
         let (span, model) = {
-            let map: HashMap<std::borrow::Cow<'_, str>, &RawValue> =
-                serde_json::from_slice(&bytes).ok()?;
-            let raw = map.get("model")?.get();
+            // Other fields are skipped, not collected: one pass, no map.
+            let top: Top<'_> = serde_json::from_slice(&bytes).ok()?;
+            let raw = top.model?.get();
             let model: String = serde_json::from_str(raw).ok()?;
             // The raw value borrows from `bytes`: its offset is where it starts.
             let start = (raw.as_ptr() as usize).checked_sub(bytes.as_ptr() as usize)?;
