@@ -30,7 +30,7 @@
 
 use firebreak::TargetKind;
 use firebreak::client::ApiKey;
-use firebreak::route::{BreakerConfig, RouteConfig, Target};
+use firebreak::route::{BreakerConfig, RouteConfig, RouteError, Target};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -143,35 +143,37 @@ pub(crate) fn parse(
         cx.err(&span, "", e.message().trim().to_string())
     })?;
 
+    // The values are the library's to check (`BreakerConfig::validate`); here, only where each
+    // one is in the file.
     let mut breaker = BreakerConfig::default();
+    let mut at: Vec<(&'static str, &'static str, Range<usize>)> = Vec::new();
     if let Some(b) = &parsed.breaker {
         if let Some(n) = &b.consecutive_failures {
-            if *n.get_ref() == 0 {
-                return Err(cx.err(
-                    &n.span(),
-                    "breaker.consecutive_failures",
-                    "must be at least 1",
-                ));
-            }
             breaker.consecutive_failures = *n.get_ref();
+            at.push(("consecutive_failures", "consecutive_failures", n.span()));
         }
         if let Some(p) = &b.probes {
-            if *p.get_ref() == 0 {
-                return Err(cx.err(&p.span(), "breaker.probes", "must be at least 1"));
-            }
             breaker.probes = *p.get_ref();
+            at.push(("probes", "probes", p.span()));
         }
         if let Some(c) = &b.cooldown_secs {
             let v = *c.get_ref();
-            if !(v.is_finite() && v > 0.0 && v <= 3600.0) {
-                return Err(cx.err(
+            breaker.cooldown = Duration::try_from_secs_f64(v).map_err(|_| {
+                cx.err(
                     &c.span(),
                     "breaker.cooldown_secs",
                     format!("{v} must be in (0, 3600]"),
-                ));
-            }
-            breaker.cooldown = Duration::from_secs_f64(v);
+                )
+            })?;
+            at.push(("cooldown", "cooldown_secs", c.span()));
         }
+    }
+    if let Err(RouteError::Breaker { field, why }) = breaker.validate() {
+        let (name, span) = at
+            .iter()
+            .find(|(f, _, _)| *f == field)
+            .map_or((field, 0..0), |(_, n, s)| (*n, s.clone()));
+        return Err(cx.err(&span, format!("breaker.{name}"), why));
     }
 
     let mut targets: BTreeMap<&str, Target> = BTreeMap::new();
@@ -189,20 +191,6 @@ pub(crate) fn parse(
             .base_url
             .as_ref()
             .map_or(upstream, |b| b.get_ref().as_str());
-        if let Some(b) = &d.base_url {
-            let ok = url::Url::parse(b.get_ref())
-                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
-            if !ok {
-                return Err(cx.err(
-                    &b.span(),
-                    field("base_url"),
-                    format!("{:?} is not an http(s) URL", b.get_ref()),
-                ));
-            }
-        }
-        if d.model.get_ref().is_empty() {
-            return Err(cx.err(&d.model.span(), field("model"), "must not be empty"));
-        }
         let mut t = Target::new(name.as_str(), base, d.model.get_ref().as_str());
         if let Some(k) = &d.kind {
             let kind: TargetKind = k
@@ -212,15 +200,19 @@ pub(crate) fn parse(
             t = t.with_kind(kind);
         }
         if let Some(w) = &d.weight {
-            let v = *w.get_ref();
-            if !(v.is_finite() && v > 0.0) {
-                return Err(cx.err(
-                    &w.span(),
-                    field("weight"),
-                    format!("{v} must be a positive number"),
-                ));
+            t = t.weight(*w.get_ref());
+        }
+        // The values are the library's to check (`Target::validate`); here, only where each
+        // one is in the file.
+        if let Err(RouteError::Target { field: f, why, .. }) = t.validate() {
+            let span = match f {
+                "base_url" => d.base_url.as_ref().map(Spanned::span),
+                "model" => Some(d.model.span()),
+                "weight" => d.weight.as_ref().map(Spanned::span),
+                _ => None,
             }
-            t = t.weight(v);
+            .unwrap_or_else(|| def.span());
+            return Err(cx.err(&span, field(f), why));
         }
         if let Some(k) = &d.key_env {
             let var = k.get_ref();

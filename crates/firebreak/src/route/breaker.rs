@@ -91,6 +91,15 @@ impl Breaker {
         self.state
     }
 
+    /// Whether [`Breaker::admit`] would let a call through now (changes nothing).
+    pub(crate) fn would_admit(&self, cfg: &BreakerConfig, now: Instant) -> bool {
+        match self.state {
+            BreakerState::Closed => true,
+            BreakerState::Open => now >= self.until && cfg.probes > 0,
+            BreakerState::HalfOpen => self.probes < cfg.probes,
+        }
+    }
+
     /// Asks to send one call; may move Open → HalfOpen (returned).
     pub(crate) fn admit(
         &mut self,
@@ -295,6 +304,21 @@ mod tests {
         );
         assert_eq!(b.open_remote(Duration::from_secs(30), t0), None);
         assert_eq!(b.admit(&cfg, t0 + Duration::from_secs(3)).0, Admit::Probe);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn would_admit_says_what_admit_then_does() {
+        let cfg = cfg();
+        let t0 = Instant::now();
+        let mut b = Breaker::new(t0);
+        for (i, class) in [Class::ServerError; 3].into_iter().enumerate() {
+            assert!(b.would_admit(&cfg, t0), "closed, failure {i}");
+            b.record(&cfg, class, t0);
+        }
+        for at in [t0, t0 + cfg.cooldown, t0 + cfg.cooldown, t0 + cfg.cooldown] {
+            let would = b.would_admit(&cfg, at);
+            assert_eq!(would, b.admit(&cfg, at).0 != Admit::No, "at {:?}", at - t0);
+        }
     }
 
     #[test]

@@ -176,21 +176,7 @@ impl RouteConfig {
     /// # Errors
     /// The first [`RouteError`] found.
     pub fn validate(&self) -> Result<(), RouteError> {
-        let b = &self.breaker;
-        if b.consecutive_failures == 0 {
-            return Err(RouteError::Breaker(
-                "consecutive_failures must be at least 1".into(),
-            ));
-        }
-        if b.probes == 0 {
-            return Err(RouteError::Breaker("probes must be at least 1".into()));
-        }
-        if b.cooldown.is_zero() || b.cooldown > Duration::from_secs(3600) {
-            return Err(RouteError::Breaker(format!(
-                "cooldown {:?} must be in (0, 1 h]",
-                b.cooldown
-            )));
-        }
+        self.breaker.validate()?;
         let mut by_name: HashMap<&str, &Target> = HashMap::new();
         let mut seen_alias = std::collections::HashSet::new();
         for (alias, tiers) in &self.aliases {
@@ -214,13 +200,14 @@ impl RouteConfig {
                         why: format!("names target {:?} twice (a chain that loops)", t.name),
                     });
                 }
-                check_target(t)?;
+                t.validate()?;
                 match by_name.get(&*t.name) {
                     Some(o)
                         if o.base_url != t.base_url || o.model != t.model || o.kind != t.kind =>
                     {
                         return Err(RouteError::Target {
                             target: t.name.to_string(),
+                            field: "name",
                             why: "is defined twice, differently".into(),
                         });
                     }
@@ -234,28 +221,70 @@ impl RouteConfig {
     }
 }
 
-fn check_target(t: &Target) -> Result<(), RouteError> {
-    let bad = |why: String| {
-        Err(RouteError::Target {
-            target: t.name.to_string(),
-            why,
-        })
-    };
-    if t.name.is_empty() || t.name.len() > 256 || t.name.chars().any(|c| c.is_control()) {
-        return bad("its name must be 1 to 256 printable characters".into());
+impl Target {
+    /// Checks the target alone: a printable name, an http(s) base URL with a host, a model, a
+    /// positive weight. [`RouteConfig::validate`] calls it for every target.
+    ///
+    /// # Errors
+    /// [`RouteError::Target`] naming the field.
+    pub fn validate(&self) -> Result<(), RouteError> {
+        let bad = |field: &'static str, why: String| {
+            Err(RouteError::Target {
+                target: self.name.to_string(),
+                field,
+                why,
+            })
+        };
+        if self.name.is_empty()
+            || self.name.len() > 256
+            || self.name.chars().any(|c| c.is_control())
+        {
+            return bad("name", "must be 1 to 256 printable characters".into());
+        }
+        let uri: Result<http::Uri, _> = self.base_url.parse();
+        match uri {
+            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
+            _ => {
+                return bad(
+                    "base_url",
+                    format!("{:?} is not an http(s) URL with a host", self.base_url),
+                );
+            }
+        }
+        if self.model.is_empty() {
+            return bad("model", "must not be empty".into());
+        }
+        if !(self.weight.is_finite() && self.weight > 0.0) {
+            return bad(
+                "weight",
+                format!("{} must be a positive number", self.weight),
+            );
+        }
+        Ok(())
     }
-    let uri: Result<http::Uri, _> = t.base_url.parse();
-    match uri {
-        Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
-        _ => return bad(format!("base URL {:?} is not http(s)://host", t.base_url)),
+}
+
+impl BreakerConfig {
+    /// Checks every value.
+    ///
+    /// # Errors
+    /// [`RouteError::Breaker`] naming the field.
+    pub fn validate(&self) -> Result<(), RouteError> {
+        let bad = |field: &'static str, why: String| Err(RouteError::Breaker { field, why });
+        if self.consecutive_failures == 0 {
+            return bad("consecutive_failures", "must be at least 1".into());
+        }
+        if self.probes == 0 {
+            return bad("probes", "must be at least 1".into());
+        }
+        if self.cooldown.is_zero() || self.cooldown > Duration::from_secs(3600) {
+            return bad(
+                "cooldown",
+                format!("{:?} must be in (0, 1 h]", self.cooldown),
+            );
+        }
+        Ok(())
     }
-    if t.model.is_empty() {
-        return bad("its model is empty".into());
-    }
-    if !(t.weight.is_finite() && t.weight > 0.0) {
-        return bad(format!("weight {} must be a positive number", t.weight));
-    }
-    Ok(())
 }
 
 /// A route configuration that cannot work.
@@ -271,16 +300,23 @@ pub enum RouteError {
         why: String,
     },
     /// A target.
-    #[error("route target {target:?}: {why}")]
+    #[error("route target {target:?}: {field}: {why}")]
     Target {
         /// The target's name.
         target: String,
+        /// The setting at fault (`name`, `base_url`, `model`, `weight`).
+        field: &'static str,
         /// What is wrong.
         why: String,
     },
     /// The breaker settings.
-    #[error("breaker: {0}")]
-    Breaker(String),
+    #[error("breaker: {field}: {why}")]
+    Breaker {
+        /// The setting at fault (`consecutive_failures`, `probes`, `cooldown`).
+        field: &'static str,
+        /// What is wrong.
+        why: String,
+    },
     /// The stack under the targets.
     #[error("{0}")]
     Stack(String),

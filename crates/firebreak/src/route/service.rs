@@ -4,13 +4,12 @@
 use crate::client::{ApiKey, AuthLayer, ClientConfig};
 use crate::gate::{Fleet, FleetEvent, FleetInbox, GateKey, GateLayer, KeyBy};
 use crate::names;
-use crate::observe::{AttemptObserveLayer, Observe, ObserveLayer};
+use crate::observe::{AttemptObserveLayer, ObserveLayer};
 use crate::retry::{RetryConfig, RetryLayer};
 use crate::route::breaker::{Admit, Breaker, BreakerState, fleet_key, opened_event};
 use crate::route::config::{BreakerConfig, RouteConfig, RouteError, Target};
 use crate::route::rewrite::ModelBody;
 use crate::stack::{FireworksBody, InnerBody, Stack, StackLayer};
-use crate::timeout::DeadlineService;
 use crate::{Class, Classification, Error, Model};
 use bytes::Bytes;
 use http::{Request, Response};
@@ -45,7 +44,8 @@ struct TargetShared {
     cfg: BreakerConfig,
     breaker: Mutex<Breaker>,
     fleet: Option<(Arc<dyn Fleet>, GateKey)>,
-    attempts: HashMap<Class, Counter>,
+    /// By [`Class::index`].
+    attempts: Vec<Counter>,
     state_gauge: Gauge,
     transitions: [Counter; 3],
     fallbacks: [Counter; 4],
@@ -69,17 +69,17 @@ enum Passed {
     Capacity = 3,
 }
 
+impl Passed {
+    /// In `as usize` order.
+    const LABELS: [&'static str; 4] = ["open", "holding", "failed", "capacity"];
+}
+
 impl TargetShared {
     fn new(target: Target, cfg: BreakerConfig, fleet: Option<Arc<dyn Fleet>>) -> Self {
         let name = target.name.to_string();
         let attempts = Class::ALL
             .iter()
-            .map(|c| {
-                (
-                    *c,
-                    metrics::counter!(names::TARGET_ATTEMPTS, "target" => name.clone(), "class" => c.label()),
-                )
-            })
+            .map(|c| metrics::counter!(names::TARGET_ATTEMPTS, "target" => name.clone(), "class" => c.label()))
             .collect();
         let transition = |to: BreakerState| metrics::counter!(names::BREAKER_TRANSITIONS, "target" => name.clone(), "to" => to.label());
         let fallback = |reason: &'static str| metrics::counter!(names::FALLBACKS, "target" => name.clone(), "reason" => reason);
@@ -97,12 +97,7 @@ impl TargetShared {
                 transition(BreakerState::HalfOpen),
                 transition(BreakerState::Open),
             ],
-            fallbacks: [
-                fallback("open"),
-                fallback("holding"),
-                fallback("failed"),
-                fallback("capacity"),
-            ],
+            fallbacks: Passed::LABELS.map(fallback),
         }
     }
 
@@ -142,14 +137,7 @@ impl TargetShared {
 
     /// Whether a call could use the target now (no slot is taken).
     fn would_admit(&self, now: Instant) -> bool {
-        let b = self.breaker();
-        match b.state() {
-            BreakerState::Closed => true,
-            _ => {
-                let mut probe = b.clone();
-                probe.admit(&self.cfg, now).0 != Admit::No
-            }
-        }
+        self.breaker().would_admit(&self.cfg, now)
     }
 
     fn admit(&self, now: Instant) -> Admit {
@@ -162,7 +150,7 @@ impl TargetShared {
 
     /// One attempt on this target ended with `class`.
     fn record(&self, class: Class) {
-        if let Some(c) = self.attempts.get(&class) {
+        if let Some(c) = self.attempts.get(class.index()) {
             c.increment(1);
         }
         let now = Instant::now();
@@ -233,10 +221,8 @@ where
     }
 }
 
-/// The future of a routed call.
-type RouteFuture = Pin<Box<dyn Future<Output = Result<Response<FireworksBody>, Error>> + Send>>;
-
-/// A target's stack: everything of [`Stack`] below the deadline, with the tap, boxed.
+/// A target's stack (everything of [`Stack`] below the deadline, with the tap), or the
+/// router's whole service, boxed.
 type TargetService =
     tower::util::BoxCloneSyncService<Request<Full<Bytes>>, Response<FireworksBody>, Error>;
 
@@ -253,12 +239,6 @@ struct Inner {
     aliases: HashMap<Arc<str>, Vec<Vec<usize>>>,
     targets: Vec<TargetRuntime>,
     _board: Arc<Board>,
-}
-
-/// The service under the call observation and the deadline.
-#[derive(Clone)]
-struct Core {
-    inner: Arc<Inner>,
 }
 
 /// Routes calls for configured aliases through their chains of targets (see the
@@ -282,21 +262,18 @@ struct Core {
 /// ```
 #[derive(Clone)]
 pub struct Router {
-    svc: Observe<DeadlineService<Core>>,
-    core: Core,
+    /// The call observation and the deadline around [`route`], boxed.
+    svc: TargetService,
+    inner: Arc<Inner>,
 }
 
 impl fmt::Debug for Router {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Router")
-            .field(
-                "aliases",
-                &self.core.inner.aliases.keys().collect::<Vec<_>>(),
-            )
+            .field("aliases", &self.inner.aliases.keys().collect::<Vec<_>>())
             .field(
                 "targets",
                 &self
-                    .core
                     .inner
                     .targets
                     .iter()
@@ -400,29 +377,33 @@ impl Router {
             .into_iter()
             .map(|t| build_target(t, &stack, &layer, &once_retry, &http, default_key.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
-        let core = Core {
-            inner: Arc::new(Inner {
-                aliases,
-                targets,
-                _board: board,
-            }),
+        let inner = Arc::new(Inner {
+            aliases,
+            targets,
+            _board: board,
+        });
+        let routed = {
+            let inner = inner.clone();
+            tower::service_fn(move |req| route(inner.clone(), req))
         };
-        let svc = ServiceBuilder::new()
-            .layer(ObserveLayer::new(layer.observer.clone()))
-            .layer(layer.deadline)
-            .service(core.clone());
-        Ok(Router { svc, core })
+        let svc = TargetService::new(
+            ServiceBuilder::new()
+                .map_response(|r: Response<_>| r.map(BodyExt::boxed))
+                .layer(ObserveLayer::new(layer.observer.clone()))
+                .layer(layer.deadline)
+                .service(routed),
+        );
+        Ok(Router { svc, inner })
     }
 
     /// Whether `model` is a configured alias.
     pub fn routes(&self, model: &str) -> bool {
-        self.core.inner.aliases.contains_key(model)
+        self.inner.aliases.contains_key(model)
     }
 
     /// Each target's breaker state, by name.
     pub fn breakers(&self) -> Vec<(String, BreakerState)> {
-        self.core
-            .inner
+        self.inner
             .targets
             .iter()
             .map(|t| (t.shared.target.name.to_string(), t.shared.state()))
@@ -519,11 +500,11 @@ where
 impl Service<Request<Full<Bytes>>> for Router {
     type Response = Response<FireworksBody>;
     type Error = Error;
-    type Future = RouteFuture;
+    type Future = <TargetService as Service<Request<Full<Bytes>>>>::Future;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        // Every target's stack is ready at once (their gates wait inside the call).
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        // Ready at once: every target's stack waits inside the call (its gate).
+        self.svc.poll_ready(cx)
     }
 
     /// Routes one call: the body's `model` names the alias; the request's path (and query)
@@ -533,26 +514,7 @@ impl Service<Request<Full<Bytes>>> for Router {
     /// An [`Error`] of class `Other` when the body names no configured alias; otherwise the
     /// last target's error.
     fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
-        let fut = self.svc.call(req);
-        Box::pin(async move {
-            let resp = fut.await?;
-            Ok(resp.map(BodyExt::boxed))
-        })
-    }
-}
-
-impl Service<Request<Full<Bytes>>> for Core {
-    type Response = Response<FireworksBody>;
-    type Error = Error;
-    type Future = RouteFuture;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
-        let inner = self.inner.clone();
-        Box::pin(async move { route(inner, req).await })
+        self.svc.call(req)
     }
 }
 
@@ -691,13 +653,16 @@ async fn route(
         };
         let result = svc.oneshot(req).await;
         drop(slot);
-        let class = match &result {
-            Ok(r) => Classification::class_of(r),
-            Err(e) => e.class(),
+        // The same verdict the retry layer reads (the class, and the server's `x-should-retry`).
+        let (class, retryable) = match &result {
+            Ok(r) => {
+                let c = Classification::of(r);
+                (c.class(), c.is_retryable())
+            }
+            Err(e) => (e.class(), e.is_retryable()),
         };
-        let move_on = !is_last
-            && class.is_retryable_by_default()
-            && class != Class::Timeout(crate::TimeoutPhase::Deadline);
+        let move_on =
+            !is_last && retryable && class != Class::Timeout(crate::TimeoutPhase::Deadline);
         if move_on {
             let why = if matches!(
                 class,
