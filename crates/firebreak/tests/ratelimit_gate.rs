@@ -1516,3 +1516,64 @@ async fn refusals_below_an_in_flight_count_the_server_just_served_are_noise() {
     })
     .await
 }
+
+/// Queueing evidence on one dedicated model narrows that model's window alone, and the window
+/// is back at full width `recovery` (30 s) after the last evidence.
+#[tokio::test(start_paused = true)]
+async fn queueing_evidence_stays_with_its_model_and_recovers_with_time() {
+    bounded(600, async {
+        let (layer, svc, mut h) = gate(GateConfig::default(), KeyBy::ApiKeyAndModel);
+        let with = |m: &str| {
+            let mut r = req();
+            r.extensions_mut().insert(Model(Arc::from(m)));
+            r
+        };
+        let slow = "llama#accounts/acme/deployments/slow";
+        let other = "llama#accounts/acme/deployments/other";
+        // The other model is in use too, healthy.
+        let c = spawn(&svc, with(other));
+        next(&mut h, answer(200, &[])).await;
+        c.await.unwrap().unwrap();
+        let c = spawn(&svc, with(slow));
+        next(&mut h, answer(200, &[])).await;
+        c.await.unwrap().unwrap();
+        let calls: Vec<Call> = (0..8).map(|_| spawn(&svc, with(slow))).collect();
+        let mut sends = Vec::new();
+        for _ in 0..8 {
+            sends.push(h.next_request().await.unwrap().1);
+        }
+        for s in sends.drain(5..) {
+            s.send_response(answer(200, &[("fireworks-prefill-queue-duration", "2")]));
+        }
+        for s in sends {
+            s.send_response(answer(200, &[]));
+        }
+        for c in calls {
+            c.await.unwrap().unwrap();
+        }
+        let limits = |l: &GateLayer| {
+            let mut v: Vec<u32> = l
+                .snapshot()
+                .iter()
+                .map(|(_, s)| s.concurrency_limit)
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        let narrowed = limits(&layer);
+        assert!(narrowed[0] < 8, "the slow model narrowed: {narrowed:?}");
+        assert!(narrowed[1] >= 16, "the other model untouched: {narrowed:?}");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        for m in [slow, other] {
+            let c = spawn(&svc, with(m));
+            next(&mut h, answer(200, &[])).await;
+            c.await.unwrap().unwrap();
+        }
+        assert_eq!(
+            limits(&layer),
+            [1024, 1024],
+            "both at full width 30 s later"
+        );
+    })
+    .await
+}

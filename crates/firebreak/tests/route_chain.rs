@@ -686,3 +686,42 @@ async fn per_target_metrics_name_only_configured_targets() {
     })
     .await
 }
+
+/// An open breaker concerns its target alone: the fallback's stays closed and answers every
+/// call, a chain that does not name the dead target never waits for it, and the dead target's
+/// breaker lets a probe through after its cooldown, by the clock alone.
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_leaves_other_targets_and_chains_alone_and_probes_with_time() {
+    bounded(60, async {
+        let up = Upstream::default();
+        up.set(PRIMARY, Behave::Status(503, vec![]));
+        let cfg = two(primary(), fallback()).alias("small", vec![vec![fallback()]]);
+        let r = up.router(cfg, stack());
+        for _ in 0..5 {
+            call(&r).await;
+        }
+        assert_eq!(state(&r, "primary"), BreakerState::Open);
+        assert_eq!(state(&r, "fallback"), BreakerState::Closed);
+        let t0 = Instant::now();
+        for _ in 0..10 {
+            let resp = r
+                .post(
+                    "/chat/completions",
+                    Bytes::from_static(br#"{"model":"small"}"#),
+                )
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+        }
+        assert_eq!(t0.elapsed(), Duration::ZERO, "no call waited");
+        let before = up.count(PRIMARY);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        call(&r).await;
+        assert_eq!(
+            up.count(PRIMARY),
+            before + 1,
+            "one probe after the cooldown"
+        );
+    })
+    .await
+}

@@ -14,8 +14,9 @@
 //! - **Skipped**: a target whose breaker is open (`reason="open"`), or, unless it is the last
 //!   one left, whose gate is cooling down after a rate limit or holding for quota
 //!   (`"holding"`).
-//! - **Moved on**: every target but the last one left gets one attempt; a retryable answer
-//!   (429, 5xx, a reset, a timeout of its own, a refused connect) moves the call on at once
+//! - **Moved on**: every target but the last one left gets one attempt; an answer the retry
+//!   layer would retry (429, 5xx, a reset, a timeout of its own, a refused connect, unless the
+//!   server's `x-should-retry` says otherwise) moves the call on at once
 //!   (`"capacity"` for 429/503 and gate refusals, `"failed"` otherwise). The last target
 //!   gets the stack's retries, backoff and server delays. An answer that is not retryable
 //!   (a success, 400/401/404/422) ends the call there. Once the response head is returned,
