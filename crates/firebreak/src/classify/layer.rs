@@ -68,6 +68,14 @@ impl ClassifyLayer {
     }
 }
 
+impl ClassifyLayer {
+    /// The settings, for the stack's fused attempt.
+    #[cfg(feature = "stack")]
+    pub(crate) fn config(&self) -> Config {
+        self.cfg
+    }
+}
+
 impl<S> Layer<S> for ClassifyLayer {
     type Service = Classify<S>;
     fn layer(&self, inner: S) -> Classify<S> {

@@ -380,7 +380,7 @@ impl<Svc> Gate<Svc> {
     }
 }
 
-type Admission = Pin<Box<dyn Future<Output = Result<(Permit, u32), Error>> + Send>>;
+pub(crate) type Admission = Pin<Box<dyn Future<Output = Result<(Permit, u32), Error>> + Send>>;
 
 impl<Svc, ReqB, ResB> Service<Request<ReqB>> for Gate<Svc>
 where
@@ -398,8 +398,59 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         // The clone-and-replace idiom: the service polled ready is the one that will be called.
         let clone = self.inner.clone();
-        let svc = std::mem::replace(&mut self.inner, clone);
-        let sh = &self.shared;
+        let mut svc = std::mem::replace(&mut self.inner, clone);
+        let (passage, entry) = Passage::enter(&self.shared, &req);
+        let state = match entry {
+            Entry::Admitted(admitted) => State::Calling {
+                fut: svc.call(req),
+                admitted: Some(admitted),
+            },
+            Entry::Wait(admit) => State::Admitting {
+                admit,
+                svc: Some(svc),
+                req: Some(req),
+            },
+        };
+        ResponseFuture { state, passage }
+    }
+}
+
+/// One attempt's passage through the gate: its key and gate, from admission to the answer it
+/// learns from. The gate's service and the stack's fused attempt both go through it.
+pub(crate) struct Passage {
+    shared: Arc<Shared<Store>>,
+    gate: Arc<LocalGate>,
+    key: GateKey,
+}
+
+/// How an attempt enters: admitted at once, or a wait for admission.
+pub(crate) enum Entry {
+    Admitted(Admitted),
+    Wait(Admission),
+}
+
+/// An admitted attempt's place in the gate: its permit, the in-flight count it was sent with
+/// and when.
+pub(crate) struct Admitted {
+    permit: Permit,
+    in_flight_at_send: u32,
+    sent_at: Instant,
+}
+
+impl Admitted {
+    pub(crate) fn new((permit, in_flight_at_send): (Permit, u32)) -> Self {
+        Admitted {
+            permit,
+            in_flight_at_send,
+            sent_at: Instant::now(),
+        }
+    }
+}
+
+impl Passage {
+    /// Keys `req`, and admits it at once when a permit is free and no wait is needed (no
+    /// allocation, no timer); otherwise the admission to wait for.
+    fn enter<B: Body>(sh: &Arc<Shared<Store>>, req: &Request<B>) -> (Passage, Entry) {
         let key = sh.key_by.key(
             &RequestHead {
                 method: req.method(),
@@ -423,37 +474,104 @@ where
         };
         let now = Instant::now();
         let gate = sh.gate(key, now, req.extensions().get::<Model>());
-        let state = match gate.try_admit(&*sh.store, tokens, now, &sh.cfg) {
-            Some((permit, n)) => State::Calling {
-                fut: {
-                    let mut svc = svc;
-                    svc.call(req)
-                },
-                permit: Some(permit),
+        let entry = match gate.try_admit(&*sh.store, tokens, now, &sh.cfg) {
+            Some((permit, n)) => Entry::Admitted(Admitted {
+                permit,
                 in_flight_at_send: n,
                 sent_at: now,
-            },
+            }),
             None => {
-                let deadline = Deadline::of(&req).map(|d| d.instant());
-                let admit: Admission = Box::pin(gate.clone().admit(
+                let deadline = Deadline::of(req).map(|d| d.instant());
+                Entry::Wait(Box::pin(gate.clone().admit(
                     sh.store.clone(),
                     sh.cfg.clone(),
                     tokens,
                     deadline,
-                ));
-                State::Admitting {
-                    admit,
-                    svc: Some(svc),
-                    req: Some(req),
-                }
+                )))
             }
         };
-        ResponseFuture {
-            state,
+        let passage = Passage {
             shared: sh.clone(),
             gate,
             key,
+        };
+        (passage, entry)
+    }
+
+    /// Learns from the attempt's outcome; a response keeps the permit in its body until it
+    /// ends, and carries the capacity advice when there is one.
+    pub(crate) fn finish<ResB>(
+        &self,
+        admitted: Admitted,
+        result: Result<Response<ResB>, Error>,
+    ) -> Result<Response<PermitBody<ResB>>, Error> {
+        let Admitted {
+            permit,
+            in_flight_at_send,
+            sent_at,
+        } = admitted;
+        match result {
+            Ok(resp) => {
+                let c = resp.extensions().get::<Classification>();
+                let class =
+                    c.map_or_else(|| Class::from_status(resp.status()), Classification::class);
+                // The classification skips rate-limit headers on success (to stay cheap);
+                // pacing needs them on every answer, so read them here.
+                let rl = c.and_then(|c| c.rate_limit().copied()).or_else(|| {
+                    let h = RateLimitHeaders::from_headers(resp.headers());
+                    (!h.is_empty()).then_some(h)
+                });
+                let obs = Answer {
+                    class,
+                    retry_after: c.and_then(Classification::retry_after),
+                    rate_limit: rl,
+                    rate_limit_body: c
+                        .and_then(Classification::api_error)
+                        .is_some_and(says_rate_limit),
+                    // Read only where it steers the window: a dedicated target.
+                    queue: (self.gate.kind == crate::TargetKind::Dedicated)
+                        .then(|| crate::parse::prefill_queue(resp.headers()))
+                        .flatten(),
+                    kind: self.gate.kind,
+                    in_flight_at_send,
+                    sent_at,
+                };
+                self.shared.learn(&self.gate, self.key, obs);
+                let mut resp = resp;
+                if let Some(a) = self.gate.advice_for(class) {
+                    resp.extensions_mut().insert(a);
+                }
+                Ok(resp.map(|b| PermitBody {
+                    inner: b,
+                    permit: Some(permit),
+                }))
+            }
+            Err(e) => {
+                let obs = Answer {
+                    class: e.class(),
+                    retry_after: e.retry_after(),
+                    rate_limit: None,
+                    rate_limit_body: e.api_error().is_some_and(says_rate_limit),
+                    queue: None,
+                    kind: self.gate.kind,
+                    in_flight_at_send,
+                    sent_at,
+                };
+                self.shared.learn(&self.gate, self.key, obs);
+                Err(match self.gate.advice_for(e.class()) {
+                    Some(a) => e.with_detail(a.0.to_string()),
+                    None => e,
+                })
+            }
         }
+    }
+}
+
+impl GateLayer {
+    /// Enters `req` into the gate (the stack's fused attempt; the [`Gate`] service does the same).
+    #[cfg_attr(not(feature = "stack"), allow(dead_code))]
+    pub(crate) fn enter<B: Body>(&self, req: &Request<B>) -> (Passage, Entry) {
+        Passage::enter(&self.shared, req)
     }
 }
 
@@ -512,7 +630,7 @@ pin_project! {
     #[project = StateProj]
     enum State<Svc: Service<Request<ReqB>>, ReqB> {
         Admitting { admit: Admission, svc: Option<Svc>, req: Option<Request<ReqB>> },
-        Calling { #[pin] fut: Svc::Future, permit: Option<Permit>, in_flight_at_send: u32, sent_at: Instant },
+        Calling { #[pin] fut: Svc::Future, admitted: Option<Admitted> },
         Done,
     }
 }
@@ -522,9 +640,7 @@ pin_project! {
     pub struct ResponseFuture<Svc: Service<Request<ReqB>>, ReqB> {
         #[pin]
         state: State<Svc, ReqB>,
-        shared: Arc<Shared<Store>>,
-        gate: Arc<LocalGate>,
-        key: GateKey,
+        passage: Passage,
     }
 }
 
@@ -546,92 +662,27 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Admitting { admit, svc, req } => {
-                    let (permit, n) = match admit.as_mut().poll(cx) {
+                    let admitted = match admit.as_mut().poll(cx) {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(Err(e)) => {
                             this.state.set(State::Done);
                             return Poll::Ready(Err(e));
                         }
-                        Poll::Ready(Ok(p)) => p,
+                        Poll::Ready(Ok(p)) => Admitted::new(p),
                     };
                     let mut svc = svc.take().expect("service present while admitting");
                     let req = req.take().expect("request present while admitting");
                     let fut = svc.call(req);
                     this.state.set(State::Calling {
                         fut,
-                        permit: Some(permit),
-                        in_flight_at_send: n,
-                        sent_at: Instant::now(),
+                        admitted: Some(admitted),
                     });
                 }
-                StateProj::Calling {
-                    fut,
-                    permit,
-                    in_flight_at_send,
-                    sent_at,
-                } => {
-                    let result = match fut.poll(cx) {
-                        Poll::Pending => return Poll::Pending,
-                        Poll::Ready(r) => r,
-                    };
-                    let permit = permit.take();
-                    let n = *in_flight_at_send;
-                    let sent = *sent_at;
+                StateProj::Calling { fut, admitted } => {
+                    let result = std::task::ready!(fut.poll(cx));
+                    let admitted = admitted.take().expect("admitted while calling");
                     this.state.set(State::Done);
-                    return Poll::Ready(match result {
-                        Ok(resp) => {
-                            let c = resp.extensions().get::<Classification>();
-                            let class = c.map_or_else(
-                                || Class::from_status(resp.status()),
-                                Classification::class,
-                            );
-                            // The classification skips rate-limit headers on success (to stay
-                            // cheap); pacing needs them on every answer, so read them here.
-                            let rl = c.and_then(|c| c.rate_limit().copied()).or_else(|| {
-                                let h = RateLimitHeaders::from_headers(resp.headers());
-                                (!h.is_empty()).then_some(h)
-                            });
-                            let delay = c.and_then(Classification::retry_after);
-                            let obs = Answer {
-                                class,
-                                retry_after: delay,
-                                rate_limit: rl,
-                                rate_limit_body: c
-                                    .and_then(Classification::api_error)
-                                    .is_some_and(says_rate_limit),
-                                // Read only where it steers the window: a dedicated target.
-                                queue: (this.gate.kind == crate::TargetKind::Dedicated)
-                                    .then(|| crate::parse::prefill_queue(resp.headers()))
-                                    .flatten(),
-                                kind: this.gate.kind,
-                                in_flight_at_send: n,
-                                sent_at: sent,
-                            };
-                            this.shared.learn(this.gate, *this.key, obs);
-                            let mut resp = resp;
-                            if let Some(a) = this.gate.advice_for(class) {
-                                resp.extensions_mut().insert(a);
-                            }
-                            Ok(resp.map(|b| PermitBody { inner: b, permit }))
-                        }
-                        Err(e) => {
-                            let obs = Answer {
-                                class: e.class(),
-                                retry_after: e.retry_after(),
-                                rate_limit: None,
-                                rate_limit_body: e.api_error().is_some_and(says_rate_limit),
-                                queue: None,
-                                kind: this.gate.kind,
-                                in_flight_at_send: n,
-                                sent_at: sent,
-                            };
-                            this.shared.learn(this.gate, *this.key, obs);
-                            Err(match this.gate.advice_for(e.class()) {
-                                Some(a) => e.with_detail(a.0.to_string()),
-                                None => e,
-                            })
-                        }
-                    });
+                    return Poll::Ready(this.passage.finish(admitted, result));
                 }
                 StateProj::Done => panic!("ResponseFuture polled after completion"),
             }

@@ -86,17 +86,39 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let Some(ins) = &self.obs.inner else {
-            return AttemptFuture {
-                inner: self.inner.call(req),
+        let watch = AttemptWatch::start(&self.obs, req.extensions());
+        let inner = {
+            let _entered = watch.span.enter();
+            self.inner.call(req)
+        };
+        AttemptFuture { inner, watch }
+    }
+}
+
+/// One attempt's observation, from its start to its outcome: the attempt span and counters.
+/// [`AttemptObserve`] and the stack's fused attempt both keep one.
+pub(crate) struct AttemptWatch {
+    span: Span,
+    ins: Option<Arc<Instruments>>,
+    model: Option<Arc<ModelCounters>>,
+    start: Option<Instant>,
+}
+
+impl AttemptWatch {
+    /// Starts observing the attempt whose request carries `ext` (its [`AttemptContext`] and
+    /// model): the retry counters, and the span, which the caller enters while it calls and
+    /// polls the attempt.
+    pub(crate) fn start(obs: &Observer, ext: &http::Extensions) -> Self {
+        let Some(ins) = &obs.inner else {
+            return AttemptWatch {
                 span: Span::none(),
                 ins: None,
                 model: None,
                 start: None,
             };
         };
-        let ctx = req.extensions().get::<AttemptContext>().copied();
-        let model = ins.model_of(req.extensions());
+        let ctx = ext.get::<AttemptContext>().copied();
+        let model = ins.model_of(ext);
         if let Some(c) = ctx {
             ins.retry(c.after, c.reason, c.delay);
         }
@@ -112,18 +134,45 @@ where
             class = Empty,
             headers_ms = Empty,
         );
-        let inner = {
-            let _entered = span.enter();
-            self.inner.call(req)
-        };
         // The clock is read only for the span's `headers_ms`: no subscriber, no clock read.
         let start = (!span.is_disabled()).then(Instant::now);
-        AttemptFuture {
-            inner,
+        AttemptWatch {
             span,
             ins: Some(ins.clone()),
             model,
             start,
+        }
+    }
+
+    /// The attempt span.
+    pub(crate) fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// Counts the attempt's outcome (once) and records it on the span.
+    pub(crate) fn done<B>(&mut self, result: &Result<Response<B>, Error>) {
+        let Some(ins) = self.ins.take() else {
+            return;
+        };
+        let (class, status) = match result {
+            Ok(resp) => (Classification::class_of(resp), Some(resp.status().as_u16())),
+            Err(e) => (e.class(), e.status().map(|s| s.as_u16())),
+        };
+        ins.attempt_done(class, status, self.model.as_deref());
+        let span = &self.span;
+        if !span.is_disabled() {
+            span.record("class", class.label());
+            if let Some(s) = status {
+                span.record("status", s);
+            }
+            if let Some(t) = self.start {
+                span.record("headers_ms", ms(t.elapsed()));
+            }
+            if class.is_success() {
+                tracing::debug!(parent: span, class = class.label(), "attempt answered");
+            } else {
+                tracing::debug!(parent: span, class = class.label(), client_side = class.is_client_side(), "attempt failed");
+            }
         }
     }
 }
@@ -133,10 +182,7 @@ pin_project! {
     pub struct AttemptFuture<F> {
         #[pin]
         inner: F,
-        span: Span,
-        ins: Option<Arc<Instruments>>,
-        model: Option<Arc<ModelCounters>>,
-        start: Option<Instant>,
+        watch: AttemptWatch,
     }
 }
 
@@ -155,35 +201,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = {
-            let _entered = this.span.enter();
-            match this.inner.poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(r) => r,
-            }
+            let _entered = this.watch.span.enter();
+            std::task::ready!(this.inner.poll(cx))
         };
-        let Some(ins) = this.ins.take() else {
-            return Poll::Ready(result);
-        };
-        let (class, status) = match &result {
-            Ok(resp) => (Classification::class_of(resp), Some(resp.status().as_u16())),
-            Err(e) => (e.class(), e.status().map(|s| s.as_u16())),
-        };
-        ins.attempt_done(class, status, this.model.as_deref());
-        let span = &*this.span;
-        if !span.is_disabled() {
-            span.record("class", class.label());
-            if let Some(s) = status {
-                span.record("status", s);
-            }
-            if let Some(t) = this.start {
-                span.record("headers_ms", ms(t.elapsed()));
-            }
-            if class.is_success() {
-                tracing::debug!(parent: span, class = class.label(), "attempt answered");
-            } else {
-                tracing::debug!(parent: span, class = class.label(), client_side = class.is_client_side(), "attempt failed");
-            }
-        }
+        this.watch.done(&result);
         Poll::Ready(result)
     }
 }

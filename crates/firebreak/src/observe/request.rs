@@ -88,10 +88,30 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        let watch = CallWatch::start(&self.obs, &mut req);
+        // The first attempt is made inside `call` by the retry layer below: in this span.
+        let inner = {
+            let _entered = watch.span.enter();
+            self.inner.call(req)
+        };
+        RequestFuture { inner, watch }
+    }
+}
+
+/// One call's observation, from its request to its outcome (which the body settles for a
+/// success): the call span and the call counters. [`Observe`] and the stack's fused call both
+/// keep one.
+pub(crate) struct CallWatch {
+    span: Span,
+    record: Option<Record>,
+}
+
+impl CallWatch {
+    /// Starts observing the call of `req`, whose credential headers it marks sensitive.
+    pub(crate) fn start<B>(obs: &Observer, req: &mut Request<B>) -> Self {
         mark_sensitive(req.headers_mut());
-        let Some(ins) = &self.obs.inner else {
-            return RequestFuture {
-                inner: self.inner.call(req),
+        let Some(ins) = &obs.inner else {
+            return CallWatch {
                 span: Span::none(),
                 record: None,
             };
@@ -113,21 +133,71 @@ where
             span.record("request_id", tracing::field::debug(id));
         }
         let model = ins.model_of(req.extensions());
-        // The first attempt is made inside `call` by the retry layer below: in this span.
-        let inner = {
-            let _entered = span.enter();
-            self.inner.call(req)
-        };
-        RequestFuture {
-            inner,
+        CallWatch {
             span,
             record: Some(Record::new(ins.clone(), model)),
         }
     }
+
+    /// The call span, entered while the call's attempts are made and polled.
+    pub(crate) fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// The call's result: a failure is counted now, a success when its body ends.
+    pub(crate) fn finish<B: Body>(
+        &mut self,
+        result: Result<Response<B>, Error>,
+    ) -> Result<Response<ObservedBody<B>>, Error> {
+        let Some(mut record) = self.record.take() else {
+            return result.map(|r| r.map(ObservedBody::passthrough));
+        };
+        let span = std::mem::replace(&mut self.span, Span::none());
+        match result {
+            Ok(resp) => {
+                let class = Classification::class_of(&resp);
+                if !span.is_disabled() {
+                    span.record("status", resp.status().as_u16());
+                    span.record("class", class.label());
+                    span.record("attempts", RetryInfo::of(&resp).attempts());
+                    let c = resp.extensions().get::<Classification>();
+                    if let Some(id) = c.and_then(Classification::request_id) {
+                        span.record("request_id", id);
+                    }
+                }
+                if !class.is_success() {
+                    // A non-success answer is a failure whatever its body holds.
+                    record.finish(Outcome::Failure, Some(class), &span);
+                    return Ok(resp.map(ObservedBody::passthrough));
+                }
+                let ended = resp.body().is_end_stream();
+                let mut resp = resp.map(|b| ObservedBody {
+                    inner: b,
+                    record: Some(record),
+                    span,
+                    first_byte: false,
+                });
+                if ended {
+                    resp.body_mut().end();
+                }
+                Ok(resp)
+            }
+            Err(e) => {
+                if !span.is_disabled() {
+                    if let Some(s) = e.status() {
+                        span.record("status", s.as_u16());
+                    }
+                    if let Some(id) = e.request_id() {
+                        span.record("request_id", id);
+                    }
+                }
+                record.finish(Outcome::Failure, Some(e.class()), &span);
+                Err(e)
+            }
+        }
+    }
 }
 
-/// Marks the credentials a caller may have set as sensitive, so that nothing below (a
-/// tower-http `TraceLayer` logging headers, a `Debug` of the request) can print them.
 pub(crate) fn mark_sensitive(headers: &mut http::HeaderMap) {
     static X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
     if let Some(v) = headers.get_mut(http::header::AUTHORIZATION) {
@@ -201,8 +271,7 @@ pin_project! {
     pub struct RequestFuture<F> {
         #[pin]
         inner: F,
-        span: Span,
-        record: Option<Record>,
+        watch: CallWatch,
     }
 }
 
@@ -222,58 +291,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = {
-            let _entered = this.span.enter();
-            match this.inner.poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(r) => r,
-            }
+            let _entered = this.watch.span.enter();
+            std::task::ready!(this.inner.poll(cx))
         };
-        let Some(mut record) = this.record.take() else {
-            return Poll::Ready(result.map(|r| r.map(ObservedBody::passthrough)));
-        };
-        let span = std::mem::replace(this.span, Span::none());
-        Poll::Ready(match result {
-            Ok(resp) => {
-                let class = Classification::class_of(&resp);
-                if !span.is_disabled() {
-                    span.record("status", resp.status().as_u16());
-                    span.record("class", class.label());
-                    span.record("attempts", RetryInfo::of(&resp).attempts());
-                    let c = resp.extensions().get::<Classification>();
-                    if let Some(id) = c.and_then(Classification::request_id) {
-                        span.record("request_id", id);
-                    }
-                }
-                if !class.is_success() {
-                    // A non-success answer is a failure whatever its body holds.
-                    record.finish(Outcome::Failure, Some(class), &span);
-                    return Poll::Ready(Ok(resp.map(ObservedBody::passthrough)));
-                }
-                let ended = resp.body().is_end_stream();
-                let mut resp = resp.map(|b| ObservedBody {
-                    inner: b,
-                    record: Some(record),
-                    span,
-                    first_byte: false,
-                });
-                if ended {
-                    resp.body_mut().end();
-                }
-                Ok(resp)
-            }
-            Err(e) => {
-                if !span.is_disabled() {
-                    if let Some(s) = e.status() {
-                        span.record("status", s.as_u16());
-                    }
-                    if let Some(id) = e.request_id() {
-                        span.record("request_id", id);
-                    }
-                }
-                record.finish(Outcome::Failure, Some(e.class()), &span);
-                Err(e)
-            }
-        })
+        Poll::Ready(this.watch.finish(result))
     }
 }
 

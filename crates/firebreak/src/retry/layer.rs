@@ -32,6 +32,35 @@ impl RetryLayer {
     }
 }
 
+impl RetryLayer {
+    /// The request as the attempts see it (see [`prepare`]).
+    #[cfg(feature = "stack")]
+    pub(crate) fn prepare<B>(&self, req: Request<B>) -> Request<ReplayBody<B>> {
+        prepare(&self.shared.cfg, req)
+    }
+
+    /// The policy the layer's services start from, for the stack's fused call.
+    #[cfg(feature = "stack")]
+    pub(crate) fn policy(&self) -> FireworksPolicy {
+        FireworksPolicy::from_shared(self.shared.clone())
+    }
+}
+
+/// The request as the attempts see it: its body replayable (up to the configured size), the
+/// attempt header and the idempotency key set when configured.
+fn prepare<B>(cfg: &RetryConfig, req: Request<B>) -> Request<ReplayBody<B>> {
+    let mut req = req.map(|b| ReplayBody::new(b, cfg.max_replay_body));
+    if let Some(h) = &cfg.attempt_header {
+        req.headers_mut()
+            .insert(h.clone(), HeaderValue::from_static("0"));
+    }
+    if cfg.idempotency_key && !req.headers().contains_key("idempotency-key") {
+        req.headers_mut()
+            .insert("idempotency-key", idempotency_key());
+    }
+    req
+}
+
 impl<S> Layer<S> for RetryLayer {
     type Service = Retry<S>;
     fn layer(&self, inner: S) -> Retry<S> {
@@ -99,16 +128,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let cfg = &self.shared.cfg;
-        let mut req = req.map(|b| ReplayBody::new(b, cfg.max_replay_body));
-        if let Some(h) = &cfg.attempt_header {
-            req.headers_mut()
-                .insert(h.clone(), HeaderValue::from_static("0"));
-        }
-        if cfg.idempotency_key && !req.headers().contains_key("idempotency-key") {
-            req.headers_mut()
-                .insert("idempotency-key", idempotency_key());
-        }
+        let req = prepare(&self.shared.cfg, req);
         self.inner.call(req)
     }
 }

@@ -89,6 +89,14 @@ impl AttemptTimeoutLayer {
     }
 }
 
+impl AttemptTimeoutLayer {
+    /// The phases, for the stack's fused attempt.
+    #[cfg(feature = "stack")]
+    pub(crate) fn timeouts(&self) -> AttemptTimeouts {
+        self.t
+    }
+}
+
 impl<S> Layer<S> for AttemptTimeoutLayer {
     type Service = AttemptTimeout<S>;
     fn layer(&self, inner: S) -> AttemptTimeout<S> {
@@ -167,42 +175,85 @@ where
     type Future = AttemptFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        match self.inner.poll_ready(cx) {
-            Poll::Ready(r) => {
-                self.ready_sleep = None;
-                Poll::Ready(r.map_err(Error::transport))
-            }
-            Poll::Pending => {
-                let Some(d) = self.t.ready else {
-                    return Poll::Pending;
-                };
-                let sleep = self
-                    .ready_sleep
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(d)));
-                match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        self.ready_sleep = None;
-                        Poll::Ready(Err(Error::timeout(TimeoutPhase::Ready, d)))
-                    }
-                    Poll::Pending => Poll::Pending,
-                }
-            }
-        }
+        let inner = self.inner.poll_ready(cx);
+        ready_within(inner, self.t.ready, &mut self.ready_sleep, cx)
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        match AttemptTimers::start(self.t, req) {
+            Ok((timers, req)) => AttemptFuture {
+                state: State::Running {
+                    fut: self.inner.call(req),
+                },
+                timers,
+            },
+            Err(err) => AttemptFuture {
+                state: State::Failed { err: Some(err) },
+                timers: AttemptTimers::default(),
+            },
+        }
+    }
+}
+
+/// The ready wait: `inner`'s readiness, or a [`TimeoutPhase::Ready`] error once it has been
+/// pending for `ready` (timed by `sleep`, which a ready answer clears).
+pub(crate) fn ready_within<E: Into<BoxError>>(
+    inner: Poll<Result<(), E>>,
+    ready: Option<Duration>,
+    sleep: &mut Option<Pin<Box<Sleep>>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), Error>> {
+    match inner {
+        Poll::Ready(r) => {
+            *sleep = None;
+            Poll::Ready(r.map_err(Error::transport))
+        }
+        Poll::Pending => {
+            let Some(d) = ready else {
+                return Poll::Pending;
+            };
+            let s = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(d)));
+            match s.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    *sleep = None;
+                    Poll::Ready(Err(Error::timeout(TimeoutPhase::Ready, d)))
+                }
+                Poll::Pending => Poll::Pending,
+            }
+        }
+    }
+}
+
+/// One attempt's timers, from its request to its response's head: the write, the headers
+/// (TTFB), the attempt total and the overall deadline, on one reusable timer, which the
+/// response body then takes over. [`AttemptTimeout`] and the stack's fused attempt both keep
+/// one.
+#[derive(Default)]
+pub(crate) struct AttemptTimers {
+    t: AttemptTimeouts,
+    started: Option<Instant>,
+    progress: Option<Arc<WriteProgress>>,
+    deadline: Option<Deadline>,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl AttemptTimers {
+    /// Starts timing `req` with its own [`AttemptTimeouts`], or `default`. Fails when its
+    /// deadline has already passed: the attempt is not started.
+    pub(crate) fn start<B: Body<Data = Bytes>>(
+        default: AttemptTimeouts,
+        req: Request<B>,
+    ) -> Result<(Self, Request<TimedRequestBody<B>>), Error> {
         let deadline = Deadline::of(&req);
         // A request's own timeouts replace the layer's (an empty extensions map costs nothing).
         let t = req
             .extensions()
             .get::<AttemptTimeouts>()
             .copied()
-            .unwrap_or(self.t);
+            .unwrap_or(default);
         if let Some(dl) = deadline {
             if dl.is_expired() {
-                return AttemptFuture::failed(
-                    dl.error().with_detail("the attempt was not started"),
-                );
+                return Err(dl.error().with_detail("the attempt was not started"));
             }
         }
         let (parts, body) = req.into_parts();
@@ -211,15 +262,89 @@ where
             .then(|| WriteProgress::new(Instant::now()));
         let started = progress.as_ref().map(|p| p.base());
         let req = Request::from_parts(parts, TimedRequestBody::new(body, progress.clone()));
-        AttemptFuture {
-            state: State::Running {
-                fut: self.inner.call(req),
-            },
+        let timers = AttemptTimers {
             t,
             started,
             progress,
             deadline,
             sleep: None,
+        };
+        Ok((timers, req))
+    }
+
+    fn deadline_end(&self) -> Option<EndBy> {
+        self.deadline.map(|dl| EndBy {
+            at: dl.instant(),
+            phase: TimeoutPhase::Deadline,
+            configured: dl.total(),
+        })
+    }
+
+    /// The response, its body timed from here on (idle, first SSE event, attempt total,
+    /// deadline) on this attempt's timer.
+    pub(crate) fn finish<B: Body>(&mut self, resp: Response<B>) -> Response<TimedResponseBody<B>> {
+        let sse = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        let first_event = if sse { self.t.first_event } else { None };
+        let sleep = self.sleep.take();
+        let attempt = self.t.attempt.map(|d| (self.started, d));
+        let (idle, end) = (self.t.idle, self.deadline_end());
+        resp.map(|b| TimedResponseBody::new(b, sleep, idle, first_event, attempt, end))
+    }
+
+    /// Ready with the error of the timer that fired, if one has; pending (the waker
+    /// registered on the timer and the write's progress) otherwise.
+    pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<Error> {
+        let deadline_end = self.deadline_end();
+        // At most two turns: the second re-arms the timer at the earliest deadline, and then it
+        // is either pending (waker registered) or has fired, which means that deadline passed.
+        let mut fired = false;
+        loop {
+            let now = Instant::now();
+            let started = *self.started.get_or_insert(now);
+            let mut next = Earliest::default();
+            if let Some(d) = self.t.attempt {
+                next.consider(started + d, TimeoutPhase::Attempt, d);
+            }
+            if let Some(e) = deadline_end {
+                next.consider(e.at, e.phase, e.configured);
+            }
+            match self.progress.as_ref() {
+                Some(p) => match p.done_at() {
+                    None => {
+                        p.register(cx);
+                        if let Some(w) = self.t.write {
+                            next.consider(started + w, TimeoutPhase::RequestWrite, w);
+                        }
+                    }
+                    Some(done) => {
+                        if let Some(h) = self.t.headers {
+                            next.consider(done + h, TimeoutPhase::ResponseHeaders, h);
+                        }
+                    }
+                },
+                None => {
+                    if let Some(h) = self.t.headers {
+                        next.consider(started + h, TimeoutPhase::ResponseHeaders, h);
+                    }
+                }
+            }
+            let Some((at, phase, d)) = next.0 else {
+                return Poll::Pending;
+            };
+            if now >= at {
+                return Poll::Ready(attempt_timeout(phase, d));
+            }
+            arm(&mut self.sleep, at, fired);
+            match self.sleep.as_mut().map(|s| s.as_mut().poll(cx)) {
+                // The timer was set for an earlier, stale deadline: recompute and re-arm.
+                Some(Poll::Ready(())) if !fired => fired = true,
+                // Re-armed at `at` and fired at once: by the timer's clock, `at` has passed.
+                Some(Poll::Ready(())) => return Poll::Ready(attempt_timeout(phase, d)),
+                _ => return Poll::Pending,
+            }
         }
     }
 }
@@ -237,32 +362,15 @@ pin_project! {
     pub struct AttemptFuture<F> {
         #[pin]
         state: State<F>,
-        t: AttemptTimeouts,
-        started: Option<Instant>,
-        progress: Option<Arc<WriteProgress>>,
-        deadline: Option<Deadline>,
-        sleep: Option<Pin<Box<Sleep>>>,
+        timers: AttemptTimers,
     }
 }
 
 impl<F> std::fmt::Debug for AttemptFuture<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AttemptFuture")
-            .field("timeouts", &self.t)
+            .field("timeouts", &self.timers.t)
             .finish_non_exhaustive()
-    }
-}
-
-impl<F> AttemptFuture<F> {
-    fn failed(err: Error) -> Self {
-        AttemptFuture {
-            state: State::Failed { err: Some(err) },
-            t: AttemptTimeouts::default(),
-            started: None,
-            progress: None,
-            deadline: None,
-            sleep: None,
-        }
     }
 }
 
@@ -270,6 +378,7 @@ impl<F, B, E> Future for AttemptFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
     E: Into<BoxError>,
+    B: Body,
 {
     type Output = Result<Response<TimedResponseBody<B>>, Error>;
 
@@ -283,75 +392,10 @@ where
             }
             StateProj::Running { fut } => fut,
         };
-        let deadline_end = this.deadline.map(|dl| EndBy {
-            at: dl.instant(),
-            phase: TimeoutPhase::Deadline,
-            configured: dl.total(),
-        });
         match fut.poll(cx) {
-            Poll::Ready(Ok(resp)) => {
-                let sse = resp
-                    .headers()
-                    .get(http::header::CONTENT_TYPE)
-                    .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-                let first_event = if sse { this.t.first_event } else { None };
-                let sleep = this.sleep.take();
-                let attempt = this.t.attempt.map(|d| (*this.started, d));
-                let idle = this.t.idle;
-                return Poll::Ready(Ok(resp.map(|b| {
-                    TimedResponseBody::new(b, sleep, idle, first_event, attempt, deadline_end)
-                })));
-            }
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::transport(e))),
-            Poll::Pending => {}
-        }
-        // At most two turns: the second re-arms the timer at the earliest deadline, and then it
-        // is either pending (waker registered) or has fired, which means that deadline passed.
-        let mut fired = false;
-        loop {
-            let now = Instant::now();
-            let started = *this.started.get_or_insert(now);
-            let mut next = Earliest::default();
-            if let Some(d) = this.t.attempt {
-                next.consider(started + d, TimeoutPhase::Attempt, d);
-            }
-            if let Some(e) = deadline_end {
-                next.consider(e.at, e.phase, e.configured);
-            }
-            match this.progress.as_ref() {
-                Some(p) => match p.done_at() {
-                    None => {
-                        p.register(cx);
-                        if let Some(w) = this.t.write {
-                            next.consider(started + w, TimeoutPhase::RequestWrite, w);
-                        }
-                    }
-                    Some(done) => {
-                        if let Some(h) = this.t.headers {
-                            next.consider(done + h, TimeoutPhase::ResponseHeaders, h);
-                        }
-                    }
-                },
-                None => {
-                    if let Some(h) = this.t.headers {
-                        next.consider(started + h, TimeoutPhase::ResponseHeaders, h);
-                    }
-                }
-            }
-            let Some((at, phase, d)) = next.0 else {
-                return Poll::Pending;
-            };
-            if now >= at {
-                return Poll::Ready(Err(attempt_timeout(phase, d)));
-            }
-            arm(this.sleep, at, fired);
-            match this.sleep.as_mut().map(|s| s.as_mut().poll(cx)) {
-                // The timer was set for an earlier, stale deadline: recompute and re-arm.
-                Some(Poll::Ready(())) if !fired => fired = true,
-                // Re-armed at `at` and fired at once: by the timer's clock, `at` has passed.
-                Some(Poll::Ready(())) => return Poll::Ready(Err(attempt_timeout(phase, d))),
-                _ => return Poll::Pending,
-            }
+            Poll::Ready(Ok(resp)) => Poll::Ready(Ok(this.timers.finish(resp))),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(Error::transport(e))),
+            Poll::Pending => this.timers.poll_expired(cx).map(Err),
         }
     }
 }

@@ -74,6 +74,14 @@ impl DeadlineLayer {
     }
 }
 
+impl DeadlineLayer {
+    /// The deadline per call.
+    #[cfg(feature = "stack")]
+    pub(crate) fn total(&self) -> Duration {
+        self.total
+    }
+}
+
 impl<S> Layer<S> for DeadlineLayer {
     type Service = DeadlineService<S>;
     fn layer(&self, inner: S) -> DeadlineService<S> {
