@@ -1,17 +1,17 @@
 //! The composed stack: [`Stack`], its layer, and the ready-made [`FireworksClient`].
 
-use crate::classify::{Classify, ClassifyLayer};
+// The fused path's types are public (the `StackService` alias names them) but not reachable
+// by path: users name the alias, not the parts.
+mod attempt;
+mod call;
+
+use crate::classify::ClassifyLayer;
 use crate::client::{ApiKey, ClientConfig, FIREWORKS_BASE_URL};
-use crate::gate::Gate;
 use crate::gate::{GateConfig, GateLayer, KeyBy};
 use crate::observe::Observer;
-use crate::observe::{AttemptObserve, AttemptObserveLayer, Observe, ObserveLayer};
 use crate::retry::RetryConfig;
-use crate::retry::{ReplayBody, Retry, RetryLayer};
-use crate::timeout::{
-    AttemptTimeout, AttemptTimeoutLayer, ConnectTimeoutLayer, DeadlineLayer, DeadlineService,
-    TimedRequestBody,
-};
+use crate::retry::{ReplayBody, RetryLayer};
+use crate::timeout::{AttemptTimeoutLayer, ConnectTimeoutLayer, DeadlineLayer, TimedRequestBody};
 use crate::timeout::{TimeoutConfig, Workload};
 use crate::{Class, Error};
 use bytes::Bytes;
@@ -23,9 +23,9 @@ use std::sync::Arc;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceBuilder, ServiceExt};
 
-/// The composed service around an inner service `S`.
-pub type StackService<S> =
-    Observe<DeadlineService<Retry<AttemptObserve<Gate<AttemptTimeout<Classify<S>>>>>>>;
+/// The composed service around an inner service `S`: every layer, in the order ARCHITECTURE.md
+/// gives, run as one future (ARCHITECTURE.md, "The fused path").
+pub type StackService<S> = call::StackCall<S>;
 
 /// The request body the innermost service (the hyper client) receives for callers' bodies `B`.
 pub type InnerBody<B> = TimedRequestBody<ReplayBody<B>>;
@@ -192,6 +192,11 @@ impl StackLayer {
         &self.gate
     }
 
+    /// The overall deadline per call.
+    pub(crate) fn deadline_total(&self) -> std::time::Duration {
+        self.deadline.total()
+    }
+
     /// The 429 gate's settings.
     pub(crate) fn gate_config(&self) -> &GateConfig {
         self.gate.config()
@@ -201,15 +206,7 @@ impl StackLayer {
 impl<S> Layer<S> for StackLayer {
     type Service = StackService<S>;
     fn layer(&self, inner: S) -> StackService<S> {
-        ServiceBuilder::new()
-            .layer(ObserveLayer::new(self.observer.clone()))
-            .layer(self.deadline)
-            .layer(self.retry.clone())
-            .layer(AttemptObserveLayer::new(self.observer.clone()))
-            .layer(self.gate.clone())
-            .layer(self.attempt)
-            .layer(self.classify)
-            .service(inner)
+        call::StackCall::new(inner, self)
     }
 }
 
@@ -383,6 +380,6 @@ pub(crate) fn shared_https(stack: &Stack, cfg: &ClientConfig) -> Result<SharedHt
 }
 
 /// The README's Rust snippets, compiled as doc tests so they cannot rot.
-#[doc = include_str!("../../../README.md")]
+#[doc = include_str!("../../../../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
