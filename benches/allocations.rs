@@ -5,7 +5,7 @@
 //!
 //! `cargo bench --bench allocations`
 //!
-//! Also the workload for instruction-count profiles:
+//! Also the workload for instruction-count profiles (modes `full`, `quiet`, `tower`, `bare`):
 //! `valgrind --tool=callgrind target/release/deps/allocations-* full 20000`
 
 #![allow(missing_docs)]
@@ -75,6 +75,27 @@ where
     (a as f64 / n as f64, b as f64 / n as f64)
 }
 
+/// `n` calls through `svc`, for a profiler.
+fn profile<S, RB>(svc: &mut S, n: u64)
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<RB>>,
+    S::Error: std::fmt::Debug,
+    RB: Body<Data = Bytes>,
+    RB::Error: std::fmt::Debug,
+{
+    for _ in 0..n {
+        call(svc, request());
+    }
+}
+
+/// tower's own Retry+Timeout pair, the in-process yardstick.
+fn tower_pair(body: Bytes) -> tower::retry::Retry<CountPolicy, tower::timeout::Timeout<Ok200>> {
+    ServiceBuilder::new()
+        .layer(tower::retry::RetryLayer::new(CountPolicy(4)))
+        .layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(60)))
+        .service(Ok200(body))
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -92,14 +113,34 @@ fn main() {
             .layer(Stack::interactive().layer().unwrap())
             .service(Ok200(body.clone()))
     };
-    // Profiling mode: `full N` makes N calls through the whole stack and prints nothing else.
-    if let (Some("full"), Some(n)) = (args.first().map(String::as_str), args.get(1)) {
-        let n: u64 = n.parse().expect("a count");
-        let mut svc = full();
-        for _ in 0..n.min(10_000_000) {
-            call(&mut svc, request());
+    let quiet = || {
+        ServiceBuilder::new()
+            .layer(
+                Stack {
+                    observe: false,
+                    ..Stack::interactive()
+                }
+                .layer()
+                .unwrap(),
+            )
+            .service(Ok200(body.clone()))
+    };
+    // Profiling modes: `full N`, `quiet N` (observation off), `tower N` (tower's Retry+Timeout
+    // pair) and `bare N` make N calls through that service and print nothing else. Run each
+    // twice (N and 2N) under callgrind: the difference over N is the instructions per call,
+    // without the set-up.
+    if let (Some(which), Some(n)) = (args.first().map(String::as_str), args.get(1)) {
+        if let Ok(n) = n.parse::<u64>() {
+            let n = n.min(10_000_000);
+            match which {
+                "full" => profile(&mut full(), n),
+                "quiet" => profile(&mut quiet(), n),
+                "tower" => profile(&mut tower_pair(body.clone()), n),
+                "bare" => profile(&mut Ok200(body.clone()), n),
+                other => panic!("unknown profiling mode {other:?}: full, quiet, tower or bare"),
+            }
+            return;
         }
-        return;
     }
     if args.first().map(String::as_str) == Some("sizes") {
         let mut svc = full();
@@ -120,13 +161,7 @@ fn main() {
     rows.push(("bare", measure(&mut Ok200(body.clone()), n)));
     rows.push((
         "tower retry+timeout",
-        measure(
-            &mut ServiceBuilder::new()
-                .layer(tower::retry::RetryLayer::new(CountPolicy(4)))
-                .layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(60)))
-                .service(Ok200(body.clone())),
-            n,
-        ),
+        measure(&mut tower_pair(body.clone()), n),
     ));
     rows.push((
         "firebreak classify",
@@ -182,19 +217,7 @@ fn main() {
     rows.push(("firebreak full stack", measure(&mut full(), n)));
     rows.push((
         "firebreak full stack, observe off",
-        measure(
-            &mut ServiceBuilder::new()
-                .layer(
-                    Stack {
-                        observe: false,
-                        ..Stack::interactive()
-                    }
-                    .layer()
-                    .unwrap(),
-                )
-                .service(Ok200(body.clone())),
-            n,
-        ),
+        measure(&mut quiet(), n),
     ));
     // Every wrapper allocates at least what the service under it does.
     let bare = rows[0].1.0;
