@@ -145,6 +145,7 @@ impl AttemptWatch {
     }
 
     /// The attempt span.
+    #[cfg(feature = "stack")]
     pub(crate) fn span(&self) -> &Span {
         &self.span
     }

@@ -140,6 +140,7 @@ impl CallWatch {
     }
 
     /// The call span, entered while the call's attempts are made and polled.
+    #[cfg(feature = "stack")]
     pub(crate) fn span(&self) -> &Span {
         &self.span
     }
