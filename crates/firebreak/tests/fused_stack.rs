@@ -12,7 +12,7 @@ use firebreak::observe::{AttemptObserveLayer, ObserveLayer, Observer};
 use firebreak::retry::{RetryConfig, RetryLayer};
 use firebreak::timeout::{AttemptTimeoutLayer, DeadlineLayer, TimeoutConfig, Workload};
 use firebreak::{BoxError, RetryInfo, Stack, names};
-use firebreak_testkit::Recorded;
+use firebreak_testkit::{Recorded, bounded};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use std::collections::VecDeque;
@@ -171,20 +171,24 @@ where
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from_static(br#"{"model":"m"}"#)))
         .unwrap();
-    let outcome = match svc.ready().await.unwrap().call(req).await {
-        Ok(resp) => {
-            let head = format!(
-                "{} attempts={}",
-                resp.status().as_u16(),
-                RetryInfo::of(&resp).attempts()
-            );
-            match resp.into_body().collect().await {
-                Ok(b) => format!("{head} body={:?}", b.to_bytes()),
-                Err(e) => format!("{head} body error: {e}"),
+    // Bounded in (virtual) time: the stack's deadline is 20 s.
+    let outcome = bounded(60, async {
+        match svc.ready().await.unwrap().call(req).await {
+            Ok(resp) => {
+                let head = format!(
+                    "{} attempts={}",
+                    resp.status().as_u16(),
+                    RetryInfo::of(&resp).attempts()
+                );
+                match resp.into_body().collect().await {
+                    Ok(b) => format!("{head} body={:?}", b.to_bytes()),
+                    Err(e) => format!("{head} body error: {e}"),
+                }
             }
+            Err(e) => format!("error {:?}: {e}", e.class()),
         }
-        Err(e) => format!("error {:?}: {e}", e.class()),
-    };
+    })
+    .await;
     let (admitted, refused) = gate
         .snapshot()
         .iter()

@@ -57,9 +57,15 @@ impl<F, B> std::fmt::Debug for ResponseFuture<F, B> {
 }
 
 impl<F, B> ResponseFuture<F, B> {
-    pub(crate) fn new(fut: F, cfg: Config, host: Option<crate::error::HostLabel>) -> Self {
+    /// Calls `svc` with `req` and classifies its answer: [`Classify`](crate::classify::Classify)'s
+    /// step per call, which the stack's fused attempt takes too.
+    pub(crate) fn call<S, R>(svc: &mut S, req: http::Request<R>, cfg: Config) -> Self
+    where
+        S: tower::Service<http::Request<R>, Future = F>,
+    {
+        let host = crate::error::HostLabel::of(req.uri());
         ResponseFuture {
-            state: State::Waiting { fut },
+            state: State::Waiting { fut: svc.call(req) },
             cfg,
             host,
         }

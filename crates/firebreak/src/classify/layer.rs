@@ -66,9 +66,7 @@ impl ClassifyLayer {
         self.cfg.errors_for_status = on;
         self
     }
-}
 
-impl ClassifyLayer {
     /// The settings, for the stack's fused attempt.
     #[cfg(feature = "stack")]
     pub(crate) fn config(&self) -> Config {
@@ -136,7 +134,6 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let host = crate::error::HostLabel::of(req.uri());
-        ResponseFuture::new(self.inner.call(req), self.cfg, host)
+        ResponseFuture::call(&mut self.inner, req, self.cfg)
     }
 }

@@ -569,7 +569,7 @@ impl Passage {
 
 impl GateLayer {
     /// Enters `req` into the gate (the stack's fused attempt; the [`Gate`] service does the same).
-    #[cfg_attr(not(feature = "stack"), allow(dead_code))]
+    #[cfg(feature = "stack")]
     pub(crate) fn enter<B: Body>(&self, req: &Request<B>) -> (Passage, Entry) {
         Passage::enter(&self.shared, req)
     }

@@ -199,6 +199,8 @@ impl CallWatch {
     }
 }
 
+/// Marks the credentials a caller may have set as sensitive, so that nothing below (a
+/// tower-http `TraceLayer` logging headers, a `Debug` of the request) can print them.
 pub(crate) fn mark_sensitive(headers: &mut http::HeaderMap) {
     static X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
     if let Some(v) = headers.get_mut(http::header::AUTHORIZATION) {

@@ -30,9 +30,7 @@ impl RetryLayer {
             shared: Arc::new(PolicyShared::new(cfg)),
         })
     }
-}
 
-impl RetryLayer {
     /// The request as the attempts see it (see [`prepare`]).
     #[cfg(feature = "stack")]
     pub(crate) fn prepare<B>(&self, req: Request<B>) -> Request<ReplayBody<B>> {

@@ -92,20 +92,23 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let watch = AttemptWatch::start(&self.obs, req.extensions());
-        let _entered = watch.span().enter();
         // The clone-and-replace idiom: the service polled ready is the one that will be called.
         let clone = self.inner.clone();
         let svc = std::mem::replace(&mut self.inner, clone);
-        let (passage, entry) = self.gate.enter(&req);
-        let step = match entry {
-            Entry::Admitted(admitted) => send(svc, req, self.t, self.classify, admitted),
-            Entry::Wait(admit) => Step::Admitting {
-                admit,
-                svc: Some(svc),
-                req: Some(req),
-            },
+        // The gate is entered and the attempt sent in the attempt span, as the layers do.
+        let (passage, step) = {
+            let _entered = watch.span().enter();
+            let (passage, entry) = self.gate.enter(&req);
+            let step = match entry {
+                Entry::Admitted(admitted) => send(svc, req, self.t, self.classify, admitted),
+                Entry::Wait(admit) => Step::Admitting {
+                    admit,
+                    svc: Some(svc),
+                    req: Some(req),
+                },
+            };
+            (passage, step)
         };
-        drop(_entered);
         StackAttemptFuture {
             step,
             watch,
@@ -129,14 +132,11 @@ where
     ReqB: Body<Data = Bytes>,
 {
     match AttemptTimers::start(t, req) {
-        Ok((timers, req)) => {
-            let host = crate::error::HostLabel::of(req.uri());
-            Step::Calling {
-                fut: crate::classify::ResponseFuture::new(svc.call(req), classify, host),
-                timers,
-                admitted: Some(admitted),
-            }
-        }
+        Ok((timers, req)) => Step::Calling {
+            fut: crate::classify::ResponseFuture::call(&mut svc, req, classify),
+            timers,
+            admitted: Some(admitted),
+        },
         Err(err) => Step::Failed {
             err: Some(err),
             admitted: Some(admitted),

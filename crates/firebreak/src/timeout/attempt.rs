@@ -87,9 +87,7 @@ impl AttemptTimeoutLayer {
         cfg.validate()?;
         Ok(AttemptTimeoutLayer { t: cfg.into() })
     }
-}
 
-impl AttemptTimeoutLayer {
     /// The phases, for the stack's fused attempt.
     #[cfg(feature = "stack")]
     pub(crate) fn timeouts(&self) -> AttemptTimeouts {

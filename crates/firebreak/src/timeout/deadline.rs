@@ -72,9 +72,7 @@ impl DeadlineLayer {
         self.enforce = false;
         self
     }
-}
 
-impl DeadlineLayer {
     /// The deadline per call.
     #[cfg(feature = "stack")]
     pub(crate) fn total(&self) -> Duration {
