@@ -5,15 +5,9 @@ use http::Request;
 use std::time::Duration;
 use tokio::time::Instant;
 
-tokio::task_local! {
-    /// The deadline of a `DeadlineLayer::scoped` layer, for the code it calls and polls.
-    pub(crate) static SCOPED: Deadline;
-}
-
 /// When the whole call must be over, across attempts, backoff sleeps and rate-limit waits.
 ///
-/// The timeout module's `DeadlineLayer` puts it in the request extensions (or, in firebreak's
-/// `Stack`, in a task-local); the retry and 429 layers read it with [`Deadline::of`] and never start an
+/// The timeout module's `DeadlineLayer` puts it in the request extensions; the retry and 429 layers read it with [`Deadline::of`] and never start an
 /// attempt or a wait that cannot finish in time ([`Deadline::check_wait`]): they fail at once
 /// instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,13 +25,9 @@ impl Deadline {
         }
     }
 
-    /// The deadline a request carries, if any: in its extensions, else the one of the scoped
-    /// deadline layer whose call or poll this code runs in.
+    /// The deadline a request carries in its extensions, if any.
     pub fn of<B>(req: &Request<B>) -> Option<Deadline> {
-        req.extensions()
-            .get::<Deadline>()
-            .copied()
-            .or_else(|| SCOPED.try_with(|d| *d).ok())
+        req.extensions().get::<Deadline>().copied()
     }
 
     /// Sets this deadline on `req`, unless it already carries an earlier one (a deadline is only

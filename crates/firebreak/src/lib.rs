@@ -43,6 +43,33 @@
 #![doc = include_str!("../../../ARCHITECTURE.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+/// `get_ref`, `get_mut` and `into_inner` for a service whose inner service is the field
+/// `inner` of type `S`, or of the type named (tower-http's `define_inner_service_accessors!`).
+#[allow(unused_macros)]
+macro_rules! inner_service_accessors {
+    () => {
+        crate::inner_service_accessors!(S);
+    };
+    ($s:ty) => {
+        /// The inner service.
+        pub fn get_ref(&self) -> &$s {
+            &self.inner
+        }
+
+        /// The inner service, mutably.
+        pub fn get_mut(&mut self) -> &mut $s {
+            &mut self.inner
+        }
+
+        /// Unwraps the inner service.
+        pub fn into_inner(self) -> $s {
+            self.inner
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use inner_service_accessors;
+
 // The contracts: every layer depends on these alone.
 mod call;
 mod class;

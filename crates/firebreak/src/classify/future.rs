@@ -58,7 +58,7 @@ impl<F, B> std::fmt::Debug for ResponseFuture<F, B> {
 
 impl<F, B> ResponseFuture<F, B> {
     /// Calls `svc` with `req` and classifies its answer: [`Classify`](crate::classify::Classify)'s
-    /// step per call, which the stack's fused attempt takes too.
+    /// step per call.
     pub(crate) fn call<S, R>(svc: &mut S, req: http::Request<R>, cfg: Config) -> Self
     where
         S: tower::Service<http::Request<R>, Future = F>,

@@ -66,12 +66,6 @@ impl ClassifyLayer {
         self.cfg.errors_for_status = on;
         self
     }
-
-    /// The settings, for the stack's fused attempt.
-    #[cfg(feature = "stack")]
-    pub(crate) fn config(&self) -> Config {
-        self.cfg
-    }
 }
 
 impl<S> Layer<S> for ClassifyLayer {
@@ -102,20 +96,7 @@ impl<S> Classify<S> {
         ClassifyLayer::new()
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::inner_service_accessors!();
 }
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for Classify<S>

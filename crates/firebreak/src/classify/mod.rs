@@ -67,7 +67,5 @@ mod tower_http;
 pub use body::ClassifiedBody;
 pub use future::ResponseFuture;
 pub use grpc::{GrpcClassifier, GrpcEos, GrpcFailure};
-#[cfg(feature = "stack")]
-pub(crate) use layer::Config;
 pub use layer::{Classify, ClassifyLayer};
 pub use tower_http::FireworksClassifier;

@@ -364,20 +364,7 @@ impl<Svc: Clone> Clone for Gate<Svc> {
 }
 
 impl<Svc> Gate<Svc> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &Svc {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut Svc {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> Svc {
-        self.inner
-    }
+    crate::inner_service_accessors!(Svc);
 }
 
 pub(crate) type Admission = Pin<Box<dyn Future<Output = Result<(Permit, u32), Error>> + Send>>;
@@ -416,7 +403,7 @@ where
 }
 
 /// One attempt's passage through the gate: its key and gate, from admission to the answer it
-/// learns from. The gate's service and the stack's fused attempt both go through it.
+/// learns from.
 pub(crate) struct Passage {
     shared: Arc<Shared<Store>>,
     gate: Arc<LocalGate>,
@@ -564,14 +551,6 @@ impl Passage {
                 })
             }
         }
-    }
-}
-
-impl GateLayer {
-    /// Enters `req` into the gate (the stack's fused attempt; the [`Gate`] service does the same).
-    #[cfg(feature = "stack")]
-    pub(crate) fn enter<B: Body>(&self, req: &Request<B>) -> (Passage, Entry) {
-        Passage::enter(&self.shared, req)
     }
 }
 

@@ -95,8 +95,6 @@ pub use config::{GateConfig, GateConfigError, HeaderUnit};
 #[cfg_attr(not(feature = "route"), allow(unused_imports))]
 pub(crate) use fleet::FleetSink;
 pub use fleet::{Fleet, FleetEvent, FleetInbox};
-#[cfg(feature = "stack")]
-pub(crate) use layer::{Admission, Admitted, Entry, Passage};
 pub use layer::{
     CapacityAdvice, Gate, GateLayer, GateSnapshot, KeyBy, PermitBody, RequestHead, ResponseFuture,
     TokenEstimate,

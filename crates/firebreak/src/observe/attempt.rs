@@ -57,20 +57,7 @@ impl<S> AttemptObserve<S> {
         AttemptObserveLayer::new(obs)
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::inner_service_accessors!();
 }
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for AttemptObserve<S>
@@ -96,7 +83,7 @@ where
 }
 
 /// One attempt's observation, from its start to its outcome: the attempt span and counters.
-/// [`AttemptObserve`] and the stack's fused attempt both keep one.
+/// [`AttemptObserve`]'s future keeps one.
 pub(crate) struct AttemptWatch {
     span: Span,
     ins: Option<Arc<Instruments>>,
@@ -142,12 +129,6 @@ impl AttemptWatch {
             model,
             start,
         }
-    }
-
-    /// The attempt span.
-    #[cfg(feature = "stack")]
-    pub(crate) fn span(&self) -> &Span {
-        &self.span
     }
 
     /// Counts the attempt's outcome (once) and records it on the span.

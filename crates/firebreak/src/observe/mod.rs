@@ -88,10 +88,6 @@ pub mod client_failures {}
 mod instruments;
 mod request;
 
-#[cfg(feature = "stack")]
-pub(crate) use attempt::AttemptWatch;
 pub use attempt::{AttemptFuture, AttemptObserve, AttemptObserveLayer};
 pub use instruments::{Observer, Outcome};
-#[cfg(feature = "stack")]
-pub(crate) use request::CallWatch;
 pub use request::{Observe, ObserveLayer, ObservedBody, RequestFuture};

@@ -58,20 +58,7 @@ impl<S> Observe<S> {
         ObserveLayer::new(obs)
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::inner_service_accessors!();
 }
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for Observe<S>
@@ -99,8 +86,7 @@ where
 }
 
 /// One call's observation, from its request to its outcome (which the body settles for a
-/// success): the call span and the call counters. [`Observe`] and the stack's fused call both
-/// keep one.
+/// success): the call span and the call counters. [`Observe`]'s future keeps one.
 pub(crate) struct CallWatch {
     span: Span,
     record: Option<Record>,
@@ -137,12 +123,6 @@ impl CallWatch {
             span,
             record: Some(Record::new(ins.clone(), model)),
         }
-    }
-
-    /// The call span, entered while the call's attempts are made and polled.
-    #[cfg(feature = "stack")]
-    pub(crate) fn span(&self) -> &Span {
-        &self.span
     }
 
     /// The call's result: a failure is counted now, a success when its body ends.

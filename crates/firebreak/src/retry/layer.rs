@@ -30,18 +30,6 @@ impl RetryLayer {
             shared: Arc::new(PolicyShared::new(cfg)),
         })
     }
-
-    /// The request as the attempts see it (see [`prepare`]).
-    #[cfg(feature = "stack")]
-    pub(crate) fn prepare<B>(&self, req: Request<B>) -> Request<ReplayBody<B>> {
-        prepare(&self.shared.cfg, req)
-    }
-
-    /// The policy the layer's services start from, for the stack's fused call.
-    #[cfg(feature = "stack")]
-    pub(crate) fn policy(&self) -> FireworksPolicy {
-        FireworksPolicy::from_shared(self.shared.clone())
-    }
 }
 
 /// The request as the attempts see it: its body replayable (up to the configured size), the

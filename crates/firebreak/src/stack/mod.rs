@@ -1,17 +1,13 @@
 //! The composed stack: [`Stack`], its layer, and the ready-made [`FireworksClient`].
 
-// The fused path's types are public (the `StackService` alias names them) but not reachable
-// by path: users name the alias, not the parts.
-mod attempt;
-mod call;
-
-use crate::classify::ClassifyLayer;
+use crate::classify::{Classify, ClassifyLayer};
 use crate::client::{ApiKey, ClientConfig, FIREWORKS_BASE_URL};
-use crate::gate::{GateConfig, GateLayer, KeyBy};
-use crate::observe::Observer;
+use crate::gate::{Gate, GateConfig, GateLayer, KeyBy};
+use crate::observe::{AttemptObserve, AttemptObserveLayer, Observe, ObserveLayer, Observer};
 use crate::retry::RetryConfig;
-use crate::retry::{ReplayBody, RetryLayer};
-use crate::timeout::{AttemptTimeoutLayer, ConnectTimeoutLayer, DeadlineLayer, TimedRequestBody};
+use crate::retry::{ReplayBody, Retry, RetryLayer};
+use crate::timeout::{AttemptTimeout, AttemptTimeoutLayer, ConnectTimeoutLayer};
+use crate::timeout::{DeadlineLayer, DeadlineService, TimedRequestBody};
 use crate::timeout::{TimeoutConfig, Workload};
 use crate::{Class, Error};
 use bytes::Bytes;
@@ -23,9 +19,10 @@ use std::sync::Arc;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceBuilder, ServiceExt};
 
-/// The composed service around an inner service `S`: every layer, in the order ARCHITECTURE.md
-/// gives, run as one future (ARCHITECTURE.md, "The fused path").
-pub type StackService<S> = call::StackCall<S>;
+/// The composed service around an inner service `S`: every layer, nested in the order
+/// ARCHITECTURE.md gives (outermost first).
+pub type StackService<S> =
+    Observe<DeadlineService<Retry<AttemptObserve<Gate<AttemptTimeout<Classify<S>>>>>>>;
 
 /// The request body the innermost service (the hyper client) receives for callers' bodies `B`.
 pub type InnerBody<B> = TimedRequestBody<ReplayBody<B>>;
@@ -155,13 +152,7 @@ impl Stack {
         Ok(StackLayer {
             model_labels: self.observe && self.model_labels > 0,
             observer,
-            // The layers below all end their waits at the deadline: no timer of its own. They
-            // all run on the caller's task: the deadline travels in a task-local, not in an
-            // extension map (which the retry layer's copy of the request would clone).
-            deadline: DeadlineLayer::new(deadline)
-                .map_err(StackError::Timeout)?
-                .enforced_below()
-                .scoped(),
+            deadline: DeadlineLayer::new(deadline).map_err(StackError::Timeout)?,
             retry: RetryLayer::new(self.retry.clone()).map_err(StackError::Retry)?,
             gate: match &self.fleet {
                 None => GateLayer::new(self.gate.clone(), self.key_by.clone()),
@@ -192,11 +183,6 @@ impl StackLayer {
         &self.gate
     }
 
-    /// The overall deadline per call.
-    pub(crate) fn deadline_total(&self) -> std::time::Duration {
-        self.deadline.total()
-    }
-
     /// The 429 gate's settings.
     pub(crate) fn gate_config(&self) -> &GateConfig {
         self.gate.config()
@@ -206,7 +192,15 @@ impl StackLayer {
 impl<S> Layer<S> for StackLayer {
     type Service = StackService<S>;
     fn layer(&self, inner: S) -> StackService<S> {
-        call::StackCall::new(inner, self)
+        ServiceBuilder::new()
+            .layer(ObserveLayer::new(self.observer.clone()))
+            .layer(self.deadline)
+            .layer(self.retry.clone())
+            .layer(AttemptObserveLayer::new(self.observer.clone()))
+            .layer(self.gate.clone())
+            .layer(self.attempt)
+            .layer(self.classify)
+            .service(inner)
     }
 }
 

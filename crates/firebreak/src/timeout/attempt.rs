@@ -87,12 +87,6 @@ impl AttemptTimeoutLayer {
         cfg.validate()?;
         Ok(AttemptTimeoutLayer { t: cfg.into() })
     }
-
-    /// The phases, for the stack's fused attempt.
-    #[cfg(feature = "stack")]
-    pub(crate) fn timeouts(&self) -> AttemptTimeouts {
-        self.t
-    }
 }
 
 impl<S> Layer<S> for AttemptTimeoutLayer {
@@ -144,20 +138,7 @@ impl<S> AttemptTimeout<S> {
         AttemptTimeoutLayer::new(cfg)
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::inner_service_accessors!();
 }
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for AttemptTimeout<S>
@@ -224,8 +205,7 @@ pub(crate) fn ready_within<E: Into<BoxError>>(
 
 /// One attempt's timers, from its request to its response's head: the write, the headers
 /// (TTFB), the attempt total and the overall deadline, on one reusable timer, which the
-/// response body then takes over. [`AttemptTimeout`] and the stack's fused attempt both keep
-/// one.
+/// response body then takes over. [`AttemptTimeout`]'s future keeps one.
 #[derive(Default)]
 pub(crate) struct AttemptTimers {
     t: AttemptTimeouts,

@@ -67,8 +67,6 @@ mod connect;
 mod deadline;
 
 pub use attempt::{AttemptFuture, AttemptTimeout, AttemptTimeoutLayer, AttemptTimeouts};
-#[cfg(feature = "stack")]
-pub(crate) use attempt::{AttemptTimers, ready_within};
 pub use body::{TimedRequestBody, TimedResponseBody};
 pub use config::{MAX_TIMEOUT, TimeoutConfig, TimeoutConfigError, Workload};
 #[cfg_attr(not(feature = "stack"), allow(unused_imports))]
