@@ -159,11 +159,11 @@ fn main() {
                 r.limited as f64 * 100.0 / calls as f64,
                 r.makespan,
                 r.makespan / 20.0,
-                r.round_trips.map_or("–".to_string(), |n| format!(
+                r.round_trips.map_or("–".to_owned(), |n| format!(
                     "{:.2}",
                     n as f64 / calls as f64
                 )),
-                r.commands.map_or("–".to_string(), |n| format!(
+                r.commands.map_or("–".to_owned(), |n| format!(
                     "{:.2}",
                     n as f64 / calls as f64
                 )),

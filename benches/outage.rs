@@ -291,7 +291,7 @@ fn main() {
         for way in [Way::Router, Way::TryThenFallback, Way::PrimaryOnly] {
             let r = run(way, &fault, plan);
             let secs = |d: Option<Duration>, none: &str| {
-                d.map_or(none.to_string(), |d| format!("{:.2} s", d.as_secs_f64()))
+                d.map_or(none.to_owned(), |d| format!("{:.2} s", d.as_secs_f64()))
             };
             println!(
                 "| {fault_name} | {} | {} | {:.2}% | {} | {} | {} | {:.0} ms |",

@@ -580,7 +580,7 @@ fn main() {
                     println!(
                         "| {} | {} | {:.1} | {:.2} | {} | {:.0} | {:.0} | {:.2} | {} | {} |",
                         r.scenario, r.peer, r.success, r.attempts, r.rejected, r.p50, r.p99, r.makespan, r.early,
-                        r.gate_wait.map_or("–".to_string(), |w| format!("{w:.2}"))
+                        r.gate_wait.map_or("–".to_owned(), |w| format!("{w:.2}"))
                     );
                 }
             }
@@ -612,7 +612,7 @@ fn main() {
             for (s, n) in [(Scenario::Transient, 2000), (Scenario::BucketRetryAfter, 1000)] {
                 for p in [Peer::AsyncOpenAi, Peer::AsyncOpenAiFirebreak] {
                     let r = tokio::time::timeout(Duration::from_secs(600), run(s, p, n, 64)).await.expect("bounded");
-                    let ratio = r.ideal.map_or("–".to_string(), |i| format!("{:.2}", r.makespan / i));
+                    let ratio = r.ideal.map_or("–".to_owned(), |i| format!("{:.2}", r.makespan / i));
                     println!(
                         "| {} | {} | {:.1} | {:.3} | {} | {:.0} | {:.0} | {:.1} | {} |",
                         r.scenario, r.peer, r.success, r.amplification, r.rejected, r.p50, r.p99, r.makespan, ratio
@@ -634,8 +634,8 @@ fn main() {
                 let n = if s == Scenario::BucketDoubling { 1500 } else { 1000 };
                 for p in gate_peers {
                     let r = tokio::time::timeout(Duration::from_secs(600), run(s, p, n, 64)).await.expect("bounded");
-                    let ratio = r.ideal.map_or("–".to_string(), |i| format!("{:.2}", r.makespan / i));
-                    let tail = r.tail_rate.map_or("–".to_string(), |(got, limit)| format!("{got:.0} / {limit:.0} = {:.2}", got / limit));
+                    let ratio = r.ideal.map_or("–".to_owned(), |i| format!("{:.2}", r.makespan / i));
+                    let tail = r.tail_rate.map_or("–".to_owned(), |(got, limit)| format!("{got:.0} / {limit:.0} = {:.2}", got / limit));
                     println!(
                         "| {} | {} | {:.1} | {:.1} | {} | {} ({:.1}%) | {:.3} | {} |",
                         r.scenario,

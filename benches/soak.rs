@@ -170,7 +170,7 @@ fn run(bin: &PathBuf, mix: Mix, requests: usize, concurrency: usize) {
         .nth(1)
         .and_then(|s| s.split([' ', ';']).next())
         .unwrap_or_else(|| panic!("no address in the startup line {line:?}"))
-        .to_string();
+        .to_owned();
     let proxy = ProxyProc(child);
     let pid = proxy.0.id();
     let before = fds_and_rss(pid);

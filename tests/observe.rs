@@ -174,7 +174,7 @@ async fn counters_match_the_simulators_attempt_log_exactly() {
             attempts.sort_by_key(|r| r.attempt);
             for w in attempts.windows(2) {
                 *retries
-                    .entry(class_of(w[0]).label().to_string())
+                    .entry(class_of(w[0]).label().to_owned())
                     .or_default() += 1;
             }
         }
@@ -195,7 +195,7 @@ async fn counters_match_the_simulators_attempt_log_exactly() {
         let mut want: BTreeMap<String, u64> = BTreeMap::new();
         for c in &outcomes {
             if !c.is_success() {
-                *want.entry(c.label().to_string()).or_default() += 1;
+                *want.entry(c.label().to_owned()).or_default() += 1;
             }
         }
         let failures: BTreeMap<String, u64> = rec

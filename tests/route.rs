@@ -118,7 +118,7 @@ async fn outage_and_recovery(fault: Fault) {
     let outage = down_at.elapsed();
     assert_eq!(
         r.breakers()[0],
-        ("primary".to_string(), BreakerState::Open),
+        ("primary".to_owned(), BreakerState::Open),
         "{fault:?}"
     );
     sim.bring_up(PRIMARY);

@@ -41,7 +41,7 @@ pub(crate) fn preset_help() -> String {
         let t = TimeoutConfig::preset(p.workload());
         let name = p
             .to_possible_value()
-            .map(|v| v.get_name().to_string())
+            .map(|v| v.get_name().to_owned())
             .unwrap_or_default();
         s.push_str(&format!(
             "  {name:<13} {:<11} {:<12} {:<7} {:<8} {}\n",
@@ -202,7 +202,7 @@ pub(crate) fn base_url(flag: &str, raw: &str) -> Result<String, String> {
             "invalid {flag} {s:?}: a base URL has no query or fragment"
         ));
     }
-    Ok(u.as_str().trim_end_matches('/').to_string())
+    Ok(u.as_str().trim_end_matches('/').to_owned())
 }
 
 /// The key: `--api-key` (with a warning that the process list shows it), else the

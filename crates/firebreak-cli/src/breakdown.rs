@@ -28,7 +28,7 @@ impl Seen {
             let label = |name: &str| {
                 key.labels()
                     .find(|l| l.key() == name)
-                    .map(|l| l.value().to_string())
+                    .map(|l| l.value().to_owned())
             };
             match key.name() {
                 names::ATTEMPTS => {
@@ -64,7 +64,7 @@ impl Seen {
 pub(crate) fn breakdown(seen: &Seen) -> String {
     let list = |m: &BTreeMap<String, u64>| {
         if m.is_empty() {
-            "none".to_string()
+            "none".to_owned()
         } else {
             m.iter()
                 .map(|(k, v)| format!("{k} {v}"))

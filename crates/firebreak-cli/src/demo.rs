@@ -6,10 +6,10 @@ use clap::Args;
 use firebreak::{
     FireworksClient, Stack, client::ApiKey, timeout::TimeoutConfig, timeout::Workload,
 };
+use firebreak_sim::peers::{Attempt, docs_loop};
 use firebreak_sim::{
     DelayHeader, Fault, Latency, RateLimitConfig, RateLimitDelay, Sim, SimConfig, Trigger,
 };
-use firebreak_testkit::baselines::{Attempt, docs_loop};
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -342,8 +342,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>
     );
     if let Some(w) = fb.and_then(|r| r.gate_wait) {
         println!(
-            "\"gate wait\" is time firebreak held a request back on purpose (pacing to the account limit, or a cooldown the server asked for): {:.1} s in all, not a slow answer.",
-            w
+            "\"gate wait\" is time firebreak held a request back on purpose (pacing to the account limit, or a cooldown the server asked for): {w:.1} s in all, not a slow answer."
         );
     }
     if let Some(b) = fb.and_then(|r| r.breakdown.as_deref()) {
@@ -381,7 +380,7 @@ fn table(rows: &[Row]) -> String {
             r.p50,
             r.p99,
             r.makespan,
-            r.gate_wait.map_or("–".to_string(), |w| format!(
+            r.gate_wait.map_or("–".to_owned(), |w| format!(
                 "{:.0} ms",
                 w * 1000.0 / r.n.max(1) as f64
             ))

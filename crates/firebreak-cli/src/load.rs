@@ -113,7 +113,7 @@ pub(crate) async fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>
         })?;
         (
             firebreak::BoxStack::new(router),
-            "/chat/completions".to_string(),
+            "/chat/completions".to_owned(),
         )
     };
     let bar = if args.json {

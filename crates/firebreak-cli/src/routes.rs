@@ -110,7 +110,7 @@ impl Ctx<'_> {
         message: impl Into<String>,
     ) -> ConfigError {
         ConfigError {
-            file: self.file.to_string(),
+            file: self.file.to_owned(),
             line: self.line(span),
             field: field.into(),
             message: message.into(),
@@ -122,7 +122,7 @@ impl Ctx<'_> {
 /// means "the router's default key").
 pub(crate) fn load(path: &str, upstream: &str) -> Result<RouteConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: path.to_string(),
+        file: path.to_owned(),
         line: 0,
         field: String::new(),
         message: format!("cannot read it: {e}"),
@@ -140,7 +140,7 @@ pub(crate) fn parse(
     let cx = Ctx { file, text };
     let parsed: File = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
-        cx.err(&span, "", e.message().trim().to_string())
+        cx.err(&span, "", e.message().trim().to_owned())
     })?;
 
     // The values are the library's to check (`BreakerConfig::validate`); here, only where each
@@ -257,7 +257,7 @@ pub(crate) fn parse(
         let span = parsed.aliases[alias].span();
         let mut seen = std::collections::HashSet::new();
         for t in tiers.iter().flatten() {
-            if !seen.insert(t.name().to_string()) {
+            if !seen.insert(t.name().to_owned()) {
                 return Err(cx.err(
                     &span,
                     format!("aliases.{alias}"),
@@ -351,7 +351,7 @@ mod tests {
     const UP: &str = "http://127.0.0.1:9/v1";
 
     fn env(name: &str) -> Option<String> {
-        (name == "ACME_KEY").then(|| "fw_acme_secret".to_string())
+        (name == "ACME_KEY").then(|| "fw_acme_secret".to_owned())
     }
 
     fn parse_str(text: &str) -> Result<RouteConfig, ConfigError> {

@@ -198,7 +198,7 @@ fn bad_input_and_missing_keys_are_one_line_errors_and_keys_never_show() {
     let rt = common::runtime();
     let sim = sim(&rt);
     let base = format!("http://{}", sim.addr());
-    let line = |o: &Output| String::from_utf8_lossy(&o.stderr).trim().to_string();
+    let line = |o: &Output| String::from_utf8_lossy(&o.stderr).trim().to_owned();
     let head = ["wait", "--account", "acct", "--base-url", &base];
     let wait = |extra: &[&str], key| jobs(&[&head[..], extra].concat(), key);
     let (out, _) = wait(&["--deployment", "dep"], None);

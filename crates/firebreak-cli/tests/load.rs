@@ -128,7 +128,7 @@ fn load_json_matches_the_simulator_log() {
             503 => "overloaded",
             other => panic!("unexpected status {other}"),
         };
-        *failed.entry(label.to_string()).or_default() += 1;
+        *failed.entry(label.to_owned()).or_default() += 1;
     }
     let seen: std::collections::BTreeMap<String, u64> =
         serde_json::from_value(v["server_acknowledged_failures_by_class"].clone()).unwrap();

@@ -31,7 +31,7 @@ fn http(
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, head.to_string(), body.to_string())
+    (status, head.to_owned(), body.to_owned())
 }
 
 /// The test key, and a 503 on every request's first attempt.
@@ -193,7 +193,7 @@ fn parse_prometheus(text: &str) -> (Samples, std::collections::BTreeMap<String, 
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, ty) = rest.split_once(' ').expect("# TYPE name type");
-            types.insert(name.to_string(), ty.to_string());
+            types.insert(name.to_owned(), ty.to_owned());
             continue;
         }
         if line.starts_with('#') {
@@ -204,7 +204,7 @@ fn parse_prometheus(text: &str) -> (Samples, std::collections::BTreeMap<String, 
             .parse()
             .unwrap_or_else(|_| panic!("bad value in {line:?}"));
         let (name, labels) = match series.split_once('{') {
-            None => (series.to_string(), vec![]),
+            None => (series.to_owned(), vec![]),
             Some((name, rest)) => {
                 let body = rest.strip_suffix('}').expect("closing brace");
                 let mut labels: Vec<(String, String)> = body
@@ -212,11 +212,11 @@ fn parse_prometheus(text: &str) -> (Samples, std::collections::BTreeMap<String, 
                     .filter(|kv| !kv.is_empty())
                     .map(|kv| {
                         let (k, v) = kv.split_once('=').expect("label=value");
-                        (k.to_string(), v.trim_matches('"').to_string())
+                        (k.to_owned(), v.trim_matches('"').to_owned())
                     })
                     .collect();
                 labels.sort();
-                (name.to_string(), labels)
+                (name.to_owned(), labels)
             }
         };
         assert!(
@@ -456,7 +456,7 @@ fn a_bad_route_config_is_refused_naming_the_file_line_and_field() {
         "[targets.a]\nmodel = \"m\"\nkey_env = \"FB_NOT_SET_ANYWHERE\"\n\n[aliases]\nchat = [\"a\"]\n",
     )
     .unwrap();
-    let path = file.to_str().unwrap().to_string();
+    let path = file.to_str().unwrap().to_owned();
     let err = common::refused(common::proxy_cmd(
         "http://127.0.0.1:9/v1",
         &["--config", &path],

@@ -49,7 +49,7 @@ fn outcome(resp: &str, stream: bool) -> Result<Outcome, String> {
                     let v: serde_json::Value =
                         serde_json::from_str(&line[6..]).map_err(|e| e.to_string())?;
                     let code = v["error"]["code"].as_str().ok_or("no code")?;
-                    Ok(Outcome::StreamErrorEvent(code.to_string()))
+                    Ok(Outcome::StreamErrorEvent(code.to_owned()))
                 }
                 (d, e) => Err(format!(
                     "stream ended with [DONE]={d}, error event={e}: {body:?}"
@@ -66,7 +66,7 @@ fn outcome(resp: &str, stream: bool) -> Result<Outcome, String> {
             let code = v["error"]["code"]
                 .as_str()
                 .ok_or_else(|| format!("not OpenAI-shaped: {body}"))?;
-            Ok(Outcome::Error(s, code.to_string()))
+            Ok(Outcome::Error(s, code.to_owned()))
         }
         s => Err(format!("no valid answer (status {s}): {resp:?}")),
     }
@@ -154,7 +154,7 @@ fn killing_the_upstream_twice_leaves_every_request_one_clear_outcome() {
             "request {i} took {took:?}, past its {DEADLINE_S} s deadline"
         );
         let key = match o {
-            Outcome::Success => "success".to_string(),
+            Outcome::Success => "success".to_owned(),
             Outcome::Error(s, c) => format!("error {s} {c}"),
             Outcome::StreamErrorEvent(c) => format!("sse error {c}"),
         };

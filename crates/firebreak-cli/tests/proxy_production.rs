@@ -167,7 +167,7 @@ fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
     loop {
         match s.read(&mut buf) {
             Ok(0) => return Some(t.elapsed()),
-            Ok(_) => continue,
+            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Some(t.elapsed()),
             Err(_) => return None,
         }
@@ -1051,7 +1051,7 @@ fn metrics_cardinality_is_fixed_under_hostile_input_and_never_shows_the_key() {
                 .nth(1)?
                 .split('"')
                 .next()
-                .map(str::to_string)
+                .map(str::to_owned)
         })
         .collect();
     assert!(models.len() <= 5, "at most the cap + `other`: {models:?}");

@@ -62,7 +62,7 @@ fn proxy_attempts(metrics: &str) -> BTreeMap<String, u64> {
             .next()
             .unwrap();
         let v: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-        *out.entry(class.to_string()).or_default() += v as u64;
+        *out.entry(class.to_owned()).or_default() += v as u64;
     }
     out
 }

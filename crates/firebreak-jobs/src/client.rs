@@ -176,11 +176,11 @@ impl Snapshot {
     /// The JSON error, for a body that is not JSON.
     pub fn from_json(body: &[u8]) -> Result<Snapshot, serde_json::Error> {
         let raw: serde_json::Value = serde_json::from_slice(body)?;
-        let state = raw["state"].as_str().unwrap_or_default().to_string();
+        let state = raw["state"].as_str().unwrap_or_default().to_owned();
         let message = raw["status"]["message"]
             .as_str()
             .filter(|m| !m.is_empty())
-            .map(str::to_string);
+            .map(str::to_owned);
         Ok(Snapshot {
             state,
             message,

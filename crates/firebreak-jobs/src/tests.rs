@@ -47,7 +47,7 @@ fn plane(script: impl Fn(f64, &str) -> A + Send + Sync + 'static) -> (ControlPla
                     format!(r#"{{"state":"{s}","status":{{"message":"{m}"}}}}"#),
                 ),
                 A::Json(j) => (200, j),
-                A::Status(s) => (s, r#"{"code":14,"message":"unavailable"}"#.to_string()),
+                A::Status(s) => (s, r#"{"code":14,"message":"unavailable"}"#.to_owned()),
                 A::Hang => {
                     tokio::time::sleep(Duration::from_secs(100_000)).await;
                     (200, String::new())
@@ -421,7 +421,7 @@ async fn a_resume_with_dcp_save_interval_0_warns_and_an_absent_one_says_nothing(
                 *r2.lock().unwrap() = true;
                 A::State("JOB_STATE_CREATING")
             }
-            GET if !*r2.lock().unwrap() => A::Json(json.to_string()),
+            GET if !*r2.lock().unwrap() => A::Json(json.to_owned()),
             GET => A::State("JOB_STATE_RUNNING"),
             _ => A::Status(200),
         });

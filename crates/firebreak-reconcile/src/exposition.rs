@@ -149,7 +149,7 @@ fn without_empty_families(text: &str) -> std::borrow::Cow<'_, str> {
 /// A label value as the text format escapes it (`\\`, `\"`, `\n`), unescaped.
 fn unescape(v: &str) -> String {
     if !v.contains('\\') {
-        return v.to_string();
+        return v.to_owned();
     }
     let mut out = String::with_capacity(v.len());
     let mut chars = v.chars();

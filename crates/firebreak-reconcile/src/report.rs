@@ -180,7 +180,7 @@ impl Report {
         );
         let list = |m: &BTreeMap<String, u64>| {
             if m.is_empty() {
-                "-".to_string()
+                "-".to_owned()
             } else {
                 m.iter()
                     .map(|(k, v)| format!("{k}:{v}"))
@@ -190,7 +190,7 @@ impl Report {
         };
         for r in self.rows.iter().chain(&self.totals) {
             // A window by the second it starts at, from the first reading.
-            let window = r.window.map_or("total".to_string(), |w| {
+            let window = r.window.map_or("total".to_owned(), |w| {
                 format!("+{}s", w as u64 * self.window_s)
             });
             let flag = match r.agreement {
@@ -303,10 +303,10 @@ fn verdict(totals: &[Row]) -> Vec<String> {
         ));
     }
     if first.is_empty() {
-        first.push("no failures on either side".to_string());
+        first.push("no failures on either side".to_owned());
     }
     let agreement = if totals.is_empty() {
-        "no deployment traffic to compare (only dedicated deployments are exported)".to_string()
+        "no deployment traffic to compare (only dedicated deployments are exported)".to_owned()
     } else if answered == counted {
         format!(
             "the counts agree: firebreak saw {answered} attempts answered, Fireworks counted {counted}"

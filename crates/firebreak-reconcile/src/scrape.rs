@@ -132,7 +132,7 @@ impl Scraper {
         stack: Stack,
     ) -> Result<Scraper, ScrapeError> {
         if !valid_account(account) {
-            return Err(ScrapeError::InvalidAccount(account.to_string()));
+            return Err(ScrapeError::InvalidAccount(account.to_owned()));
         }
         let client = FireworksClient::new(base_url, key, stack)?;
         let url = format!("{}/v1/accounts/{account}/metrics", client.base_url());
@@ -216,7 +216,7 @@ pub async fn fetch(client: &FireworksClient, url: &str) -> Result<(String, u32),
     let req = Request::get(url)
         .body(Full::new(Bytes::new()))
         .map_err(|e| ScrapeError::Body {
-            url: url.to_string(),
+            url: url.to_owned(),
             why: e.to_string(),
         })?;
     let resp = client
@@ -224,14 +224,14 @@ pub async fn fetch(client: &FireworksClient, url: &str) -> Result<(String, u32),
         .oneshot(req)
         .await
         .map_err(|source| ScrapeError::Request {
-            url: url.to_string(),
+            url: url.to_owned(),
             source,
         })?;
     let attempts = RetryInfo::of(&resp).attempts();
     let status = resp.status();
     if status != http::StatusCode::OK {
         return Err(ScrapeError::Status {
-            url: url.to_string(),
+            url: url.to_owned(),
             status: status.as_u16(),
         });
     }
@@ -239,13 +239,13 @@ pub async fn fetch(client: &FireworksClient, url: &str) -> Result<(String, u32),
         .collect()
         .await
         .map_err(|e| ScrapeError::Body {
-            url: url.to_string(),
+            url: url.to_owned(),
             why: e.to_string(),
         })?
         .to_bytes();
     let text = String::from_utf8(body.to_vec()).map_err(|_| ScrapeError::Body {
-        url: url.to_string(),
-        why: "not UTF-8".to_string(),
+        url: url.to_owned(),
+        why: "not UTF-8".to_owned(),
     })?;
     Ok((text, attempts))
 }

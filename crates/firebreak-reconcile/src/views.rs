@@ -92,20 +92,20 @@ impl ClientCounts {
         }
         self.attempts += n;
         if let Some(kind) = class.client_side_kind() {
-            *self.client_side.entry(kind.to_string()).or_default() += n;
+            *self.client_side.entry(kind.to_owned()).or_default() += n;
             return;
         }
         self.reached_server += n;
         if sent_unanswered(class) {
             *self
                 .sent_unanswered
-                .entry(class.label().to_string())
+                .entry(class.label().to_owned())
                 .or_default() += n;
             return;
         }
         self.answered += n;
         if let Some(k) = status_key(class) {
-            *self.errors.entry(k.to_string()).or_default() += n;
+            *self.errors.entry(k.to_owned()).or_default() += n;
         }
     }
 
@@ -222,7 +222,7 @@ impl ServerView {
         };
         for s in page.named(SERVER_REQUESTS).filter(|s| mine(s)) {
             if let Some(d) = s.label("deployment") {
-                v.deployments.entry(d.to_string()).or_default().requests += count(s.value);
+                v.deployments.entry(d.to_owned()).or_default().requests += count(s.value);
             }
         }
         for s in page.named(SERVER_ERRORS).filter(|s| mine(s)) {
@@ -236,10 +236,10 @@ impl ServerView {
                 .and_then(|c| status_key(Class::from_status(c)))
                 .unwrap_or(code);
             *v.deployments
-                .entry(d.to_string())
+                .entry(d.to_owned())
                 .or_default()
                 .errors
-                .entry(key.to_string())
+                .entry(key.to_owned())
                 .or_default() += count(s.value);
         }
         v
@@ -278,7 +278,7 @@ impl ClientView {
         let mut v = ClientView::default();
         for s in page.named(firebreak::names::REQUESTS) {
             if let Some(d) = s.label("deployment").filter(|d| !d.is_empty()) {
-                v.deployments.entry(d.to_string()).or_default().calls += count(s.value);
+                v.deployments.entry(d.to_owned()).or_default().calls += count(s.value);
             }
         }
         for s in page.named(firebreak::names::ATTEMPTS) {
@@ -290,7 +290,7 @@ impl ClientView {
                 .and_then(Class::from_label)
                 .unwrap_or(Class::Other);
             v.deployments
-                .entry(d.to_string())
+                .entry(d.to_owned())
                 .or_default()
                 .add_attempts(class, count(s.value));
         }
@@ -316,7 +316,7 @@ impl ClientView {
             .and_then(|m| m.as_object())
             .ok_or_else(|| missing("attempts_by_class"))?;
         let mut v = ClientView::default();
-        let Some(d) = Model(Arc::from(model)).deployment().map(str::to_string) else {
+        let Some(d) = Model(Arc::from(model)).deployment().map(str::to_owned) else {
             return Ok(v);
         };
         let c = v.deployments.entry(d).or_default();
@@ -375,14 +375,10 @@ mod tests {
         assert_eq!(c.answered, 13);
         assert_eq!(c.unanswered(), 1);
         assert_eq!(c.client_side_total(), 6);
-        assert_eq!(c.errors, [("503".to_string(), 3)].into());
+        assert_eq!(c.errors, [("503".to_owned(), 3)].into());
         assert_eq!(
             c.client_side,
-            [
-                ("connect_timeout".to_string(), 4),
-                ("refused".to_string(), 2)
-            ]
-            .into()
+            [("connect_timeout".to_owned(), 4), ("refused".to_owned(), 2)].into()
         );
     }
 

@@ -17,7 +17,7 @@ fn exprs(d: &serde_json::Value) -> Vec<String> {
         .unwrap()
         .iter()
         .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
-        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .map(|t| t["expr"].as_str().unwrap().to_owned())
         .collect()
 }
 
@@ -50,11 +50,11 @@ fn series_names(e: &str) -> Vec<String> {
 fn queries_name_only_series_that_exist() {
     let d = dashboard();
     let known: BTreeSet<String> = [
-        names::ATTEMPTS.to_string(),
+        names::ATTEMPTS.to_owned(),
         format!("{}_bucket", names::OVERALL_MS),
-        SERVER_REQUESTS.to_string(),
-        SERVER_ERRORS.to_string(),
-        "latency_overall_ms_bucket:sum_by_deployment".to_string(),
+        SERVER_REQUESTS.to_owned(),
+        SERVER_ERRORS.to_owned(),
+        "latency_overall_ms_bucket:sum_by_deployment".to_owned(),
     ]
     .into();
     let all = exprs(&d);

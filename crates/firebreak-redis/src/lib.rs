@@ -130,9 +130,9 @@ fn redact(url: &str) -> String {
     match url.split_once("://") {
         Some((scheme, rest)) => match rest.rsplit_once('@') {
             Some((_, host)) => format!("{scheme}://<redacted>@{host}"),
-            None => url.to_string(),
+            None => url.to_owned(),
         },
-        None => "<not a redis:// URL>".to_string(),
+        None => "<not a redis:// URL>".to_owned(),
     }
 }
 
@@ -157,7 +157,7 @@ impl RedisConfig {
     pub fn validate(&self) -> Result<(), RedisFleetError> {
         redis::Client::open(self.url.as_str())
             .map_err(|e| RedisFleetError::Url(redact(&self.url), e.to_string()))?;
-        let bad = |m: &str| Err(RedisFleetError::Config(m.to_string()));
+        let bad = |m: &str| Err(RedisFleetError::Config(m.to_owned()));
         if self.prefix.is_empty() || self.prefix.contains(char::is_whitespace) {
             return bad("prefix must be non-empty, without spaces");
         }

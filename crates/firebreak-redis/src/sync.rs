@@ -119,11 +119,11 @@ async fn connect(
         .map_err(|e| e.to_string())?;
     let mut pubsub = tokio::time::timeout(t.max(Duration::from_secs(1)), client.get_async_pubsub())
         .await
-        .map_err(|_| "timed out opening the pub/sub connection".to_string())?
+        .map_err(|_| "timed out opening the pub/sub connection".to_owned())?
         .map_err(|e| e.to_string())?;
     tokio::time::timeout(t, pubsub.subscribe(format!("{}:events", fleet.cfg.prefix)))
         .await
-        .map_err(|_| "timed out subscribing".to_string())?
+        .map_err(|_| "timed out subscribing".to_owned())?
         .map_err(|e| e.to_string())?;
     Ok((conn, pubsub))
 }
@@ -158,7 +158,7 @@ async fn session(
                     receive(&fleet, &m);
                     Ok(())
                 }
-                None => Err("the pub/sub connection closed".to_string()),
+                None => Err("the pub/sub connection closed".to_owned()),
             },
         };
         if let Err(e) = step {
@@ -216,7 +216,7 @@ async fn heartbeat_keys(
     fleet.metrics.round_trips.increment(1);
     let out: Vec<i64> = tokio::time::timeout(cfg.command_timeout, pipe.query_async(conn))
         .await
-        .map_err(|_| "a heartbeat timed out".to_string())?
+        .map_err(|_| "a heartbeat timed out".to_owned())?
         .map_err(|e| e.to_string())?;
     if out.len() != 1 + 3 * keys.len() {
         return Err("a heartbeat's answer has the wrong shape".into());
@@ -281,7 +281,7 @@ async fn publish(
             .invoke_async(conn),
     )
     .await
-    .map_err(|_| "publishing an event timed out".to_string())?;
+    .map_err(|_| "publishing an event timed out".to_owned())?;
     r.map(|_| ()).map_err(|e| e.to_string())
 }
 

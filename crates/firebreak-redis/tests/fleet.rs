@@ -403,7 +403,7 @@ fn a_breaker_opened_in_one_process_opens_in_another_through_redis() {
         let sent: Vec<_> = log[before..].iter().map(|r| r.model.clone()).collect();
         assert_eq!(
             sent,
-            [Some(FALLBACK.to_string())],
+            [Some(FALLBACK.to_owned())],
             "B went straight to the fallback"
         );
     });

@@ -291,7 +291,7 @@ pub(crate) fn embeddings(model: &str, n: usize, prompt_tokens: u32) -> Bytes {
 
 /// The `GET /models` list.
 pub(crate) fn models(models: &[String]) -> Bytes {
-    let default = ["accounts/fireworks/models/llama-v3p1-8b-instruct".to_string()];
+    let default = ["accounts/fireworks/models/llama-v3p1-8b-instruct".to_owned()];
     let list = if models.is_empty() {
         &default[..]
     } else {

@@ -21,18 +21,32 @@ use tokio::time::{Instant, Sleep};
 pub(crate) struct LogGuard {
     pub(crate) shared: Arc<Shared>,
     pub(crate) record: AttemptRecord,
-    /// The capacity slot it holds: the scenario's (`Some(None)`) or a deployment's.
-    pub(crate) holds_capacity: Option<Option<usize>>,
+    /// The capacity slot it holds, if any.
+    pub(crate) holds_capacity: Option<Slot>,
+}
+
+/// A capacity slot: the scenario's, or one of its deployments' (by index).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Slot {
+    Scenario,
+    Deployment(usize),
+}
+
+impl Slot {
+    /// The slot of `deployment` (`None`: the scenario's).
+    pub(crate) fn of(deployment: Option<usize>) -> Slot {
+        deployment.map_or(Slot::Scenario, Slot::Deployment)
+    }
 }
 
 impl Drop for LogGuard {
     fn drop(&mut self) {
         self.record.end_ms = self.shared.elapsed_ms(Instant::now());
         match self.holds_capacity {
-            Some(None) => {
+            Some(Slot::Scenario) => {
                 self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
             }
-            Some(Some(i)) => {
+            Some(Slot::Deployment(i)) => {
                 if let Some(n) = self.shared.deployment_in_flight.get(i) {
                     n.fetch_sub(1, Ordering::AcqRel);
                 }

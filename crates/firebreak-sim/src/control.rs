@@ -201,7 +201,7 @@ pub(crate) fn parse(method: &http::Method, path: &str) -> Option<Result<ControlR
     let [account, collection, last] = parts[..] else {
         return Some(Err(404));
     };
-    let (account, collection) = (account.to_string(), collection.to_string());
+    let (account, collection) = (account.to_owned(), collection.to_owned());
     Some(match last.split_once(':') {
         None if method == http::Method::GET => Ok(ControlReq::Get {
             account,
@@ -332,7 +332,7 @@ impl ControlPlane {
                         GetFailure::Reset => ControlAnswer::Reset,
                     };
                 }
-                let state = Self::current(r, rt).to_string();
+                let state = Self::current(r, rt).to_owned();
                 Self::note_start(r, rt, &state);
                 Self::advance(r, rt);
                 ControlAnswer::Json(200, Self::body(r, account, &state))
@@ -359,7 +359,7 @@ impl ControlPlane {
                         );
                     }
                 }
-                let state = Self::current(r, rt).to_string();
+                let state = Self::current(r, rt).to_owned();
                 ControlAnswer::Json(200, Self::body(r, account, &state))
             }
             ControlReq::Healthz { .. } => {
@@ -400,7 +400,7 @@ mod tests {
 
     fn state(a: ControlAnswer) -> String {
         match a {
-            ControlAnswer::Json(200, v) => v["state"].as_str().unwrap_or("").to_string(),
+            ControlAnswer::Json(200, v) => v["state"].as_str().unwrap_or("").to_owned(),
             other => format!("{other:?}"),
         }
     }

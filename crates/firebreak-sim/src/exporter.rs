@@ -32,7 +32,7 @@ pub(crate) fn parse(method: &http::Method, path: &str) -> Option<Result<String, 
         return None;
     }
     Some(if method == http::Method::GET {
-        Ok(account.to_string())
+        Ok(account.to_owned())
     } else {
         Err(405)
     })
@@ -52,9 +52,9 @@ fn deployment(model: &str) -> Option<Deployment> {
     let rest = dep.strip_prefix("accounts/")?;
     let (account, id) = rest.split_once("/deployments/")?;
     (!account.is_empty() && !id.is_empty() && !id.contains('/')).then(|| Deployment {
-        base_model: base.to_string(),
-        account: account.to_string(),
-        id: id.to_string(),
+        base_model: base.to_owned(),
+        account: account.to_owned(),
+        id: id.to_owned(),
     })
 }
 
@@ -169,7 +169,7 @@ impl ScrapeLimit {
     /// Admits a scrape, or says how long until one would be admitted.
     pub(crate) fn admit(&self, account: &str, now: Instant) -> Result<(), Duration> {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        let q = seen.entry(account.to_string()).or_default();
+        let q = seen.entry(account.to_owned()).or_default();
         while q
             .front()
             .is_some_and(|t| now.saturating_duration_since(*t) >= Duration::from_secs(60))
@@ -199,7 +199,7 @@ mod tests {
             "bytes_sent": 0, "completed": true
         }))
         .unwrap();
-        r.model = Some(model.to_string());
+        r.model = Some(model.to_owned());
         r
     }
 

@@ -58,6 +58,7 @@ mod config;
 mod control;
 mod exporter;
 mod log;
+pub mod peers;
 mod server;
 
 pub use body::{BodyAbort, SimBody};
@@ -228,7 +229,7 @@ impl Sim {
             .outages
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(model.to_string(), fault);
+            .insert(model.to_owned(), fault);
     }
 
     /// Ends an outage started by [`Sim::take_down`].

@@ -316,7 +316,7 @@ impl Ctx {
         self.guard
             .record
             .fault
-            .get_or_insert_with(|| fault.to_string());
+            .get_or_insert_with(|| fault.to_owned());
         let (ct, body) = bodies::error_body(shape, status, message, &self.server_request_id);
         self.respond(status, headers, ct, body)
     }
@@ -461,7 +461,7 @@ pub(crate) async fn handle(
         request_id: request_id.clone(),
         attempt,
         method: parts.method.to_string(),
-        path: parts.uri.path().to_string(),
+        path: parts.uri.path().to_owned(),
         version: format!("{:?}", parts.version),
         status: 0,
         fault: None,
@@ -473,7 +473,7 @@ pub(crate) async fn handle(
         header_names: parts
             .headers
             .keys()
-            .map(|k| k.as_str().to_string())
+            .map(|k| k.as_str().to_owned())
             .collect(),
         model: info.as_ref().and_then(|i| i.model.clone()),
     };
@@ -601,7 +601,7 @@ pub(crate) async fn handle(
     let model = info
         .model
         .clone()
-        .unwrap_or_else(|| "accounts/fireworks/models/llama-v3p1-8b-instruct".to_string());
+        .unwrap_or_else(|| "accounts/fireworks/models/llama-v3p1-8b-instruct".to_owned());
     if route != Route::Models
         && !shared.cfg.models.is_empty()
         && !shared.cfg.models.contains(&model)
@@ -680,7 +680,7 @@ pub(crate) async fn handle(
     if outage.is_none() && capacity.is_none() && queue_after.is_some() {
         // Counted for the queue alone.
         let now = counter.fetch_add(1, Ordering::AcqRel) + 1;
-        ctx.guard.holds_capacity = Some(deployment);
+        ctx.guard.holds_capacity = Some(crate::body::Slot::of(deployment));
         queued = queue_after.map(|q| now.saturating_sub(q) as f64 / q as f64);
     }
     if let (Some(cap), None) = (capacity, &outage) {
@@ -696,7 +696,7 @@ pub(crate) async fn handle(
             };
             return Ok(ctx.error(status, ErrorShape::Gateway, msg, vec![], "capacity"));
         }
-        ctx.guard.holds_capacity = Some(deployment);
+        ctx.guard.holds_capacity = Some(crate::body::Slot::of(deployment));
     }
 
     // Faults: a run-time outage, then the deployment's rules, then the scenario's. A rule's
@@ -716,7 +716,7 @@ pub(crate) async fn handle(
             })
     });
     if let Some(f) = &fault {
-        ctx.guard.record.fault = Some(fault_name(f).to_string());
+        ctx.guard.record.fault = Some(fault_name(f).to_owned());
     }
     // A queue of k ahead at q slots waits k / q services (one time to first byte each).
     let queue_time =
@@ -736,7 +736,7 @@ pub(crate) async fn handle(
             } else {
                 ErrorShape::Gateway
             });
-            let msg = message.unwrap_or_else(|| bodies::default_message(status).to_string());
+            let msg = message.unwrap_or_else(|| bodies::default_message(status).to_owned());
             let mut h = delay_headers(&delay);
             if let Some(sr) = should_retry {
                 h.push((
@@ -766,7 +766,7 @@ pub(crate) async fn handle(
             after_chunks,
             message,
         }) => {
-            let m = message.unwrap_or_else(|| "Internal error during generation".to_string());
+            let m = message.unwrap_or_else(|| "Internal error during generation".to_owned());
             cut = Some((
                 after_chunks,
                 Cut::ErrorEvent(bodies::stream_error(&m, &ctx.server_request_id)),
@@ -793,7 +793,7 @@ pub(crate) async fn handle(
     let mut headers = rl_headers;
     let perf = [
         ("fireworks-prompt-tokens", prompt_tokens.to_string()),
-        ("fireworks-cached-prompt-tokens", "0".to_string()),
+        ("fireworks-cached-prompt-tokens", "0".to_owned()),
         (
             "fireworks-server-time-to-first-token",
             format!("{:.3}", ttfb.as_secs_f64()),

@@ -25,13 +25,13 @@ fn serves_a_scenario_and_logs_attempts_as_jsonl() {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let url = line.trim().rsplit(' ').next().unwrap().to_string();
+    let url = line.trim().rsplit(' ').next().unwrap().to_owned();
     let addr = url
         .trim_start_matches("http://")
         .split('/')
         .next()
         .unwrap()
-        .to_string();
+        .to_owned();
     let body = r#"{"user":"bin-1","messages":[]}"#;
     let mut s = TcpStream::connect(&addr).unwrap();
     write!(s, "POST /inference/v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer fw_bin\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();

@@ -1,58 +1,13 @@
-//! The retry policies firebreak is compared with, written once for the demo, the benches and
-//! the tests: the Fireworks docs' loop, openai-python's policy, and no retry at all.
+//! The retry policies firebreak is compared with, written once for the benches and the tests:
+//! the Fireworks docs' loop (from `firebreak_sim::peers`, which the demo uses too),
+//! openai-python's policy, and no retry at all.
 
 use crate::{PlainClient, chat_body, post};
 use http_body_util::BodyExt;
 use rand::Rng;
-use std::future::Future;
 use std::time::Duration;
 
-/// What one attempt of a baseline ended with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Attempt {
-    /// An answer with this status, its body read whole.
-    Status(u16),
-    /// No usable answer: a transport error, or a body that broke off. `client_side` when the
-    /// request never reached the server (a connect failure).
-    Failed {
-        /// Whether the request never reached the server.
-        client_side: bool,
-    },
-}
-
-/// The statuses the Fireworks docs retry: 429, 500, 502, 503, 504.
-pub fn docs_retries(status: u16) -> bool {
-    matches!(status, 429 | 500 | 502 | 503 | 504)
-}
-
-/// Attempts the docs' loop makes in all.
-pub const DOCS_ATTEMPTS: u32 = 5;
-
-/// The docs' wait after attempt `n` (0-based): `2ⁿ + U(0, 1)` seconds.
-pub fn docs_wait(n: u32) -> Duration {
-    Duration::from_secs_f64(2f64.powi(n as i32) + rand::rng().random::<f64>())
-}
-
-/// The Fireworks docs' retry loop around `attempt`: up to [`DOCS_ATTEMPTS`], retrying transport
-/// failures and [`docs_retries`] statuses after [`docs_wait`]. Returns the last attempt's end.
-pub async fn docs_loop<F, Fut>(mut attempt: F) -> Attempt
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Attempt>,
-{
-    let mut last = Attempt::Failed { client_side: false };
-    for n in 0..DOCS_ATTEMPTS {
-        last = attempt().await;
-        match last {
-            Attempt::Status(s) if s == 200 || !docs_retries(s) => return last,
-            _ => {}
-        }
-        if n + 1 < DOCS_ATTEMPTS {
-            tokio::time::sleep(docs_wait(n)).await;
-        }
-    }
-    last
-}
+pub use firebreak_sim::peers::{Attempt, DOCS_ATTEMPTS, docs_loop, docs_retries, docs_wait};
 
 /// One chat completion through a plain client, its body read whole.
 pub async fn plain_attempt(plain: &PlainClient, base: &str, id: &str, stream: bool) -> Attempt {
@@ -134,49 +89,4 @@ pub async fn openai_attempts(
         tokio::time::sleep(Duration::from_secs_f64(wait)).await;
     }
     false
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::cell::Cell;
-
-    #[tokio::test(start_paused = true)]
-    async fn the_docs_loop_retries_what_the_docs_say_and_waits_as_they_say() {
-        let n = Cell::new(0);
-        let t = tokio::time::Instant::now();
-        let end = docs_loop(|| {
-            n.set(n.get() + 1);
-            let s = if n.get() < 3 { 503 } else { 200 };
-            async move { Attempt::Status(s) }
-        })
-        .await;
-        assert_eq!((end, n.get()), (Attempt::Status(200), 3));
-        let waited = t.elapsed();
-        assert!(
-            waited >= Duration::from_secs(3) && waited < Duration::from_secs(5),
-            "{waited:?}"
-        );
-        let n = Cell::new(0);
-        let end = docs_loop(|| {
-            n.set(n.get() + 1);
-            async { Attempt::Status(400) }
-        })
-        .await;
-        assert_eq!(
-            (end, n.get()),
-            (Attempt::Status(400), 1),
-            "a 400 is not retried"
-        );
-        let n = Cell::new(0);
-        let end = docs_loop(|| {
-            n.set(n.get() + 1);
-            async { Attempt::Failed { client_side: true } }
-        })
-        .await;
-        assert_eq!(
-            (end, n.get()),
-            (Attempt::Failed { client_side: true }, DOCS_ATTEMPTS)
-        );
-    }
 }

@@ -275,7 +275,7 @@ pub fn error_fault(
         shape,
         delay: vec![],
         should_retry: None,
-        message: message.map(str::to_string),
+        message: message.map(str::to_owned),
     }
 }
 

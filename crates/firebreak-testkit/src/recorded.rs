@@ -60,10 +60,10 @@ impl Recorded {
             let (_, key) = key.into_parts();
             let mut labels: Labels = key
                 .labels()
-                .map(|l| (l.key().to_string(), l.value().to_string()))
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
                 .collect();
             labels.sort();
-            let t = totals.entry((key.name().to_string(), labels)).or_default();
+            let t = totals.entry((key.name().to_owned(), labels)).or_default();
             match value {
                 DebugValue::Counter(c) => t.counter += c,
                 DebugValue::Gauge(g) => t.gauge += g.into_inner(),

@@ -13,7 +13,7 @@ use firebreak_sim::{DelayHeader, Fault, Sim, SimConfig, Trigger};
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (base, key, _sim) = match std::env::var("FIREWORKS_API_KEY") {
-        Ok(key) => (FIREWORKS_BASE_URL.to_string(), key, None),
+        Ok(key) => (FIREWORKS_BASE_URL.to_owned(), key, None),
         Err(_) => {
             let sim = Sim::start(SimConfig::default().fault(
                 Trigger::FirstAttempts { n: 1 },
@@ -26,7 +26,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 },
             ))
             .await?;
-            (sim.base_url(), "sim-key".to_string(), Some(sim))
+            (sim.base_url(), "sim-key".to_owned(), Some(sim))
         }
     };
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())

@@ -123,7 +123,7 @@ impl Classification {
         let (class, refused, delay, message) =
             (s.class(), s.refuses_retry(), s.pushback, s.message);
         let api = ApiError {
-            code: Some(crate::parse::body::grpc_code_name(i64::from(code)).to_string()),
+            code: Some(crate::parse::body::grpc_code_name(i64::from(code)).to_owned()),
             message,
             shape: crate::BodyShape::GrpcGateway,
             ..ApiError::default()

@@ -326,10 +326,10 @@ async fn model_labels_are_capped_and_nothing_is_lost() {
     assert_eq!(
         calls,
         [
-            ("accounts/fireworks/models/qwen".to_string(), 1),
-            ("llama#accounts/acme/deployments/d1".to_string(), 2),
-            ("m3".to_string(), 1),
-            ("other".to_string(), 3),
+            ("accounts/fireworks/models/qwen".to_owned(), 1),
+            ("llama#accounts/acme/deployments/d1".to_owned(), 2),
+            ("m3".to_owned(), 1),
+            ("other".to_owned(), 3),
         ]
         .into(),
         "three models of their own, then `other` (the long id included)"
@@ -355,7 +355,7 @@ async fn model_labels_are_capped_and_nothing_is_lost() {
         rec.counters_by(names::ATTEMPTS, "deployment"),
         [
             (String::new(), 5),
-            ("accounts/acme/deployments/d1".to_string(), 3),
+            ("accounts/acme/deployments/d1".to_owned(), 3),
         ]
         .into()
     );

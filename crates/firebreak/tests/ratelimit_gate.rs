@@ -334,7 +334,7 @@ async fn waiters_are_admitted_in_arrival_order() {
         let mut order = Vec::new();
         for _ in 0..6 {
             let (r, send) = h.next_request().await.unwrap();
-            order.push(r.uri().path().to_string());
+            order.push(r.uri().path().to_owned());
             send.send_response(answer(200, &[]));
         }
         assert_eq!(order, ["/0", "/1", "/2", "/3", "/4", "/5"]);

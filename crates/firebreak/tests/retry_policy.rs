@@ -115,7 +115,7 @@ async fn transient_failures_are_retried_with_identical_bodies_and_info() {
         assert_eq!(b1, Bytes::from_static(br#"{"model":"m","messages":[]}"#));
         let counts: Vec<_> = [&h1, &h2, &h3]
             .iter()
-            .map(|h| h["x-stainless-retry-count"].to_str().unwrap().to_string())
+            .map(|h| h["x-stainless-retry-count"].to_str().unwrap().to_owned())
             .collect();
         assert_eq!(counts, ["0", "1", "2"]);
         let keys: Vec<_> = [&h1, &h2, &h3]

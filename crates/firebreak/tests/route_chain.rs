@@ -44,7 +44,7 @@ struct Upstream {
 
 impl Upstream {
     fn set(&self, model: &str, b: Behave) {
-        self.behave.lock().unwrap().insert(model.to_string(), b);
+        self.behave.lock().unwrap().insert(model.to_owned(), b);
     }
     fn count(&self, model: &str) -> usize {
         self.seen
@@ -94,7 +94,7 @@ impl Upstream {
                     auth: parts
                         .headers
                         .get("authorization")
-                        .map(|v| v.to_str().unwrap().to_string()),
+                        .map(|v| v.to_str().unwrap().to_owned()),
                     body,
                 });
                 let (status, headers) = match behave {
@@ -577,8 +577,7 @@ async fn a_breaker_opened_in_one_process_opens_in_the_others() {
 
 #[test]
 fn bad_configurations_are_refused_by_name() {
-    let t =
-        |name: &str, base: &str, w: f64| Target::new(name.to_string(), base, FALLBACK).weight(w);
+    let t = |name: &str, base: &str, w: f64| Target::new(name.to_owned(), base, FALLBACK).weight(w);
     let cases = [
         (
             RouteConfig::new().alias("a", vec![vec![t("x", BASE, 1.0)], vec![t("x", BASE, 1.0)]]),

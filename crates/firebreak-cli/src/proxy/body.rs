@@ -213,7 +213,7 @@ impl ProxyBody {
             sse: None,
             cut: None,
             deadline: None,
-            scrub: Arc::new(|s: &str| s.to_string()),
+            scrub: Arc::new(|s: &str| s.to_owned()),
             done: false,
             log: Some(log),
             _inflight: inflight,

@@ -283,10 +283,10 @@ mod tests {
         ] {
             assert!(host_allowed(ok, &[]), "{ok}");
         }
-        let named = vec!["proxy.internal".to_string()];
+        let named = vec!["proxy.internal".to_owned()];
         assert!(host_allowed("proxy.internal:8787", &named));
         assert!(!host_allowed("other.internal:8787", &named));
-        assert!(host_allowed("anything", &["*".to_string()]));
+        assert!(host_allowed("anything", &["*".to_owned()]));
     }
 
     #[test]
@@ -359,9 +359,9 @@ mod tests {
             post in proptest::collection::vec("[a-z]{1,5}", 0..4),
             dot in prop_oneof![Just("."), Just(".."), Just("%2e"), Just("%2E%2e"), Just(".%2e")],
         ) {
-            let mut segs = vec!["v1".to_string()];
+            let mut segs = vec!["v1".to_owned()];
             segs.extend(pre);
-            segs.push(dot.to_string());
+            segs.push(dot.to_owned());
             segs.extend(post);
             let path = format!("/{}", segs.join("/"));
             let h = head(&[("host", "127.0.0.1")]);

@@ -225,7 +225,7 @@ fn request_id(h: &http::HeaderMap) -> String {
     h.get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_string)
+        .map(str::to_owned)
         .unwrap_or_else(|| format!("fb-{:032x}", rand::random::<u128>()))
 }
 
@@ -277,7 +277,7 @@ async fn handle(
     let id = request_id(&parts.headers);
     let log = CallLog {
         method: parts.method.clone(),
-        path: parts.uri.path().to_string(),
+        path: parts.uri.path().to_owned(),
         request_id: id.clone(),
         status: 0,
         attempts: 0,
@@ -793,7 +793,7 @@ pub(crate) async fn run(args: ProxyArgs) -> Result<(), Box<dyn std::error::Error
     let authority = url::Url::parse(&upstream)
         .ok()
         .and_then(|u| {
-            let host = u.host_str()?.to_string();
+            let host = u.host_str()?.to_owned();
             Some((format!("{host}:{}", u.port_or_known_default()?), host))
         })
         .unwrap_or_default();

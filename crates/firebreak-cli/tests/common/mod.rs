@@ -97,7 +97,7 @@ fn spawn(mut cmd: Command) -> Result<Proxy, String> {
         .nth(1)
         .and_then(|s| s.split(|c: char| c.is_whitespace() || c == ';').next())
         .expect("an address")
-        .to_string();
+        .to_owned();
     Ok(Proxy {
         child,
         addr,
@@ -177,7 +177,7 @@ pub(crate) fn request(
     ));
     let text = exchange(addr, raw.as_bytes(), Duration::from_secs(30));
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (status_of(head), head.to_string(), body.to_string())
+    (status_of(head), head.to_owned(), body.to_owned())
 }
 
 /// A chat body.

@@ -701,7 +701,7 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.project();
         let r = this.inner.poll_frame(cx);
-        if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+        if matches!(r, Poll::Ready(None | Some(Err(_)))) {
             *this.permit = None;
         }
         r

@@ -253,14 +253,14 @@ impl LocalGate {
             .model
             .as_deref()
             .map(|m| match crate::Model(m.into()).deployment() {
-                Some(d) => d.rsplit('/').next().unwrap_or(m).to_string(),
-                None => m.to_string(),
+                Some(d) => d.rsplit('/').next().unwrap_or(m).to_owned(),
+                None => m.to_owned(),
             });
         match id {
             Some(id) => format!(
                 "dedicated deployment {id} keeps refusing for capacity: raise its replica count or autoscaling limits (`firectl deployment update {id}`)"
             ),
-            None => "a dedicated deployment keeps refusing for capacity: raise its replica count or autoscaling limits (`firectl deployment update <deployment id>`)".to_string(),
+            None => "a dedicated deployment keeps refusing for capacity: raise its replica count or autoscaling limits (`firectl deployment update <deployment id>`)".to_owned(),
         }
     }
 
@@ -397,7 +397,7 @@ impl LocalGate {
 
     fn refuse(&self, wait: Option<Duration>, why: &str) -> Error {
         self.refused.fetch_add(1, Ordering::Relaxed);
-        let mut e = Error::new(Class::GateRefused).with_detail(why.to_string());
+        let mut e = Error::new(Class::GateRefused).with_detail(why.to_owned());
         if let Some(w) = wait {
             e = e.with_retry_after(w);
         }
@@ -409,8 +409,7 @@ impl LocalGate {
         Error::new(Class::GateRefused)
             .with_quota_exhausted()
             .with_detail(format!(
-                "a call on this key was just answered quota exhausted: add credits or raise the spending limit; the next call goes through in {:.0?}",
-                recheck_in
+                "a call on this key was just answered quota exhausted: add credits or raise the spending limit; the next call goes through in {recheck_in:.0?}"
             ))
     }
 

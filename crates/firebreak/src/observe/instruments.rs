@@ -270,8 +270,8 @@ pub(crate) struct ModelCounters {
 impl ModelCounters {
     fn new(model: &str, deployment: &str) -> Self {
         ModelCounters {
-            model: model.to_string().into(),
-            deployment: deployment.to_string().into(),
+            model: model.to_owned().into(),
+            deployment: deployment.to_owned().into(),
             requests: std::array::from_fn(|_| OnceLock::new()),
             requests_cancelled: OnceLock::new(),
             attempts: std::array::from_fn(|_| OnceLock::new()),

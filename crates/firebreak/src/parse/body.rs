@@ -241,8 +241,8 @@ fn grpc_gateway(o: &Map<String, Value>) -> ApiError {
         })
         .map(bound);
     ApiError {
-        code: reason.or_else(|| Some(grpc_code_name(code_num).to_string())),
-        kind: Some(grpc_code_name(code_num).to_string()),
+        code: reason.or_else(|| Some(grpc_code_name(code_num).to_owned())),
+        kind: Some(grpc_code_name(code_num).to_owned()),
         message: str_field(o, "message").map(|m| bound(&m)),
         shape: BodyShape::GrpcGateway,
         ..ApiError::default()
@@ -485,7 +485,7 @@ mod tests {
     #[test]
     fn grpc_gateway_bare_and_wrapped() {
         let body = r#"{"code":8,"message":"quota exceeded","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"QUOTA_EXCEEDED"}]}"#;
-        for s in [body.to_string(), format!(r#"{{"error":{body}}}"#)] {
+        for s in [body.to_owned(), format!(r#"{{"error":{body}}}"#)] {
             let e = p(&s);
             assert_eq!(e.shape, BodyShape::GrpcGateway, "{s}");
             assert_eq!(e.code.as_deref(), Some("QUOTA_EXCEEDED"));

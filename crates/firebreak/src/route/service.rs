@@ -576,7 +576,7 @@ async fn route(
         .uri
         .path_and_query()
         .map_or("/", |p| p.as_str())
-        .to_string();
+        .to_owned();
 
     let now = Instant::now();
     let order = call_order(&inner, tiers);

@@ -269,7 +269,7 @@ impl FireworksClient {
         let base = base_url.trim_end_matches('/');
         let uri: http::Uri = base
             .parse()
-            .map_err(|_| StackError::BaseUrl(base_url.to_string()))?;
+            .map_err(|_| StackError::BaseUrl(base_url.to_owned()))?;
         // A port that is not a valid u16 (`:99999`) would silently become the scheme's default.
         let bad_port = uri
             .authority()
@@ -277,7 +277,7 @@ impl FireworksClient {
             .and_then(|hp| hp.rsplit_once(':'))
             .is_some_and(|(_, p)| !p.contains(']') && p.parse::<u16>().is_err());
         if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() || bad_port {
-            return Err(StackError::BaseUrl(base_url.to_string()));
+            return Err(StackError::BaseUrl(base_url.to_owned()));
         }
         let client = shared_https(&stack, cfg)?;
         let mut layer = stack.layer()?;
