@@ -2,7 +2,7 @@
 //! fleet-wide state. An implementation (`firebreak-redis`) keeps the shared part elsewhere and
 //! syncs it in the background: nothing here waits on it.
 
-use crate::gate::store::GateKey;
+use crate::gate::key::GateKey;
 use std::fmt;
 use std::sync::Weak;
 use std::time::Duration;

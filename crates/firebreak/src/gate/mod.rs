@@ -83,20 +83,27 @@
 //! }
 //! ```
 
+mod body;
 mod config;
+mod estimate;
 mod fleet;
+mod future;
+mod key;
 mod layer;
+mod service;
 mod state;
 mod store;
 #[cfg(test)]
 mod tests;
 
+pub use body::PermitBody;
 pub use config::{GateConfig, GateConfigError, HeaderUnit};
+pub use estimate::TokenEstimate;
 #[cfg_attr(not(feature = "route"), allow(unused_imports))]
 pub(crate) use fleet::FleetSink;
 pub use fleet::{Fleet, FleetEvent, FleetInbox};
-pub use layer::{
-    CapacityAdvice, Gate, GateLayer, GateSnapshot, KeyBy, PermitBody, RequestHead, ResponseFuture,
-    TokenEstimate,
-};
-pub use store::GateKey;
+pub use future::ResponseFuture;
+pub use key::{GateKey, KeyBy, RequestHead};
+pub use layer::{GateLayer, GateSnapshot};
+pub use service::Gate;
+pub use state::CapacityAdvice;

@@ -1,9 +1,9 @@
 //! The per-process part of a key's gate: an adaptive concurrency limit over a fair (FIFO)
 //! semaphore, the wait queue's bound, and the counters metrics read.
 
-use crate::gate::CapacityAdvice;
 use crate::gate::config::GateConfig;
-use crate::gate::store::{GateKey, RateStore, Reserve, Signal};
+use crate::gate::key::GateKey;
+use crate::gate::store::{Reserve, Signal, Store};
 use crate::{Class, Error, TargetKind};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -174,15 +174,15 @@ impl Drop for Waiting<'_> {
 
 /// A send slot reserved in the store and not used yet: given back if the waiter goes away
 /// (cancelled, or timed out) before its time.
-struct Reservation<'a, S: RateStore> {
-    store: &'a S,
+struct Reservation<'a> {
+    store: &'a Store,
     key: GateKey,
     slot: Instant,
     tokens: u32,
     armed: bool,
 }
 
-impl<S: RateStore> Drop for Reservation<'_, S> {
+impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         if self.armed {
             self.store
@@ -415,9 +415,9 @@ impl LocalGate {
 
     /// Admits at once if a permit is free and no wait is needed: the common case costs no
     /// allocation and no timer.
-    pub(crate) fn try_admit<S: RateStore>(
+    pub(crate) fn try_admit(
         self: &Arc<Self>,
-        store: &S,
+        store: &Store,
         tokens: u32,
         now: Instant,
         cfg: &GateConfig,
@@ -444,9 +444,9 @@ impl LocalGate {
     /// Waits, first in line for a permit (FIFO), then for a send slot; fails at once when the
     /// slot is after the deadline or the key's quota is spent, and at the deadline when no
     /// permit came.
-    pub(crate) async fn admit<S: RateStore>(
+    pub(crate) async fn admit(
         self: Arc<Self>,
-        store: Arc<S>,
+        store: Arc<Store>,
         cfg: Arc<GateConfig>,
         tokens: u32,
         deadline: Option<Instant>,
@@ -520,7 +520,7 @@ impl LocalGate {
                         WaitReason::Pacing
                     };
                     let mut held = Reservation {
-                        store: &*store,
+                        store: &store,
                         key: self.key,
                         slot: t,
                         tokens,
@@ -625,3 +625,12 @@ impl LocalGate {
         }
     }
 }
+
+/// What to do about a dedicated deployment that keeps refusing for capacity (three 429s or
+/// 503s within 10 s), in one line naming the deployment: on the responses of the attempts it
+/// refuses while it keeps refusing (an extension; `firebreak proxy` sends it as the
+/// `firebreak-advice` header), in the detail of such an error, and once per episode (until
+/// 60 s pass without a refusal) as a WARN event. Only for a dedicated key (see
+/// [`GateConfig::kind`](crate::gate::GateConfig::kind)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapacityAdvice(pub Arc<str>);

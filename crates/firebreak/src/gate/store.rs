@@ -1,8 +1,10 @@
-//! The rate, cooldown and quota state shared by everyone using a key, behind [`RateStore`], so
-//! that a distributed store can replace the in-process one without changing the layer.
+//! The rate, cooldown and quota state shared by every clone of the layer, per key: pacing,
+//! cooldowns and quota holds. Cheap and non-blocking: it is called on every attempt. Other
+//! processes take part only through the [`Fleet`] seam.
 
 use crate::gate::config::{GateConfig, HeaderUnit};
 use crate::gate::fleet::{Fleet, FleetEvent};
+use crate::gate::key::GateKey;
 use crate::parse::ratelimit::RateLimitHeaders;
 use crate::{Class, TargetKind};
 use std::sync::{Arc, Mutex, RwLock};
@@ -19,13 +21,6 @@ const SERVED: usize = 8;
 
 /// Capacity refusals further apart than this never add up to fleet-wide evidence.
 const SIGNAL_WINDOW: Duration = Duration::from_secs(2);
-
-/// Which gate a request belongs to: a hash, so that no API key is ever kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct GateKey(pub u64);
-
-// Already a hash: maps keyed by it skip hashing it again.
-impl nohash_hasher::IsEnabled for GateKey {}
 
 /// What kind of evidence one answer is (see the gate module's docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,30 +126,6 @@ pub(crate) struct RateSnapshot {
     pub(crate) per_second_headers: bool,
     /// Time left before a key whose quota is exhausted is rechecked.
     pub(crate) quota_recheck_in: Duration,
-}
-
-/// The shared part of the gate: pacing, cooldown and quota state, per key. Implementations
-/// must be cheap and must not block: they are called on every attempt.
-pub(crate) trait RateStore: Send + Sync + 'static {
-    /// Reserves the next send slot for `key` at or after `now`, counting `tokens` against any
-    /// token cap. Returns [`Reserve::Refused`] (reserving nothing) when the slot would be after
-    /// `latest`, and [`Reserve::QuotaExhausted`] while the key's quota is known to be spent.
-    fn reserve(&self, key: GateKey, now: Instant, tokens: u32, latest: Option<Instant>) -> Reserve;
-    /// Gives back a slot reserved at `slot` by [`RateStore::reserve`] that was never used (its
-    /// caller gave up while waiting for it), so that later callers do not wait for it.
-    fn release(&self, key: GateKey, slot: Instant, tokens: u32, now: Instant);
-    /// When the current fleet-wide cooldown ends, if one is on.
-    fn cooldown_until(&self, key: GateKey, now: Instant) -> Option<Instant>;
-    /// While the key's quota is known to be exhausted: the time until it is rechecked.
-    fn quota_recheck_in(&self, key: GateKey, now: Instant) -> Option<Duration>;
-    /// Learns from one answer: whether it completes fleet-wide capacity evidence
-    /// (`fleet_signals` capacity refusals of requests that were in flight together), or is a
-    /// capacity refusal that a success contradicts (noise).
-    fn learn(&self, key: GateKey, obs: &Answer, now: Instant) -> Learned;
-    /// The state, for metrics.
-    fn snapshot(&self, key: GateKey, now: Instant) -> Option<RateSnapshot>;
-    /// Drops `key`'s state (the layer evicted its idle gate).
-    fn forget(&self, key: GateKey);
 }
 
 #[derive(Debug)]
@@ -269,19 +240,19 @@ impl KeyRate {
     }
 }
 
-/// The in-process [`RateStore`]: one small mutex per key behind a read-mostly map, so keys do
-/// not contend with each other.
+/// The shared state: one small mutex per key behind a read-mostly map, so keys do not contend
+/// with each other.
 #[derive(Debug)]
-pub(crate) struct InProcessStore {
+pub(crate) struct Store {
     cfg: GateConfig,
     keys: RwLock<nohash_hasher::IntMap<GateKey, Mutex<KeyRate>>>,
     fleet: Option<Arc<dyn Fleet>>,
 }
 
-impl InProcessStore {
+impl Store {
     /// A store for `cfg`.
     pub(crate) fn new(cfg: GateConfig) -> Self {
-        InProcessStore {
+        Store {
             cfg,
             keys: RwLock::new(nohash_hasher::IntMap::default()),
             fleet: None,
@@ -291,14 +262,14 @@ impl InProcessStore {
     /// A store whose account-wide rates are shared with, and whose fleet-wide evidence is
     /// published to, `fleet`.
     pub(crate) fn with_fleet(cfg: GateConfig, fleet: Arc<dyn Fleet>) -> Self {
-        InProcessStore {
+        Store {
             fleet: Some(fleet),
-            ..InProcessStore::new(cfg)
+            ..Store::new(cfg)
         }
     }
 }
 
-impl crate::gate::fleet::FleetSink for InProcessStore {
+impl crate::gate::fleet::FleetSink for Store {
     /// Another process's evidence (see [`FleetInbox`](crate::gate::FleetInbox)).
     fn apply_remote(&self, key: GateKey, event: FleetEvent, now: Instant) {
         self.with_key(key, now, |s| match event {
@@ -315,7 +286,7 @@ impl crate::gate::fleet::FleetSink for InProcessStore {
     }
 }
 
-impl InProcessStore {
+impl Store {
     /// This process's share of an account-wide rate on `key`: 1 without a fleet, or with one
     /// that cannot tell (`None`).
     fn share(&self, key: GateKey) -> f64 {
@@ -363,13 +334,24 @@ impl InProcessStore {
     }
 }
 
-impl RateStore for InProcessStore {
-    fn reserve(&self, key: GateKey, now: Instant, tokens: u32, latest: Option<Instant>) -> Reserve {
+impl Store {
+    /// Reserves the next send slot for `key` at or after `now`, counting `tokens` against any
+    /// token cap. Returns [`Reserve::Refused`] (reserving nothing) when the slot would be after
+    /// `latest`, and [`Reserve::QuotaExhausted`] while the key's quota is known to be spent.
+    pub(crate) fn reserve(
+        &self,
+        key: GateKey,
+        now: Instant,
+        tokens: u32,
+        latest: Option<Instant>,
+    ) -> Reserve {
         let share = self.share(key);
         self.with_key(key, now, |s| self.reserve_in(s, now, tokens, latest, share))
     }
 
-    fn release(&self, key: GateKey, slot: Instant, tokens: u32, now: Instant) {
+    /// Gives back a slot reserved at `slot` by [`Store::reserve`] that was never used (its
+    /// caller gave up while waiting for it), so that later callers do not wait for it.
+    pub(crate) fn release(&self, key: GateKey, slot: Instant, tokens: u32, now: Instant) {
         self.with_key(key, now, |s| {
             // Later reservations keep theirs; the next one starts a slot earlier.
             if s.next_free > now && s.next_free >= slot && !s.last_interval.is_zero() {
@@ -389,23 +371,29 @@ impl RateStore for InProcessStore {
         });
     }
 
-    fn cooldown_until(&self, key: GateKey, now: Instant) -> Option<Instant> {
+    /// When the current fleet-wide cooldown ends, if one is on.
+    pub(crate) fn cooldown_until(&self, key: GateKey, now: Instant) -> Option<Instant> {
         self.with_key(key, now, |s| {
             (s.cooldown_until > now).then_some(s.cooldown_until)
         })
     }
 
-    fn quota_recheck_in(&self, key: GateKey, now: Instant) -> Option<Duration> {
+    /// While the key's quota is known to be exhausted: the time until it is rechecked.
+    pub(crate) fn quota_recheck_in(&self, key: GateKey, now: Instant) -> Option<Duration> {
         self.with_key(key, now, |s| {
             (s.quota_until > now).then(|| s.quota_until - now)
         })
     }
 
-    fn learn(&self, key: GateKey, obs: &Answer, now: Instant) -> Learned {
+    /// Learns from one answer: whether it completes fleet-wide capacity evidence
+    /// (`fleet_signals` capacity refusals of requests that were in flight together), or is a
+    /// capacity refusal that a success contradicts (noise).
+    pub(crate) fn learn(&self, key: GateKey, obs: &Answer, now: Instant) -> Learned {
         self.with_key(key, now, |s| self.observe_in(key, s, obs, now))
     }
 
-    fn snapshot(&self, key: GateKey, now: Instant) -> Option<RateSnapshot> {
+    /// The state, for metrics.
+    pub(crate) fn snapshot(&self, key: GateKey, now: Instant) -> Option<RateSnapshot> {
         let map = self.keys.read().unwrap_or_else(|e| e.into_inner());
         let s = map.get(&key)?.lock().unwrap_or_else(|e| e.into_inner());
         Some(RateSnapshot {
@@ -416,7 +404,8 @@ impl RateStore for InProcessStore {
         })
     }
 
-    fn forget(&self, key: GateKey) {
+    /// Drops `key`'s state (the layer evicted its idle gate).
+    pub(crate) fn forget(&self, key: GateKey) {
         self.keys
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -424,7 +413,7 @@ impl RateStore for InProcessStore {
     }
 }
 
-impl InProcessStore {
+impl Store {
     fn reserve_in(
         &self,
         s: &mut KeyRate,

@@ -58,6 +58,31 @@ impl ApiError {
     pub(crate) fn best_code(&self) -> Option<&str> {
         self.code.as_deref().or(self.kind.as_deref())
     }
+
+    /// Whether the body names a rate limit (`RATE_LIMIT_EXCEEDED`, `rate_limit_error`, "rate
+    /// limit exceeded"): then a 429 is an account or model limit. A message that speaks of
+    /// capacity or overload ("Deployment capacity exceeded", "server overloaded") makes it a
+    /// capacity refusal whatever the code says (Fireworks has sent both under one code).
+    #[cfg_attr(not(feature = "gate"), allow(dead_code))]
+    pub(crate) fn says_rate_limit(&self) -> bool {
+        let norm = |s: &str| s.to_ascii_lowercase().replace([' ', '-'], "_");
+        if self
+            .message
+            .as_deref()
+            .map(norm)
+            .is_some_and(|m| m.contains("capacity") || m.contains("overload"))
+        {
+            return false;
+        }
+        [
+            self.code.as_deref(),
+            self.kind.as_deref(),
+            self.message.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .any(|s| norm(s).contains("rate_limit"))
+    }
 }
 
 /// Whether an error answer says the account's quota, spending limit or billing is exhausted,

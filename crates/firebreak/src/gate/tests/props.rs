@@ -2,7 +2,8 @@
 //! beyond the documented bounds, and no fleet-wide reaction to one request's answer.
 
 use crate::gate::GateConfig;
-use crate::gate::store::{Answer, GateKey, InProcessStore, RateStore, Reserve, Signal};
+use crate::gate::GateKey;
+use crate::gate::store::{Answer, Reserve, Signal, Store};
 use crate::parse::ratelimit::RateLimitHeaders;
 use crate::{Class, Classification};
 use http::{HeaderMap, HeaderValue, StatusCode};
@@ -67,7 +68,7 @@ proptest! {
             }
         }
         let cfg = GateConfig::default();
-        let store = InProcessStore::new(cfg.clone());
+        let store = Store::new(cfg.clone());
         let key = GateKey(7);
         let now = Instant::now();
         let c = Classification::from_response(
@@ -116,7 +117,7 @@ proptest! {
     fn stated_limits_never_stall_a_fresh_key(limit in 1u64..100_000, remaining in 1u64..1000) {
         // A per-second reading of any stated limit never holds a send for more than a second.
         let cfg = GateConfig::default();
-        let store = InProcessStore::new(cfg);
+        let store = Store::new(cfg);
         let now = Instant::now();
         let mut map = HeaderMap::new();
         map.insert("x-ratelimit-limit-requests", limit.into());
@@ -143,7 +144,7 @@ proptest! {
 
 /// A rate-limit 429 stating `limit` per unit, after `sent` admissions in the last moment.
 fn per_second_after(sent: u32, limit: u64) -> bool {
-    per_second_after_in(InProcessStore::new(GateConfig::default()), sent, limit)
+    per_second_after_in(Store::new(GateConfig::default()), sent, limit)
 }
 
 /// A fleet that always answers the same share (`None`: it cannot tell).
@@ -160,14 +161,10 @@ impl crate::gate::Fleet for FixedShare {
 
 fn per_second_after_in_fleet(share: Option<f64>, sent: u32, limit: u64) -> bool {
     let fleet = std::sync::Arc::new(FixedShare(share));
-    per_second_after_in(
-        InProcessStore::with_fleet(GateConfig::default(), fleet),
-        sent,
-        limit,
-    )
+    per_second_after_in(Store::with_fleet(GateConfig::default(), fleet), sent, limit)
 }
 
-fn per_second_after_in(store: InProcessStore, sent: u32, limit: u64) -> bool {
+fn per_second_after_in(store: Store, sent: u32, limit: u64) -> bool {
     let now = Instant::now();
     for _ in 0..sent {
         assert!(matches!(

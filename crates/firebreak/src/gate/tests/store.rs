@@ -1,8 +1,9 @@
-//! The shared state's rules, one by one, on `InProcessStore` directly (no clock but the
+//! The shared state's rules, one by one, on `Store` directly (no clock but the
 //! instants passed in): each test pins a boundary the gate's behaviour depends on.
 
 use crate::Class;
-use crate::gate::store::{Answer, GateKey, InProcessStore, RateStore, Reserve};
+use crate::gate::GateKey;
+use crate::gate::store::{Answer, Reserve, Store};
 use crate::gate::{GateConfig, HeaderUnit};
 use crate::parse::ratelimit::RateLimitHeaders;
 use http::HeaderMap;
@@ -38,7 +39,7 @@ fn obs(
     }
 }
 
-fn slot(store: &InProcessStore, now: Instant) -> Duration {
+fn slot(store: &Store, now: Instant) -> Duration {
     match store.reserve(K, now, 0, None) {
         Reserve::At(t) => t - now,
         other => panic!("expected a slot, got {other:?}"),
@@ -47,7 +48,7 @@ fn slot(store: &InProcessStore, now: Instant) -> Duration {
 
 #[test]
 fn a_limit_of_zero_is_ignored_not_a_stall() {
-    let store = InProcessStore::new(GateConfig::default());
+    let store = Store::new(GateConfig::default());
     let now = Instant::now();
     let rl = headers(&[("x-ratelimit-limit-requests", "0")]);
     store.learn(K, &obs(Class::Success, None, rl, now), now);
@@ -58,7 +59,7 @@ fn a_limit_of_zero_is_ignored_not_a_stall() {
 
 #[test]
 fn a_delay_of_exactly_the_cap_is_trusted() {
-    let store = InProcessStore::new(GateConfig::default());
+    let store = Store::new(GateConfig::default());
     let now = Instant::now();
     let d = Duration::from_secs(60);
     store.learn(K, &obs(Class::RateLimited, Some(d), None, now), now);
@@ -69,7 +70,7 @@ fn a_delay_of_exactly_the_cap_is_trusted() {
 #[test]
 fn the_per_second_reading_stays_when_the_client_sent_as_much_and_returns_after_recovery() {
     let cfg = GateConfig::default();
-    let store = InProcessStore::new(cfg.clone());
+    let store = Store::new(cfg.clone());
     let now = Instant::now();
     // Sent exactly the stated 5 in the last second: a 429 is explained per second.
     for _ in 0..5 {
@@ -100,7 +101,7 @@ fn the_per_second_reading_stays_when_the_client_sent_as_much_and_returns_after_r
 #[test]
 fn the_quota_recheck_lets_a_call_through_exactly_when_it_is_due() {
     let cfg = GateConfig::default();
-    let store = InProcessStore::new(cfg.clone());
+    let store = Store::new(cfg.clone());
     let now = Instant::now();
     store.learn(K, &obs(Class::QuotaExhausted, None, None, now), now);
     assert_eq!(
@@ -117,7 +118,7 @@ fn the_quota_recheck_lets_a_call_through_exactly_when_it_is_due() {
 
 #[test]
 fn after_a_429_with_no_delay_a_spent_window_waits_for_its_reset() {
-    let store = InProcessStore::new(GateConfig::default());
+    let store = Store::new(GateConfig::default());
     let now = Instant::now();
     let spent = headers(&[
         ("x-ratelimit-remaining-requests", "0"),
@@ -137,7 +138,7 @@ fn after_a_429_with_no_delay_a_spent_window_waits_for_its_reset() {
             ("x-ratelimit-reset-requests", "2m"),
         ],
     ] {
-        let store = InProcessStore::new(GateConfig::default());
+        let store = Store::new(GateConfig::default());
         store.learn(K, &obs(Class::RateLimited, None, headers(&pairs), now), now);
         assert!(slot(&store, now) < Duration::from_secs(1), "{pairs:?}");
     }
@@ -151,7 +152,7 @@ fn a_released_slot_and_its_tokens_go_to_the_next_caller() {
         tokens_per_minute: Some(600), // 10 tokens a second
         ..GateConfig::default()
     };
-    let store = InProcessStore::new(cfg);
+    let store = Store::new(cfg);
     let now = Instant::now();
     // No request rate known: only the token cap spaces the sends, 10 tokens each a second apart.
     let a = match store.reserve(K, now, 10, None) {
@@ -170,7 +171,7 @@ fn a_released_slot_and_its_tokens_go_to_the_next_caller() {
         other => panic!("{other:?}"),
     }
     // A release with nothing reserved ahead changes nothing.
-    let idle = InProcessStore::new(GateConfig::default());
+    let idle = Store::new(GateConfig::default());
     idle.release(K, now, 10, now);
     assert_eq!(slot(&idle, now), Duration::ZERO);
 }
@@ -178,7 +179,7 @@ fn a_released_slot_and_its_tokens_go_to_the_next_caller() {
 #[test]
 fn a_rate_limit_429_paces_at_what_was_admitted() {
     // A rate-limit 429 lowers the pace to what was admitted (× 0.8).
-    let store = InProcessStore::new(GateConfig::default());
+    let store = Store::new(GateConfig::default());
     let t0 = Instant::now();
     // 40 admissions over 2 s: 20 a second, measured when the window closes.
     for i in 0..=40u32 {
@@ -193,14 +194,14 @@ fn a_rate_limit_429_paces_at_what_was_admitted() {
 
 #[test]
 fn a_slot_exactly_at_the_latest_instant_is_granted() {
-    let store = InProcessStore::new(GateConfig::default());
+    let store = Store::new(GateConfig::default());
     let now = Instant::now();
     assert_eq!(store.reserve(K, now, 0, Some(now)), Reserve::At(now));
 }
 
 #[test]
 fn the_release_ramp_ends_exactly_a_second_after_the_cooldown() {
-    let store = InProcessStore::new(GateConfig::default());
+    let store = Store::new(GateConfig::default());
     let now = Instant::now();
     store.learn(
         K,
@@ -222,7 +223,7 @@ fn nothing_remaining_holds_one_interval_of_the_stated_rate() {
         header_unit: HeaderUnit::PerMinute,
         ..GateConfig::default()
     };
-    let store = InProcessStore::new(cfg);
+    let store = Store::new(cfg);
     let now = Instant::now();
     let rl = headers(&[
         ("x-ratelimit-limit-requests", "120"),
@@ -240,7 +241,7 @@ fn nothing_remaining_holds_one_interval_of_the_stated_rate() {
 fn admissions_over_more_than_a_second_are_measured_per_second() {
     // Six sends over 1.5 s is 4 a second: under half a stated 10, so a 429 then drops the
     // per-second reading.
-    let store = InProcessStore::new(GateConfig::default());
+    let store = Store::new(GateConfig::default());
     let t0 = Instant::now();
     for i in 0..6u64 {
         let at = t0 + Duration::from_millis(300 * i);
@@ -256,7 +257,7 @@ fn admissions_over_more_than_a_second_are_measured_per_second() {
 fn a_429_at_more_than_half_the_per_second_reading_keeps_it() {
     // Seven a second under a stated 10: a fleet whose share is counted a little wrong sends
     // about this much. Not far enough under to call the reading per minute (60× slower).
-    let store = InProcessStore::new(GateConfig::default());
+    let store = Store::new(GateConfig::default());
     let t0 = Instant::now();
     for i in 0..14u64 {
         let at = t0 + Duration::from_millis(1000 * i / 7);
@@ -273,7 +274,7 @@ fn a_cooldown_does_not_drag_the_measured_rate_down() {
     // Two sends, a 1 s cooldown inside the 2 s measuring window, then 20 a second for 2 s: a
     // later 429 lowers the pace from 20 a second (× 0.8), not from a window that averaged the
     // cooldown in (10 a second).
-    let store = InProcessStore::new(GateConfig::default());
+    let store = Store::new(GateConfig::default());
     let t0 = Instant::now();
     slot(&store, t0);
     slot(&store, t0);
@@ -296,7 +297,7 @@ fn a_cooldown_does_not_drag_the_measured_rate_down() {
 
 #[test]
 fn a_429_that_says_when_to_come_back_and_states_no_limit_teaches_no_pace() {
-    let store = InProcessStore::new(GateConfig::default());
+    let store = Store::new(GateConfig::default());
     let t0 = Instant::now();
     for i in 0..=40u64 {
         slot(&store, t0 + Duration::from_millis(50 * i));
@@ -317,7 +318,7 @@ fn a_stated_pace_is_lowered_once_a_second_and_only_by_explained_429s() {
         headroom: 1.0,
         ..GateConfig::default()
     };
-    let store = InProcessStore::new(cfg);
+    let store = Store::new(cfg);
     let t0 = Instant::now();
     let rl = headers(&[("x-ratelimit-limit-requests", "600")]); // 10/s
     store.learn(K, &obs(Class::Success, None, rl, t0), t0);
