@@ -79,43 +79,11 @@ fn failed(class: &'static str) -> CallResult {
 }
 
 pub(crate) async fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let key = api_key(args.api_key.as_deref())?.ok_or(
-        "no API key: set FIREWORKS_API_KEY (or pass --api-key, which the process list shows)",
-    )?;
-    let base = base_url("--base-url", &args.base_url)?;
-    let t = args.timeouts.resolve()?;
-    let mut stack = Stack {
-        timeouts: t,
-        ..Stack::preset(args.timeouts.preset.workload())
-    };
-    if let Some(n) = args.max_attempts {
-        stack.retry.max_attempts = n;
-    }
-    let stack = args.fleet.apply(stack)?;
     // The stack's own metrics count attempts, 429s and client-side failures; a recorder local
     // to this command receives them (the handles are bound when the client is built).
     let recorder = metrics_util::debugging::DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
-    // With fallbacks, calls name the primary model and go through its chain; the path is then
-    // relative to the targets' base URL.
-    let (svc, url) = if args.fallback.is_empty() {
-        let client =
-            metrics::with_local_recorder(&recorder, || FireworksClient::new(&base, key, stack))?;
-        (client.service(), format!("{base}/chat/completions"))
-    } else {
-        let models: Vec<&str> = std::iter::once(args.model.as_str())
-            .chain(args.fallback.iter().map(String::as_str))
-            .collect();
-        let cfg =
-            firebreak::route::RouteConfig::new().fallbacks(args.model.as_str(), &base, &models);
-        let router = metrics::with_local_recorder(&recorder, || {
-            firebreak::route::Router::new(cfg, stack, Some(key), &Default::default())
-        })?;
-        (
-            firebreak::BoxStack::new(router),
-            "/chat/completions".to_owned(),
-        )
-    };
+    let (svc, url) = service(&args, &recorder)?;
     let bar = if args.json {
         ProgressBar::hidden()
     } else {
@@ -128,55 +96,119 @@ pub(crate) async fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>
     );
     let url = Arc::new(url);
     let t0 = Instant::now();
-    let results: Vec<(CallResult, Duration, Option<String>)> = futures_util::stream::iter(
-        0..args.requests,
-    )
-    .map(|i| {
-        let (svc, url, bar) = (svc.clone(), url.clone(), bar.clone());
-        let body = serde_json::json!({
-            "model": args.model,
-            "messages": [{"role": "user", "content": "Write one sentence about reliability."}],
-            "max_tokens": args.max_tokens,
-            "stream": args.stream,
-            "user": format!("req-{i:06}"),
-        });
-        async move {
-            let t = Instant::now();
-            let req = Request::post(url.as_str())
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .body(Full::new(Bytes::from(body.to_string())));
-            let mut by = None;
-            let r: CallResult = match req {
-                Err(_) => failed("other"),
-                Ok(req) => match svc.oneshot(req).await {
-                    Ok(resp) => {
-                        by = resp
-                            .extensions()
-                            .get::<firebreak::route::AnsweredBy>()
-                            .map(|a| a.model.to_string());
-                        let class = Classification::class_of(&resp);
-                        let status = resp.status();
-                        match resp.into_body().collect().await {
-                            Ok(_) if status.is_success() => Ok(()),
-                            Ok(_) => failed(class.label()),
-                            Err(e) => Err(Failure {
-                                class: e.class().label(),
-                                mid_body: status.is_success(),
-                            }),
-                        }
-                    }
-                    Err(e) => failed(e.class().label()),
-                },
-            };
-            bar.inc(1);
-            (r, t.elapsed(), by)
-        }
-    })
-    .buffer_unordered(args.concurrency as usize)
-    .collect()
-    .await;
+    let results: Vec<Outcome> = futures_util::stream::iter(0..args.requests)
+        .map(|i| {
+            let (svc, url, bar) = (svc.clone(), url.clone(), bar.clone());
+            let body = serde_json::json!({
+                "model": args.model,
+                "messages": [{"role": "user", "content": "Write one sentence about reliability."}],
+                "max_tokens": args.max_tokens,
+                "stream": args.stream,
+                "user": format!("req-{i:06}"),
+            });
+            async move {
+                let r = one_call(svc, &url, body).await;
+                bar.inc(1);
+                r
+            }
+        })
+        .buffer_unordered(args.concurrency as usize)
+        .collect()
+        .await;
     bar.finish_and_clear();
-    let elapsed = t0.elapsed().as_secs_f64();
+    let summary = summarize(&args, &results, t0.elapsed(), Seen::read(&snapshotter));
+    if args.json {
+        println!("{}", summary.json);
+    } else {
+        println!("{}", summary.text);
+    }
+    if summary.succeeded == 0 {
+        return Err(format!("all {} calls failed", results.len()).into());
+    }
+    Ok(())
+}
+
+/// One call's end: its result, how long it took, and the model that answered (with fallbacks).
+type Outcome = (CallResult, Duration, Option<String>);
+
+/// The stack the calls go through, and the URL they are sent to. With fallbacks, calls name
+/// the primary model and go through its chain; the path is then relative to the targets'
+/// base URL.
+fn service(
+    args: &LoadArgs,
+    recorder: &metrics_util::debugging::DebuggingRecorder,
+) -> Result<(firebreak::BoxStack, String), Box<dyn std::error::Error>> {
+    let key = api_key(args.api_key.as_deref())?.ok_or(
+        "no API key: set FIREWORKS_API_KEY (or pass --api-key, which the process list shows)",
+    )?;
+    let base = base_url("--base-url", &args.base_url)?;
+    let mut stack = Stack {
+        timeouts: args.timeouts.resolve()?,
+        ..Stack::preset(args.timeouts.preset.workload())
+    };
+    if let Some(n) = args.max_attempts {
+        stack.retry.max_attempts = n;
+    }
+    let stack = args.fleet.apply(stack)?;
+    if args.fallback.is_empty() {
+        let client =
+            metrics::with_local_recorder(recorder, || FireworksClient::new(&base, key, stack))?;
+        return Ok((client.service(), format!("{base}/chat/completions")));
+    }
+    let models: Vec<&str> = std::iter::once(args.model.as_str())
+        .chain(args.fallback.iter().map(String::as_str))
+        .collect();
+    let cfg = firebreak::route::RouteConfig::new().fallbacks(args.model.as_str(), &base, &models);
+    let router = metrics::with_local_recorder(recorder, || {
+        firebreak::route::Router::new(cfg, stack, Some(key), &Default::default())
+    })?;
+    Ok((
+        firebreak::BoxStack::new(router),
+        "/chat/completions".to_owned(),
+    ))
+}
+
+/// One call, its body read whole.
+async fn one_call(svc: firebreak::BoxStack, url: &str, body: serde_json::Value) -> Outcome {
+    let t = Instant::now();
+    let req = Request::post(url)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())));
+    let mut by = None;
+    let r: CallResult = match req {
+        Err(_) => failed("other"),
+        Ok(req) => match svc.oneshot(req).await {
+            Ok(resp) => {
+                by = resp
+                    .extensions()
+                    .get::<firebreak::route::AnsweredBy>()
+                    .map(|a| a.model.to_string());
+                let class = Classification::class_of(&resp);
+                let status = resp.status();
+                match resp.into_body().collect().await {
+                    Ok(_) if status.is_success() => Ok(()),
+                    Ok(_) => failed(class.label()),
+                    Err(e) => Err(Failure {
+                        class: e.class().label(),
+                        mid_body: status.is_success(),
+                    }),
+                }
+            }
+            Err(e) => failed(e.class().label()),
+        },
+    };
+    (r, t.elapsed(), by)
+}
+
+/// The run's summary, as JSON (`--json`) and as text.
+struct Summary {
+    json: serde_json::Value,
+    text: String,
+    succeeded: usize,
+}
+
+fn summarize(args: &LoadArgs, results: &[Outcome], elapsed: Duration, mut seen: Seen) -> Summary {
+    let elapsed = elapsed.as_secs_f64();
     let mut lat: Vec<f64> = results.iter().map(|r| r.1.as_secs_f64() * 1000.0).collect();
     lat.sort_by(f64::total_cmp);
     let pct = |q: f64| {
@@ -186,28 +218,20 @@ pub(crate) async fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>
     };
     let mut by_class: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut answered_by: BTreeMap<&str, u64> = BTreeMap::new();
-    for (_, _, by) in &results {
+    for (r, _, by) in results {
         if let Some(m) = by {
             *answered_by.entry(m.as_str()).or_default() += 1;
         }
-    }
-    for (r, _, _) in &results {
         if let Err(f) = r {
             *by_class.entry(f.class).or_default() += 1;
+            if f.mid_body {
+                *seen.server_failures.entry(f.class.to_string()).or_default() += 1;
+            }
         }
     }
     let succeeded = results.iter().filter(|r| r.0.is_ok()).count();
-    let mut seen = Seen::read(&snapshotter);
-    for (r, _, _) in &results {
-        if let Err(Failure {
-            class,
-            mid_body: true,
-        }) = r
-        {
-            *seen.server_failures.entry(class.to_string()).or_default() += 1;
-        }
-    }
-    let summary = serde_json::json!({
+    let max = lat.last().copied().unwrap_or(0.0);
+    let mut json = serde_json::json!({
         "model": args.model,
         "requests": results.len(),
         "succeeded": succeeded,
@@ -220,42 +244,37 @@ pub(crate) async fn run(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>
         "client_side_by_kind": seen.client_side,
         "server_acknowledged_failures_by_class": seen.server_failures,
         "elapsed_s": elapsed,
-        "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": lat.last().copied().unwrap_or(0.0)},
+        "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": max},
         "failures_by_class": by_class,
     });
-    let mut summary = summary;
     if !args.fallback.is_empty() {
-        summary["answered_by"] = serde_json::json!(answered_by);
+        json["answered_by"] = serde_json::json!(answered_by);
     }
-    if args.json {
-        println!("{summary}");
-    } else {
-        println!(
-            "{} requests: {} succeeded, {} failed in {:.1} s; {} attempts, {} 429s received, {} client-side failures",
-            results.len(),
-            succeeded,
-            results.len() - succeeded,
-            elapsed,
-            summary["attempts"],
-            summary["rate_limited_responses"],
-            summary["client_side_failures"]
-        );
-        println!(
-            "latency p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
-            pct(0.5),
-            pct(0.99),
-            lat.last().copied().unwrap_or(0.0)
-        );
-        for (c, n) in &by_class {
-            println!("  {c}: {n}");
-        }
-        for (m, n) in &answered_by {
-            println!("  answered by {m}: {n}");
-        }
-        println!("{}", breakdown(&seen));
+    let mut text = format!(
+        "{} requests: {} succeeded, {} failed in {:.1} s; {} attempts, {} 429s received, {} client-side failures\n",
+        results.len(),
+        succeeded,
+        results.len() - succeeded,
+        elapsed,
+        json["attempts"],
+        json["rate_limited_responses"],
+        json["client_side_failures"]
+    );
+    text += &format!(
+        "latency p50 {:.0} ms, p99 {:.0} ms, max {max:.0} ms\n",
+        pct(0.5),
+        pct(0.99)
+    );
+    for (c, n) in &by_class {
+        text += &format!("  {c}: {n}\n");
     }
-    if succeeded == 0 {
-        return Err(format!("all {} calls failed", results.len()).into());
+    for (m, n) in &answered_by {
+        text += &format!("  answered by {m}: {n}\n");
     }
-    Ok(())
+    text += &breakdown(&seen);
+    Summary {
+        json,
+        text,
+        succeeded,
+    }
 }

@@ -143,43 +143,9 @@ pub(crate) fn parse(
         cx.err(&span, "", e.message().trim().to_owned())
     })?;
 
-    // The values are the library's to check (`BreakerConfig::validate`); here, only where each
-    // one is in the file.
-    let mut breaker = BreakerConfig::default();
-    let mut at: Vec<(&'static str, &'static str, Range<usize>)> = Vec::new();
-    if let Some(b) = &parsed.breaker {
-        if let Some(n) = &b.consecutive_failures {
-            breaker.consecutive_failures = *n.get_ref();
-            at.push(("consecutive_failures", "consecutive_failures", n.span()));
-        }
-        if let Some(p) = &b.probes {
-            breaker.probes = *p.get_ref();
-            at.push(("probes", "probes", p.span()));
-        }
-        if let Some(c) = &b.cooldown_secs {
-            let v = *c.get_ref();
-            breaker.cooldown = Duration::try_from_secs_f64(v).map_err(|_| {
-                cx.err(
-                    &c.span(),
-                    "breaker.cooldown_secs",
-                    format!("{v} must be in (0, 3600]"),
-                )
-            })?;
-            at.push(("cooldown", "cooldown_secs", c.span()));
-        }
-    }
-    if let Err(RouteError::Breaker { field, why }) = breaker.validate() {
-        let (name, span) = at
-            .iter()
-            .find(|(f, _, _)| *f == field)
-            .map_or((field, 0..0), |(_, n, s)| (*n, s.clone()));
-        return Err(cx.err(&span, format!("breaker.{name}"), why));
-    }
-
+    let breaker = breaker_of(&cx, parsed.breaker.as_ref())?;
     let mut targets: BTreeMap<&str, Target> = BTreeMap::new();
     for (name, def) in &parsed.targets {
-        let field = |f: &str| format!("targets.{name}.{f}");
-        let d = def.get_ref();
         if parsed.aliases.contains_key(name) {
             return Err(cx.err(
                 &def.span(),
@@ -187,53 +153,7 @@ pub(crate) fn parse(
                 "is also an alias: a name means one thing",
             ));
         }
-        let base = d
-            .base_url
-            .as_ref()
-            .map_or(upstream, |b| b.get_ref().as_str());
-        let mut t = Target::new(name.as_str(), base, d.model.get_ref().as_str());
-        if let Some(k) = &d.kind {
-            let kind: TargetKind = k
-                .get_ref()
-                .parse()
-                .map_err(|e: String| cx.err(&k.span(), field("kind"), e))?;
-            t = t.with_kind(kind);
-        }
-        if let Some(w) = &d.weight {
-            t = t.weight(*w.get_ref());
-        }
-        // The values are the library's to check (`Target::validate`); here, only where each
-        // one is in the file.
-        if let Err(RouteError::Target { field: f, why, .. }) = t.validate() {
-            let span = match f {
-                "base_url" => d.base_url.as_ref().map(Spanned::span),
-                "model" => Some(d.model.span()),
-                "weight" => d.weight.as_ref().map(Spanned::span),
-                _ => None,
-            }
-            .unwrap_or_else(|| def.span());
-            return Err(cx.err(&span, field(f), why));
-        }
-        if let Some(k) = &d.key_env {
-            let var = k.get_ref();
-            let value = env(var).filter(|v| !v.is_empty()).ok_or_else(|| {
-                cx.err(
-                    &k.span(),
-                    field("key_env"),
-                    format!("the environment variable {var} is not set"),
-                )
-            })?;
-            // The key itself is never echoed.
-            let key = ApiKey::new(value).map_err(|e| {
-                cx.err(
-                    &k.span(),
-                    field("key_env"),
-                    format!("{var} does not hold a usable key: {e}"),
-                )
-            })?;
-            t = t.key(key);
-        }
-        targets.insert(name.as_str(), t);
+        targets.insert(name.as_str(), target_of(&cx, name, def, upstream, env)?);
     }
 
     if parsed.aliases.is_empty() {
@@ -270,6 +190,102 @@ pub(crate) fn parse(
             .map_err(|e| cx.err(&span, format!("aliases.{alias}"), e.to_string()))?;
     }
     Ok(cfg)
+}
+
+/// The `[breaker]` table, each mistake named at its line.
+fn breaker_of(cx: &Ctx<'_>, b: Option<&Breaker>) -> Result<BreakerConfig, ConfigError> {
+    // The values are the library's to check (`BreakerConfig::validate`); here, only where each
+    // one is in the file.
+    let mut breaker = BreakerConfig::default();
+    let mut at: Vec<(&'static str, &'static str, Range<usize>)> = Vec::new();
+    if let Some(b) = b {
+        if let Some(n) = &b.consecutive_failures {
+            breaker.consecutive_failures = *n.get_ref();
+            at.push(("consecutive_failures", "consecutive_failures", n.span()));
+        }
+        if let Some(p) = &b.probes {
+            breaker.probes = *p.get_ref();
+            at.push(("probes", "probes", p.span()));
+        }
+        if let Some(c) = &b.cooldown_secs {
+            let v = *c.get_ref();
+            breaker.cooldown = Duration::try_from_secs_f64(v).map_err(|_| {
+                cx.err(
+                    &c.span(),
+                    "breaker.cooldown_secs",
+                    format!("{v} must be in (0, 3600]"),
+                )
+            })?;
+            at.push(("cooldown", "cooldown_secs", c.span()));
+        }
+    }
+    if let Err(RouteError::Breaker { field, why }) = breaker.validate() {
+        let (name, span) = at
+            .iter()
+            .find(|(f, _, _)| *f == field)
+            .map_or((field, 0..0), |(_, n, s)| (*n, s.clone()));
+        return Err(cx.err(&span, format!("breaker.{name}"), why));
+    }
+    Ok(breaker)
+}
+
+/// One `[targets.NAME]` table, each mistake named at its line.
+fn target_of(
+    cx: &Ctx<'_>,
+    name: &str,
+    def: &Spanned<TargetDef>,
+    upstream: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Target, ConfigError> {
+    let field = |f: &str| format!("targets.{name}.{f}");
+    let d = def.get_ref();
+    let base = d
+        .base_url
+        .as_ref()
+        .map_or(upstream, |b| b.get_ref().as_str());
+    let mut t = Target::new(name, base, d.model.get_ref().as_str());
+    if let Some(k) = &d.kind {
+        let kind: TargetKind = k
+            .get_ref()
+            .parse()
+            .map_err(|e: String| cx.err(&k.span(), field("kind"), e))?;
+        t = t.with_kind(kind);
+    }
+    if let Some(w) = &d.weight {
+        t = t.weight(*w.get_ref());
+    }
+    // The values are the library's to check (`Target::validate`); here, only where each
+    // one is in the file.
+    if let Err(RouteError::Target { field: f, why, .. }) = t.validate() {
+        let span = match f {
+            "base_url" => d.base_url.as_ref().map(Spanned::span),
+            "model" => Some(d.model.span()),
+            "weight" => d.weight.as_ref().map(Spanned::span),
+            _ => None,
+        }
+        .unwrap_or_else(|| def.span());
+        return Err(cx.err(&span, field(f), why));
+    }
+    if let Some(k) = &d.key_env {
+        let var = k.get_ref();
+        let value = env(var).filter(|v| !v.is_empty()).ok_or_else(|| {
+            cx.err(
+                &k.span(),
+                field("key_env"),
+                format!("the environment variable {var} is not set"),
+            )
+        })?;
+        // The key itself is never echoed.
+        let key = ApiKey::new(value).map_err(|e| {
+            cx.err(
+                &k.span(),
+                field("key_env"),
+                format!("{var} does not hold a usable key: {e}"),
+            )
+        })?;
+        t = t.key(key);
+    }
+    Ok(t)
 }
 
 /// The tiers of `alias`, with the aliases it names expanded in place; `path` is the aliases

@@ -789,9 +789,10 @@ fn keys_on_the_command_line_are_warned_about_and_credentials_in_urls_refused() {
 
 #[test]
 fn upstream_errors_name_no_address() {
-    // A port nothing listens on. The deadline is over the longest backoff five refused
-    // connects can draw (full jitter: 0.25 + 0.5 + 1 + 2 s), so the attempts run out before
-    // the deadline on every draw and the answer is the refusal's 502, not the deadline's 504.
+    // A port nothing listens on. The deadline is well over the longest backoff five refused
+    // connects can draw (full jitter from `unreachable_backoff`'s 500 ms: 0.5 + 1 + 2 + 4 s),
+    // so the attempts run out before the deadline on every draw, on a loaded machine too, and
+    // the answer is the refusal's 502, not the deadline's 504.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -799,7 +800,7 @@ fn upstream_errors_name_no_address() {
         .port();
     let p = proxy_env(
         &format!("http://127.0.0.1:{port}/v1"),
-        &["--deadline", "10"],
+        &["--deadline", "20"],
         &[("FIREWORKS_API_KEY", KEY)],
     );
     let (s, head, body) = post(&p, "/v1/chat/completions", &[], &chat("gone", false, 2));

@@ -467,6 +467,15 @@ impl Error {
         self.inner.retry_after
     }
 
+    /// [`retry_after`](Error::retry_after) where waiting can help: on a retryable or
+    /// rate-limited failure only (a `Retry-After` on a 400 would mislead). What `Display` says
+    /// and what `firebreak proxy` answers as `Retry-After`.
+    pub fn useful_retry_after(&self) -> Option<Duration> {
+        self.inner
+            .retry_after
+            .filter(|_| self.is_retryable() || self.is_rate_limited())
+    }
+
     /// Records how many attempts the call made before failing (the retry layer sets it).
     pub fn with_attempts(mut self, n: u32) -> Self {
         self.inner.attempts = n;
@@ -541,10 +550,7 @@ impl fmt::Display for Error {
         if i.class == Class::QuotaExhausted {
             // What to do, on the same line: this is not a rate limit that refills by itself.
             f.write_str("; the account's quota or spending limit is exhausted: add credits or raise the limit (retrying will not help)")?;
-        } else if let Some(d) = i
-            .retry_after
-            .filter(|_| self.is_retryable() || self.is_rate_limited())
-        {
+        } else if let Some(d) = self.useful_retry_after() {
             // Only where waiting can help: "retry after" on a 400 would mislead.
             write!(f, "; retry after {d:?}")?;
         }

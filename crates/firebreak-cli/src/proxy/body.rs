@@ -192,6 +192,8 @@ pub(crate) struct ProxyBody {
     /// Turns an error into words safe to show (no upstream address).
     scrub: Arc<dyn Fn(&str) -> String + Send + Sync>,
     done: bool,
+    /// The log line's outcome until the body says otherwise.
+    outcome: &'static str,
     log: Option<CallLog>,
     _inflight: Option<InFlight>,
 }
@@ -206,17 +208,28 @@ impl std::fmt::Debug for ProxyBody {
 }
 
 impl ProxyBody {
-    /// A body the proxy wrote itself.
-    pub(crate) fn full(b: impl Into<Bytes>, log: CallLog, inflight: Option<InFlight>) -> Self {
+    /// A body the proxy wrote itself: an answer (`/healthz`, `/metrics`, a whole upstream
+    /// answer), logged `ok` once it is sent.
+    pub(crate) fn full(b: impl Into<Bytes>) -> Self {
+        Self::made(b.into(), "caller_gone")
+    }
+
+    /// A refusal the proxy wrote itself, logged `refused`.
+    pub(crate) fn refusal(b: impl Into<Bytes>) -> Self {
+        Self::made(b.into(), "refused")
+    }
+
+    fn made(b: Bytes, outcome: &'static str) -> Self {
         ProxyBody {
-            source: Source::Full(Some(b.into())),
+            source: Source::Full(Some(b)),
             sse: None,
             cut: None,
             deadline: None,
             scrub: Arc::new(|s: &str| s.to_owned()),
             done: false,
-            log: Some(log),
-            _inflight: inflight,
+            outcome,
+            log: None,
+            _inflight: None,
         }
     }
 
@@ -228,8 +241,6 @@ impl ProxyBody {
         sse: bool,
         stop: Stop,
         scrub: Arc<dyn Fn(&str) -> String + Send + Sync>,
-        log: CallLog,
-        inflight: Option<InFlight>,
     ) -> Self {
         ProxyBody {
             source: Source::Upstream(prefix, b),
@@ -238,9 +249,21 @@ impl ProxyBody {
             deadline: stop.deadline,
             scrub,
             done: false,
-            log: Some(log),
-            _inflight: inflight,
+            outcome: "caller_gone",
+            log: None,
+            _inflight: None,
         }
+    }
+
+    /// Gives the body the call's log line, written when it ends, and the connection's
+    /// in-flight mark, held as long (a stream's deadline goes with it).
+    pub(crate) fn attach(&mut self, mut log: CallLog, inflight: Option<InFlight>) {
+        log.outcome = self.outcome;
+        if let (Some(i), Some(d)) = (&inflight, self.deadline) {
+            i.set_deadline(d);
+        }
+        self.log = Some(log);
+        self._inflight = inflight;
     }
 
     fn end_with_error(
@@ -413,21 +436,18 @@ mod tests {
         let token = tokio_util::sync::CancellationToken::new();
         let scrub: Arc<dyn Fn(&str) -> String + Send + Sync> =
             Arc::new(|s: &str| s.replace("10.1.2.3:443", "upstream"));
-        (
-            ProxyBody::upstream(
-                None,
-                body,
-                sse,
-                Stop {
-                    shutdown: token.clone().cancelled_owned(),
-                    deadline: None,
-                },
-                scrub,
-                log(),
-                None,
-            ),
-            token,
-        )
+        let mut b = ProxyBody::upstream(
+            None,
+            body,
+            sse,
+            Stop {
+                shutdown: token.clone().cancelled_owned(),
+                deadline: None,
+            },
+            scrub,
+        );
+        b.attach(log(), None);
+        (b, token)
     }
 
     async fn collect(b: ProxyBody) -> (String, bool) {

@@ -77,6 +77,29 @@ pub(crate) fn admit(
     headers: &HeaderMap,
     policy: &Policy,
 ) -> Result<Route, Refusal> {
+    check_head(version, headers, policy)?;
+    let route = route_of(method, path)?;
+    match route {
+        Route::Forward { rest, .. } if !policy.tokens.is_empty() => {
+            if !presents_token(headers, &policy.tokens) {
+                return Err(refuse(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_api_key",
+                    "this proxy needs one of its caller tokens, as `Authorization: Bearer <token>` or `x-api-key`",
+                ));
+            }
+            Ok(Route::Forward {
+                rest,
+                authenticated: true,
+            })
+        }
+        r => Ok(r),
+    }
+}
+
+/// The head's framing and origin: one Host, not both Content-Length and Transfer-Encoding,
+/// not from a web page, a Host served here.
+fn check_head(version: Version, headers: &HeaderMap, policy: &Policy) -> Result<(), Refusal> {
     let hosts = headers.get_all(http::header::HOST).iter().count();
     if version == Version::HTTP_11 && hosts != 1 {
         return Err(refuse(
@@ -115,6 +138,11 @@ pub(crate) fn admit(
             ));
         }
     }
+    Ok(())
+}
+
+/// Where a path goes, and whether its method is served there.
+fn route_of(method: &Method, path: &str) -> Result<Route, Refusal> {
     if has_dot_segment(path) {
         return Err(refuse(
             StatusCode::BAD_REQUEST,
@@ -155,22 +183,7 @@ pub(crate) fn admit(
             format!("{method} is not forwarded: only GET and POST are"),
         ));
     }
-    match route {
-        Route::Forward { rest, .. } if !policy.tokens.is_empty() => {
-            if !presents_token(headers, &policy.tokens) {
-                return Err(refuse(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_api_key",
-                    "this proxy needs one of its caller tokens, as `Authorization: Bearer <token>` or `x-api-key`",
-                ));
-            }
-            Ok(Route::Forward {
-                rest,
-                authenticated: true,
-            })
-        }
-        r => Ok(r),
-    }
+    Ok(route)
 }
 
 /// Whether the caller presented one of the tokens.

@@ -127,51 +127,13 @@ where
                             return Poll::Ready(Err(err));
                         }
                     };
-                    let status = resp.status();
-                    if status.as_u16() < 400 {
-                        this.state.set(State::Done);
-                        let (mut parts, body) = resp.into_parts();
-                        let ct = parts
-                            .headers
-                            .get(http::header::CONTENT_TYPE)
-                            .map(|v| v.as_bytes());
-                        let is_sse = ct.is_some_and(|v| v.starts_with(b"text/event-stream"));
-                        if is_sse && status.as_u16() < 300 {
-                            this.state.set(State::Peeking {
-                                parts: Some(parts),
-                                body: Some(Box::pin(body)),
-                                buf: VecDeque::new(),
-                                len: 0,
-                                scanner: Some(Box::new(SseScanner::new())),
-                            });
-                            continue;
+                    match head(resp, this.cfg) {
+                        Ok(resp) => {
+                            this.state.set(State::Done);
+                            return Poll::Ready(Ok(resp));
                         }
-                        let sse = this.cfg.sse_errors && is_sse;
-                        // A gRPC failure answered "trailers-only" carries its status in the headers:
-                        // classify it like an HTTP error, so retry and the 429 gate see it.
-                        // A plain success carries no `Classification`: its absence means
-                        // `Classification::success(status)`, and inserting one would allocate
-                        // the extensions map on every call (see `Classification::of`).
-                        if ct.is_some_and(|v| v.starts_with(b"application/grpc")) {
-                            if let Some(c) = Classification::from_grpc_headers(
-                                status,
-                                &parts.headers,
-                                SystemTime::now(),
-                            ) {
-                                parts.extensions.insert(c);
-                            }
-                        }
-                        let body = ClassifiedBody::direct(body, sse, this.cfg.sse_errors);
-                        return Poll::Ready(Ok(Response::from_parts(parts, body)));
+                        Err(next) => this.state.set(next),
                     }
-                    let (parts, body) = resp.into_parts();
-                    this.state.set(State::Reading {
-                        parts: Some(parts),
-                        body: Some(Box::pin(body)),
-                        buf: VecDeque::new(),
-                        len: 0,
-                        trailers: None,
-                    });
                 }
                 StateProj::Reading {
                     parts,
@@ -190,27 +152,15 @@ where
                         cx,
                         |_| false
                     ));
-                    let truncated = !ended;
-                    let prefix = contiguous_prefix(buf, this.cfg.max_error_body);
-                    let api = parse_error_body(&prefix, truncated);
-                    let mut parts = parts.take().expect("parts present while reading");
-                    let c = Classification::from_response(
-                        parts.status,
-                        &parts.headers,
-                        Some(api),
-                        SystemTime::now(),
-                    );
-                    parts.extensions.insert(c);
-                    let body = ClassifiedBody::replay(
+                    let resp = error_answer(
+                        parts.take().expect("parts present while reading"),
                         body.take().expect("body present while reading"),
-                        std::mem::take(buf),
-                        trailers.take(),
-                        ended,
-                        pending,
-                        None,
+                        (std::mem::take(buf), trailers.take()),
+                        (ended, pending),
+                        this.cfg.max_error_body,
                     );
                     this.state.set(State::Done);
-                    return Poll::Ready(Ok(Response::from_parts(parts, body)));
+                    return Poll::Ready(Ok(resp));
                 }
                 StateProj::Peeking {
                     parts,
@@ -248,37 +198,112 @@ where
                             None => sc.events() > 0,
                         }
                     ));
-                    let mut pending = body_error.or(stream_error);
-                    let mut parts = parts.take().expect("parts present while peeking");
-                    let scanner = scanner.take();
-                    let keep_scanning = if let Some(api) = first_error {
-                        if this.cfg.sse_errors {
-                            pending = Some(Error::stream_error(api.clone()));
-                        }
-                        let c = Classification::success(parts.status)
-                            .with_stream_error_before_content(api);
-                        parts.extensions.insert(c);
-                        None
-                    } else if this.cfg.sse_errors && pending.is_none() {
-                        scanner
-                    } else {
-                        None
-                    };
-                    let body = ClassifiedBody::replay(
+                    let resp = peeked(
+                        parts.take().expect("parts present while peeking"),
                         body.take().expect("body present while peeking"),
-                        std::mem::take(buf),
-                        trailers,
-                        ended,
-                        pending,
-                        keep_scanning,
+                        (std::mem::take(buf), trailers),
+                        (ended, body_error.or(stream_error), first_error),
+                        scanner.take().filter(|_| this.cfg.sse_errors),
                     );
                     this.state.set(State::Done);
-                    return Poll::Ready(Ok(Response::from_parts(parts, body)));
+                    return Poll::Ready(Ok(resp));
                 }
                 StateProj::Done => panic!("ResponseFuture polled after completion"),
             }
         }
     }
+}
+
+/// An answer's head: a success goes on at once (an SSE one is peeked at first, an error
+/// answer's body is read first: the state to go on in).
+fn head<F, B>(resp: Response<B>, cfg: &Config) -> Result<Response<ClassifiedBody<B>>, State<F, B>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let status = resp.status();
+    let (mut parts, body) = resp.into_parts();
+    if status.as_u16() >= 400 {
+        return Err(State::Reading {
+            parts: Some(parts),
+            body: Some(Box::pin(body)),
+            buf: VecDeque::new(),
+            len: 0,
+            trailers: None,
+        });
+    }
+    let is_sse = crate::parse::is_event_stream(&parts.headers);
+    if is_sse && status.as_u16() < 300 {
+        return Err(State::Peeking {
+            parts: Some(parts),
+            body: Some(Box::pin(body)),
+            buf: VecDeque::new(),
+            len: 0,
+            scanner: Some(Box::new(SseScanner::new())),
+        });
+    }
+    let sse = cfg.sse_errors && is_sse;
+    // A gRPC failure answered "trailers-only" carries its status in the headers: classify it
+    // like an HTTP error, so retry and the 429 gate see it. A plain success carries no
+    // `Classification`: its absence means `Classification::success(status)`, and inserting one
+    // would allocate the extensions map on every call (see `Classification::of`).
+    let grpc = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        if let Some(c) =
+            Classification::from_grpc_headers(status, &parts.headers, SystemTime::now())
+        {
+            parts.extensions.insert(c);
+        }
+    }
+    let body = ClassifiedBody::direct(body, sse, cfg.sse_errors);
+    Ok(Response::from_parts(parts, body))
+}
+
+/// An error answer whose body's prefix was read: classified from it, the prefix replayed.
+fn error_answer<B: Body>(
+    mut parts: http::response::Parts,
+    body: Pin<Box<B>>,
+    (buf, trailers): (VecDeque<Bytes>, Option<HeaderMap>),
+    (ended, pending): (bool, Option<Error>),
+    max: usize,
+) -> Response<ClassifiedBody<B>> {
+    let prefix = contiguous_prefix(&buf, max);
+    let api = parse_error_body(&prefix, !ended);
+    let c =
+        Classification::from_response(parts.status, &parts.headers, Some(api), SystemTime::now());
+    parts.extensions.insert(c);
+    let body = ClassifiedBody::replay(body, buf, trailers, ended, pending, None);
+    Response::from_parts(parts, body)
+}
+
+/// An SSE success peeked at up to its first event: an error before any content classifies it
+/// like an error answer; the scanner goes on (when SSE errors end the body) while nothing
+/// failed yet.
+fn peeked<B: Body>(
+    mut parts: http::response::Parts,
+    body: Pin<Box<B>>,
+    (buf, trailers): (VecDeque<Bytes>, Option<HeaderMap>),
+    (ended, mut pending, first_error): (bool, Option<Error>, Option<crate::ApiError>),
+    scanner: Option<Box<SseScanner>>,
+) -> Response<ClassifiedBody<B>> {
+    let sse_errors = scanner.is_some();
+    let keep_scanning = if let Some(api) = first_error {
+        if sse_errors {
+            pending = Some(Error::stream_error(api.clone()));
+        }
+        let c = Classification::success(parts.status).with_stream_error_before_content(api);
+        parts.extensions.insert(c);
+        None
+    } else if pending.is_none() {
+        scanner
+    } else {
+        None
+    };
+    let body = ClassifiedBody::replay(body, buf, trailers, ended, pending, keep_scanning);
+    Response::from_parts(parts, body)
 }
 
 /// Reads `b`'s frames into `buf` (counting `len`) until `max` bytes, its end, its trailers, a body

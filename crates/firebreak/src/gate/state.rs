@@ -461,7 +461,30 @@ impl LocalGate {
         self.metrics.queue.increment(1.0);
         let _waiting = Waiting(&self);
         let t0 = Instant::now();
-        let mut reason = WaitReason::Concurrency;
+        let permit = self.acquire(&cfg, deadline).await?;
+        let reason = self.wait_for_slot(&store, tokens, deadline).await?;
+        let waited = t0.elapsed();
+        self.waited_ns.fetch_add(
+            u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        if !waited.is_zero() {
+            let ms = waited.as_secs_f64() * 1000.0;
+            self.metrics.wait[reason as usize].record(ms);
+            // The attempt span (the observe module's, when it is in the stack) is current here.
+            let span = tracing::Span::current();
+            span.record(crate::names::GATE_WAIT_MS_FIELD, ms);
+            span.record(crate::names::GATE_WAIT_REASON_FIELD, reason.label());
+        }
+        Ok(self.grant(permit))
+    }
+
+    /// A place in the window, first in line (FIFO); fails at the deadline when none came.
+    async fn acquire(
+        &self,
+        cfg: &GateConfig,
+        deadline: Option<Instant>,
+    ) -> Result<OwnedSemaphorePermit, Error> {
         // One acquire future for the whole wait, so the place in line is kept while the
         // window grows by the clock underneath it.
         let mut acquire = std::pin::pin!(self.sem.clone().acquire_owned());
@@ -469,7 +492,7 @@ impl LocalGate {
         // Bounded: each turn ends with a permit, an error, or a clock step of the window
         // (the ramp has at most 32 steps; recovery ends after `recovery`).
         for _ in 0..4096 {
-            let wake = self.grow(Instant::now(), &cfg);
+            let wake = self.grow(Instant::now(), cfg);
             let until = match (wake, deadline) {
                 (Some(w), Some(d)) => Some(w.min(d)),
                 (w, d) => w.or(d),
@@ -492,9 +515,18 @@ impl LocalGate {
                 None => {}
             }
         }
-        let Some(permit) = permit else {
-            return Err(self.refuse(None, "not sent: no capacity freed up"));
-        };
+        permit.ok_or_else(|| self.refuse(None, "not sent: no capacity freed up"))
+    }
+
+    /// Waits for the key's next send slot (pace, cooldown); fails at once when it is after
+    /// the deadline or the key's quota is spent. Says what the wait was for.
+    async fn wait_for_slot(
+        &self,
+        store: &Store,
+        tokens: u32,
+        deadline: Option<Instant>,
+    ) -> Result<WaitReason, Error> {
+        let mut reason = WaitReason::Concurrency;
         // Bounded: a wait is only redone when a new cooldown started while sleeping.
         for _ in 0..8 {
             let now = Instant::now();
@@ -520,7 +552,7 @@ impl LocalGate {
                         WaitReason::Pacing
                     };
                     let mut held = Reservation {
-                        store: &store,
+                        store,
                         key: self.key,
                         slot: t,
                         tokens,
@@ -535,20 +567,7 @@ impl LocalGate {
                 }
             }
         }
-        let waited = t0.elapsed();
-        self.waited_ns.fetch_add(
-            u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
-        if !waited.is_zero() {
-            let ms = waited.as_secs_f64() * 1000.0;
-            self.metrics.wait[reason as usize].record(ms);
-            // The attempt span (the observe module's, when it is in the stack) is current here.
-            let span = tracing::Span::current();
-            span.record(crate::names::GATE_WAIT_MS_FIELD, ms);
-            span.record(crate::names::GATE_WAIT_REASON_FIELD, reason.label());
-        }
-        Ok(self.grant(permit))
+        Ok(reason)
     }
 
     /// Adapts the concurrency window to one answer. `fleet` says whether the store found it

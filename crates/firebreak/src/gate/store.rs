@@ -482,8 +482,46 @@ impl Store {
     fn observe_in(&self, key: GateKey, s: &mut KeyRate, obs: &Answer, now: Instant) -> Learned {
         let cfg = &self.cfg;
         let signal = obs.signal(cfg);
-        // Learn the limit from the headers, when they make sense (a dedicated deployment has
-        // no rate limit: whatever rate headers it sends do not pace it).
+        self.learn_headers(key, s, obs, signal, now);
+        match signal {
+            Signal::None => {
+                // Follow a growing limit slowly: 1% per success while nothing is rejected.
+                if obs.class.is_success() {
+                    if let Some(r) = s.aimd_rate.as_mut() {
+                        *r *= 1.01;
+                    }
+                    // How many in flight the server still served at, lately.
+                    let i = s.served_next;
+                    s.served[i] = (obs.in_flight_at_send, Some(now));
+                    s.served_next = (i + 1) % SERVED;
+                }
+                Learned::default()
+            }
+            Signal::Quota => {
+                s.quota_until = now + cfg.quota_recheck;
+                self.publish(key, FleetEvent::QuotaExhausted(cfg.quota_recheck));
+                tracing::warn!(
+                    recheck_s = cfg.quota_recheck.as_secs(),
+                    "429 gate: the account's quota or spending limit is exhausted; calls on this key fail fast until the recheck"
+                );
+                Learned::default()
+            }
+            Signal::Gate => self.on_rate_limit(key, s, obs, now),
+            Signal::Capacity => self.on_capacity(key, s, obs, now),
+        }
+    }
+
+    /// Learns the limit from the rate-limit headers, when they make sense (a dedicated
+    /// deployment has no rate limit: whatever rate headers it sends do not pace it).
+    fn learn_headers(
+        &self,
+        key: GateKey,
+        s: &mut KeyRate,
+        obs: &Answer,
+        signal: Signal,
+        now: Instant,
+    ) {
+        let cfg = &self.cfg;
         if let Some(h) = obs
             .rate_limit
             .as_ref()
@@ -538,113 +576,97 @@ impl Store {
                 tracing::debug!("429 gate: ignored malformed x-ratelimit headers");
             }
         }
-        match signal {
-            Signal::None => {
-                // Follow a growing limit slowly: 1% per success while nothing is rejected.
-                if obs.class.is_success() {
-                    if let Some(r) = s.aimd_rate.as_mut() {
-                        *r *= 1.01;
-                    }
-                    // How many in flight the server still served at, lately.
-                    let i = s.served_next;
-                    s.served[i] = (obs.in_flight_at_send, Some(now));
-                    s.served_next = (i + 1) % SERVED;
-                }
-                Learned::default()
-            }
-            Signal::Quota => {
-                s.quota_until = now + cfg.quota_recheck;
-                self.publish(key, FleetEvent::QuotaExhausted(cfg.quota_recheck));
-                tracing::warn!(
-                    recheck_s = cfg.quota_recheck.as_secs(),
-                    "429 gate: the account's quota or spending limit is exhausted; calls on this key fail fast until the recheck"
-                );
-                Learned::default()
-            }
-            Signal::Gate => {
-                s.last_throttle = Some(now);
-                match obs.retry_after {
-                    Some(d) => self.cool_down(key, s, Some(d), now, "429"),
-                    None => {
-                        // No delay header: a reset header is a pacing hint after a 429, when
-                        // it says nothing is left (never a retry delay).
-                        if let Some(h) = obs
-                            .rate_limit
-                            .filter(|h| h.is_consistent() && h.remaining_requests == Some(0))
-                        {
-                            if let Some(r) = h.reset_requests.filter(|r| *r <= cfg.max_cooldown) {
-                                s.next_free = s.next_free.max(now + r);
-                            }
-                        }
+    }
+
+    /// A rate-limit 429: its delay cools the key down for the fleet; the pace comes down
+    /// where the answer explains it.
+    fn on_rate_limit(&self, key: GateKey, s: &mut KeyRate, obs: &Answer, now: Instant) -> Learned {
+        let cfg = &self.cfg;
+        s.last_throttle = Some(now);
+        match obs.retry_after {
+            Some(d) => self.cool_down(key, s, Some(d), now, "429"),
+            None => {
+                // No delay header: a reset header is a pacing hint after a 429, when
+                // it says nothing is left (never a retry delay).
+                if let Some(h) = obs
+                    .rate_limit
+                    .filter(|h| h.is_consistent() && h.remaining_requests == Some(0))
+                {
+                    if let Some(r) = h.reset_requests.filter(|r| *r <= cfg.max_cooldown) {
+                        s.next_free = s.next_free.max(now + r);
                     }
                 }
-                // A 429 without rate-limit headers while the headers of other answers state a
-                // limit this client paces inside says nothing about that rate (a token limit,
-                // or one request's noise): it does not lower the pace. Nor does one that says
-                // when to come back and states no limit: the cooldown is the whole answer, and
-                // a pace learned from it would outlast it.
-                let explained = obs.rate_limit.is_some()
-                    || (s.header_rate.is_none() && obs.retry_after.is_none());
-                // One decrease per congestion event (a second), from what was actually admitted.
-                let debounced = s
-                    .last_decrease
-                    .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1));
-                if explained && !debounced {
-                    let current = s.rate(self.static_rate()).or(s.sampled);
-                    if let Some(c) = current {
-                        let base = s.sampled.map_or(c, |m| m.min(c));
-                        s.aimd_rate = Some((base * cfg.decrease).max(0.01));
-                        s.last_decrease = Some(now);
-                    }
-                }
-                Learned::default()
             }
-            Signal::Capacity => {
-                // A refusal at `n` in flight while the server lately served requests sent with
-                // `n` or more says nothing about capacity: it is that request's alone. Several
-                // of them (`fleet_signals`), not one: the client's count runs a moment ahead of
-                // the server's as answers end, so one success just above a real limit happens.
-                let contradicting = s
-                    .served
-                    .iter()
-                    .filter(|(n, t)| {
-                        *n >= obs.in_flight_at_send
-                            && t.is_some_and(|t| now.saturating_duration_since(t) < SIGNAL_WINDOW)
-                    })
-                    .count();
-                let contradicted = contradicting >= cfg.fleet_signals as usize;
-                if contradicted {
-                    tracing::debug!(
-                        in_flight = obs.in_flight_at_send,
-                        "429 gate: a capacity refusal at an in-flight count the server just served; it concerns its request alone"
-                    );
-                    return Learned {
-                        fleet: false,
-                        noise: true,
-                    };
-                }
-                // Evidence adds up only across requests that were in flight together: one
-                // request's own retries are sent one after another, so they never chain.
-                let overlaps = s.chain_last.is_some_and(|last| {
-                    obs.sent_at <= last && now.saturating_duration_since(last) < SIGNAL_WINDOW
-                });
-                s.chain = if overlaps { s.chain + 1 } else { 1 };
-                s.chain_last = Some(now);
-                let fleet = s.chain >= cfg.fleet_signals;
-                if fleet {
-                    s.last_throttle = Some(now);
-                    self.cool_down(key, s, obs.retry_after, now, "capacity");
-                } else if obs.retry_after.is_some() {
-                    tracing::debug!(
-                        chain = s.chain,
-                        "429 gate: one request's capacity refusal; its delay applies to it alone"
-                    );
-                }
-                Learned {
-                    fleet,
-                    noise: false,
-                }
+        }
+        // A 429 without rate-limit headers while the headers of other answers state a
+        // limit this client paces inside says nothing about that rate (a token limit,
+        // or one request's noise): it does not lower the pace. Nor does one that says
+        // when to come back and states no limit: the cooldown is the whole answer, and
+        // a pace learned from it would outlast it.
+        let explained =
+            obs.rate_limit.is_some() || (s.header_rate.is_none() && obs.retry_after.is_none());
+        // One decrease per congestion event (a second), from what was actually admitted.
+        let debounced = s
+            .last_decrease
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1));
+        if explained && !debounced {
+            let current = s.rate(self.static_rate()).or(s.sampled);
+            if let Some(c) = current {
+                let base = s.sampled.map_or(c, |m| m.min(c));
+                s.aimd_rate = Some((base * cfg.decrease).max(0.01));
+                s.last_decrease = Some(now);
             }
+        }
+        Learned::default()
+    }
+
+    /// A capacity refusal: noise when the server's recent successes contradict it, fleet-wide
+    /// evidence when enough requests in flight together were refused.
+    fn on_capacity(&self, key: GateKey, s: &mut KeyRate, obs: &Answer, now: Instant) -> Learned {
+        let cfg = &self.cfg;
+        // A refusal at `n` in flight while the server lately served requests sent with
+        // `n` or more says nothing about capacity: it is that request's alone. Several
+        // of them (`fleet_signals`), not one: the client's count runs a moment ahead of
+        // the server's as answers end, so one success just above a real limit happens.
+        let contradicting = s
+            .served
+            .iter()
+            .filter(|(n, t)| {
+                *n >= obs.in_flight_at_send
+                    && t.is_some_and(|t| now.saturating_duration_since(t) < SIGNAL_WINDOW)
+            })
+            .count();
+        let contradicted = contradicting >= cfg.fleet_signals as usize;
+        if contradicted {
+            tracing::debug!(
+                in_flight = obs.in_flight_at_send,
+                "429 gate: a capacity refusal at an in-flight count the server just served; it concerns its request alone"
+            );
+            return Learned {
+                fleet: false,
+                noise: true,
+            };
+        }
+        // Evidence adds up only across requests that were in flight together: one
+        // request's own retries are sent one after another, so they never chain.
+        let overlaps = s.chain_last.is_some_and(|last| {
+            obs.sent_at <= last && now.saturating_duration_since(last) < SIGNAL_WINDOW
+        });
+        s.chain = if overlaps { s.chain + 1 } else { 1 };
+        s.chain_last = Some(now);
+        let fleet = s.chain >= cfg.fleet_signals;
+        if fleet {
+            s.last_throttle = Some(now);
+            self.cool_down(key, s, obs.retry_after, now, "capacity");
+        } else if obs.retry_after.is_some() {
+            tracing::debug!(
+                chain = s.chain,
+                "429 gate: one request's capacity refusal; its delay applies to it alone"
+            );
+        }
+        Learned {
+            fleet,
+            noise: false,
         }
     }
 }

@@ -12,6 +12,14 @@ pub use body::{parse_error_body, quota_exhausted};
 
 use http::HeaderMap;
 
+/// Whether an answer is a server-sent event stream (its `Content-Type` is
+/// `text/event-stream`, with or without parameters).
+pub fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+}
+
 /// The `x-should-retry: true|false` override. Anything else is ignored (`None`).
 pub(crate) fn should_retry(headers: &HeaderMap) -> Option<bool> {
     let v = headers.get("x-should-retry")?.to_str().ok()?.trim();

@@ -261,10 +261,7 @@ impl AttemptTimers {
     /// The response, its body timed from here on (idle, first SSE event, attempt total,
     /// deadline) on this attempt's timer.
     pub(crate) fn finish<B: Body>(&mut self, resp: Response<B>) -> Response<TimedResponseBody<B>> {
-        let sse = resp
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        let sse = crate::parse::is_event_stream(resp.headers());
         let first_event = if sse { self.t.first_event } else { None };
         let sleep = self.sleep.take();
         let attempt = self.t.attempt.map(|d| (self.started, d));
