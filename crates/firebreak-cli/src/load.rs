@@ -225,7 +225,7 @@ fn summarize(args: &LoadArgs, results: &[Outcome], elapsed: Duration, mut seen: 
         if let Err(f) = r {
             *by_class.entry(f.class).or_default() += 1;
             if f.mid_body {
-                *seen.server_failures.entry(f.class.to_string()).or_default() += 1;
+                *seen.server_failures.entry(f.class.to_owned()).or_default() += 1;
             }
         }
     }

@@ -128,11 +128,11 @@ where
                         }
                     };
                     match head(resp, this.cfg) {
-                        Ok(resp) => {
+                        Head::Ready(resp) => {
                             this.state.set(State::Done);
                             return Poll::Ready(Ok(resp));
                         }
-                        Err(next) => this.state.set(next),
+                        Head::Then(next) => this.state.set(next),
                     }
                 }
                 StateProj::Reading {
@@ -214,9 +214,17 @@ where
     }
 }
 
-/// An answer's head: a success goes on at once (an SSE one is peeked at first, an error
-/// answer's body is read first: the state to go on in).
-fn head<F, B>(resp: Response<B>, cfg: &Config) -> Result<Response<ClassifiedBody<B>>, State<F, B>>
+/// What an answer's head leads to.
+enum Head<F, B> {
+    /// The answer, at once.
+    Ready(Response<ClassifiedBody<B>>),
+    /// The state to go on in: an error answer's body is read first, an SSE success is peeked
+    /// at first.
+    Then(State<F, B>),
+}
+
+/// An answer's head: a plain success goes on at once.
+fn head<F, B>(resp: Response<B>, cfg: &Config) -> Head<F, B>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -224,7 +232,7 @@ where
     let status = resp.status();
     let (mut parts, body) = resp.into_parts();
     if status.as_u16() >= 400 {
-        return Err(State::Reading {
+        return Head::Then(State::Reading {
             parts: Some(parts),
             body: Some(Box::pin(body)),
             buf: VecDeque::new(),
@@ -234,7 +242,7 @@ where
     }
     let is_sse = crate::parse::is_event_stream(&parts.headers);
     if is_sse && status.as_u16() < 300 {
-        return Err(State::Peeking {
+        return Head::Then(State::Peeking {
             parts: Some(parts),
             body: Some(Box::pin(body)),
             buf: VecDeque::new(),
@@ -259,7 +267,7 @@ where
         }
     }
     let body = ClassifiedBody::direct(body, sse, cfg.sse_errors);
-    Ok(Response::from_parts(parts, body))
+    Head::Ready(Response::from_parts(parts, body))
 }
 
 /// An error answer whose body's prefix was read: classified from it, the prefix replayed.
