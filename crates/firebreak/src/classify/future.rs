@@ -116,15 +116,18 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Waiting { fut } => {
-                    let resp = match ready!(fut.poll(cx)) {
+                    let resp = ready!(fut.poll(cx)).map_err(|e| {
+                        let err = Error::transport(e);
+                        match this.host.take() {
+                            Some(h) => err.with_host(h.as_str()),
+                            None => err,
+                        }
+                    });
+                    let resp = match resp {
                         Ok(r) => r,
                         Err(e) => {
                             this.state.set(State::Done);
-                            let mut err = Error::transport(e);
-                            if let Some(h) = this.host.take() {
-                                err = err.with_host(h.as_str());
-                            }
-                            return Poll::Ready(Err(err));
+                            return Poll::Ready(Err(e));
                         }
                     };
                     match head(resp, this.cfg) {
@@ -171,10 +174,8 @@ where
                 } => {
                     let b = body.as_mut().expect("body present while peeking");
                     let sc = scanner.as_mut().expect("scanner present while peeking");
+                    let mut peek = Peek::new(this.cfg.sse_errors);
                     let mut trailers = None;
-                    let mut first_error = None;
-                    let mut stream_error = None;
-                    let sse_errors = this.cfg.sse_errors;
                     // Bounded by the error-body limit: a stream that sends no complete event
                     // within it is handed on as it is.
                     let (ended, body_error) = ready!(read_prefix(
@@ -184,25 +185,13 @@ where
                         &mut trailers,
                         this.cfg.max_error_body,
                         cx,
-                        |d| match sc.feed(d) {
-                            Some(api) if sc.events() == sc.errors() => {
-                                first_error = Some(api);
-                                true
-                            }
-                            Some(api) => {
-                                if sse_errors {
-                                    stream_error = Some(Error::stream_error(api));
-                                }
-                                true
-                            }
-                            None => sc.events() > 0,
-                        }
+                        |d| peek.feed(sc, d),
                     ));
                     let resp = peeked(
                         parts.take().expect("parts present while peeking"),
                         body.take().expect("body present while peeking"),
                         (std::mem::take(buf), trailers),
-                        (ended, body_error.or(stream_error), first_error),
+                        (ended, body_error.or(peek.stream_error), peek.first_error),
                         scanner.take().filter(|_| this.cfg.sse_errors),
                     );
                     this.state.set(State::Done);
@@ -210,6 +199,42 @@ where
                 }
                 StateProj::Done => panic!("ResponseFuture polled after completion"),
             }
+        }
+    }
+}
+
+/// What peeking at an SSE success found.
+struct Peek {
+    sse_errors: bool,
+    /// An error event before any content.
+    first_error: Option<crate::ApiError>,
+    /// An error event after content, when SSE errors end the body.
+    stream_error: Option<Error>,
+}
+
+impl Peek {
+    fn new(sse_errors: bool) -> Self {
+        Peek {
+            sse_errors,
+            first_error: None,
+            stream_error: None,
+        }
+    }
+
+    /// Feeds one data frame to the scanner; true once the first event was seen.
+    fn feed(&mut self, sc: &mut SseScanner, d: &[u8]) -> bool {
+        match sc.feed(d) {
+            Some(api) if sc.events() == sc.errors() => {
+                self.first_error = Some(api);
+                true
+            }
+            Some(api) => {
+                if self.sse_errors {
+                    self.stream_error = Some(Error::stream_error(api));
+                }
+                true
+            }
+            None => sc.events() > 0,
         }
     }
 }

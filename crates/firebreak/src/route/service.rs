@@ -578,74 +578,23 @@ async fn route(
         .map_or("/", |p| p.as_str())
         .to_owned();
 
-    let now = Instant::now();
     let order = call_order(&inner, tiers);
-    let mut usable: Vec<usize> = order
-        .iter()
-        .copied()
-        .filter(|i| inner.targets[*i].shared.would_admit(now))
-        .collect();
-    let mut forced = false;
     let mut passed_over = 0u32;
-    for i in &order {
-        if !usable.contains(i) {
-            inner.targets[*i].shared.fallbacks[Passed::Open as usize].increment(1);
-            passed_over += 1;
-        }
-    }
-    if usable.is_empty() {
-        // Every target is open: the least recently opened one rather than failing blind.
-        let pick = order
-            .iter()
-            .copied()
-            .min_by_key(|i| inner.targets[*i].shared.breaker().opened_at)
-            .unwrap_or(order[0]);
-        usable.push(pick);
-        forced = true;
-    }
-
+    let (usable, forced) = usable(&inner, &order, &mut passed_over);
     let mut last: Option<Result<Response<FireworksBody>, Error>> = None;
     let n = usable.len();
     for (pos, i) in usable.into_iter().enumerate() {
         let t = &inner.targets[i];
         let is_last = pos + 1 == n;
-        let slot = if forced {
-            let moved = {
-                let mut b = t.shared.breaker();
-                b.force_probe()
-            };
-            if let Some(m) = moved {
-                t.shared.moved(m, false);
-            }
-            ProbeSlot(Some(t.shared.clone()))
-        } else {
-            match t.shared.admit(Instant::now()) {
-                Admit::Yes => ProbeSlot(None),
-                Admit::Probe => ProbeSlot(Some(t.shared.clone())),
-                Admit::No => {
-                    t.shared.fallbacks[Passed::Open as usize].increment(1);
-                    passed_over += 1;
-                    continue;
-                }
-            }
+        let Some(slot) = slot(t, forced, &mut passed_over) else {
+            continue;
         };
         if !is_last && t.gate.holding() {
             t.shared.fallbacks[Passed::Holding as usize].increment(1);
             passed_over += 1;
             continue;
         }
-        let target = &t.shared.target;
-        let mut req = Request::builder()
-            .method(parts.method.clone())
-            .uri(format!("{}{path}", target.base_url))
-            .version(parts.version)
-            .body(Full::new(body.with_model(&target.model)))
-            .map_err(|e| Error::new(Class::Other).with_source(e))?;
-        *req.headers_mut() = parts.headers.clone();
-        req.headers_mut().remove(http::header::CONTENT_LENGTH);
-        // The call's own timers and deadline travel on; the model is the target's.
-        *req.extensions_mut() = parts.extensions.clone();
-        req.extensions_mut().insert(Model(target.model.clone()));
+        let req = target_request(&parts, &path, &body, &t.shared.target)?;
         let svc = if is_last {
             t.full.clone()
         } else {
@@ -653,25 +602,7 @@ async fn route(
         };
         let result = svc.oneshot(req).await;
         drop(slot);
-        // The same verdict the retry layer reads (the class, and the server's `x-should-retry`).
-        let (class, retryable) = match &result {
-            Ok(r) => {
-                let c = Classification::of(r);
-                (c.class(), c.is_retryable())
-            }
-            Err(e) => (e.class(), e.is_retryable()),
-        };
-        let move_on =
-            !is_last && retryable && class != Class::Timeout(crate::TimeoutPhase::Deadline);
-        if move_on {
-            let why = if matches!(
-                class,
-                Class::RateLimited | Class::Overloaded | Class::GateRefused
-            ) {
-                Passed::Capacity
-            } else {
-                Passed::Failed
-            };
+        if let Some(why) = move_on(&result).filter(|_| !is_last) {
             t.shared.fallbacks[why as usize].increment(1);
             passed_over += 1;
             last = Some(result);
@@ -686,6 +617,103 @@ async fn route(
         None => Err(Error::new(Class::GateRefused)
             .with_detail("every target of the route was open or holding")),
     }
+}
+
+/// The targets of `order` whose breakers would let a call through (the others counted as
+/// passed over); when every one is open, the least recently opened one, `forced`, rather
+/// than failing blind.
+fn usable(inner: &Inner, order: &[usize], passed_over: &mut u32) -> (Vec<usize>, bool) {
+    let now = Instant::now();
+    let mut usable: Vec<usize> = order
+        .iter()
+        .copied()
+        .filter(|i| inner.targets[*i].shared.would_admit(now))
+        .collect();
+    for i in order {
+        if !usable.contains(i) {
+            inner.targets[*i].shared.fallbacks[Passed::Open as usize].increment(1);
+            *passed_over += 1;
+        }
+    }
+    if !usable.is_empty() {
+        return (usable, false);
+    }
+    let pick = order
+        .iter()
+        .copied()
+        .min_by_key(|i| inner.targets[*i].shared.breaker().opened_at)
+        .unwrap_or(order[0]);
+    usable.push(pick);
+    (usable, true)
+}
+
+/// The breaker's admission for one try at `t` (`None`: passed over, counted).
+fn slot(t: &TargetRuntime, forced: bool, passed_over: &mut u32) -> Option<ProbeSlot> {
+    if forced {
+        let moved = {
+            let mut b = t.shared.breaker();
+            b.force_probe()
+        };
+        if let Some(m) = moved {
+            t.shared.moved(m, false);
+        }
+        return Some(ProbeSlot(Some(t.shared.clone())));
+    }
+    match t.shared.admit(Instant::now()) {
+        Admit::Yes => Some(ProbeSlot(None)),
+        Admit::Probe => Some(ProbeSlot(Some(t.shared.clone()))),
+        Admit::No => {
+            t.shared.fallbacks[Passed::Open as usize].increment(1);
+            *passed_over += 1;
+            None
+        }
+    }
+}
+
+/// The call as `target` gets it: its base URL, its model in the body (every other byte
+/// kept), the caller's headers, and the call's own timers and deadline.
+fn target_request(
+    parts: &http::request::Parts,
+    path: &str,
+    body: &ModelBody,
+    target: &Target,
+) -> Result<Request<Full<Bytes>>, Error> {
+    let mut req = Request::builder()
+        .method(parts.method.clone())
+        .uri(format!("{}{path}", target.base_url))
+        .version(parts.version)
+        .body(Full::new(body.with_model(&target.model)))
+        .map_err(|e| Error::new(Class::Other).with_source(e))?;
+    *req.headers_mut() = parts.headers.clone();
+    req.headers_mut().remove(http::header::CONTENT_LENGTH);
+    *req.extensions_mut() = parts.extensions.clone();
+    req.extensions_mut().insert(Model(target.model.clone()));
+    Ok(req)
+}
+
+/// Why a call moves on from a target's answer, if it does: the same verdict the retry layer
+/// reads (the class, and the server's `x-should-retry`); never past the call's deadline.
+fn move_on(result: &Result<Response<FireworksBody>, Error>) -> Option<Passed> {
+    let (class, retryable) = match result {
+        Ok(r) => {
+            let c = Classification::of(r);
+            (c.class(), c.is_retryable())
+        }
+        Err(e) => (e.class(), e.is_retryable()),
+    };
+    if !retryable || class == Class::Timeout(crate::TimeoutPhase::Deadline) {
+        return None;
+    }
+    Some(
+        if matches!(
+            class,
+            Class::RateLimited | Class::Overloaded | Class::GateRefused
+        ) {
+            Passed::Capacity
+        } else {
+            Passed::Failed
+        },
+    )
 }
 
 fn finish(
