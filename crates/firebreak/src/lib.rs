@@ -1,12 +1,43 @@
-//! `firebreak`: reliable calls to the Fireworks AI inference API, as one tower stack.
+//! `firebreak`: reliable calls to the Fireworks AI inference API (and any OpenAI-compatible
+//! endpoint), as tower layers: timeouts per phase and per workload, retries with backoff and
+//! jitter, a 429 gate that backs off as a fleet on evidence, and one classification of every
+//! answer and failure. [`Stack`] composes them in the one order that works; each layer also
+//! works alone, around any hyper or tower client.
 //!
-//! [`Stack`] composes firebreak's layers in the one order that works; the architecture below
-//! (the repository's `ARCHITECTURE.md`, included here so that it is written once) says which
-//! order and why. See [`observe`] for the spans and the metrics table.
+//! # Quick start
+//! ```no_run
+//! use bytes::Bytes;
+//! use firebreak::{FireworksClient, Stack};
+//! use http_body_util::BodyExt;
 //!
-//! Presets follow Fireworks' workloads ([`Stack::preset`] with a [`timeout::Workload`]; the
-//! table is in the timeout module's docs); every part can be overridden.
-//! [`FireworksClient`] is the ready-made client: base URL, API key and a stack.
+//! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let client = FireworksClient::from_env(Stack::interactive())?; // reads FIREWORKS_API_KEY
+//! let body = br#"{"model":"accounts/fireworks/models/llama-v3p1-8b-instruct","messages":[{"role":"user","content":"Hello"}]}"#;
+//! let resp = client.post("/chat/completions", Bytes::from_static(body)).await?;
+//! println!("{}", String::from_utf8_lossy(&resp.into_body().collect().await?.to_bytes()));
+//! # Ok(()) }
+//! ```
+//!
+//! Presets follow Fireworks' workloads ([`Stack::preset`] with a [`timeout::Workload`]:
+//! interactive, agentic, long context, batch submit); every setting has a builder-style setter
+//! (`Stack::interactive().retry(RetryConfig::default().max_attempts(3))`).
+//!
+//! # The layers
+//! One module and one cargo feature each, outermost first (why in this order: below):
+//!
+//! | module | feature | what it does |
+//! |---|---|---|
+//! | [`observe`] | `observe` | a span and metrics per call and per attempt, client-side failures counted apart |
+//! | [`timeout`] | `timeout` | the overall deadline, and a timer per phase of each attempt (connect, ready, write, headers, first event, idle, attempt) |
+//! | [`retry`] | `retry` | when and how often to retry, backoff with jitter, server delays, a budget, bounded body replay |
+//! | [`gate`] | `gate` | the 429 gate: cooldown, concurrency window, pace and quota fail-fast, on fleet-wide evidence only |
+//! | [`classify`] | `classify` | every answer and transport failure as one [`Class`] |
+//! | [`client`] | `client` | the hyper-util HTTPS client and the API key |
+//! | [`route`] | `route` | fallback chains of targets with a circuit breaker each, over a stack per target |
+//!
+//! The integrations, off by default: `firebreak::async_openai` (feature `async-openai`: the
+//! stack as async-openai's HTTP service) and `firebreak::reqwest` (feature `reqwest`: a
+//! reqwest-middleware `Middleware`).
 //!
 //! # The contracts
 //! Every layer reads and writes these, and nothing of another layer:
@@ -26,21 +57,7 @@
 //!   [`names`] of spans, fields and metrics.
 //! - [`parse`], pure and total parsers for error bodies in every shape seen from Fireworks.
 //!
-//! # Example
-//! ```no_run
-//! use bytes::Bytes;
-//! use firebreak::{FireworksClient, Stack};
-//! use http_body_util::BodyExt;
-//!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-//! let client = FireworksClient::from_env(Stack::interactive())?; // reads FIREWORKS_API_KEY
-//! let body = br#"{"model":"accounts/fireworks/models/llama-v3p1-8b-instruct","messages":[{"role":"user","content":"Hello"}]}"#;
-//! let resp = client.post("/chat/completions", Bytes::from_static(body)).await?;
-//! println!("{}", String::from_utf8_lossy(&resp.into_body().collect().await?.to_bytes()));
-//! # Ok(()) }
-//! ```
-#![doc = ""]
-#![doc = include_str!("../../../ARCHITECTURE.md")]
+#![doc = include_str!("../docs/request-flow.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 /// `get_ref`, `get_mut` and `into_inner` for a service whose inner service is the field

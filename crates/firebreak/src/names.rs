@@ -1,7 +1,7 @@
 //! The names other code depends on: spans, the span fields one layer writes into another's
 //! span, and metrics. Written once here; the layers and the dashboards read them.
 //!
-//! The metrics table with labels and units is in [the observe module](crate#architecture) docs.
+//! The metrics table with labels and units is in [the observe module](crate::observe) docs.
 
 /// The span of one call, across its attempts (the observe module's outer layer).
 pub const CALL_SPAN: &str = "firebreak.call";
@@ -13,8 +13,9 @@ pub const GATE_WAIT_MS_FIELD: &str = "gate_wait_ms";
 /// `pacing`, `cooldown`).
 pub const GATE_WAIT_REASON_FIELD: &str = "gate_wait_reason";
 
-/// Logical requests, by `outcome` and `class`.
-pub const REQUESTS: &str = "firebreak_requests_total";
+/// Calls, by `outcome` and `class`. Named `CALLS` after the glossary; the series keeps its
+/// first name, `firebreak_requests_total`, so that users' dashboards and alerts keep working.
+pub const CALLS: &str = "firebreak_requests_total";
 /// Attempts, by `class` and `reached_server`.
 pub const ATTEMPTS: &str = "firebreak_attempts_total";
 /// Retries, by `reason`.

@@ -2,7 +2,7 @@
 //! span per attempt, and counters and histograms through the [`metrics`] facade, so any exporter
 //! works (Prometheus, StatsD, OpenTelemetry…).
 //!
-//! Two layers, placed as [the architecture](crate#how-a-request-flows-outside-to-inside) says:
+//! Two layers, placed as [the architecture](crate#how-a-call-flows-outside-to-inside) says:
 //!
 //! - [`ObserveLayer`] is outermost: it sees the call from its start to the end of the response
 //!   body, whatever happens in between (retries, waits, the deadline). It counts the outcome
@@ -32,7 +32,9 @@
 //! # Metrics
 //! Names are chosen to sit beside Fireworks' own dedicated-deployment metrics
 //! (`request_counter_total`, `requests_error_total{http_code}`, `latency_to_first_token_ms`,
-//! `latency_overall_ms`) on one dashboard; times are in milliseconds like theirs.
+//! `latency_overall_ms`) on one dashboard; times are in milliseconds like theirs. The series
+//! of calls keeps its first name, `firebreak_requests_total` (a call was once a "request"):
+//! renaming it would break users' dashboards.
 //!
 //! | name | type | labels | what |
 //! |---|---|---|---|
@@ -85,9 +87,9 @@
 mod attempt;
 #[doc = include_str!("../../docs/client-failures.md")]
 pub mod client_failures {}
+mod call;
 mod instruments;
-mod request;
 
 pub use attempt::{AttemptFuture, AttemptObserve, AttemptObserveLayer};
+pub use call::{CallFuture, Observe, ObserveLayer, ObservedBody};
 pub use instruments::{Observer, Outcome};
-pub use request::{Observe, ObserveLayer, ObservedBody, RequestFuture};
