@@ -115,14 +115,7 @@ fn main() {
     };
     let quiet = || {
         ServiceBuilder::new()
-            .layer(
-                Stack {
-                    observe: false,
-                    ..Stack::interactive()
-                }
-                .layer()
-                .unwrap(),
-            )
+            .layer(Stack::interactive().observe(false).layer().unwrap())
             .service(Ok200(body.clone()))
     };
     // Profiling modes: `full N`, `quiet N` (observation off), `tower N` (tower's Retry+Timeout
@@ -276,10 +269,7 @@ fn net(rt: &tokio::runtime::Runtime) {
             &body,
             n,
             "stack, observe off",
-            layered(Stack {
-                observe: false,
-                ..Stack::interactive()
-            }),
+            layered(Stack::interactive().observe(false)),
         )
         .await;
         fn hyper_for<B>()

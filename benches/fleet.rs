@@ -77,12 +77,10 @@ fn one(burst: f64, redis: Option<&RedisServer>, plan: FleetPlan) -> Row {
         plan,
         |_| match redis {
             None => Stack::interactive(),
-            Some(r) => Stack {
-                fleet: Some(Arc::new(metrics::with_local_recorder(&*recorder, || {
-                    RedisFleet::start(RedisConfig::new(r.url())).expect("fleet")
-                }))),
-                ..Stack::interactive()
-            },
+            Some(r) => Stack::interactive().fleet(Some(Arc::new(metrics::with_local_recorder(
+                &*recorder,
+                || RedisFleet::start(RedisConfig::new(r.url())).expect("fleet"),
+            )))),
         },
         |_| {},
     );

@@ -95,16 +95,12 @@ fn main() {
         .build()
         .expect("runtime");
     let sim = rt
-        .block_on(Sim::start(SimConfig::default().api_key(KEY).seed(9).fault(
-            Trigger::Probability { p: 0.3 },
-            Fault::Status {
-                status: 503,
-                shape: None,
-                delay: vec![],
-                should_retry: None,
-                message: None,
-            },
-        )))
+        .block_on(Sim::start(
+            SimConfig::default()
+                .api_key(KEY)
+                .seed(9)
+                .fault(Trigger::Probability { p: 0.3 }, Fault::status(503)),
+        ))
         .expect("sim");
     let out = Command::new(std::env::current_exe().expect("this binary"))
         .args([

@@ -146,11 +146,12 @@ fn run(way: Way, fault: &Fault, plan: Plan) -> Row {
             Way::Router => {
                 let cfg = RouteConfig::new()
                     .fallbacks("chat", &base, &[PRIMARY, FALLBACK])
-                    .with_breaker(BreakerConfig {
-                        consecutive_failures: 5,
-                        cooldown: plan.cooldown,
-                        probes: 1,
-                    });
+                    .with_breaker(
+                        BreakerConfig::default()
+                            .consecutive_failures(5)
+                            .cooldown(plan.cooldown)
+                            .probes(1),
+                    );
                 Caller::Router(
                     Router::new(cfg, stack(), Some(key()), &Default::default()).expect("router"),
                 )
@@ -246,13 +247,7 @@ fn run(way: Way, fault: &Fault, plan: Plan) -> Row {
 
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
-    let status_503 = Fault::Status {
-        status: 503,
-        shape: None,
-        delay: vec![],
-        should_retry: None,
-        message: None,
-    };
+    let status_503 = Fault::status(503);
     if !bench {
         let plan = Plan {
             healthy: Duration::from_millis(300),

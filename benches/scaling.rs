@@ -52,22 +52,18 @@ fn stack(
 + 'static {
     let next = Arc::new(AtomicU64::new(0));
     let key_by = KeyBy::Custom(Arc::new(move |_| {
-        GateKey(next.fetch_add(1, Ordering::Relaxed) % keys)
+        GateKey::from_raw(next.fetch_add(1, Ordering::Relaxed) % keys)
     }));
-    let gate = GateConfig {
+    let gate = GateConfig::default()
         // Calls finish at once, so at most a few are ever in flight: no waiting in these runs.
-        initial_concurrency: 64,
-        ..GateConfig::default()
-    };
+        .initial_concurrency(64);
     ServiceBuilder::new()
         .layer(
-            Stack {
-                key_by,
-                gate,
-                ..Stack::interactive()
-            }
-            .layer()
-            .unwrap(),
+            Stack::interactive()
+                .key_by(key_by)
+                .gate(gate)
+                .layer()
+                .unwrap(),
         )
         .service(Ok200(Bytes::from_static(b"{}")))
 }

@@ -249,10 +249,7 @@ type FbGateSvc = tower::util::BoxCloneSyncService<
 fn ctx(base: String) -> Arc<Ctx> {
     let client = build::<TimedRequestBody<ReplayBody<Full<Bytes>>>>(&ClientConfig::default())
         .expect("client");
-    let retry = RetryConfig {
-        seed: Some(11),
-        ..RetryConfig::default()
-    };
+    let retry = RetryConfig::default().seed(Some(11));
     let fb = ServiceBuilder::new()
         .layer(RetryLayer::new(retry).expect("retry"))
         .layer(
@@ -280,13 +277,7 @@ fn ctx(base: String) -> Arc<Ctx> {
     )
     .expect("gate");
     let fbg = ServiceBuilder::new()
-        .layer(
-            RetryLayer::new(RetryConfig {
-                seed: Some(11),
-                ..RetryConfig::default()
-            })
-            .expect("retry"),
-        )
+        .layer(RetryLayer::new(RetryConfig::default().seed(Some(11))).expect("retry"))
         .layer(gate)
         .layer(
             AttemptTimeoutLayer::new(&TimeoutConfig::preset(Workload::Interactive))
@@ -356,13 +347,7 @@ impl Scenario {
 }
 
 fn sim_config(s: Scenario) -> SimConfig {
-    let status = |s| Fault::Status {
-        status: s,
-        shape: None,
-        delay: vec![],
-        should_retry: None,
-        message: None,
-    };
+    let status = Fault::status;
     let bucket = |delay| {
         SimConfig::default()
             .api_key(KEY)

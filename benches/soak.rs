@@ -36,13 +36,7 @@ enum Mix {
 }
 
 fn sim_config(mix: Mix) -> SimConfig {
-    let status = |s: u16| Fault::Status {
-        status: s,
-        shape: None,
-        delay: vec![DelayHeader::RetryAfterMs { ms: 200.0 }],
-        should_retry: None,
-        message: None,
-    };
+    let status = |s: u16| Fault::status(s).delay(vec![DelayHeader::RetryAfterMs { ms: 200.0 }]);
     let (a, b) = match mix {
         Mix::Transient => (502, 500),
         Mix::Signals => (503, 429),

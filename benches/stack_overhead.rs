@@ -94,10 +94,7 @@ fn benches(c: &mut Criterion) {
             .service(Ok200(body.clone()))
     };
     let mut full = stack(Stack::interactive());
-    let mut full_off = stack(Stack {
-        observe: false,
-        ..Stack::interactive()
-    });
+    let mut full_off = stack(Stack::interactive().observe(false));
     // A Prometheus recorder, current while the stack is built (so its handles record there).
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let mut full_recorded =
@@ -116,10 +113,7 @@ fn benches(c: &mut Criterion) {
     let mut gate_fleet = GateLayer::with_fleet(GateConfig::default(), KeyBy::Client, fleet.clone())
         .unwrap()
         .layer(Ok200(body.clone()));
-    let mut full_fleet = stack(Stack {
-        fleet: Some(fleet),
-        ..Stack::interactive()
-    });
+    let mut full_fleet = stack(Stack::interactive().fleet(Some(fleet)));
     // Issue #17: the router with a one-target chain over the same in-memory service: what
     // routing a call costs on top of the stack (body parse, `model` rewrite, boxed target
     // stack, breaker and tap).

@@ -1,4 +1,4 @@
-//! firebreak-classify over real loopback sockets: one test per status and per transport failure,
+//! The classify layer over real loopback sockets: one test per status and per transport failure,
 //! through `ClassifyLayer` around firebreak-client's hyper client.
 
 use bytes::Bytes;
@@ -41,13 +41,7 @@ async fn classify(
 }
 
 fn status_fault(status: u16, shape: Option<ErrorShape>) -> Fault {
-    Fault::Status {
-        status,
-        shape,
-        delay: vec![],
-        should_retry: None,
-        message: None,
-    }
+    Fault::status(status).shape(shape)
 }
 
 #[tokio::test]
@@ -172,16 +166,13 @@ async fn success_and_rate_limit_headers() {
 #[tokio::test]
 async fn should_retry_header_and_garbage_delays() {
     bounded(20, async {
-        let fault = Fault::Status {
-            status: 503,
-            shape: Some(ErrorShape::Html),
-            delay: vec![DelayHeader::Raw {
+        let fault = Fault::status(503)
+            .shape(Some(ErrorShape::Html))
+            .delay(vec![DelayHeader::Raw {
                 name: "retry-after".into(),
                 value: "-3".into(),
-            }],
-            should_retry: Some(false),
-            message: None,
-        };
+            }])
+            .should_retry(Some(false));
         let sim = Sim::start(
             SimConfig::default()
                 .api_key(KEY)

@@ -1,4 +1,4 @@
-//! firebreak-client against firebreak-sim over loopback: HTTP/1.1, h2c, the auth layer, a
+//! The client module (`firebreak::client`) against firebreak-sim over loopback: HTTP/1.1, h2c, the auth layer, a
 //! refused port and a connect timeout.
 
 use bytes::Bytes;

@@ -173,14 +173,11 @@ async fn a_tonic_channel_with_firebreak_retries_unavailable_and_resource_exhaust
             .connect()
             .await
             .unwrap();
-        let retry = RetryConfig {
-            backoff: firebreak::retry::Backoff {
-                jitter: Jitter::Full,
-                base: Duration::from_millis(10),
-                cap: Duration::from_millis(50),
-            },
-            ..RetryConfig::default()
-        };
+        let retry = RetryConfig::default().backoff(firebreak::retry::Backoff {
+            jitter: Jitter::Full,
+            base: Duration::from_millis(10),
+            cap: Duration::from_millis(50),
+        });
         let svc = tower::ServiceBuilder::new()
             .layer(RetryLayer::new(retry).unwrap())
             .layer(AttemptTimeoutLayer::new(&TimeoutConfig::preset(Workload::Interactive)).unwrap())

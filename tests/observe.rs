@@ -18,32 +18,24 @@ use std::time::Duration;
 use firebreak_testkit::status_fault as status;
 
 fn stack(max_attempts: u32) -> Stack {
-    let timeouts = TimeoutConfig {
-        headers: Some(Duration::from_millis(300)),
-        connect: Some(Duration::from_millis(200)),
-        ..TimeoutConfig::preset(Workload::Interactive)
-    };
-    let retry = RetryConfig {
-        max_attempts,
-        backoff: firebreak::retry::Backoff {
+    let timeouts = TimeoutConfig::preset(Workload::Interactive)
+        .headers(Some(Duration::from_millis(300)))
+        .connect(Some(Duration::from_millis(200)));
+    let retry = RetryConfig::default()
+        .max_attempts(max_attempts)
+        .backoff(firebreak::retry::Backoff {
             jitter: Jitter::Full,
             base: Duration::from_millis(10),
             cap: Duration::from_millis(50),
-        },
-        seed: Some(3),
-        ..RetryConfig::default()
-    };
-    Stack {
-        timeouts,
-        retry,
-        ..Stack::interactive()
-    }
+        })
+        .seed(Some(3));
+    Stack::interactive().timeouts(timeouts).retry(retry)
 }
 
 /// The class firebreak must give an attempt the simulator logged.
 fn class_of(r: &AttemptRecord) -> Class {
     match (r.status, r.fault.as_deref()) {
-        (0, Some("hang")) => Class::Timeout(firebreak::TimeoutPhase::ResponseHeaders),
+        (0, Some("hang")) => Class::Timeout(firebreak::TimeoutPhase::Headers),
         (0, Some("reset_before_response")) => Class::ResetBeforeResponse,
         (0, other) => panic!("unexpected headless attempt: {other:?}"),
         (s, _) => status_class(s),
@@ -199,17 +191,17 @@ async fn counters_match_the_simulators_attempt_log_exactly() {
             }
         }
         let failures: BTreeMap<String, u64> = rec
-            .counters_by(names::REQUESTS, "class")
+            .counters_by(names::CALLS, "class")
             .into_iter()
             .filter(|(k, v)| *v > 0 && k != "success")
             .collect();
         assert_eq!(failures, want);
         let successes = outcomes.iter().filter(|c| c.is_success()).count() as u64;
         assert_eq!(
-            rec.counter(names::REQUESTS, &[("outcome", "success")]),
+            rec.counter(names::CALLS, &[("outcome", "success")]),
             successes
         );
-        assert_eq!(rec.counter(names::REQUESTS, &[]), N as u64);
+        assert_eq!(rec.counter(names::CALLS, &[]), N as u64);
         assert_eq!(rec.samples(names::OVERALL_MS, &[]).len(), N);
         // Streams cut after two chunks failed as reset_mid_body, never retried.
         let cut = log
@@ -218,7 +210,7 @@ async fn counters_match_the_simulators_attempt_log_exactly() {
             .count() as u64;
         assert_eq!(
             rec.counter(
-                names::REQUESTS,
+                names::CALLS,
                 &[("outcome", "failure"), ("class", "reset_mid_body")]
             ),
             cut
@@ -262,7 +254,7 @@ async fn refused_connects_bad_certificates_and_connect_timeouts_are_client_side(
         );
         assert_eq!(
             rec.counter(
-                names::REQUESTS,
+                names::CALLS,
                 &[("outcome", "failure"), ("class", "connect_refused")]
             ),
             4
@@ -289,7 +281,7 @@ async fn refused_connects_bad_certificates_and_connect_timeouts_are_client_side(
         assert_eq!(rec.counter(names::CLIENT_FAILURES, &[]), 1);
         assert_eq!(
             rec.counter(
-                names::REQUESTS,
+                names::CALLS,
                 &[("outcome", "failure"), ("class", "connect_tls")]
             ),
             1
@@ -334,23 +326,18 @@ async fn a_request_the_gate_refuses_is_a_client_side_failure_the_server_never_se
         )
         .await
         .unwrap();
-        let gate = GateConfig {
-            initial_concurrency: 1,
-            min_concurrency: 1,
-            max_concurrency: 1,
-            max_queue: 1,
-            ..GateConfig::default()
-        };
+        let gate = GateConfig::default()
+            .initial_concurrency(1)
+            .min_concurrency(1)
+            .max_concurrency(1)
+            .max_queue(1);
         let rec = Recorded::new();
         let client = rec
             .build(|| {
                 FireworksClient::new(
                     &sim.base_url(),
                     ApiKey::new(KEY).unwrap(),
-                    Stack {
-                        gate,
-                        ..Stack::interactive()
-                    },
+                    Stack::interactive().gate(gate),
                 )
             })
             .unwrap();

@@ -36,13 +36,7 @@ fn stack() -> (
         build::<TimedRequestBody<ReplayBody<Full<Bytes>>>>(&ClientConfig::default()).unwrap();
     let gate = GateLayer::new(GateConfig::default(), KeyBy::Client).unwrap();
     let svc = ServiceBuilder::new()
-        .layer(
-            RetryLayer::new(RetryConfig {
-                max_attempts: 8,
-                ..RetryConfig::default()
-            })
-            .unwrap(),
-        )
+        .layer(RetryLayer::new(RetryConfig::default().max_attempts(8)).unwrap())
         .layer(gate.clone())
         .layer(AttemptTimeoutLayer::new(&TimeoutConfig::preset(Workload::Interactive)).unwrap())
         .layer(ClassifyLayer::new())
@@ -275,14 +269,7 @@ async fn hostile_keys_are_bounded_and_evictions_are_counted() {
         let sim = Sim::start(SimConfig::default()).await.unwrap();
         let rec = Recorded::new();
         let gate = rec.build(|| {
-            GateLayer::new(
-                GateConfig {
-                    max_keys: 8,
-                    ..GateConfig::default()
-                },
-                KeyBy::ApiKeyAndModel,
-            )
-            .unwrap()
+            GateLayer::new(GateConfig::default().max_keys(8), KeyBy::ApiKeyAndModel).unwrap()
         });
         let client = build::<TimedRequestBody<Full<Bytes>>>(&ClientConfig::default()).unwrap();
         let svc = ServiceBuilder::new()

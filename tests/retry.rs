@@ -44,14 +44,11 @@ async fn chat(sim: &Sim, id: &str) -> Resp {
 }
 
 fn fast() -> RetryConfig {
-    RetryConfig {
-        backoff: firebreak::retry::Backoff {
-            jitter: Jitter::Full,
-            base: Duration::from_millis(20),
-            cap: Duration::from_millis(200),
-        },
-        ..RetryConfig::default()
-    }
+    RetryConfig::default().backoff(firebreak::retry::Backoff {
+        jitter: Jitter::Full,
+        base: Duration::from_millis(20),
+        cap: Duration::from_millis(200),
+    })
 }
 
 use firebreak_testkit::status_fault as status;
@@ -158,15 +155,13 @@ async fn a_refused_connection_is_retried_and_then_succeeds() {
                 .await
                 .unwrap()
         });
-        let retry = RetryConfig {
-            max_attempts: 10,
-            backoff: firebreak::retry::Backoff {
+        let retry = RetryConfig::default()
+            .max_attempts(10)
+            .backoff(firebreak::retry::Backoff {
                 jitter: Jitter::Equal,
                 base: Duration::from_millis(100),
                 cap: Duration::from_millis(200),
-            },
-            ..RetryConfig::default()
-        };
+            });
         let resp = stack(retry)
             .oneshot(post(
                 &format!("http://{addr}/inference/v1"),

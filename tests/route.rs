@@ -33,13 +33,12 @@ fn router(sim: &Sim, tiers: Vec<Vec<Target>>) -> Router {
 }
 
 fn router_with(sim: &Sim, tiers: Vec<Vec<Target>>, stack: firebreak::Stack) -> Router {
-    let cfg = RouteConfig::new()
-        .alias("chat", tiers)
-        .with_breaker(BreakerConfig {
-            consecutive_failures: 5,
-            cooldown: COOLDOWN,
-            probes: 1,
-        });
+    let cfg = RouteConfig::new().alias("chat", tiers).with_breaker(
+        BreakerConfig::default()
+            .consecutive_failures(5)
+            .cooldown(COOLDOWN)
+            .probes(1),
+    );
     let _ = sim;
     Router::new(
         cfg,

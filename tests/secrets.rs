@@ -26,13 +26,7 @@ fn renderings(e: &Error) -> String {
 }
 
 fn status(s: u16) -> Fault {
-    Fault::Status {
-        status: s,
-        shape: None,
-        delay: vec![DelayHeader::RetryAfterMs { ms: 20.0 }],
-        should_retry: None,
-        message: None,
-    }
+    Fault::status(s).delay(vec![DelayHeader::RetryAfterMs { ms: 20.0 }])
 }
 
 #[test]
@@ -68,25 +62,17 @@ fn the_key_never_appears_in_traces_errors_or_debug_output() {
         )
         .await
         .unwrap();
-        let timeouts = TimeoutConfig {
-            headers: Some(Duration::from_millis(150)),
-            ..TimeoutConfig::preset(Workload::Interactive)
-        };
+        let timeouts =
+            TimeoutConfig::preset(Workload::Interactive).headers(Some(Duration::from_millis(150)));
         // Two attempts only, so that failures reach the caller as errors.
-        let retry = RetryConfig {
-            max_attempts: 2,
-            backoff: firebreak::retry::Backoff {
+        let retry = RetryConfig::default()
+            .max_attempts(2)
+            .backoff(firebreak::retry::Backoff {
                 jitter: Jitter::Full,
                 base: Duration::from_millis(5),
                 cap: Duration::from_millis(20),
-            },
-            ..RetryConfig::default()
-        };
-        let stack = Stack {
-            timeouts,
-            retry,
-            ..Stack::interactive()
-        };
+            });
+        let stack = Stack::interactive().timeouts(timeouts).retry(retry);
         let mut printed = String::new();
         let mut classes = std::collections::HashSet::new();
 
@@ -147,7 +133,7 @@ fn the_key_never_appears_in_traces_errors_or_debug_output() {
         for c in [
             Class::ClientError(firebreak::ClientErrorKind::Unauthorized),
             Class::Connect(firebreak::ConnectKind::Refused),
-            Class::Timeout(firebreak::TimeoutPhase::ResponseHeaders),
+            Class::Timeout(firebreak::TimeoutPhase::Headers),
             Class::ResetMidBody,
         ] {
             assert!(classes.contains(&c), "no {c:?} in {classes:?}");

@@ -8,13 +8,7 @@ use http_body_util::{BodyExt, Full};
 use std::time::{Duration, Instant};
 
 fn status(status: u16) -> Fault {
-    Fault::Status {
-        status,
-        shape: None,
-        delay: vec![],
-        should_retry: None,
-        message: None,
-    }
+    Fault::status(status)
 }
 
 /// One chat completion through a plain client.
@@ -362,13 +356,7 @@ async fn delay_headers_in_every_form_and_garbage() {
         ];
         let sim = sim_with(
             Trigger::Always,
-            Fault::Status {
-                status: 503,
-                shape: None,
-                delay,
-                should_retry: Some(true),
-                message: None,
-            },
+            Fault::status(503).delay(delay).should_retry(Some(true)),
         )
         .await;
         let a = chat(&sim, "d", false).await;
@@ -398,13 +386,7 @@ async fn should_retry_false_is_sent() {
     bounded(20, async {
         let sim = sim_with(
             Trigger::Always,
-            Fault::Status {
-                status: 500,
-                shape: None,
-                delay: vec![],
-                should_retry: Some(false),
-                message: None,
-            },
+            Fault::status(500).should_retry(Some(false)),
         )
         .await;
         let a = chat(&sim, "n", false).await;
@@ -530,17 +512,7 @@ async fn every_error_body_shape() {
             ),
         ];
         for (shape, assert_fn) in check {
-            let sim = sim_with(
-                Trigger::Always,
-                Fault::Status {
-                    status: 503,
-                    shape: Some(shape),
-                    delay: vec![],
-                    should_retry: None,
-                    message: None,
-                },
-            )
-            .await;
+            let sim = sim_with(Trigger::Always, Fault::status(503).shape(Some(shape))).await;
             let a = chat(&sim, "e", false).await;
             assert_eq!(a.status, 503, "{shape:?}");
             assert_fn(&a);

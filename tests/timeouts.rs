@@ -26,16 +26,15 @@ fn ms(n: u64) -> Option<Duration> {
 }
 
 fn cfg() -> TimeoutConfig {
-    TimeoutConfig {
-        connect: ms(300),
-        ready: ms(1000),
-        write: ms(400),
-        headers: ms(400),
-        first_event: ms(400),
-        idle: ms(400),
-        attempt: ms(8000),
-        deadline: None,
-    }
+    TimeoutConfig::default()
+        .connect(ms(300))
+        .ready(ms(1000))
+        .write(ms(400))
+        .headers(ms(400))
+        .first_event(ms(400))
+        .idle(ms(400))
+        .attempt(ms(8000))
+        .deadline(None)
 }
 
 /// attempt timeouts → classify → hyper client with a timed connector.
@@ -97,7 +96,7 @@ async fn a_hang_before_headers_is_a_response_header_timeout() {
             .unwrap_err();
         assert_eq!(
             phase(&e),
-            (TimeoutPhase::ResponseHeaders, Duration::from_millis(400))
+            (TimeoutPhase::Headers, Duration::from_millis(400))
         );
         assert!(t.elapsed() >= Duration::from_millis(400));
         assert!(!e.is_client_side(), "the request reached the server");
@@ -131,7 +130,7 @@ async fn a_requests_own_attempt_timeouts_replace_the_layers() {
         let e = stack(&longer).oneshot(r).await.unwrap_err();
         assert_eq!(
             phase(&e),
-            (TimeoutPhase::ResponseHeaders, Duration::from_millis(150))
+            (TimeoutPhase::Headers, Duration::from_millis(150))
         );
     })
     .await
@@ -151,7 +150,7 @@ async fn a_slow_first_byte_fires_the_headers_timer_only_when_it_is_too_slow() {
             .oneshot(req(&sim.base_url(), "ttfb", false))
             .await
             .unwrap_err();
-        assert_eq!(phase(&e).0, TimeoutPhase::ResponseHeaders);
+        assert_eq!(phase(&e).0, TimeoutPhase::Headers);
         let mut relaxed = cfg();
         relaxed.headers = ms(3000);
         let resp = stack(&relaxed)
@@ -182,7 +181,7 @@ async fn a_stalled_stream_is_cut_by_body_idle_after_the_tokens_already_delivered
         let t = Instant::now();
         let (got, end) = read_until_error(resp).await;
         let e = end.unwrap_err();
-        assert_eq!(phase(&e), (TimeoutPhase::BodyIdle, Duration::from_millis(400)));
+        assert_eq!(phase(&e), (TimeoutPhase::Idle, Duration::from_millis(400)));
         assert!(t.elapsed() >= Duration::from_millis(400));
         // Exactly the four chunks sent before the stall, byte for byte.
         let events = sse_data(&got);
@@ -256,7 +255,7 @@ async fn a_slow_upload_is_a_request_write_timeout() {
             .unwrap_err();
         assert_eq!(
             phase(&e),
-            (TimeoutPhase::RequestWrite, Duration::from_millis(400)),
+            (TimeoutPhase::Write, Duration::from_millis(400)),
             "{e:?}"
         );
         assert!(t.elapsed() >= Duration::from_millis(400));
@@ -274,14 +273,9 @@ async fn a_connect_that_never_completes_is_a_client_side_connect_timeout() {
         let (addr, _fill, _l) = blackhole();
         // The connect timer is in the connector `FireworksClient` builds: the stack's
         // `timeouts.connect` (300 ms here), one attempt.
-        let stack = firebreak::Stack {
-            timeouts: cfg(),
-            retry: firebreak::retry::RetryConfig {
-                max_attempts: 1,
-                ..firebreak::retry::RetryConfig::default()
-            },
-            ..firebreak::Stack::interactive()
-        };
+        let stack = firebreak::Stack::interactive()
+            .timeouts(cfg())
+            .retry(firebreak::retry::RetryConfig::default().max_attempts(1));
         let client = firebreak::FireworksClient::new(
             &format!("http://{addr}/inference/v1"),
             firebreak::client::ApiKey::new(KEY).unwrap(),

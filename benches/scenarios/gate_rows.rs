@@ -108,26 +108,16 @@ impl GScenario {
                             every: 6,
                             offset: k as u32,
                         },
-                        Fault::Status {
-                            status,
-                            shape: None,
-                            delay: vec![delay],
-                            should_retry: None,
-                            message: None,
-                        },
+                        Fault::status(status).delay(vec![delay]),
                     );
                 }
                 c
             }
             GScenario::Quota => base.fault(
                 Trigger::Always,
-                Fault::Status {
-                    status: 429,
-                    shape: Some(ErrorShape::InsufficientQuota),
-                    delay: vec![],
-                    should_retry: None,
-                    message: Some("You exceeded your current quota".into()),
-                },
+                Fault::status(429)
+                    .shape(Some(ErrorShape::InsufficientQuota))
+                    .message(Some("You exceeded your current quota".into())),
             ),
         }
     }
@@ -343,21 +333,12 @@ pub(crate) async fn tenants() -> (f64, f64, f64) {
                     every: 20,
                     offset: 0,
                 },
-                Fault::Status {
-                    status: 429,
-                    shape: None,
-                    delay: vec![DelayHeader::RetryAfterSecs { secs: 5.0 }],
-                    should_retry: None,
-                    message: None,
-                },
+                Fault::status(429).delay(vec![DelayHeader::RetryAfterSecs { secs: 5.0 }]),
             );
         }
         let sim = Sim::start(cfg).await.expect("sim");
         let base = sim.base_url();
-        let stack = Stack {
-            key_by: KeyBy::ApiKeyAndModel,
-            ..Stack::interactive()
-        };
+        let stack = Stack::interactive().key_by(KeyBy::ApiKeyAndModel);
         let client = Arc::new(
             FireworksClient::with_auth(&base, None, stack, &ClientConfig::default())
                 .expect("client"),

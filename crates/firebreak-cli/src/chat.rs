@@ -40,10 +40,7 @@ pub(crate) async fn run(args: ChatArgs) -> Result<(), Box<dyn std::error::Error>
         "no API key: set FIREWORKS_API_KEY (or pass --api-key, which the process list shows)",
     )?;
     let base = base_url("--base-url", &args.base_url)?;
-    let stack = Stack {
-        timeouts: args.timeouts.resolve()?,
-        ..Stack::preset(args.timeouts.preset.workload())
-    };
+    let stack = (Stack::preset(args.timeouts.preset.workload())).timeouts(args.timeouts.resolve()?);
     let client = FireworksClient::new(&base, key, stack)?;
     let body = serde_json::json!({
         "model": args.model,

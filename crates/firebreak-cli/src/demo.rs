@@ -75,13 +75,7 @@ fn scenario(args: &DemoArgs) -> SimConfig {
     let p = |x: f64| Trigger::Probability {
         p: (x * f).clamp(0.0, 1.0),
     };
-    let status = |s, delay: Vec<DelayHeader>| Fault::Status {
-        status: s,
-        shape: None,
-        delay,
-        should_retry: None,
-        message: None,
-    };
+    let status = |s, delay: Vec<DelayHeader>| Fault::status(s).delay(delay);
     SimConfig::default()
         .api_key(KEY)
         .seed(args.seed)
@@ -206,12 +200,10 @@ async fn run_client(
     let plain = plain();
     // The interactive preset, with the read-side timeouts scaled to the demo's 20 ms answers, so
     // a hang or a stalled stream is cut in about a second instead of a minute.
-    let timeouts = TimeoutConfig {
-        headers: Some(Duration::from_secs(1)),
-        first_event: Some(Duration::from_secs(1)),
-        idle: Some(Duration::from_secs(1)),
-        ..TimeoutConfig::preset(Workload::Interactive)
-    };
+    let timeouts = TimeoutConfig::preset(Workload::Interactive)
+        .headers(Some(Duration::from_secs(1)))
+        .first_event(Some(Duration::from_secs(1)))
+        .idle(Some(Duration::from_secs(1)));
     // The stack's metrics go to a recorder local to this run, for the breakdown at the end.
     let recorder = metrics_util::debugging::DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
@@ -220,10 +212,7 @@ async fn run_client(
         FireworksClient::new(
             &sim.base_url(),
             key,
-            Stack {
-                timeouts,
-                ..Stack::interactive()
-            },
+            Stack::interactive().timeouts(timeouts),
         )
     })?;
     let (plain, fb, url) = (Arc::new(plain), Arc::new(fb), Arc::new(url));

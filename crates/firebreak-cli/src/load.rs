@@ -142,10 +142,8 @@ fn service(
         "no API key: set FIREWORKS_API_KEY (or pass --api-key, which the process list shows)",
     )?;
     let base = base_url("--base-url", &args.base_url)?;
-    let mut stack = Stack {
-        timeouts: args.timeouts.resolve()?,
-        ..Stack::preset(args.timeouts.preset.workload())
-    };
+    let mut stack =
+        (Stack::preset(args.timeouts.preset.workload())).timeouts(args.timeouts.resolve()?);
     if let Some(n) = args.max_attempts {
         stack.retry.max_attempts = n;
     }

@@ -30,7 +30,7 @@
 
 use firebreak::TargetKind;
 use firebreak::client::ApiKey;
-use firebreak::route::{BreakerConfig, RouteConfig, RouteError, Target};
+use firebreak::route::{BreakerConfig, RouteConfig, RouteConfigError, Target};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -219,7 +219,7 @@ fn breaker_of(cx: &Ctx<'_>, b: Option<&Breaker>) -> Result<BreakerConfig, Config
             at.push(("cooldown", "cooldown_secs", c.span()));
         }
     }
-    if let Err(RouteError::Breaker { field, why }) = breaker.validate() {
+    if let Err(RouteConfigError::Breaker { field, why }) = breaker.validate() {
         let (name, span) = at
             .iter()
             .find(|(f, _, _)| *f == field)
@@ -256,7 +256,7 @@ fn target_of(
     }
     // The values are the library's to check (`Target::validate`); here, only where each
     // one is in the file.
-    if let Err(RouteError::Target { field: f, why, .. }) = t.validate() {
+    if let Err(RouteConfigError::Target { field: f, why, .. }) = t.validate() {
         let span = match f {
             "base_url" => d.base_url.as_ref().map(Spanned::span),
             "model" => Some(d.model.span()),

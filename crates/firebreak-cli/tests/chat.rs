@@ -14,16 +14,12 @@ fn streams_the_answer_and_reports_errors_in_one_line() {
     let sim = rt
         // Anonymous requests (chat sends no `user`) count every attempt as a first one in the
         // simulator, so the fault is a seeded coin: deterministic here, attempts being sequential.
-        .block_on(Sim::start(SimConfig::default().api_key(KEY).seed(3).fault(
-            Trigger::Probability { p: 0.5 },
-            Fault::Status {
-                status: 502,
-                shape: None,
-                delay: vec![],
-                should_retry: None,
-                message: None,
-            },
-        )))
+        .block_on(Sim::start(
+            SimConfig::default()
+                .api_key(KEY)
+                .seed(3)
+                .fault(Trigger::Probability { p: 0.5 }, Fault::status(502)),
+        ))
         .unwrap();
     let run = |key: &str| {
         Command::new(env!("CARGO_BIN_EXE_firebreak"))
@@ -112,13 +108,9 @@ fn a_mid_stream_error_gets_its_own_line_and_a_400_no_retry_advice() {
     let sim = rt
         .block_on(Sim::start(SimConfig::default().api_key(KEY).fault(
             Trigger::Always,
-            Fault::Status {
-                status: 400,
-                shape: None,
-                delay: vec![firebreak_sim::DelayHeader::RetryAfterSecs { secs: 5.0 }],
-                should_retry: None,
-                message: None,
-            },
+            Fault::status(400).delay(vec![firebreak_sim::DelayHeader::RetryAfterSecs {
+                secs: 5.0,
+            }]),
         )))
         .unwrap();
     let out = run_chat(&sim, &["--preset", "batch-submit"]);

@@ -25,24 +25,9 @@ fn load_json_matches_the_simulator_log() {
                 .rate_limit(RateLimitConfig::new(40.0, 5.0).delay(RateLimitDelay::RetryAfterSecs))
                 .fault(
                     Trigger::Probability { p: 0.2 },
-                    Fault::Status {
-                        status: 503,
-                        shape: None,
-                        delay: vec![DelayHeader::RetryAfterMs { ms: 50.0 }],
-                        should_retry: None,
-                        message: None,
-                    },
+                    Fault::status(503).delay(vec![DelayHeader::RetryAfterMs { ms: 50.0 }]),
                 )
-                .fault(
-                    Trigger::Probability { p: 0.05 },
-                    Fault::Status {
-                        status: 400,
-                        shape: None,
-                        delay: vec![],
-                        should_retry: None,
-                        message: None,
-                    },
-                ),
+                .fault(Trigger::Probability { p: 0.05 }, Fault::status(400)),
         ))
         .unwrap();
     let out = firebreak()

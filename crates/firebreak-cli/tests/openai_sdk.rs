@@ -85,25 +85,10 @@ fn the_openai_sdk_works_through_the_proxy_despite_faults() {
         .block_on(Sim::start(
             SimConfig::default()
                 .api_key("fw_sdk_key")
-                .fault(
-                    Trigger::FirstAttempts { n: 1 },
-                    Fault::Status {
-                        status: 503,
-                        shape: None,
-                        delay: vec![],
-                        should_retry: None,
-                        message: None,
-                    },
-                )
+                .fault(Trigger::FirstAttempts { n: 1 }, Fault::status(503))
                 .fault(
                     Trigger::FirstAttempts { n: 2 },
-                    Fault::Status {
-                        status: 429,
-                        shape: None,
-                        delay: vec![DelayHeader::RetryAfterMs { ms: 100.0 }],
-                        should_retry: None,
-                        message: None,
-                    },
+                    Fault::status(429).delay(vec![DelayHeader::RetryAfterMs { ms: 100.0 }]),
                 ),
         ))
         .unwrap();

@@ -36,16 +36,9 @@ fn http(
 
 /// The test key, and a 503 on every request's first attempt.
 fn first_attempt_503() -> SimConfig {
-    SimConfig::default().api_key(KEY).fault(
-        Trigger::FirstAttempts { n: 1 },
-        Fault::Status {
-            status: 503,
-            shape: None,
-            delay: vec![],
-            should_retry: None,
-            message: None,
-        },
-    )
+    SimConfig::default()
+        .api_key(KEY)
+        .fault(Trigger::FirstAttempts { n: 1 }, Fault::status(503))
 }
 
 fn chat(user: &str, stream: bool) -> String {
@@ -122,13 +115,9 @@ fn proxies_json_and_sse_through_the_stack() {
 fn a_server_delay_over_the_cap_comes_back_as_a_429_with_retry_after() {
     let (rt, sim) = sim_on_runtime(SimConfig::default().fault(
         Trigger::Always,
-        Fault::Status {
-            status: 429,
-            shape: None,
-            delay: vec![firebreak_sim::DelayHeader::RetryAfterSecs { secs: 120.0 }],
-            should_retry: None,
-            message: None,
-        },
+        Fault::status(429).delay(vec![firebreak_sim::DelayHeader::RetryAfterSecs {
+            secs: 120.0,
+        }]),
     ));
     let p = proxy(&sim.base_url(), &["--api-key", KEY]);
     let (s, head, body) = http(
@@ -336,13 +325,9 @@ fn one_callers_429_never_holds_another_caller() {
             every: 2,
             offset: 0,
         },
-        Fault::Status {
-            status: 429,
-            shape: None,
-            delay: vec![firebreak_sim::DelayHeader::RetryAfterSecs { secs: 5.0 }],
-            should_retry: None,
-            message: None,
-        },
+        Fault::status(429).delay(vec![firebreak_sim::DelayHeader::RetryAfterSecs {
+            secs: 5.0,
+        }]),
     ));
     let p = proxy(&sim.base_url(), &[]);
     let addr = p.addr.clone();
@@ -488,13 +473,7 @@ fn a_dedicated_deployment_that_keeps_refusing_is_named_in_the_answer_and_once_in
     let (_rt, sim) = sim_on_runtime(SimConfig::default().api_key(KEY).deployment(
         firebreak_sim::DeploymentConfig::new(DEPLOYMENT).fault(
             Trigger::Always,
-            Fault::Status {
-                status: 429,
-                shape: None,
-                delay: vec![],
-                should_retry: None,
-                message: Some("Deployment capacity exceeded".into()),
-            },
+            Fault::status(429).message(Some("Deployment capacity exceeded".into())),
         ),
     ));
     let p = proxy(&sim.base_url(), &["--api-key", KEY]);

@@ -588,26 +588,20 @@ fn bodies_are_budgeted_and_bad_ones_get_the_right_status() {
 fn hop_by_hop_headers_are_stripped_both_ways_and_forwarded_for_is_not_passed() {
     let (rt, sim) = sim_on_runtime(SimConfig::default().api_key(KEY).fault(
         Trigger::Probability { p: 1.0 },
-        Fault::Status {
-            status: 400,
-            shape: None,
-            delay: vec![
-                DelayHeader::Raw {
-                    name: "connection".into(),
-                    value: "x-hop-down".into(),
-                },
-                DelayHeader::Raw {
-                    name: "x-hop-down".into(),
-                    value: "1".into(),
-                },
-                DelayHeader::Raw {
-                    name: "proxy-authenticate".into(),
-                    value: "Basic".into(),
-                },
-            ],
-            should_retry: None,
-            message: None,
-        },
+        Fault::status(400).delay(vec![
+            DelayHeader::Raw {
+                name: "connection".into(),
+                value: "x-hop-down".into(),
+            },
+            DelayHeader::Raw {
+                name: "x-hop-down".into(),
+                value: "1".into(),
+            },
+            DelayHeader::Raw {
+                name: "proxy-authenticate".into(),
+                value: "Basic".into(),
+            },
+        ]),
     ));
     let p = keyed(&sim, &[]);
     let (s, head, _) = post(

@@ -208,28 +208,24 @@ fn find_dcp(v: &serde_json::Value, depth: u32) -> Option<u64> {
 /// [`CallTimeouts`]) is shorter than those 5 minutes and bounds it first.
 pub fn control_plane_stack() -> Stack {
     let mut stack = Stack::preset(Workload::BatchSubmit);
-    stack.timeouts = TimeoutConfig {
-        attempt: Some(Duration::from_secs(60)),
-        deadline: Some(Duration::from_secs(300)),
-        headers: Some(Duration::from_secs(60)),
-        ..TimeoutConfig::preset(Workload::BatchSubmit)
-    };
-    stack.retry = RetryConfig {
-        max_attempts: 10,
-        backoff: Backoff {
+    stack.timeouts = TimeoutConfig::preset(Workload::BatchSubmit)
+        .attempt(Some(Duration::from_secs(60)))
+        .deadline(Some(Duration::from_secs(300)))
+        .headers(Some(Duration::from_secs(60)));
+    stack.retry = RetryConfig::default()
+        .max_attempts(10)
+        .backoff(Backoff {
             jitter: Jitter::Full,
             base: Duration::from_secs(1),
             cap: Duration::from_secs(30),
-        },
+        })
         // Already a slow schedule: the same when the control plane cannot be reached.
-        unreachable_backoff: None,
-        max_retry_time: Some(Duration::from_secs(300)),
-        retry_on: RetryOn {
+        .unreachable_backoff(None)
+        .max_retry_time(Some(Duration::from_secs(300)))
+        .retry_on(RetryOn {
             also: vec![408],
             ..RetryOn::default()
-        },
-        ..RetryConfig::default()
-    };
+        });
     stack
 }
 

@@ -3,8 +3,8 @@
 use crate::exposition::{Exposition, ParseError};
 use bytes::Bytes;
 use firebreak::client::ApiKey;
-use firebreak::timeout::{TimeoutConfig, Workload};
-use firebreak::{Error, FireworksClient, RetryInfo, Stack, StackError};
+use firebreak::timeout::Workload;
+use firebreak::{Error, FireworksClient, RetryInfo, Stack, StackConfigError};
 use http::Request;
 use http_body_util::{BodyExt, Full, Limited};
 use std::collections::VecDeque;
@@ -32,7 +32,7 @@ pub enum ScrapeError {
     InvalidAccount(String),
     /// The base URL or a stack setting is invalid.
     #[error(transparent)]
-    Setup(#[from] StackError),
+    Setup(#[from] StackConfigError),
     /// The request failed (after the stack's retries).
     #[error("{url}: {source}")]
     Request {
@@ -76,10 +76,7 @@ pub enum ScrapeError {
 /// two attempts (every attempt counts against the exporter's limit), no model labels.
 pub fn scrape_stack() -> Stack {
     let mut s = Stack::preset(Workload::Interactive);
-    s.timeouts = TimeoutConfig {
-        deadline: Some(Duration::from_secs(60)),
-        ..s.timeouts
-    };
+    s.timeouts = s.timeouts.deadline(Some(Duration::from_secs(60)));
     s.retry.max_attempts = 2;
     s.model_labels = 0;
     s

@@ -48,8 +48,8 @@ pub fn sent_unanswered(class: Class) -> bool {
             | Class::Protocol
             | Class::Other
             | Class::Timeout(
-                TimeoutPhase::RequestWrite
-                    | TimeoutPhase::ResponseHeaders
+                TimeoutPhase::Write
+                    | TimeoutPhase::Headers
                     | TimeoutPhase::Attempt
                     | TimeoutPhase::Deadline
             )
@@ -276,7 +276,7 @@ impl ClientView {
     /// firebreak's own metrics page (a proxy's `/metrics`).
     pub fn from_metrics(page: &Exposition) -> ClientView {
         let mut v = ClientView::default();
-        for s in page.named(firebreak::names::REQUESTS) {
+        for s in page.named(firebreak::names::CALLS) {
             if let Some(d) = s.label("deployment").filter(|d| !d.is_empty()) {
                 v.deployments.entry(d.to_owned()).or_default().calls += count(s.value);
             }

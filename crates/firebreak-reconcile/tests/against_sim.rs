@@ -39,10 +39,7 @@ async fn the_scraped_view_is_the_simulators_log_and_firebreaks_counts_agree_with
         let client = FireworksClient::new(
             &sim.base_url(),
             ApiKey::new(KEY).unwrap(),
-            Stack {
-                model_labels: 64,
-                ..Stack::interactive()
-            },
+            Stack::interactive().model_labels(64),
         )
         .unwrap();
         for i in 0..6 {

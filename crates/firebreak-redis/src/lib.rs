@@ -326,7 +326,7 @@ impl Fleet for RedisFleet {
             .keys
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&key.0)
+            .get(&key.raw())
         {
             k.last_used.store(now, Ordering::Relaxed);
             return inner
@@ -338,7 +338,7 @@ impl Fleet for RedisFleet {
             let mut keys = inner.keys.write().unwrap_or_else(|e| e.into_inner());
             // Until the key's own members are known, assume every process of the fleet uses
             // it: never over the limit while counting.
-            let k = keys.entry(key.0).or_insert_with(|| {
+            let k = keys.entry(key.raw()).or_insert_with(|| {
                 Arc::new(KeyShare {
                     share: AtomicU64::new(inner.fleet_share.load(Ordering::Relaxed)),
                     last_used: AtomicU64::new(now),
@@ -435,9 +435,12 @@ mod tests {
             .unwrap()
             .port();
         let f = RedisFleet::start(RedisConfig::new(format!("redis://127.0.0.1:{port}"))).unwrap();
-        assert_eq!(f.share(GateKey(7)), None);
-        f.publish(GateKey(7), FleetEvent::Cooldown(Duration::from_secs(1)));
+        assert_eq!(f.share(GateKey::from_raw(7)), None);
+        f.publish(
+            GateKey::from_raw(7),
+            FleetEvent::Cooldown(Duration::from_secs(1)),
+        );
         assert!(!f.connected_within(Duration::from_millis(300)).await);
-        assert_eq!(f.share(GateKey(7)), None);
+        assert_eq!(f.share(GateKey::from_raw(7)), None);
     }
 }

@@ -41,7 +41,7 @@ return redis.call('PUBLISH', KEYS[2], ARGV[2])
 ";
 
 fn key_name(prefix: &str, what: &str, key: GateKey) -> String {
-    format!("{prefix}:{what}:{:016x}", key.0)
+    format!("{prefix}:{what}:{:016x}", key.raw())
 }
 
 /// Runs until the fleet is dropped.
@@ -196,7 +196,7 @@ async fn heartbeat_keys(
     let everyone = format!("{}:fleet", cfg.prefix);
     for members in std::iter::once(everyone).chain(
         keys.iter()
-            .map(|(k, _)| key_name(&cfg.prefix, "members", GateKey(*k))),
+            .map(|(k, _)| key_name(&cfg.prefix, "members", GateKey::from_raw(*k))),
     ) {
         pipe.zadd(&members, &fleet.id, wall)
             .ignore()
@@ -210,8 +210,8 @@ async fn heartbeat_keys(
             .ignore();
     }
     for (k, _) in &keys {
-        pipe.pttl(key_name(&cfg.prefix, "cooldown", GateKey(*k)))
-            .pttl(key_name(&cfg.prefix, "quota", GateKey(*k)));
+        pipe.pttl(key_name(&cfg.prefix, "cooldown", GateKey::from_raw(*k)))
+            .pttl(key_name(&cfg.prefix, "quota", GateKey::from_raw(*k)));
     }
     fleet.metrics.round_trips.increment(1);
     let out: Vec<i64> = tokio::time::timeout(cfg.command_timeout, pipe.query_async(conn))
@@ -241,13 +241,13 @@ async fn heartbeat_keys(
         };
         if *cooldown > 0 {
             fleet.deliver(
-                GateKey(*k),
+                GateKey::from_raw(*k),
                 FleetEvent::Cooldown(Duration::from_millis(*cooldown as u64)),
             );
         }
         if *quota > 0 {
             fleet.deliver(
-                GateKey(*k),
+                GateKey::from_raw(*k),
                 FleetEvent::QuotaExhausted(Duration::from_millis(*quota as u64)),
             );
         }
@@ -269,7 +269,7 @@ async fn publish(
         _ => return Ok(()),
     };
     let ms = d.as_millis().max(1) as u64;
-    let message = format!("{} {kind} {:016x} {ms}", fleet.id, key.0);
+    let message = format!("{} {kind} {:016x} {ms}", fleet.id, key.raw());
     fleet.metrics.round_trips.increment(1);
     let r: Result<i64, _> = tokio::time::timeout(
         fleet.cfg.command_timeout,
@@ -309,5 +309,5 @@ fn receive(fleet: &Arc<Inner>, msg: &redis::Msg) {
         "b" => FleetEvent::BreakerOpen(d),
         _ => return,
     };
-    fleet.deliver(GateKey(key), event);
+    fleet.deliver(GateKey::from_raw(key), event);
 }

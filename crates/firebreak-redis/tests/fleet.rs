@@ -89,10 +89,7 @@ fn redis_killed_mid_run_every_request_completes_and_sharing_resumes() {
                 RedisFleet::start(RedisConfig::new(&url)).unwrap()
             });
             fleets.lock().unwrap().push(fleet.clone());
-            Stack {
-                fleet: Some(Arc::new(fleet)),
-                ..Stack::interactive()
-            }
+            Stack::interactive().fleet(Some(Arc::new(fleet)))
         },
         |t| {
             if t > Duration::from_secs(4) && !killed {
@@ -176,10 +173,7 @@ fn a_rate_limit_429_in_one_process_holds_the_others_within_a_heartbeat() {
             firebreak::FireworksClient::new(
                 &sim.base_url(),
                 firebreak::client::ApiKey::new(KEY).unwrap(),
-                Stack {
-                    fleet: Some(Arc::new(fleet.clone())),
-                    ..Stack::interactive()
-                },
+                Stack::interactive().fleet(Some(Arc::new(fleet.clone()))),
             )
             .unwrap()
         };
@@ -312,8 +306,8 @@ fn a_keys_share_counts_only_its_users_and_grows_back_when_one_leaves() {
     });
 }
 
-const SHARED: firebreak::gate::GateKey = firebreak::gate::GateKey(1);
-const OWN: firebreak::gate::GateKey = firebreak::gate::GateKey(2);
+const SHARED: firebreak::gate::GateKey = firebreak::gate::GateKey::from_raw(1);
+const OWN: firebreak::gate::GateKey = firebreak::gate::GateKey::from_raw(2);
 
 /// Waits (bounded: 5 s of 20 ms steps) until `check` holds, with A using both keys and B the
 /// shared one (or not) meanwhile.
@@ -368,14 +362,8 @@ fn a_breaker_opened_in_one_process_opens_in_another_through_redis() {
         let router = |fleet: &RedisFleet| {
             let routes = RouteConfig::new()
                 .fallbacks("chat", &sim.base_url(), &[PRIMARY, FALLBACK])
-                .with_breaker(BreakerConfig {
-                    cooldown: Duration::from_secs(30),
-                    ..BreakerConfig::default()
-                });
-            let stack = Stack {
-                fleet: Some(Arc::new(fleet.clone())),
-                ..Stack::interactive()
-            };
+                .with_breaker(BreakerConfig::default().cooldown(Duration::from_secs(30)));
+            let stack = Stack::interactive().fleet(Some(Arc::new(fleet.clone())));
             Router::new(
                 routes,
                 stack,

@@ -480,6 +480,52 @@ pub enum Fault {
     },
 }
 
+impl Fault {
+    /// An error answer with `status`, the default body for it and no delay header; change it
+    /// with [`Fault::shape`], [`Fault::delay`], [`Fault::should_retry`], [`Fault::message`].
+    pub fn status(status: u16) -> Fault {
+        Fault::Status {
+            status,
+            shape: None,
+            delay: vec![],
+            should_retry: None,
+            message: None,
+        }
+    }
+
+    /// An error answer's body shape (`None`: the default one). No effect on other faults.
+    pub fn shape(mut self, to: Option<ErrorShape>) -> Fault {
+        if let Fault::Status { shape, .. } = &mut self {
+            *shape = to;
+        }
+        self
+    }
+
+    /// An error answer's delay headers. No effect on other faults.
+    pub fn delay(mut self, to: Vec<DelayHeader>) -> Fault {
+        if let Fault::Status { delay, .. } = &mut self {
+            *delay = to;
+        }
+        self
+    }
+
+    /// An error answer's `x-should-retry`. No effect on other faults.
+    pub fn should_retry(mut self, to: Option<bool>) -> Fault {
+        if let Fault::Status { should_retry, .. } = &mut self {
+            *should_retry = to;
+        }
+        self
+    }
+
+    /// An error answer's message (`None`: a default per status). No effect on other faults.
+    pub fn message(mut self, to: Option<String>) -> Fault {
+        if let Fault::Status { message, .. } = &mut self {
+            *message = to;
+        }
+        self
+    }
+}
+
 fn default_hold_ms() -> u64 {
     600_000
 }

@@ -21,7 +21,7 @@
 //! // The first attempt of every logical request gets a 503, the second succeeds.
 //! let config = SimConfig::default().fault(
 //!     Trigger::FirstAttempts { n: 1 },
-//!     Fault::Status { status: 503, shape: None, delay: vec![], should_retry: None, message: None },
+//!     Fault::status(503),
 //! );
 //! let sim = Sim::start(config).await?;
 //! println!("listening on {}", sim.base_url()); // http://127.0.0.1:PORT/inference/v1

@@ -255,13 +255,7 @@ pub async fn sim_with(
 
 /// A simulator fault answering `status` with the default error body and these delay headers.
 pub fn status_fault(status: u16, delay: Vec<firebreak_sim::DelayHeader>) -> firebreak_sim::Fault {
-    firebreak_sim::Fault::Status {
-        status,
-        shape: None,
-        delay,
-        should_retry: None,
-        message: None,
-    }
+    firebreak_sim::Fault::status(status).delay(delay)
 }
 
 /// An error answer with a body `shape` (the default gateway one when `None`) and a `message`.
@@ -270,13 +264,9 @@ pub fn error_fault(
     shape: Option<firebreak_sim::ErrorShape>,
     message: Option<&str>,
 ) -> firebreak_sim::Fault {
-    firebreak_sim::Fault::Status {
-        status,
-        shape,
-        delay: vec![],
-        should_retry: None,
-        message: message.map(str::to_owned),
-    }
+    firebreak_sim::Fault::status(status)
+        .shape(shape)
+        .message(message.map(str::to_owned))
 }
 
 /// Open file descriptors and resident memory (KiB) of process `pid`, from `/proc` (zeros where

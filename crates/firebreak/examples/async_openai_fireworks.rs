@@ -13,13 +13,7 @@ use firebreak::client::ApiKey;
 use firebreak_sim::{Fault, Sim, SimConfig, Trigger};
 
 fn status(status: u16) -> Fault {
-    Fault::Status {
-        status,
-        shape: None,
-        delay: vec![],
-        should_retry: None,
-        message: None,
-    }
+    Fault::status(status)
 }
 
 #[tokio::main]

@@ -17,13 +17,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(_) => {
             let sim = Sim::start(SimConfig::default().fault(
                 Trigger::FirstAttempts { n: 1 },
-                Fault::Status {
-                    status: 503,
-                    shape: None,
-                    delay: vec![DelayHeader::RetryAfterSecs { secs: 1.0 }],
-                    should_retry: None,
-                    message: None,
-                },
+                Fault::status(503).delay(vec![DelayHeader::RetryAfterSecs { secs: 1.0 }]),
             ))
             .await?;
             (sim.base_url(), "sim-key".to_owned(), Some(sim))

@@ -62,14 +62,11 @@ pub(crate) async fn run() -> Result<(i32, u32), Box<dyn std::error::Error + Send
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
         .connect()
         .await?;
-    let retry = RetryConfig {
-        backoff: firebreak::retry::Backoff {
-            jitter: Jitter::Full,
-            base: Duration::from_millis(10),
-            cap: Duration::from_millis(50),
-        },
-        ..RetryConfig::default()
-    };
+    let retry = RetryConfig::default().backoff(firebreak::retry::Backoff {
+        jitter: Jitter::Full,
+        base: Duration::from_millis(10),
+        cap: Duration::from_millis(50),
+    });
     let svc = tower::ServiceBuilder::new()
         .layer(RetryLayer::new(retry)?)
         .layer(AttemptTimeoutLayer::new(&TimeoutConfig::preset(

@@ -33,7 +33,7 @@
 //!   anything is sent.
 
 use crate::client::{ApiKey, AuthLayer, ClientConfig, FIREWORKS_BASE_URL};
-use crate::{BoxStack, Error, FireworksClient, Stack, StackError};
+use crate::{BoxStack, Error, FireworksClient, Stack, StackConfigError};
 use ::async_openai::Client;
 use ::async_openai::config::OpenAIConfig;
 use ::async_openai::error::OpenAIError;
@@ -126,12 +126,12 @@ pub fn firebreak_error(e: &OpenAIError) -> Option<&Error> {
 /// goes through `stack`, with `key` sent by firebreak's auth layer.
 ///
 /// # Errors
-/// [`StackError`] for an invalid URL or setting.
+/// [`StackConfigError`] for an invalid URL or setting.
 pub fn client(
     base_url: &str,
     key: ApiKey,
     stack: Stack,
-) -> Result<Client<OpenAIConfig>, StackError> {
+) -> Result<Client<OpenAIConfig>, StackConfigError> {
     let max_body = stack.retry.max_replay_body;
     let fw = FireworksClient::with_auth(
         base_url,
@@ -154,6 +154,9 @@ pub fn client(
 ///
 /// # Errors
 /// As [`client`].
-pub fn fireworks_client(key: ApiKey, stack: Stack) -> Result<Client<OpenAIConfig>, StackError> {
+pub fn fireworks_client(
+    key: ApiKey,
+    stack: Stack,
+) -> Result<Client<OpenAIConfig>, StackConfigError> {
     client(FIREWORKS_BASE_URL, key, stack)
 }

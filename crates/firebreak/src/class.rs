@@ -90,7 +90,10 @@ pub enum ConnectKind {
     Other,
 }
 
-/// Which phase of an attempt timed out.
+/// Which phase of an attempt timed out. The variants are named as
+/// `TimeoutConfig`'s fields (`write`, `headers`, `idle`, …); their class labels on
+/// the metrics (`timeout_request_write`, `timeout_response_headers`, `timeout_body_idle`) keep
+/// the spelling they first had, so that users' dashboards and alerts keep working.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum TimeoutPhase {
@@ -99,13 +102,13 @@ pub enum TimeoutPhase {
     /// Waiting for a pooled connection or for the service to become ready. Never reached the server.
     Ready,
     /// Sending the request body.
-    RequestWrite,
+    Write,
     /// Waiting for the response head (time to first byte).
-    ResponseHeaders,
+    Headers,
     /// Waiting for the first SSE event after the head.
     FirstEvent,
     /// The longest gap between two body frames.
-    BodyIdle,
+    Idle,
     /// The whole attempt.
     Attempt,
     /// The overall deadline across attempts, backoff and rate-limit waits.
@@ -194,7 +197,7 @@ impl Class {
                 p,
                 TimeoutPhase::Connect
                     | TimeoutPhase::Ready
-                    | TimeoutPhase::ResponseHeaders
+                    | TimeoutPhase::Headers
                     | TimeoutPhase::FirstEvent
             ),
             Class::Success
@@ -299,10 +302,10 @@ classes! {
     Connect(ConnectKind::Other) => "connect_other",
     Timeout(TimeoutPhase::Connect) => "timeout_connect",
     Timeout(TimeoutPhase::Ready) => "timeout_ready",
-    Timeout(TimeoutPhase::RequestWrite) => "timeout_request_write",
-    Timeout(TimeoutPhase::ResponseHeaders) => "timeout_response_headers",
+    Timeout(TimeoutPhase::Write) => "timeout_request_write",
+    Timeout(TimeoutPhase::Headers) => "timeout_response_headers",
     Timeout(TimeoutPhase::FirstEvent) => "timeout_first_event",
-    Timeout(TimeoutPhase::BodyIdle) => "timeout_body_idle",
+    Timeout(TimeoutPhase::Idle) => "timeout_body_idle",
     Timeout(TimeoutPhase::Attempt) => "timeout_attempt",
     Timeout(TimeoutPhase::Deadline) => "timeout_deadline",
     ResetBeforeResponse => "reset_before_response",
@@ -337,10 +340,10 @@ impl TimeoutPhase {
         match self {
             TimeoutPhase::Connect => "connect",
             TimeoutPhase::Ready => "ready",
-            TimeoutPhase::RequestWrite => "request write",
-            TimeoutPhase::ResponseHeaders => "response headers",
+            TimeoutPhase::Write => "request write",
+            TimeoutPhase::Headers => "response headers",
             TimeoutPhase::FirstEvent => "first SSE event",
-            TimeoutPhase::BodyIdle => "body idle",
+            TimeoutPhase::Idle => "body idle",
             TimeoutPhase::Attempt => "attempt",
             TimeoutPhase::Deadline => "overall deadline",
         }
@@ -385,7 +388,7 @@ mod tests {
             Class::Connect(ConnectKind::Other),
             Class::Timeout(P::Connect),
             Class::Timeout(P::Ready),
-            Class::Timeout(P::ResponseHeaders),
+            Class::Timeout(P::Headers),
             Class::Timeout(P::FirstEvent),
         ];
         let not = [
@@ -401,8 +404,8 @@ mod tests {
             Class::ClientError(K::Other),
             Class::StreamError,
             Class::Connect(ConnectKind::Tls),
-            Class::Timeout(P::RequestWrite),
-            Class::Timeout(P::BodyIdle),
+            Class::Timeout(P::Write),
+            Class::Timeout(P::Idle),
             Class::Timeout(P::Attempt),
             Class::Timeout(P::Deadline),
             Class::ResetMidBody,
@@ -544,8 +547,8 @@ mod tests {
             assert!(c.is_client_side(), "{c}");
         }
         for c in [
-            Class::Timeout(TimeoutPhase::ResponseHeaders),
-            Class::Timeout(TimeoutPhase::BodyIdle),
+            Class::Timeout(TimeoutPhase::Headers),
+            Class::Timeout(TimeoutPhase::Idle),
             Class::ResetBeforeResponse,
             Class::ResetMidBody,
             Class::StreamError,
@@ -554,7 +557,7 @@ mod tests {
         }
         assert!(!Class::Connect(ConnectKind::Tls).is_retryable_by_default());
         assert!(Class::Connect(ConnectKind::Refused).is_retryable_by_default());
-        assert!(!Class::Timeout(TimeoutPhase::BodyIdle).is_retryable_by_default());
+        assert!(!Class::Timeout(TimeoutPhase::Idle).is_retryable_by_default());
         assert!(!Class::Timeout(TimeoutPhase::Deadline).is_retryable_by_default());
     }
 
@@ -575,7 +578,7 @@ mod tests {
             Class::ClientError(ClientErrorKind::BadRequest),
             Class::ClientError(ClientErrorKind::Other),
             Class::Connect(ConnectKind::Dns),
-            Class::Timeout(TimeoutPhase::BodyIdle),
+            Class::Timeout(TimeoutPhase::Idle),
             Class::Timeout(TimeoutPhase::Deadline),
         ];
         let mut labels: Vec<_> = all.iter().map(|c| c.label()).collect();

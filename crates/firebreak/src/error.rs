@@ -651,7 +651,7 @@ mod tests {
 
     #[test]
     fn timeouts_name_phase_and_duration() {
-        let e = Error::timeout(TimeoutPhase::BodyIdle, Duration::from_secs(30));
+        let e = Error::timeout(TimeoutPhase::Idle, Duration::from_secs(30));
         assert_eq!(e.to_string(), "body idle timeout after 30s");
         assert!(e.is_timeout() && !e.is_client_side());
         let e = Error::timeout(TimeoutPhase::Connect, Duration::from_secs(10));

@@ -34,7 +34,7 @@
 //! inside. An error answer firebreak gave up on is a `Response` with its status, as reqwest
 //! returns it.
 
-use crate::{Error, Stack, StackError, StackLayer};
+use crate::{Error, Stack, StackConfigError, StackLayer};
 use bytes::Bytes;
 use http::Extensions;
 use reqwest_middleware::{Middleware, Next};
@@ -54,8 +54,8 @@ impl FirebreakMiddleware {
     /// Builds the stack.
     ///
     /// # Errors
-    /// [`StackError`] naming the first invalid setting.
-    pub fn new(stack: Stack) -> Result<FirebreakMiddleware, StackError> {
+    /// [`StackConfigError`] naming the first invalid setting.
+    pub fn new(stack: Stack) -> Result<FirebreakMiddleware, StackConfigError> {
         Ok(FirebreakMiddleware {
             layer: stack.layer()?,
         })

@@ -128,8 +128,8 @@ pub(crate) fn classify_error(err: &(dyn StdError + 'static), stage: Stage) -> Cl
     }
     if timed_out {
         return Class::Timeout(match stage {
-            Stage::BeforeResponse => TimeoutPhase::ResponseHeaders,
-            Stage::MidBody => TimeoutPhase::BodyIdle,
+            Stage::BeforeResponse => TimeoutPhase::Headers,
+            Stage::MidBody => TimeoutPhase::Idle,
         });
     }
     Class::Other
@@ -247,11 +247,11 @@ mod tests {
 
     #[test]
     fn our_own_errors_keep_their_class() {
-        let t = Error::timeout(TimeoutPhase::BodyIdle, Duration::from_secs(5));
+        let t = Error::timeout(TimeoutPhase::Idle, Duration::from_secs(5));
         let wrapped = Wrap("layer", Some(Box::new(t)));
         assert_eq!(
             classify_error(&wrapped, Stage::BeforeResponse),
-            Class::Timeout(TimeoutPhase::BodyIdle)
+            Class::Timeout(TimeoutPhase::Idle)
         );
         let boxed: BoxError = Box::new(Error::timeout(TimeoutPhase::Ready, Duration::from_secs(1)));
         assert_eq!(

@@ -40,24 +40,15 @@ async fn the_gateway_recovers_upstream_faults_and_maps_timeouts() {
     tokio::time::timeout(Duration::from_secs(30), async {
         let sim = Sim::start(SimConfig::default().fault(
             Trigger::FirstAttempts { n: 1 },
-            Fault::Status {
-                status: 503,
-                shape: None,
-                delay: vec![],
-                should_retry: None,
-                message: None,
-            },
+            Fault::status(503),
         ))
         .await
         .unwrap();
-        let t = TimeoutConfig {
-    headers: Some(Duration::from_millis(300)),
-..TimeoutConfig::preset(Workload::Interactive)
-};
+        let t = TimeoutConfig::preset(Workload::Interactive).headers(Some(Duration::from_millis(300)));
         let client = FireworksClient::new(
             &sim.base_url(),
             ApiKey::new("fw_gw").unwrap(),
-            Stack { timeouts: t, ..Stack::interactive() },
+            Stack::interactive().timeouts(t),
         )
         .unwrap();
         let addr = serve(client).await;
@@ -74,20 +65,12 @@ async fn the_gateway_recovers_upstream_faults_and_maps_timeouts() {
             Sim::start(SimConfig::default().fault(Trigger::Always, Fault::Hang { for_ms: 5_000 }))
                 .await
                 .unwrap();
-        let t = TimeoutConfig {
-    headers: Some(Duration::from_millis(200)),
-    deadline: Some(Duration::from_secs(2)),
-    attempt: Some(Duration::from_secs(1)),
-..TimeoutConfig::preset(Workload::Interactive)
-};
-        let retry = firebreak::retry::RetryConfig {
-            max_attempts: 1,
-            ..firebreak::retry::RetryConfig::default()
-        };
+        let t = TimeoutConfig::preset(Workload::Interactive).headers(Some(Duration::from_millis(200))).deadline(Some(Duration::from_secs(2))).attempt(Some(Duration::from_secs(1)));
+        let retry = firebreak::retry::RetryConfig::default().max_attempts(1);
         let client = FireworksClient::new(
             &hang.base_url(),
             ApiKey::new("fw_gw").unwrap(),
-            Stack { timeouts: t, retry, ..Stack::interactive() },
+            Stack::interactive().timeouts(t).retry(retry),
         )
         .unwrap();
         let addr = serve(client).await;

@@ -79,15 +79,12 @@ async fn classify_alone_with_errors_for_status_turns_a_non_success_into_err() {
 async fn attempt_timeouts_alone_end_a_slow_attempt_by_phase() {
     bounded(30, async {
         let sim = sim_with(Trigger::Always, Fault::SlowTtfb { delay_ms: 5_000 }).await;
-        let cfg = TimeoutConfig {
-            headers: Some(Duration::from_millis(200)),
-            ..TimeoutConfig::none()
-        };
+        let cfg = TimeoutConfig::none().headers(Some(Duration::from_millis(200)));
         let svc = ServiceBuilder::new()
             .layer(AttemptTimeoutLayer::new(&cfg).unwrap())
             .service(client::<TimedRequestBody<Full<Bytes>>>());
         let e = svc.oneshot(chat(&sim.base_url(), "t1")).await.unwrap_err();
-        assert_eq!(e.class(), Class::Timeout(TimeoutPhase::ResponseHeaders));
+        assert_eq!(e.class(), Class::Timeout(TimeoutPhase::Headers));
     })
     .await
 }
@@ -109,14 +106,11 @@ async fn the_deadline_alone_ends_the_call() {
 async fn retry_alone_retries_a_502_by_its_status() {
     bounded(30, async {
         let sim = sim_with(Trigger::FirstAttempts { n: 1 }, status_fault(502, vec![])).await;
-        let cfg = RetryConfig {
-            backoff: firebreak::retry::Backoff {
-                jitter: firebreak::retry::Jitter::Full,
-                base: Duration::from_millis(10),
-                cap: Duration::from_millis(20),
-            },
-            ..RetryConfig::default()
-        };
+        let cfg = RetryConfig::default().backoff(firebreak::retry::Backoff {
+            jitter: firebreak::retry::Jitter::Full,
+            base: Duration::from_millis(10),
+            cap: Duration::from_millis(20),
+        });
         let svc = ServiceBuilder::new()
             .layer(RetryLayer::new(cfg).unwrap())
             .map_err(Error::transport)
@@ -176,7 +170,7 @@ async fn observation_alone_counts_calls_and_attempts() {
             1
         );
         assert_eq!(
-            rec.counters_by(names::REQUESTS, "outcome")
+            rec.counters_by(names::CALLS, "outcome")
                 .values()
                 .sum::<u64>(),
             1

@@ -30,8 +30,8 @@ async fn a_retried_request_is_one_request_two_attempts_and_one_retry() {
     assert_eq!(&body[..], b"{\"ok\":true}");
 
     let seen = &rec;
-    assert_eq!(seen.counter(names::REQUESTS, &[("outcome", "success")]), 1);
-    assert_eq!(seen.counter(names::REQUESTS, &[]), 1);
+    assert_eq!(seen.counter(names::CALLS, &[("outcome", "success")]), 1);
+    assert_eq!(seen.counter(names::CALLS, &[]), 1);
     assert_eq!(seen.counter(names::ATTEMPTS, &[("class", "overloaded")]), 1);
     assert_eq!(seen.counter(names::ATTEMPTS, &[("class", "success")]), 1);
     assert_eq!(
@@ -76,16 +76,13 @@ async fn failures_count_once_by_class_and_429s_are_counted() {
     let seen = &rec;
     assert_eq!(
         seen.counter(
-            names::REQUESTS,
+            names::CALLS,
             &[("outcome", "failure"), ("class", "client_error_not_found")]
         ),
         1
     );
-    assert_eq!(seen.counter(names::REQUESTS, &[("outcome", "success")]), 1);
-    assert_eq!(
-        seen.counter(names::REQUESTS, &[("outcome", "cancelled")]),
-        0
-    );
+    assert_eq!(seen.counter(names::CALLS, &[("outcome", "success")]), 1);
+    assert_eq!(seen.counter(names::CALLS, &[("outcome", "cancelled")]), 0);
     assert_eq!(seen.counter(names::HTTP_429, &[]), 2);
     assert_eq!(
         seen.counter(names::ATTEMPTS, &[("class", "rate_limited")]),
@@ -118,11 +115,8 @@ async fn a_dropped_body_or_future_counts_as_cancelled() {
     let resp = svc.oneshot(req()).await.unwrap();
     drop(resp);
     let seen = &rec;
-    assert_eq!(
-        seen.counter(names::REQUESTS, &[("outcome", "cancelled")]),
-        2
-    );
-    assert_eq!(seen.counter(names::REQUESTS, &[("outcome", "success")]), 0);
+    assert_eq!(seen.counter(names::CALLS, &[("outcome", "cancelled")]), 2);
+    assert_eq!(seen.counter(names::CALLS, &[("outcome", "success")]), 0);
     assert_eq!(
         seen.samples(names::OVERALL_MS, &[("outcome", "cancelled")])
             .len(),
@@ -133,12 +127,10 @@ async fn a_dropped_body_or_future_counts_as_cancelled() {
 #[tokio::test(start_paused = true)]
 async fn the_gate_reports_its_wait_limit_and_queue() {
     let rec = Recorded::new();
-    let gate = GateConfig {
-        initial_concurrency: 1,
-        min_concurrency: 1,
-        max_concurrency: 1,
-        ..GateConfig::default()
-    };
+    let gate = GateConfig::default()
+        .initial_concurrency(1)
+        .min_concurrency(1)
+        .max_concurrency(1);
     let svc = stack(
         &rec,
         Script::new(&[], Duration::from_millis(100)),
@@ -164,7 +156,7 @@ async fn the_gate_reports_its_wait_limit_and_queue() {
     let waits = seen.samples(names::GATE_WAIT_MS, &[("reason", "concurrency")]);
     assert_eq!(waits.len(), 1, "{waits:?}");
     assert!((waits[0] - 100.0).abs() < 1.0, "{waits:?}");
-    assert_eq!(seen.counter(names::REQUESTS, &[("outcome", "success")]), 2);
+    assert_eq!(seen.counter(names::CALLS, &[("outcome", "success")]), 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -179,7 +171,7 @@ async fn a_disabled_observer_records_nothing() {
     let resp = svc.oneshot(req()).await.unwrap();
     resp.into_body().collect().await.unwrap();
     let seen = &rec;
-    assert_eq!(seen.counter(names::REQUESTS, &[]), 0);
+    assert_eq!(seen.counter(names::CALLS, &[]), 0);
     assert_eq!(seen.counter(names::ATTEMPTS, &[]), 0);
     let series = seen.series();
     assert!(
@@ -197,7 +189,7 @@ fn every_series_is_registered_up_front_with_bounded_labels() {
     // requests: success + one failure per non-success class + cancelled; attempts: one per
     // class; retries: one per non-success class; client failures: 7 kinds; one 429 counter.
     let count = |name: &str| series.iter().filter(|(x, _)| x == name).count();
-    assert_eq!(count(names::REQUESTS), 1 + (n - 1) + 1);
+    assert_eq!(count(names::CALLS), 1 + (n - 1) + 1);
     assert_eq!(count(names::ATTEMPTS), n);
     assert_eq!(count(names::RETRIES), n - 1);
     assert_eq!(count(names::CLIENT_FAILURES), 7);
@@ -271,10 +263,7 @@ async fn the_gate_says_when_it_waited_for_a_cooldown_or_for_pacing() {
 
     // Pacing: a cap of 60 requests a minute spaces sends a second apart.
     let rec = Recorded::new();
-    let gate = GateConfig {
-        requests_per_minute: Some(60),
-        ..GateConfig::default()
-    };
+    let gate = GateConfig::default().requests_per_minute(Some(60));
     let svc = stack(&rec, Script::new(&[], Duration::from_millis(1)), gate, true);
     for _ in 0..2 {
         let resp = svc.clone().oneshot(req()).await.unwrap();
@@ -322,7 +311,7 @@ async fn model_labels_are_capped_and_nothing_is_lost() {
         resp.into_body().collect().await.unwrap();
     }
 
-    let calls = rec.counters_by(names::REQUESTS, "model");
+    let calls = rec.counters_by(names::CALLS, "model");
     assert_eq!(
         calls,
         [
@@ -335,7 +324,7 @@ async fn model_labels_are_capped_and_nothing_is_lost() {
         "three models of their own, then `other` (the long id included)"
     );
     // Every call is counted once: the one without a model has no model label.
-    assert_eq!(rec.counter(names::REQUESTS, &[]), models.len() as u64 + 1);
+    assert_eq!(rec.counter(names::CALLS, &[]), models.len() as u64 + 1);
     // The first attempt of the first call was the scripted 503, retried.
     assert_eq!(
         rec.counter(
@@ -374,7 +363,7 @@ async fn a_cap_of_zero_turns_model_labels_off() {
         .service(Script::new(&[], Duration::from_millis(5)));
     let resp = svc.oneshot(req_for(Some("m1"))).await.unwrap();
     resp.into_body().collect().await.unwrap();
-    assert!(rec.counters_by(names::REQUESTS, "model").is_empty());
-    assert_eq!(rec.counter(names::REQUESTS, &[("outcome", "success")]), 1);
+    assert!(rec.counters_by(names::CALLS, "model").is_empty());
+    assert_eq!(rec.counter(names::CALLS, &[("outcome", "success")]), 1);
     assert_eq!(rec.counter(names::ATTEMPTS, &[("class", "success")]), 1);
 }

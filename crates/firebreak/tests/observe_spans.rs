@@ -28,12 +28,10 @@ fn spans_nest_attempts_under_the_request_with_their_fields() {
     {
         rt.block_on(async {
             let rec = Recorded::new();
-            let gate = GateConfig {
-                initial_concurrency: 1,
-                min_concurrency: 1,
-                max_concurrency: 1,
-                ..GateConfig::default()
-            };
+            let gate = GateConfig::default()
+                .initial_concurrency(1)
+                .min_concurrency(1)
+                .max_concurrency(1);
             let svc = stack(
                 &rec,
                 Script::new(&[503], Duration::from_millis(10)),

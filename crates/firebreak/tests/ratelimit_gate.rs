@@ -40,11 +40,9 @@ fn answer(status: u16, headers: &[(&'static str, &str)]) -> Response<Full<Bytes>
 
 /// A gate that has learned a pace of exactly one send a second (60 per minute, no headroom).
 async fn paced_at_one_a_second() -> (Svc, Handle) {
-    let cfg = GateConfig {
-        header_unit: HeaderUnit::PerMinute,
-        headroom: 1.0,
-        ..GateConfig::default()
-    };
+    let cfg = GateConfig::default()
+        .header_unit(HeaderUnit::PerMinute)
+        .headroom(1.0);
     let (_layer, svc, mut h) = gate(cfg, KeyBy::Client);
     let c = spawn(&svc, req());
     next(&mut h, answer(200, &[("x-ratelimit-limit-requests", "60")])).await;
@@ -111,13 +109,7 @@ async fn none_arrives_within(h: &mut Handle, d: Duration) -> bool {
 #[tokio::test(start_paused = true)]
 async fn a_429_cools_the_fleet_down_then_releases_it_one_interval_apart() {
     bounded(3600, async {
-        let (layer, svc, mut h) = gate(
-            GateConfig {
-                initial_concurrency: 8,
-                ..GateConfig::default()
-            },
-            KeyBy::Client,
-        );
+        let (layer, svc, mut h) = gate(GateConfig::default().initial_concurrency(8), KeyBy::Client);
         let first = spawn(&svc, req());
         let t0 = next(
             &mut h,
@@ -185,10 +177,7 @@ async fn a_429_cools_the_fleet_down_then_releases_it_one_interval_apart() {
 #[tokio::test(start_paused = true)]
 async fn rate_limit_headers_on_successes_set_the_pace() {
     bounded(3600, async {
-        let cfg = GateConfig {
-            header_unit: HeaderUnit::PerMinute,
-            ..GateConfig::default()
-        };
+        let cfg = GateConfig::default().header_unit(HeaderUnit::PerMinute);
         let (layer, svc, mut h) = gate(cfg, KeyBy::Client);
         let c = spawn(&svc, req());
         next(
@@ -316,11 +305,9 @@ async fn a_request_that_cannot_be_admitted_before_its_deadline_fails_at_once() {
 #[tokio::test(start_paused = true)]
 async fn waiters_are_admitted_in_arrival_order() {
     bounded(3600, async {
-        let cfg = GateConfig {
-            initial_concurrency: 1,
-            max_concurrency: 1,
-            ..GateConfig::default()
-        };
+        let cfg = GateConfig::default()
+            .initial_concurrency(1)
+            .max_concurrency(1);
         let (_layer, svc, mut h) = gate(cfg, KeyBy::Client);
         let mut calls = Vec::new();
         for i in 0..6u32 {
@@ -348,12 +335,10 @@ async fn waiters_are_admitted_in_arrival_order() {
 #[tokio::test(start_paused = true)]
 async fn the_queue_is_bounded() {
     bounded(3600, async {
-        let cfg = GateConfig {
-            initial_concurrency: 1,
-            max_concurrency: 1,
-            max_queue: 2,
-            ..GateConfig::default()
-        };
+        let cfg = GateConfig::default()
+            .initial_concurrency(1)
+            .max_concurrency(1)
+            .max_queue(2);
         let (layer, svc, mut h) = gate(cfg, KeyBy::Client);
         let busy = spawn(&svc, req());
         let (_r, hold) = h.next_request().await.unwrap();
@@ -382,11 +367,9 @@ async fn the_queue_is_bounded() {
 #[tokio::test(start_paused = true)]
 async fn a_place_is_held_until_the_response_body_ends() {
     bounded(3600, async {
-        let cfg = GateConfig {
-            initial_concurrency: 1,
-            max_concurrency: 1,
-            ..GateConfig::default()
-        };
+        let cfg = GateConfig::default()
+            .initial_concurrency(1)
+            .max_concurrency(1);
         let (_layer, svc, mut h) = gate(cfg, KeyBy::Client);
         let first = svc.clone().oneshot(req());
         let first = tokio::spawn(first);
@@ -492,11 +475,9 @@ fn gaps(at: &[Instant]) -> Vec<Duration> {
 #[tokio::test(start_paused = true)]
 async fn a_static_requests_per_minute_cap_paces_sends() {
     bounded(3600, async {
-        let cfg = GateConfig {
-            requests_per_minute: Some(120),
-            initial_concurrency: 8,
-            ..GateConfig::default()
-        };
+        let cfg = GateConfig::default()
+            .requests_per_minute(Some(120))
+            .initial_concurrency(8);
         let (layer, svc, mut h) = gate(cfg, KeyBy::Client);
         let at = arrivals(&svc, &mut h, (0..4).map(|_| req()).collect()).await;
         // 120/min = one every 500 ms, with no header and no 429 involved.
@@ -514,12 +495,10 @@ async fn a_static_requests_per_minute_cap_paces_sends() {
 async fn a_static_tokens_per_minute_cap_uses_the_estimate() {
     bounded(3600, async {
         // 600 tokens/min = 10 tokens/s.
-        let cfg = GateConfig {
-            tokens_per_minute: Some(600),
-            default_completion_tokens: 10,
-            initial_concurrency: 8,
-            ..GateConfig::default()
-        };
+        let cfg = GateConfig::default()
+            .tokens_per_minute(Some(600))
+            .default_completion_tokens(10)
+            .initial_concurrency(8);
         let (_layer, svc, mut h) = gate(cfg, KeyBy::Client);
         // With the caller's estimate: 20 tokens each, so 2 s apart.
         let with_estimate = (0..3)
@@ -555,11 +534,9 @@ async fn a_static_tokens_per_minute_cap_uses_the_estimate() {
 #[tokio::test(start_paused = true)]
 async fn header_limits_can_be_read_per_second() {
     bounded(3600, async {
-        let cfg = GateConfig {
-            header_unit: HeaderUnit::PerSecond,
-            initial_concurrency: 8,
-            ..GateConfig::default()
-        };
+        let cfg = GateConfig::default()
+            .header_unit(HeaderUnit::PerSecond)
+            .initial_concurrency(8);
         let (layer, svc, mut h) = gate(cfg, KeyBy::Client);
         let c = spawn(&svc, req());
         next(&mut h, answer(200, &[("x-ratelimit-limit-requests", "5")])).await;
@@ -581,11 +558,7 @@ async fn header_limits_can_be_read_per_second() {
 async fn a_custom_key_function_separates_gates() {
     bounded(3600, async {
         let by_tenant = KeyBy::Custom(Arc::new(|h: &RequestHead<'_>| {
-            GateKey(
-                h.headers
-                    .get("x-tenant")
-                    .map_or(0, |v| v.as_bytes().len() as u64),
-            )
+            GateKey::of(h.headers.get("x-tenant").map(|v| v.as_bytes().to_vec()))
         }));
         let (layer, svc, mut h) = gate(GateConfig::default(), by_tenant);
         let tenant = |t: &str| {
@@ -628,30 +601,12 @@ fn token_estimates_read_the_body_and_max_tokens() {
 #[test]
 fn bad_settings_are_rejected() {
     let bad = [
-        GateConfig {
-            min_concurrency: 0,
-            ..GateConfig::default()
-        },
-        GateConfig {
-            initial_concurrency: 2000,
-            ..GateConfig::default()
-        },
-        GateConfig {
-            decrease: f64::NAN,
-            ..GateConfig::default()
-        },
-        GateConfig {
-            headroom: 1.5,
-            ..GateConfig::default()
-        },
-        GateConfig {
-            requests_per_minute: Some(0),
-            ..GateConfig::default()
-        },
-        GateConfig {
-            max_queue: 0,
-            ..GateConfig::default()
-        },
+        GateConfig::default().min_concurrency(0),
+        GateConfig::default().initial_concurrency(2000),
+        GateConfig::default().decrease(f64::NAN),
+        GateConfig::default().headroom(1.5),
+        GateConfig::default().requests_per_minute(Some(0)),
+        GateConfig::default().max_queue(0),
     ];
     for c in bad {
         assert!(GateLayer::new(c.clone(), KeyBy::Client).is_err(), "{c:?}");
@@ -880,10 +835,7 @@ async fn an_exhausted_quota_fails_later_calls_fast_until_the_recheck() {
     // Point 6: one quota answer; the next calls on the key fail at once, client-side, with an
     // error that says so; after `quota_recheck` one goes through again.
     bounded(3600, async {
-        let cfg = GateConfig {
-            quota_recheck: Duration::from_secs(10),
-            ..GateConfig::default()
-        };
+        let cfg = GateConfig::default().quota_recheck(Duration::from_secs(10));
         let (layer, svc, mut h) = gate(cfg, KeyBy::Client);
         let c = spawn(&svc, req());
         next(&mut h, quota_429()).await;
@@ -974,10 +926,7 @@ async fn requests_without_a_key_use_the_fallback_credential() {
 async fn the_map_of_keys_is_bounded_and_evicts_idle_keys() {
     // Point 7: hostile callers with endless keys cannot grow the map past `max_keys`.
     bounded(3600, async {
-        let cfg = GateConfig {
-            max_keys: 16,
-            ..GateConfig::default()
-        };
+        let cfg = GateConfig::default().max_keys(16);
         let (m, mut h) = mock::pair::<Req, Response<Full<Bytes>>>();
         let layer = GateLayer::new(cfg, KeyBy::ApiKeyAndModel).unwrap();
         let svc = layer.layer(ClassifyLayer::new().layer(m));
@@ -1136,10 +1085,7 @@ async fn nothing_remaining_on_a_success_holds_the_next_send_for_one_interval() {
     // #21 mutant 7: `x-ratelimit-remaining-requests: 0` on a 200 holds the next send one
     // interval (1 s at 60 per minute) from the answer, not from the previous send.
     bounded(3600, async {
-        let cfg = GateConfig {
-            header_unit: HeaderUnit::PerMinute,
-            ..GateConfig::default()
-        };
+        let cfg = GateConfig::default().header_unit(HeaderUnit::PerMinute);
         let (_layer, svc, mut h) = gate(cfg, KeyBy::Client);
         let c = spawn(&svc, req());
         let (_r, send) = h.next_request().await.unwrap();
@@ -1214,11 +1160,9 @@ impl Fleet for FakeFleet {
 
 fn fleet_gate(fleet: Arc<FakeFleet>) -> (Svc, Handle) {
     let (m, h) = mock::pair::<Req, Response<Full<Bytes>>>();
-    let cfg = GateConfig {
-        header_unit: HeaderUnit::PerMinute,
-        headroom: 1.0,
-        ..GateConfig::default()
-    };
+    let cfg = GateConfig::default()
+        .header_unit(HeaderUnit::PerMinute)
+        .headroom(1.0);
     let layer = GateLayer::with_fleet(cfg, KeyBy::Client, fleet).unwrap();
     (layer.layer(ClassifyLayer::new().layer(m)), h)
 }
@@ -1252,7 +1196,10 @@ async fn a_fleet_member_paces_at_its_share_and_publishes_its_cooldowns() {
         assert_eq!(c.await.unwrap().unwrap(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(
             fleet.published.lock().unwrap().as_slice(),
-            &[(GateKey(0), FleetEvent::Cooldown(Duration::from_secs(7)))]
+            &[(
+                GateKey::from_raw(0),
+                FleetEvent::Cooldown(Duration::from_secs(7))
+            )]
         );
     })
     .await;
@@ -1265,20 +1212,29 @@ async fn another_members_cooldown_holds_this_one_and_is_not_published_again() {
         let (svc, mut h) = fleet_gate(fleet.clone());
         let inbox = fleet.inbox.lock().unwrap()[0].clone();
         // Another key's cooldown leaves this one alone.
-        inbox.apply(GateKey(99), FleetEvent::Cooldown(Duration::from_secs(5)));
+        inbox.apply(
+            GateKey::from_raw(99),
+            FleetEvent::Cooldown(Duration::from_secs(5)),
+        );
         let t = Instant::now();
         let c = spawn(&svc, req());
         let sent = next(&mut h, answer(200, &[])).await;
         c.await.unwrap().unwrap();
         assert_eq!(sent - t, Duration::ZERO);
-        inbox.apply(GateKey(0), FleetEvent::Cooldown(Duration::from_secs(5)));
+        inbox.apply(
+            GateKey::from_raw(0),
+            FleetEvent::Cooldown(Duration::from_secs(5)),
+        );
         let t0 = Instant::now();
         let c = spawn(&svc, req());
         let sent = next(&mut h, answer(200, &[])).await;
         c.await.unwrap().unwrap();
         assert_eq!(sent - t0, Duration::from_secs(5));
         // An absurd remote delay is ignored, as a local one would be.
-        inbox.apply(GateKey(0), FleetEvent::Cooldown(Duration::from_secs(3600)));
+        inbox.apply(
+            GateKey::from_raw(0),
+            FleetEvent::Cooldown(Duration::from_secs(3600)),
+        );
         let t1 = Instant::now();
         let c = spawn(&svc, req());
         let sent = next(&mut h, answer(200, &[])).await;
@@ -1286,7 +1242,7 @@ async fn another_members_cooldown_holds_this_one_and_is_not_published_again() {
         assert!(sent - t1 < Duration::from_secs(1));
         // A remote exhausted quota fails calls fast, client-side.
         inbox.apply(
-            GateKey(0),
+            GateKey::from_raw(0),
             FleetEvent::QuotaExhausted(Duration::from_secs(60)),
         );
         let e = spawn(&svc, req()).await.unwrap().unwrap_err();
@@ -1319,10 +1275,7 @@ async fn the_target_kind_decides_what_a_429_means() {
             (firebreak::TargetKind::Auto, false),
             (firebreak::TargetKind::Dedicated, false),
         ] {
-            let cfg = GateConfig {
-                kind,
-                ..GateConfig::default()
-            };
+            let cfg = GateConfig::default().kind(kind);
             let (layer, svc, mut h) = gate(cfg, KeyBy::Client);
             let c = spawn(&svc, req());
             next(&mut h, bare_429()).await;
@@ -1339,10 +1292,7 @@ async fn the_target_kind_decides_what_a_429_means() {
             (firebreak::TargetKind::Serverless, true),
             (firebreak::TargetKind::Dedicated, false),
         ] {
-            let cfg = GateConfig {
-                kind,
-                ..GateConfig::default()
-            };
+            let cfg = GateConfig::default().kind(kind);
             let (layer, svc, mut h) = gate(cfg, KeyBy::Client);
             let c = spawn(&svc, req());
             next(&mut h, answer(200, &[("x-ratelimit-limit-requests", "60")])).await;
@@ -1365,10 +1315,7 @@ async fn a_dedicated_targets_queueing_time_narrows_its_window() {
             (firebreak::TargetKind::Dedicated, "0.2", false),
             (firebreak::TargetKind::Auto, "1.5", false),
         ] {
-            let cfg = GateConfig {
-                kind,
-                ..GateConfig::default()
-            };
+            let cfg = GateConfig::default().kind(kind);
             let (layer, svc, mut h) = gate(cfg, KeyBy::Client);
             let limit = |l: &GateLayer| l.snapshot()[0].1.concurrency_limit;
             let c = spawn(&svc, req());
@@ -1389,10 +1336,7 @@ async fn a_dedicated_targets_queueing_time_narrows_its_window() {
             assert_eq!(l < 8, narrows, "{kind:?} queued {queued}: window {l}");
         }
         // One slow request alone concerns itself.
-        let cfg = GateConfig {
-            kind: firebreak::TargetKind::Dedicated,
-            ..GateConfig::default()
-        };
+        let cfg = GateConfig::default().kind(firebreak::TargetKind::Dedicated);
         let (layer, svc, mut h) = gate(cfg, KeyBy::Client);
         let c = spawn(&svc, req());
         next(

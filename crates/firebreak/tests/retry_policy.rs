@@ -37,15 +37,13 @@ fn answer(status: u16, headers: &[(&'static str, String)]) -> Response<RespBody>
 }
 
 fn base() -> RetryConfig {
-    RetryConfig {
-        backoff: Backoff {
+    RetryConfig::default()
+        .backoff(Backoff {
             jitter: Jitter::Full,
             base: Duration::from_millis(10),
             cap: Duration::from_millis(100),
-        },
-        seed: Some(7),
-        ..RetryConfig::default()
-    }
+        })
+        .seed(Some(7))
 }
 
 fn svc(c: RetryConfig) -> (Svc, Handle) {
@@ -100,11 +98,11 @@ async fn next(h: &mut Handle, resp: Response<RespBody>) -> (Instant, Bytes, http
 #[tokio::test(start_paused = true)]
 async fn transient_failures_are_retried_with_identical_bodies_and_info() {
     bounded(3600, async {
-        let (s, mut h) = svc(RetryConfig {
-            attempt_header: Some(http::HeaderName::from_static("x-stainless-retry-count")),
-            idempotency_key: true,
-            ..base()
-        });
+        let (s, mut h) = svc(base()
+            .attempt_header(Some(http::HeaderName::from_static(
+                "x-stainless-retry-count",
+            )))
+            .idempotency_key(true));
         let call = spawn(s, req());
         let (_, b1, h1) = next(&mut h, answer(502, &[])).await;
         let (_, b2, h2) = next(&mut h, answer(503, &[])).await;
@@ -143,7 +141,7 @@ async fn transient_failures_are_retried_with_identical_bodies_and_info() {
 async fn non_retryable_statuses_are_attempted_once() {
     bounded(3600, async {
         for status in [400, 401, 402, 403, 404, 412, 413, 422] {
-            let (s, mut h) = svc(RetryConfig { ..base() });
+            let (s, mut h) = svc(base());
             let call = spawn(s, req());
             next(&mut h, answer(status, &[])).await;
             let resp = call.await.unwrap().unwrap();
@@ -163,7 +161,7 @@ async fn non_retryable_statuses_are_attempted_once() {
 async fn should_retry_and_caller_overrides() {
     bounded(3600, async {
         // x-should-retry: true makes a 400 retryable; false stops a 503.
-        let (s, mut h) = svc(RetryConfig { ..base() });
+        let (s, mut h) = svc(base());
         let call = spawn(s, req());
         next(&mut h, answer(400, &[("x-should-retry", "true".into())])).await;
         next(&mut h, answer(503, &[("x-should-retry", "false".into())])).await;
@@ -176,10 +174,7 @@ async fn should_retry_and_caller_overrides() {
             never: vec![504],
             ignore_should_retry: false,
         };
-        let (s, mut h) = svc(RetryConfig {
-            retry_on: on,
-            ..base()
-        });
+        let (s, mut h) = svc(base().retry_on(on));
         let call = spawn(s, req());
         next(&mut h, answer(409, &[])).await;
         next(&mut h, answer(504, &[])).await;
@@ -196,10 +191,7 @@ async fn should_retry_and_caller_overrides() {
             ignore_should_retry: true,
             ..RetryOn::default()
         };
-        let (s, mut h) = svc(RetryConfig {
-            retry_on: on,
-            ..base()
-        });
+        let (s, mut h) = svc(base().retry_on(on));
         let call = spawn(s, req());
         next(&mut h, answer(503, &[("x-should-retry", "false".into())])).await;
         next(&mut h, answer(200, &[])).await;
@@ -225,7 +217,7 @@ async fn every_delay_form_is_honoured() {
             ),
         ];
         for (name, value, at_least) in forms {
-            let (s, mut h) = svc(RetryConfig { ..base() });
+            let (s, mut h) = svc(base());
             let call = spawn(s, req());
             let (t1, ..) = next(&mut h, answer(429, &[(name, value.clone())])).await;
             let (t2, ..) = next(&mut h, answer(200, &[])).await;
@@ -251,7 +243,7 @@ async fn garbage_delays_fall_back_to_backoff() {
             "99999999999999999999",
             "Fri, 31 Dec 9999 23:59:59 GMT",
         ] {
-            let (s, mut h) = svc(RetryConfig { ..base() });
+            let (s, mut h) = svc(base());
             let call = spawn(s, req());
             let (t1, ..) = next(&mut h, answer(503, &[("retry-after", bad.into())])).await;
             let (t2, ..) = next(&mut h, answer(200, &[])).await;
@@ -269,10 +261,7 @@ async fn garbage_delays_fall_back_to_backoff() {
 #[tokio::test(start_paused = true)]
 async fn a_delay_over_the_cap_fails_at_once_with_a_typed_error() {
     bounded(3600, async {
-        let (s, mut h) = svc(RetryConfig {
-            max_server_delay: Duration::from_secs(60),
-            ..base()
-        });
+        let (s, mut h) = svc(base().max_server_delay(Duration::from_secs(60)));
         let t0 = Instant::now();
         let call = spawn(s, req());
         next(&mut h, answer(429, &[("retry-after", "120".into())])).await;
@@ -289,7 +278,7 @@ async fn a_delay_over_the_cap_fails_at_once_with_a_typed_error() {
 #[tokio::test(start_paused = true)]
 async fn the_deadline_stops_a_wait_that_cannot_finish_in_time() {
     bounded(3600, async {
-        let (s, mut h) = svc(RetryConfig { ..base() });
+        let (s, mut h) = svc(base());
         let mut r = req();
         Deadline::after(Duration::from_secs(5)).apply(&mut r);
         let t0 = Instant::now();
@@ -316,10 +305,7 @@ async fn the_deadline_stops_a_wait_that_cannot_finish_in_time() {
 #[tokio::test(start_paused = true)]
 async fn attempts_and_retry_time_are_bounded() {
     bounded(3600, async {
-        let (s, mut h) = svc(RetryConfig {
-            max_attempts: 3,
-            ..base()
-        });
+        let (s, mut h) = svc(base().max_attempts(3));
         let call = spawn(s, req());
         for _ in 0..3 {
             next(&mut h, answer(500, &[])).await;
@@ -331,10 +317,7 @@ async fn attempts_and_retry_time_are_bounded() {
             (3, Some(GaveUp::AttemptsExhausted))
         );
 
-        let (s, mut h) = svc(RetryConfig {
-            max_retry_time: Some(Duration::from_secs(4)),
-            ..base()
-        });
+        let (s, mut h) = svc(base().max_retry_time(Some(Duration::from_secs(4))));
         let call = spawn(s, req());
         next(&mut h, answer(503, &[("retry-after", "3".into())])).await;
         next(&mut h, answer(503, &[("retry-after", "3".into())])).await;
@@ -357,10 +340,7 @@ async fn the_budget_is_shared_by_clones() {
             window: Duration::from_secs(1),
             initial: 0,
         };
-        let (s, mut h) = svc(RetryConfig {
-            budget: Some(b),
-            ..base()
-        });
+        let (s, mut h) = svc(base().budget(Some(b)));
         let a = spawn(s.clone(), req());
         next(&mut h, answer(503, &[])).await;
         next(&mut h, answer(200, &[])).await;
@@ -391,10 +371,7 @@ async fn retries_the_server_scheduled_are_not_charged_to_the_budget() {
             window: Duration::from_secs(1),
             initial: 0,
         };
-        let (s, mut h) = svc(RetryConfig {
-            budget: Some(b),
-            ..base()
-        });
+        let (s, mut h) = svc(base().budget(Some(b)));
         let call = spawn(s.clone(), req());
         next(&mut h, answer(429, &[("retry-after", "1".into())])).await;
         next(&mut h, answer(200, &[])).await;
@@ -425,10 +402,7 @@ async fn a_successful_retry_refunds_its_cost() {
             window: Duration::from_secs(1),
             initial: 0,
         };
-        let (s, mut h) = svc(RetryConfig {
-            budget: Some(b),
-            ..base()
-        });
+        let (s, mut h) = svc(base().budget(Some(b)));
         let a = spawn(s.clone(), req());
         next(&mut h, answer(503, &[])).await;
         next(&mut h, answer(200, &[])).await;
@@ -450,14 +424,11 @@ async fn a_successful_retry_refunds_its_cost() {
 #[tokio::test(start_paused = true)]
 async fn dropping_the_call_stops_further_attempts_and_sleeps() {
     bounded(3600, async {
-        let (s, mut h) = svc(RetryConfig {
-            backoff: Backoff {
-                jitter: Jitter::Equal,
-                base: Duration::from_secs(5),
-                cap: Duration::from_secs(10),
-            },
-            ..base()
-        });
+        let (s, mut h) = svc(base().backoff(Backoff {
+            jitter: Jitter::Equal,
+            base: Duration::from_secs(5),
+            cap: Duration::from_secs(10),
+        }));
         let call = spawn(s, req());
         next(&mut h, answer(503, &[])).await;
         tokio::time::sleep(Duration::from_secs(1)).await; // the layer is now sleeping (2.5–5 s)
@@ -475,7 +446,7 @@ async fn dropping_the_call_stops_further_attempts_and_sleeps() {
 #[tokio::test(start_paused = true)]
 async fn never_retried_once_the_body_reached_the_caller() {
     bounded(3600, async {
-        let (s, mut h) = svc(RetryConfig { ..base() });
+        let (s, mut h) = svc(base());
         let call = spawn(s, req());
         let broken = Response::builder()
             .header("content-type", "text/event-stream")
@@ -503,7 +474,7 @@ async fn never_retried_once_the_body_reached_the_caller() {
 #[tokio::test(start_paused = true)]
 async fn transport_errors_are_retried_by_class() {
     bounded(3600, async {
-        let (s, mut h) = svc(RetryConfig { ..base() });
+        let (s, mut h) = svc(base());
         let call = spawn(s, req());
         let (r, send) = h.next_request().await.unwrap();
         drop(r);
@@ -525,10 +496,7 @@ async fn transport_errors_are_retried_by_class() {
 #[tokio::test(start_paused = true)]
 async fn a_body_over_the_replay_bound_is_sent_once_and_the_reason_given() {
     bounded(3600, async {
-        let (s, mut h) = svc(RetryConfig {
-            max_replay_body: 8,
-            ..base()
-        });
+        let (s, mut h) = svc(base().max_replay_body(8));
         let call = spawn(s, req()); // 27 bytes > 8
         let (r, send) = h.next_request().await.unwrap();
         let sent = drain(r).await;
@@ -559,7 +527,7 @@ async fn a_streaming_body_is_replayed_after_a_partial_first_attempt() {
     bounded(3600, async {
         type SReq = Request<ReplayBody<RespBody>>;
         let (m, mut h) = mock::pair::<SReq, Response<RespBody>>();
-        let s = RetryLayer::new(RetryConfig { ..base() })
+        let s = RetryLayer::new(base())
             .unwrap()
             .layer(ClassifyLayer::new().layer(m));
         let body = body_of(vec![
@@ -612,7 +580,7 @@ async fn a_reset_header_is_never_a_retry_delay_and_501_is_never_retried() {
             (503u16, "x-ratelimit-reset-tokens", "6m0s"),
             (500, "x-ratelimit-reset-requests", "20s"),
         ] {
-            let (s, mut h) = svc(RetryConfig { ..base() });
+            let (s, mut h) = svc(base());
             let call = spawn(s, req());
             let (t1, ..) = next(&mut h, answer(status, &[(header, value.into())])).await;
             let (t2, ..) = next(&mut h, answer(200, &[])).await;
@@ -623,7 +591,7 @@ async fn a_reset_header_is_never_a_retry_delay_and_501_is_never_retried() {
                 t2 - t1
             );
         }
-        let (s, mut h) = svc(RetryConfig { ..base() });
+        let (s, mut h) = svc(base());
         let call = spawn(s, req());
         next(&mut h, answer(501, &[])).await;
         assert_eq!(call.await.unwrap().unwrap().status(), 501);
@@ -643,14 +611,14 @@ async fn the_default_server_delay_cap_is_60_s() {
             RetryConfig::default().max_server_delay,
             Duration::from_secs(60)
         );
-        let (s, mut h) = svc(RetryConfig { ..base() });
+        let (s, mut h) = svc(base());
         let call = spawn(s, req());
         let (t1, ..) = next(&mut h, answer(429, &[("retry-after", "60".into())])).await;
         let (t2, ..) = next(&mut h, answer(200, &[])).await;
         assert_eq!(call.await.unwrap().unwrap().status(), 200);
         assert!(t2 - t1 >= Duration::from_secs(60), "{:?}", t2 - t1);
 
-        let (s, mut h) = svc(RetryConfig { ..base() });
+        let (s, mut h) = svc(base());
         let call = spawn(s, req());
         next(&mut h, answer(429, &[("retry-after", "61".into())])).await;
         let e = call.await.unwrap().unwrap_err();
@@ -674,11 +642,7 @@ async fn the_budgets_start_credit_covers_a_cold_start_burst() {
             window: Duration::from_secs(10),
             initial: 3,
         };
-        let (s, mut h) = svc(RetryConfig {
-            max_attempts: 2,
-            budget: Some(b),
-            ..base()
-        });
+        let (s, mut h) = svc(base().max_attempts(2).budget(Some(b)));
         for i in 0..4 {
             let call = spawn(s.clone(), req());
             next(&mut h, answer(503, &[])).await;
@@ -703,7 +667,7 @@ async fn what_the_retry_layer_tells_the_layers_below_and_the_caller() {
     // Each retry carries its number, its wait and why; the final response says how long the
     // call slept; a first-attempt success carries nothing.
     bounded(3600, async {
-        let (s, mut h) = svc(RetryConfig { ..base() });
+        let (s, mut h) = svc(base());
         let call = spawn(s, req());
         let (r1, send1) = h.next_request().await.unwrap();
         assert!(
@@ -734,7 +698,7 @@ async fn what_the_retry_layer_tells_the_layers_below_and_the_caller() {
             ("backoff", "server")
         );
 
-        let (s, mut h) = svc(RetryConfig { ..base() });
+        let (s, mut h) = svc(base());
         let call = spawn(s, req());
         next(&mut h, answer(200, &[])).await;
         let resp = call.await.unwrap().unwrap();
@@ -752,15 +716,13 @@ async fn the_retry_time_limit_admits_a_wait_that_ends_exactly_on_it() {
     // max_retry_time 100 ms; a server delay of exactly 100 ms is waited, 101 ms is not.
     bounded(3600, async {
         for (ms, retried) in [(100u64, true), (101, false)] {
-            let (s, mut h) = svc(RetryConfig {
-                backoff: Backoff {
+            let (s, mut h) = svc(base()
+                .backoff(Backoff {
                     jitter: Jitter::Full,
                     base: Duration::from_millis(1),
                     cap: Duration::from_millis(1),
-                },
-                max_retry_time: Some(Duration::from_millis(100)),
-                ..base()
-            });
+                })
+                .max_retry_time(Some(Duration::from_millis(100))));
             let call = spawn(s, req());
             next(&mut h, answer(429, &[("retry-after-ms", ms.to_string())])).await;
             if retried {
@@ -787,10 +749,7 @@ async fn a_first_attempt_success_deposits_but_refunds_nothing() {
             window: Duration::from_secs(10),
             initial: 0,
         };
-        let (s, mut h) = svc(RetryConfig {
-            budget: Some(b),
-            ..base()
-        });
+        let (s, mut h) = svc(base().budget(Some(b)));
         let ok = spawn(s.clone(), req());
         next(&mut h, answer(200, &[])).await;
         ok.await.unwrap().unwrap();
@@ -806,7 +765,7 @@ async fn a_first_attempt_success_deposits_but_refunds_nothing() {
 #[tokio::test(start_paused = true)]
 async fn a_non_retryable_answer_is_returned_as_it_came() {
     bounded(3600, async {
-        let (s, mut h) = svc(RetryConfig { ..base() });
+        let (s, mut h) = svc(base());
         let call = spawn(s, req());
         next(&mut h, answer(400, &[])).await;
         let resp = call.await.unwrap().unwrap();
@@ -817,7 +776,7 @@ async fn a_non_retryable_answer_is_returned_as_it_came() {
             (1, Some(GaveUp::NotRetryable))
         );
         // Errors too: the error is the attempt's own, with no "after N attempts" added.
-        let (s, mut h) = svc(RetryConfig { ..base() });
+        let (s, mut h) = svc(base());
         let call = spawn(s, req());
         let (_r, send) = h.next_request().await.unwrap();
         send.send_error(Error::new(Class::Connect(ConnectKind::Tls)));
@@ -862,10 +821,7 @@ async fn an_unreachable_endpoint_backs_off_on_its_own_schedule() {
             (true, Duration::from_secs(1), Duration::from_secs(2)),
             (false, Duration::ZERO, Duration::from_millis(10)),
         ] {
-            let (s, mut h) = svc(RetryConfig {
-                unreachable_backoff: Some(slow),
-                ..base()
-            });
+            let (s, mut h) = svc(base().unreachable_backoff(Some(slow)));
             let call = spawn(s, req());
             let (_r, send) = h.next_request().await.unwrap();
             let t = Instant::now();
@@ -884,13 +840,10 @@ async fn an_unreachable_endpoint_backs_off_on_its_own_schedule() {
             );
         }
         // A bad schedule is refused like `backoff`'s.
-        let bad = RetryConfig {
-            unreachable_backoff: Some(Backoff {
-                base: Duration::from_secs(20),
-                ..slow
-            }),
-            ..base()
-        };
+        let bad = base().unreachable_backoff(Some(Backoff {
+            base: Duration::from_secs(20),
+            ..slow
+        }));
         assert!(bad.validate().is_err());
     })
     .await

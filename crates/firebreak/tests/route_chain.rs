@@ -137,11 +137,10 @@ fn stack() -> Stack {
 }
 
 fn breaker() -> BreakerConfig {
-    BreakerConfig {
-        consecutive_failures: 5,
-        cooldown: Duration::from_secs(10),
-        probes: 1,
-    }
+    BreakerConfig::default()
+        .consecutive_failures(5)
+        .cooldown(Duration::from_secs(10))
+        .probes(1)
 }
 
 fn two(primary: Target, fallback: Target) -> RouteConfig {
@@ -603,10 +602,7 @@ fn bad_configurations_are_refused_by_name() {
             "twice",
         ),
         (
-            RouteConfig::new().with_breaker(BreakerConfig {
-                consecutive_failures: 0,
-                ..BreakerConfig::default()
-            }),
+            RouteConfig::new().with_breaker(BreakerConfig::default().consecutive_failures(0)),
             "consecutive_failures",
         ),
     ];

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use firebreak::{
-    Class, FireworksClient, Stack, StackError, client::ApiKey, client::ClientConfig,
+    Class, FireworksClient, Stack, StackConfigError, client::ApiKey, client::ClientConfig,
     timeout::TimeoutConfig, timeout::Workload,
 };
 use firebreak_sim::{Fault, Sim, SimConfig, Trigger};
@@ -21,16 +21,11 @@ fn chat(id: &str) -> Bytes {
 #[tokio::test]
 async fn a_call_through_the_whole_stack_recovers_and_authenticates() {
     bounded(30, async {
-        let sim = Sim::start(SimConfig::default().api_key(KEY).fault(
-            Trigger::FirstAttempts { n: 2 },
-            Fault::Status {
-                status: 503,
-                shape: None,
-                delay: vec![],
-                should_retry: None,
-                message: None,
-            },
-        ))
+        let sim = Sim::start(
+            SimConfig::default()
+                .api_key(KEY)
+                .fault(Trigger::FirstAttempts { n: 2 }, Fault::status(503)),
+        )
         .await
         .unwrap();
         let client = FireworksClient::new(
@@ -88,19 +83,14 @@ async fn the_deadline_bounds_the_whole_call() {
         )
         .await
         .unwrap();
-        let t = TimeoutConfig {
-            headers: Some(Duration::from_secs(5)),
-            attempt: Some(Duration::from_millis(500)),
-            deadline: Some(Duration::from_millis(800)),
-            ..TimeoutConfig::preset(Workload::Interactive)
-        };
+        let t = TimeoutConfig::preset(Workload::Interactive)
+            .headers(Some(Duration::from_secs(5)))
+            .attempt(Some(Duration::from_millis(500)))
+            .deadline(Some(Duration::from_millis(800)));
         let client = FireworksClient::new(
             &sim.base_url(),
             ApiKey::new(KEY).unwrap(),
-            Stack {
-                timeouts: t,
-                ..Stack::interactive()
-            },
+            Stack::interactive().timeouts(t),
         )
         .unwrap();
         let started = std::time::Instant::now();
@@ -123,19 +113,19 @@ fn bad_settings_are_typed_errors() {
     let key = || ApiKey::new(KEY).unwrap();
     assert!(matches!(
         FireworksClient::new("ftp://x", key(), Stack::interactive()),
-        Err(StackError::BaseUrl(_))
+        Err(StackConfigError::BaseUrl(_))
     ));
     assert!(matches!(
         FireworksClient::new("not a url", key(), Stack::interactive()),
-        Err(StackError::BaseUrl(_))
+        Err(StackConfigError::BaseUrl(_))
     ));
     let mut s = Stack::preset(Workload::Agentic);
     s.retry.max_attempts = 0;
     let e = s.layer().unwrap_err();
-    assert!(matches!(e, StackError::Retry(_)), "{e}");
+    assert!(matches!(e, StackConfigError::Retry(_)), "{e}");
     let mut s = Stack::preset(Workload::LongContext);
     s.timeouts.idle = Some(Duration::ZERO);
-    assert!(matches!(s.layer(), Err(StackError::Timeout(_))));
+    assert!(matches!(s.layer(), Err(StackConfigError::Timeout(_))));
     for s in [
         Stack::interactive(),
         Stack::preset(Workload::Agentic),
@@ -155,16 +145,11 @@ async fn layers_one_by_one_in_order_with_plain_tower() {
     use firebreak::timeout::{AttemptTimeoutLayer, DeadlineLayer};
     use tower::{ServiceBuilder, ServiceExt};
     bounded(30, async {
-        let sim = Sim::start(SimConfig::default().api_key(KEY).fault(
-            Trigger::FirstAttempts { n: 1 },
-            Fault::Status {
-                status: 502,
-                shape: None,
-                delay: vec![],
-                should_retry: None,
-                message: None,
-            },
-        ))
+        let sim = Sim::start(
+            SimConfig::default()
+                .api_key(KEY)
+                .fault(Trigger::FirstAttempts { n: 1 }, Fault::status(502)),
+        )
         .await
         .unwrap();
         let t = TimeoutConfig::preset(Workload::Interactive);
@@ -189,13 +174,7 @@ async fn layers_one_by_one_in_order_with_plain_tower() {
             2,
             "retried once through the hand-made stack"
         );
-        assert!(
-            RetryLayer::new(RetryConfig {
-                max_attempts: 0,
-                ..RetryConfig::default()
-            })
-            .is_err()
-        );
+        assert!(RetryLayer::new(RetryConfig::default().max_attempts(0)).is_err());
     })
     .await
 }
@@ -241,23 +220,16 @@ async fn a_gate_per_key_and_model_separates_models_and_uses_the_clients_key() {
                 every: 1000,
                 offset: 0,
             },
-            Fault::Status {
-                status: 429,
-                shape: None,
-                delay: vec![firebreak_sim::DelayHeader::RetryAfterSecs { secs: 2.0 }],
-                should_retry: None,
-                message: None,
-            },
+            Fault::status(429).delay(vec![firebreak_sim::DelayHeader::RetryAfterSecs {
+                secs: 2.0,
+            }]),
         ))
         .await
         .unwrap();
         let client = FireworksClient::new(
             &sim.base_url(),
             ApiKey::new(KEY).unwrap(),
-            Stack {
-                key_by: firebreak::gate::KeyBy::ApiKeyAndModel,
-                ..Stack::interactive()
-            },
+            Stack::interactive().key_by(firebreak::gate::KeyBy::ApiKeyAndModel),
         )
         .unwrap();
         let body = |model: &str, id: &str| {

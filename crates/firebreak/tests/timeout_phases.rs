@@ -30,16 +30,15 @@ fn data(s: &'static str) -> Chunk {
 }
 
 fn cfg() -> TimeoutConfig {
-    TimeoutConfig {
-        connect: None,
-        ready: Some(Duration::from_secs(10)),
-        write: Some(Duration::from_secs(30)),
-        headers: Some(Duration::from_secs(20)),
-        first_event: Some(Duration::from_secs(15)),
-        idle: Some(Duration::from_secs(5)),
-        attempt: Some(Duration::from_secs(100)),
-        deadline: None,
-    }
+    TimeoutConfig::default()
+        .connect(None)
+        .ready(Some(Duration::from_secs(10)))
+        .write(Some(Duration::from_secs(30)))
+        .headers(Some(Duration::from_secs(20)))
+        .first_event(Some(Duration::from_secs(15)))
+        .idle(Some(Duration::from_secs(5)))
+        .attempt(Some(Duration::from_secs(100)))
+        .deadline(None)
 }
 
 fn phase_of(e: &Error) -> (TimeoutPhase, Duration) {
@@ -99,7 +98,7 @@ async fn headers_timeout_fires_when_no_head_arrives() {
         let e = call.await.unwrap().unwrap_err();
         assert_eq!(
             phase_of(&e),
-            (TimeoutPhase::ResponseHeaders, Duration::from_secs(20))
+            (TimeoutPhase::Headers, Duration::from_secs(20))
         );
         assert_eq!(
             t0.elapsed(),
@@ -124,10 +123,7 @@ async fn a_body_that_never_finishes_sending_is_a_write_timeout() {
         tokio::spawn(async move { req.into_body().collect().await });
         tx.send(data("part")).await.unwrap();
         let e = call.await.unwrap().unwrap_err();
-        assert_eq!(
-            phase_of(&e),
-            (TimeoutPhase::RequestWrite, Duration::from_secs(30))
-        );
+        assert_eq!(phase_of(&e), (TimeoutPhase::Write, Duration::from_secs(30)));
         assert_eq!(t0.elapsed(), Duration::from_secs(30));
         drop(tx);
     })
@@ -147,7 +143,7 @@ async fn headers_are_timed_from_the_end_of_the_write() {
         tx.send(data("last")).await.unwrap();
         drop(tx); // the body ends at t = 25 s
         let e = call.await.unwrap().unwrap_err();
-        assert_eq!(phase_of(&e).0, TimeoutPhase::ResponseHeaders);
+        assert_eq!(phase_of(&e).0, TimeoutPhase::Headers);
         assert_eq!(
             t0.elapsed(),
             Duration::from_secs(45),
@@ -172,7 +168,7 @@ async fn the_head_is_timed_from_the_end_of_the_write_not_from_the_write_timer() 
         tx.send(data("all")).await.unwrap();
         drop(tx);
         let e = call.await.unwrap().unwrap_err();
-        assert_eq!(phase_of(&e).0, TimeoutPhase::ResponseHeaders);
+        assert_eq!(phase_of(&e).0, TimeoutPhase::Headers);
         assert_eq!(
             t0.elapsed(),
             Duration::from_secs(25),
@@ -243,10 +239,7 @@ async fn idle_resets_with_each_frame_and_fires_on_a_stall() {
             got, 10,
             "every frame before the stall reached the caller intact"
         );
-        assert_eq!(
-            phase_of(&err),
-            (TimeoutPhase::BodyIdle, Duration::from_secs(5))
-        );
+        assert_eq!(phase_of(&err), (TimeoutPhase::Idle, Duration::from_secs(5)));
         assert_eq!(t0.elapsed(), Duration::from_secs(45));
         assert!(
             !err.is_retryable(),
@@ -307,7 +300,7 @@ async fn the_first_event_timer_applies_only_to_sse() {
         let mut body = call.await.unwrap().unwrap().into_body();
         let t0 = Instant::now();
         let err = body.frame().await.unwrap().unwrap_err();
-        assert_eq!(phase_of(&err).0, TimeoutPhase::BodyIdle);
+        assert_eq!(phase_of(&err).0, TimeoutPhase::Idle);
         assert_eq!(t0.elapsed(), Duration::from_secs(50));
         drop(tx);
     })

@@ -45,16 +45,15 @@ fn secs_flag(name: &str, v: f64) -> Result<Duration, String> {
 fn widest(presets: &[(Workload, TimeoutConfig)]) -> TimeoutConfig {
     let max =
         |f: fn(&TimeoutConfig) -> Option<Duration>| presets.iter().filter_map(|(_, t)| f(t)).max();
-    TimeoutConfig {
-        connect: max(|t| t.connect),
-        ready: max(|t| t.ready),
-        write: max(|t| t.write),
-        headers: max(|t| t.headers),
-        first_event: max(|t| t.first_event),
-        idle: max(|t| t.idle),
-        attempt: max(|t| t.attempt),
-        deadline: max(|t| t.deadline),
-    }
+    TimeoutConfig::default()
+        .connect(max(|t| t.connect))
+        .ready(max(|t| t.ready))
+        .write(max(|t| t.write))
+        .headers(max(|t| t.headers))
+        .first_event(max(|t| t.first_event))
+        .idle(max(|t| t.idle))
+        .attempt(max(|t| t.attempt))
+        .deadline(max(|t| t.deadline))
 }
 
 async fn listen_addr(s: &str) -> Result<SocketAddr, String> {
@@ -171,18 +170,13 @@ fn stack(
     default_t: TimeoutConfig,
     presets: &[(Workload, TimeoutConfig)],
 ) -> Result<Stack, Box<dyn std::error::Error>> {
-    let mut stack = Stack {
+    let mut stack = Stack::preset(default_preset)
         // Connecting is the upstream's matter, not the workload's: the connect timer lives in
         // the shared connector, so it is the resolved one (an explicit --connect-timeout
         // included), not the widest preset's.
-        timeouts: TimeoutConfig {
-            connect: default_t.connect,
-            ..widest(presets)
-        },
-        key_by: firebreak::gate::KeyBy::ApiKeyAndModel,
-        model_labels: usize::from(args.model_labels),
-        ..Stack::preset(default_preset)
-    };
+        .timeouts(widest(presets).connect(default_t.connect))
+        .key_by(firebreak::gate::KeyBy::ApiKeyAndModel)
+        .model_labels(usize::from(args.model_labels));
     // SSE error events reach the caller as the upstream sent them.
     stack.sse_errors_as_failures = false;
     Ok(args.fleet.apply(stack)?)

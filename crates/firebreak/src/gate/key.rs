@@ -9,7 +9,29 @@ use std::sync::Arc;
 
 /// Which gate a request belongs to: a hash, so that no API key is ever kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct GateKey(pub u64);
+pub struct GateKey(u64);
+
+impl GateKey {
+    /// The key of anything hashable (a tenant name, a header value): what a
+    /// [`KeyBy::Custom`] function returns.
+    pub fn of(value: impl Hash) -> GateKey {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        value.hash(&mut h);
+        GateKey(h.finish())
+    }
+
+    /// The key whose [`raw`](GateKey::raw) value is `raw`: for a [`Fleet`](crate::gate::Fleet)
+    /// that names keys across processes (all processes derive the same key for the same
+    /// credential and model).
+    pub const fn from_raw(raw: u64) -> GateKey {
+        GateKey(raw)
+    }
+
+    /// The hash, for a fleet to name the key by.
+    pub const fn raw(self) -> u64 {
+        self.0
+    }
+}
 
 // Already a hash: maps keyed by it skip hashing it again.
 impl nohash_hasher::IsEnabled for GateKey {}

@@ -92,7 +92,7 @@ impl Shared {
             .filter(|(_, g)| g.is_idle())
             .map(|(k, g)| (g.last_used.load(Ordering::Relaxed), *k))
             .collect();
-        idle.sort_unstable_by_key(|(t, k)| (*t, k.0));
+        idle.sort_unstable_by_key(|(t, k)| (*t, k.raw()));
         let n = (gates.len() / 8).max(1).min(idle.len());
         for (_, k) in idle.into_iter().take(n) {
             if let Some(g) = gates.remove(&k) {

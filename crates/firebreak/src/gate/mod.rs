@@ -58,7 +58,7 @@
 //!    are named in a DEBUG trace event. `x-ratelimit-reset-*` is never a retry delay.
 //! 6. **A bounded, fair wait.** Requests wait in FIFO order, at most `max_queue` per key. One
 //!    that cannot get a send slot before its deadline (the timeout module's
-//!    [`Deadline`](crate::Deadline)) fails at once with a client-side `Throttled`
+//!    [`Deadline`](crate::Deadline)) fails at once with a client-side `GateRefused`
 //!    error carrying the wait it would have needed. A waiter that gives up returns its reserved
 //!    slot at once.
 //! 7. **Bounded keys.** At most `max_keys` (10,000) gates; idle ones are evicted, least recently

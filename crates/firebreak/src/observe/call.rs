@@ -1,4 +1,4 @@
-//! [`ObserveLayer`]: one span and one outcome per logical request.
+//! [`ObserveLayer`]: one span and one outcome per call.
 
 use crate::RetryInfo;
 use crate::observe::instruments::{Instruments, ModelCounters, Observer, Outcome, ms};
@@ -68,7 +68,7 @@ where
 {
     type Response = Response<ObservedBody<ResB>>;
     type Error = Error;
-    type Future = RequestFuture<S::Future>;
+    type Future = CallFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.inner.poll_ready(cx)
@@ -81,7 +81,7 @@ where
             let _entered = watch.span.enter();
             self.inner.call(req)
         };
-        RequestFuture { inner, watch }
+        CallFuture { inner, watch }
     }
 }
 
@@ -191,7 +191,7 @@ pub(crate) fn mark_sensitive(headers: &mut http::HeaderMap) {
     }
 }
 
-/// The pending outcome of one logical request; counted once, when it ends, however it ends
+/// The pending outcome of one call; counted once, when it ends, however it ends
 /// (a drop before the end counts as cancelled).
 struct Record {
     ins: Arc<Instruments>,
@@ -251,20 +251,20 @@ impl Drop for Record {
 
 pin_project! {
     /// The future of [`Observe`].
-    pub struct RequestFuture<F> {
+    pub struct CallFuture<F> {
         #[pin]
         inner: F,
         watch: CallWatch,
     }
 }
 
-impl<F> fmt::Debug for RequestFuture<F> {
+impl<F> fmt::Debug for CallFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RequestFuture").finish_non_exhaustive()
+        f.debug_struct("CallFuture").finish_non_exhaustive()
     }
 }
 
-impl<F, B> Future for RequestFuture<F>
+impl<F, B> Future for CallFuture<F>
 where
     F: Future<Output = Result<Response<B>, Error>>,
     B: Body,
@@ -282,7 +282,7 @@ where
 }
 
 pin_project! {
-    /// The response body: it reports the first byte and the end of the logical request.
+    /// The response body: it reports the first byte and the end of the call.
     pub struct ObservedBody<B> {
         #[pin]
         inner: B,

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 const CLASSES: usize = Class::ALL.len();
 
-/// How a logical request ended.
+/// How a call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// A success answer whose body (if any) was read to its end.
@@ -116,16 +116,16 @@ impl Observer {
             })
         };
         let inner = Instruments {
-            requests_success: metrics::counter!(names::REQUESTS, "outcome" => "success", "class" => "success"),
+            requests_success: metrics::counter!(names::CALLS, "outcome" => "success", "class" => "success"),
             requests_failure: std::array::from_fn(|i| {
                 let c = Class::ALL[i];
                 if c.is_success() {
                     Counter::noop()
                 } else {
-                    metrics::counter!(names::REQUESTS, "outcome" => "failure", "class" => c.label())
+                    metrics::counter!(names::CALLS, "outcome" => "failure", "class" => c.label())
                 }
             }),
-            requests_cancelled: metrics::counter!(names::REQUESTS, "outcome" => "cancelled", "class" => "none"),
+            requests_cancelled: metrics::counter!(names::CALLS, "outcome" => "cancelled", "class" => "none"),
             attempts: per_class(names::ATTEMPTS),
             retries: std::array::from_fn(|i| {
                 let c = Class::ALL[i];
@@ -288,7 +288,7 @@ impl ModelCounters {
             }
         };
         slot.get_or_init(|| {
-            metrics::counter!(names::REQUESTS, "outcome" => outcome_label, "class" => class_label,
+            metrics::counter!(names::CALLS, "outcome" => outcome_label, "class" => class_label,
                 "model" => self.model.clone(), "deployment" => self.deployment.clone())
         })
         .increment(1);
@@ -317,7 +317,7 @@ fn bool_label(b: bool) -> &'static str {
 fn describe() {
     use metrics::{describe_counter, describe_histogram};
     describe_counter!(
-        names::REQUESTS,
+        names::CALLS,
         Unit::Count,
         "Logical requests (all attempts of one call), by outcome and final class"
     );

@@ -5,13 +5,50 @@ use crate::retry::config::{RetryConfig, RetryConfigError};
 use crate::retry::policy::{FireworksPolicy, PolicyShared, idempotency_key};
 use crate::retry::replay::ReplayBody;
 use http::{HeaderValue, Request, Response};
+use pin_project_lite::pin_project;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
-/// The future of [`Retry`]: tower's retry future driven by [`FireworksPolicy`].
-pub type ResponseFuture<S, B> =
+type TowerFuture<S, B> =
     tower::retry::future::ResponseFuture<FireworksPolicy, S, Request<ReplayBody<B>>>;
+
+pin_project! {
+    /// The future of [`Retry`] (tower's retry future driven by [`FireworksPolicy`], whose type
+    /// stays tower's business).
+    pub struct ResponseFuture<S, B, ResB>
+    where
+        S: Service<Request<ReplayBody<B>>, Response = Response<ResB>, Error = Error>,
+        ReplayBody<B>: crate::retry::Replayable,
+    {
+        #[pin]
+        inner: TowerFuture<S, B>,
+    }
+}
+
+impl<S, B, ResB> std::fmt::Debug for ResponseFuture<S, B, ResB>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResB>, Error = Error>,
+    ReplayBody<B>: crate::retry::Replayable,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<S, B, ResB> Future for ResponseFuture<S, B, ResB>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResB>, Error = Error> + Clone,
+    ReplayBody<B>: crate::retry::Replayable,
+{
+    type Output = Result<Response<ResB>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx)
+    }
+}
 
 /// Retries failed attempts: see the [module docs](crate::retry). Clones share the budget.
 #[derive(Debug, Clone)]
@@ -107,7 +144,7 @@ where
 {
     type Response = Response<ResB>;
     type Error = Error;
-    type Future = ResponseFuture<S, B>;
+    type Future = ResponseFuture<S, B, ResB>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.inner.poll_ready(cx)
@@ -115,6 +152,8 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let req = prepare(&self.shared.cfg, req);
-        self.inner.call(req)
+        ResponseFuture {
+            inner: self.inner.call(req),
+        }
     }
 }

@@ -189,7 +189,7 @@ pub(crate) fn fleet_key(base_url: &str, model: &str) -> GateKey {
     h.update(base_url.as_bytes());
     h.update(b"\0");
     h.update(model.as_bytes());
-    GateKey(h.digest())
+    GateKey::from_raw(h.digest())
 }
 
 /// The event a locally opened breaker publishes.
@@ -217,7 +217,7 @@ mod tests {
             Class::Overloaded,
             Class::ResetBeforeResponse,
             Class::Connect(ConnectKind::Refused),
-            Class::Timeout(crate::TimeoutPhase::ResponseHeaders),
+            Class::Timeout(crate::TimeoutPhase::Headers),
         ] {
             assert!(is_failure(c), "{c:?}");
         }

@@ -1,5 +1,5 @@
 //! What a router is made of: [`Target`]s, chains of them per alias ([`RouteConfig`]), and the
-//! [`BreakerConfig`]; [`RouteError`] for a configuration that cannot work.
+//! [`BreakerConfig`]; [`RouteConfigError`] for a configuration that cannot work.
 
 use crate::TargetKind;
 use crate::client::ApiKey;
@@ -99,6 +99,7 @@ impl Target {
 /// When a target's circuit breaker opens and how it comes back (see the
 /// [module docs](crate::route)).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct BreakerConfig {
     /// Failed attempts in a row that open it (5, as Envoy's `consecutive_5xx`).
     pub consecutive_failures: u32,
@@ -174,20 +175,20 @@ impl RouteConfig {
     /// Checks the whole configuration.
     ///
     /// # Errors
-    /// The first [`RouteError`] found.
-    pub fn validate(&self) -> Result<(), RouteError> {
+    /// The first [`RouteConfigError`] found.
+    pub fn validate(&self) -> Result<(), RouteConfigError> {
         self.breaker.validate()?;
         let mut by_name: HashMap<&str, &Target> = HashMap::new();
         let mut seen_alias = std::collections::HashSet::new();
         for (alias, tiers) in &self.aliases {
             if !seen_alias.insert(&**alias) {
-                return Err(RouteError::Alias {
+                return Err(RouteConfigError::Alias {
                     alias: alias.to_string(),
                     why: "is defined twice".into(),
                 });
             }
             if tiers.is_empty() || tiers.iter().any(Vec::is_empty) {
-                return Err(RouteError::Alias {
+                return Err(RouteConfigError::Alias {
                     alias: alias.to_string(),
                     why: "has an empty chain or tier".into(),
                 });
@@ -195,7 +196,7 @@ impl RouteConfig {
             let mut in_chain = std::collections::HashSet::new();
             for t in tiers.iter().flatten() {
                 if !in_chain.insert(&*t.name) {
-                    return Err(RouteError::Alias {
+                    return Err(RouteConfigError::Alias {
                         alias: alias.to_string(),
                         why: format!("names target {:?} twice (a chain that loops)", t.name),
                     });
@@ -205,7 +206,7 @@ impl RouteConfig {
                     Some(o)
                         if o.base_url != t.base_url || o.model != t.model || o.kind != t.kind =>
                     {
-                        return Err(RouteError::Target {
+                        return Err(RouteConfigError::Target {
                             target: t.name.to_string(),
                             field: "name",
                             why: "is defined twice, differently".into(),
@@ -226,10 +227,10 @@ impl Target {
     /// positive weight. [`RouteConfig::validate`] calls it for every target.
     ///
     /// # Errors
-    /// [`RouteError::Target`] naming the field.
-    pub fn validate(&self) -> Result<(), RouteError> {
+    /// [`RouteConfigError::Target`] naming the field.
+    pub fn validate(&self) -> Result<(), RouteConfigError> {
         let bad = |field: &'static str, why: String| {
-            Err(RouteError::Target {
+            Err(RouteConfigError::Target {
                 target: self.name.to_string(),
                 field,
                 why,
@@ -265,12 +266,30 @@ impl Target {
 }
 
 impl BreakerConfig {
+    /// Sets `consecutive_failures` (see the field's docs).
+    pub fn consecutive_failures(mut self, consecutive_failures: u32) -> Self {
+        self.consecutive_failures = consecutive_failures;
+        self
+    }
+
+    /// Sets `cooldown` (see the field's docs).
+    pub fn cooldown(mut self, cooldown: Duration) -> Self {
+        self.cooldown = cooldown;
+        self
+    }
+
+    /// Sets `probes` (see the field's docs).
+    pub fn probes(mut self, probes: u32) -> Self {
+        self.probes = probes;
+        self
+    }
+
     /// Checks every value.
     ///
     /// # Errors
-    /// [`RouteError::Breaker`] naming the field.
-    pub fn validate(&self) -> Result<(), RouteError> {
-        let bad = |field: &'static str, why: String| Err(RouteError::Breaker { field, why });
+    /// [`RouteConfigError::Breaker`] naming the field.
+    pub fn validate(&self) -> Result<(), RouteConfigError> {
+        let bad = |field: &'static str, why: String| Err(RouteConfigError::Breaker { field, why });
         if self.consecutive_failures == 0 {
             return bad("consecutive_failures", "must be at least 1".into());
         }
@@ -290,7 +309,7 @@ impl BreakerConfig {
 /// A route configuration that cannot work.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum RouteError {
+pub enum RouteConfigError {
     /// An alias's chain.
     #[error("route alias {alias:?} {why}")]
     Alias {

@@ -77,5 +77,5 @@ mod rewrite;
 mod service;
 
 pub use breaker::BreakerState;
-pub use config::{BreakerConfig, RouteConfig, RouteError, Target};
+pub use config::{BreakerConfig, RouteConfig, RouteConfigError, Target};
 pub use service::{AnsweredBy, Router};

@@ -7,7 +7,7 @@ use crate::names;
 use crate::observe::{AttemptObserveLayer, ObserveLayer};
 use crate::retry::{RetryConfig, RetryLayer};
 use crate::route::breaker::{Admit, Breaker, BreakerState, fleet_key, opened_event};
-use crate::route::config::{BreakerConfig, RouteConfig, RouteError, Target};
+use crate::route::config::{BreakerConfig, RouteConfig, RouteConfigError, Target};
 use crate::route::rewrite::ModelBody;
 use crate::stack::{FireworksBody, InnerBody, Stack, StackLayer};
 use crate::{Class, Classification, Error, Model};
@@ -291,15 +291,15 @@ impl Router {
     /// the exporter first.
     ///
     /// # Errors
-    /// [`RouteError`] for a configuration or a stack that cannot work.
+    /// [`RouteConfigError`] for a configuration or a stack that cannot work.
     pub fn new(
         cfg: RouteConfig,
         stack: Stack,
         default_key: Option<ApiKey>,
         client: &ClientConfig,
-    ) -> Result<Router, RouteError> {
+    ) -> Result<Router, RouteConfigError> {
         let http = crate::stack::shared_https(&stack, client)
-            .map_err(|e| RouteError::Stack(e.to_string()))?;
+            .map_err(|e| RouteConfigError::Stack(e.to_string()))?;
         Self::with_client(cfg, stack, default_key, http)
     }
 
@@ -307,13 +307,13 @@ impl Router {
     /// target's key is added above it).
     ///
     /// # Errors
-    /// [`RouteError`] for a configuration or a stack that cannot work.
+    /// [`RouteConfigError`] for a configuration or a stack that cannot work.
     pub fn with_client<S, RB>(
         cfg: RouteConfig,
         stack: Stack,
         default_key: Option<ApiKey>,
         http: S,
-    ) -> Result<Router, RouteError>
+    ) -> Result<Router, RouteConfigError>
     where
         S: Service<Request<InnerBody<Full<Bytes>>>, Response = Response<RB>>
             + Clone
@@ -326,7 +326,7 @@ impl Router {
         RB::Error: Into<crate::BoxError>,
     {
         cfg.validate()?;
-        let err = |e: &dyn fmt::Display| RouteError::Stack(e.to_string());
+        let err = |e: &dyn fmt::Display| RouteConfigError::Stack(e.to_string());
         let layer = stack.layer().map_err(|e| err(&e))?;
         let once_retry = RetryLayer::new(RetryConfig {
             max_attempts: 1,
@@ -434,7 +434,7 @@ fn build_target<S, RB>(
     once_retry: &RetryLayer,
     http: &S,
     default_key: Option<&ApiKey>,
-) -> Result<TargetRuntime, RouteError>
+) -> Result<TargetRuntime, RouteConfigError>
 where
     S: Service<Request<InnerBody<Full<Bytes>>>, Response = Response<RB>>
         + Clone
@@ -456,7 +456,7 @@ where
         None => GateLayer::new(cfg, KeyBy::ApiKeyAndModel),
         Some(f) => GateLayer::with_fleet(cfg, KeyBy::ApiKeyAndModel, f.clone()),
     }
-    .map_err(|e| RouteError::Stack(e.to_string()))?;
+    .map_err(|e| RouteConfigError::Stack(e.to_string()))?;
     let gate = match key {
         Some(k) => gate.fallback_credential(k.header_value().as_bytes()),
         None => gate,

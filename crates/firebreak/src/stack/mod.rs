@@ -36,7 +36,7 @@ pub type BoxStack = BoxCloneSyncService<Request<Full<Bytes>>, Response<Fireworks
 /// A stack that cannot be built.
 #[derive(Debug)]
 #[non_exhaustive]
-pub enum StackError {
+pub enum StackConfigError {
     /// A timeout setting.
     Timeout(crate::timeout::TimeoutConfigError),
     /// A retry setting.
@@ -49,14 +49,14 @@ pub enum StackError {
     BaseUrl(String),
 }
 
-impl fmt::Display for StackError {
+impl fmt::Display for StackConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StackError::Timeout(e) => write!(f, "{e}"),
-            StackError::Retry(e) => write!(f, "{e}"),
-            StackError::Gate(e) => write!(f, "{e}"),
-            StackError::Client(e) => write!(f, "{e}"),
-            StackError::BaseUrl(u) => write!(
+            StackConfigError::Timeout(e) => write!(f, "{e}"),
+            StackConfigError::Retry(e) => write!(f, "{e}"),
+            StackConfigError::Gate(e) => write!(f, "{e}"),
+            StackConfigError::Client(e) => write!(f, "{e}"),
+            StackConfigError::BaseUrl(u) => write!(
                 f,
                 "invalid base URL {u:?}: expected http:// or https:// with a host and a valid port"
             ),
@@ -64,31 +64,30 @@ impl fmt::Display for StackError {
     }
 }
 
-impl std::error::Error for StackError {
+impl std::error::Error for StackConfigError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            StackError::Timeout(e) => Some(e),
-            StackError::Retry(e) => Some(e),
-            StackError::Gate(e) => Some(e),
-            StackError::Client(e) => Some(e),
-            StackError::BaseUrl(_) => None,
+            StackConfigError::Timeout(e) => Some(e),
+            StackConfigError::Retry(e) => Some(e),
+            StackConfigError::Gate(e) => Some(e),
+            StackConfigError::Client(e) => Some(e),
+            StackConfigError::BaseUrl(_) => None,
         }
     }
 }
 
-/// The settings of every layer: a preset, with any field replaced. Build the layer with
-/// [`Stack::layer`], which validates them.
+/// The settings of every layer: a preset, with any setting replaced by its builder-style
+/// setter (one per field, named as the field). Build the layer with [`Stack::layer`], which
+/// validates them.
 ///
 /// ```
 /// use firebreak::{Stack, retry::RetryConfig, timeout::Workload};
 ///
-/// let stack = Stack {
-///     retry: RetryConfig { max_attempts: 3, ..RetryConfig::default() },
-///     ..Stack::preset(Workload::Agentic)
-/// };
+/// let stack = Stack::preset(Workload::Agentic).retry(RetryConfig::default().max_attempts(3));
 /// assert!(stack.layer().is_ok());
 /// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Stack {
     /// Timeouts, per phase, and the overall deadline.
     pub timeouts: TimeoutConfig,
@@ -115,6 +114,54 @@ pub struct Stack {
 }
 
 impl Stack {
+    /// Sets `timeouts` (see the field's docs).
+    pub fn timeouts(mut self, timeouts: TimeoutConfig) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// Sets `retry` (see the field's docs).
+    pub fn retry(mut self, retry: RetryConfig) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Sets `gate` (see the field's docs).
+    pub fn gate(mut self, gate: GateConfig) -> Self {
+        self.gate = gate;
+        self
+    }
+
+    /// Sets `key_by` (see the field's docs).
+    pub fn key_by(mut self, key_by: KeyBy) -> Self {
+        self.key_by = key_by;
+        self
+    }
+
+    /// Sets `sse_errors_as_failures` (see the field's docs).
+    pub fn sse_errors_as_failures(mut self, sse_errors_as_failures: bool) -> Self {
+        self.sse_errors_as_failures = sse_errors_as_failures;
+        self
+    }
+
+    /// Sets `observe` (see the field's docs).
+    pub fn observe(mut self, observe: bool) -> Self {
+        self.observe = observe;
+        self
+    }
+
+    /// Sets `model_labels` (see the field's docs).
+    pub fn model_labels(mut self, model_labels: usize) -> Self {
+        self.model_labels = model_labels;
+        self
+    }
+
+    /// Sets `fleet` (see the field's docs).
+    pub fn fleet(mut self, fleet: Option<std::sync::Arc<dyn crate::gate::Fleet>>) -> Self {
+        self.fleet = fleet;
+        self
+    }
+
     /// The preset for a workload: its timeouts, and the default retry and gate settings.
     pub fn preset(w: Workload) -> Stack {
         Stack {
@@ -138,8 +185,8 @@ impl Stack {
     /// the recorder current at that moment: install the exporter first.
     ///
     /// # Errors
-    /// [`StackError`] naming the first invalid setting.
-    pub fn layer(&self) -> Result<StackLayer, StackError> {
+    /// [`StackConfigError`] naming the first invalid setting.
+    pub fn layer(&self) -> Result<StackLayer, StackConfigError> {
         let deadline = self
             .timeouts
             .deadline
@@ -152,14 +199,14 @@ impl Stack {
         Ok(StackLayer {
             model_labels: self.observe && self.model_labels > 0,
             observer,
-            deadline: DeadlineLayer::new(deadline).map_err(StackError::Timeout)?,
-            retry: RetryLayer::new(self.retry.clone()).map_err(StackError::Retry)?,
+            deadline: DeadlineLayer::new(deadline).map_err(StackConfigError::Timeout)?,
+            retry: RetryLayer::new(self.retry.clone()).map_err(StackConfigError::Retry)?,
             gate: match &self.fleet {
                 None => GateLayer::new(self.gate.clone(), self.key_by.clone()),
                 Some(f) => GateLayer::with_fleet(self.gate.clone(), self.key_by.clone(), f.clone()),
             }
-            .map_err(StackError::Gate)?,
-            attempt: AttemptTimeoutLayer::new(&self.timeouts).map_err(StackError::Timeout)?,
+            .map_err(StackConfigError::Gate)?,
+            attempt: AttemptTimeoutLayer::new(&self.timeouts).map_err(StackConfigError::Timeout)?,
             classify: ClassifyLayer::new().sse_errors_as_failures(self.sse_errors_as_failures),
         })
     }
@@ -235,8 +282,8 @@ impl FireworksClient {
     /// A client for `base_url` (e.g. [`FIREWORKS_BASE_URL`]) with `key` and `stack`.
     ///
     /// # Errors
-    /// [`StackError`] for an invalid URL or setting.
-    pub fn new(base_url: &str, key: ApiKey, stack: Stack) -> Result<Self, StackError> {
+    /// [`StackConfigError`] for an invalid URL or setting.
+    pub fn new(base_url: &str, key: ApiKey, stack: Stack) -> Result<Self, StackConfigError> {
         Self::with_auth(
             base_url,
             Some(crate::client::AuthLayer::new(key)),
@@ -248,9 +295,9 @@ impl FireworksClient {
     /// The Fireworks endpoint with the key from `FIREWORKS_API_KEY`.
     ///
     /// # Errors
-    /// [`StackError::Client`] when the variable is unset or unusable.
-    pub fn from_env(stack: Stack) -> Result<Self, StackError> {
-        let key = ApiKey::from_env().map_err(StackError::Client)?;
+    /// [`StackConfigError::Client`] when the variable is unset or unusable.
+    pub fn from_env(stack: Stack) -> Result<Self, StackConfigError> {
+        let key = ApiKey::from_env().map_err(StackConfigError::Client)?;
         Self::new(FIREWORKS_BASE_URL, key, stack)
     }
 
@@ -259,17 +306,17 @@ impl FireworksClient {
     /// fills a key in only where there is none).
     ///
     /// # Errors
-    /// [`StackError`] for an invalid URL or setting.
+    /// [`StackConfigError`] for an invalid URL or setting.
     pub fn with_auth(
         base_url: &str,
         auth: Option<crate::client::AuthLayer>,
         stack: Stack,
         cfg: &ClientConfig,
-    ) -> Result<Self, StackError> {
+    ) -> Result<Self, StackConfigError> {
         let base = base_url.trim_end_matches('/');
         let uri: http::Uri = base
             .parse()
-            .map_err(|_| StackError::BaseUrl(base_url.to_owned()))?;
+            .map_err(|_| StackConfigError::BaseUrl(base_url.to_owned()))?;
         // A port that is not a valid u16 (`:99999`) would silently become the scheme's default.
         let bad_port = uri
             .authority()
@@ -277,7 +324,7 @@ impl FireworksClient {
             .and_then(|hp| hp.rsplit_once(':'))
             .is_some_and(|(_, p)| !p.contains(']') && p.parse::<u16>().is_err());
         if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() || bad_port {
-            return Err(StackError::BaseUrl(base_url.to_owned()));
+            return Err(StackConfigError::BaseUrl(base_url.to_owned()));
         }
         let client = shared_https(&stack, cfg)?;
         let mut layer = stack.layer()?;
@@ -358,15 +405,18 @@ impl FireworksClient {
 /// The HTTPS client under a stack: the connect timeout is the stack's, in the connector, so its
 /// error names the phase and the configured duration like every other timeout. Shared behind
 /// one `Arc`: the layers clone the service below them on every call.
-pub(crate) fn shared_https(stack: &Stack, cfg: &ClientConfig) -> Result<SharedHttps, StackError> {
+pub(crate) fn shared_https(
+    stack: &Stack,
+    cfg: &ClientConfig,
+) -> Result<SharedHttps, StackConfigError> {
     let cfg = cfg.clone().connect_timeout(None);
-    let connector = crate::client::https_connector(&cfg).map_err(StackError::Client)?;
+    let connector = crate::client::https_connector(&cfg).map_err(StackConfigError::Client)?;
     let connect = stack
         .timeouts
         .connect
         .unwrap_or(crate::timeout::MAX_TIMEOUT);
     let connector = ConnectTimeoutLayer::new(connect)
-        .map_err(StackError::Timeout)?
+        .map_err(StackConfigError::Timeout)?
         .layer(connector);
     Ok(crate::client::SharedClient::new(
         crate::client::build_with::<_, InnerBody<Full<Bytes>>>(connector, &cfg),

@@ -151,7 +151,7 @@ where
 {
     type Response = Response<TimedResponseBody<ResB>>;
     type Error = Error;
-    type Future = AttemptFuture<S::Future>;
+    type Future = AttemptTimeoutFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         let inner = self.inner.poll_ready(cx);
@@ -160,13 +160,13 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         match AttemptTimers::start(self.t, req) {
-            Ok((timers, req)) => AttemptFuture {
+            Ok((timers, req)) => AttemptTimeoutFuture {
                 state: State::Running {
                     fut: self.inner.call(req),
                 },
                 timers,
             },
-            Err(err) => AttemptFuture {
+            Err(err) => AttemptTimeoutFuture {
                 state: State::Failed { err: Some(err) },
                 timers: AttemptTimers::default(),
             },
@@ -291,18 +291,18 @@ impl AttemptTimers {
                     None => {
                         p.register(cx);
                         if let Some(w) = self.t.write {
-                            next.consider(started + w, TimeoutPhase::RequestWrite, w);
+                            next.consider(started + w, TimeoutPhase::Write, w);
                         }
                     }
                     Some(done) => {
                         if let Some(h) = self.t.headers {
-                            next.consider(done + h, TimeoutPhase::ResponseHeaders, h);
+                            next.consider(done + h, TimeoutPhase::Headers, h);
                         }
                     }
                 },
                 None => {
                     if let Some(h) = self.t.headers {
-                        next.consider(started + h, TimeoutPhase::ResponseHeaders, h);
+                        next.consider(started + h, TimeoutPhase::Headers, h);
                     }
                 }
             }
@@ -334,22 +334,22 @@ pin_project! {
 
 pin_project! {
     /// The future of [`AttemptTimeout`].
-    pub struct AttemptFuture<F> {
+    pub struct AttemptTimeoutFuture<F> {
         #[pin]
         state: State<F>,
         timers: AttemptTimers,
     }
 }
 
-impl<F> std::fmt::Debug for AttemptFuture<F> {
+impl<F> std::fmt::Debug for AttemptTimeoutFuture<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AttemptFuture")
+        f.debug_struct("AttemptTimeoutFuture")
             .field("timeouts", &self.timers.t)
             .finish_non_exhaustive()
     }
 }
 
-impl<F, B, E> Future for AttemptFuture<F>
+impl<F, B, E> Future for AttemptTimeoutFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
     E: Into<BoxError>,
@@ -363,7 +363,7 @@ where
             StateProj::Failed { err } => {
                 return Poll::Ready(Err(err
                     .take()
-                    .expect("AttemptFuture polled after completion")));
+                    .expect("AttemptTimeoutFuture polled after completion")));
             }
             StateProj::Running { fut } => fut,
         };

@@ -88,7 +88,7 @@ impl Timers {
         }
         let mut e = Earliest::default();
         if let (Some(at), Some(d)) = (self.idle_at, self.idle) {
-            e.consider(at, TimeoutPhase::BodyIdle, d);
+            e.consider(at, TimeoutPhase::Idle, d);
         }
         if let Some((at, d)) = self.first_at {
             e.consider(at, TimeoutPhase::FirstEvent, d);

@@ -33,6 +33,7 @@ pub enum Workload {
 /// | `attempt` | one attempt, from the call to the end of the body |
 /// | `deadline` | the whole call: every attempt, backoff sleep and rate-limit wait ([`DeadlineLayer`](crate::timeout::DeadlineLayer)) |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TimeoutConfig {
     /// Connect.
     pub connect: Option<Duration>,
@@ -57,6 +58,54 @@ const fn s(secs: u64) -> Option<Duration> {
 }
 
 impl TimeoutConfig {
+    /// Sets `connect` (see the field's docs).
+    pub fn connect(mut self, connect: Option<Duration>) -> Self {
+        self.connect = connect;
+        self
+    }
+
+    /// Sets `ready` (see the field's docs).
+    pub fn ready(mut self, ready: Option<Duration>) -> Self {
+        self.ready = ready;
+        self
+    }
+
+    /// Sets `write` (see the field's docs).
+    pub fn write(mut self, write: Option<Duration>) -> Self {
+        self.write = write;
+        self
+    }
+
+    /// Sets `headers` (see the field's docs).
+    pub fn headers(mut self, headers: Option<Duration>) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// Sets `first_event` (see the field's docs).
+    pub fn first_event(mut self, first_event: Option<Duration>) -> Self {
+        self.first_event = first_event;
+        self
+    }
+
+    /// Sets `idle` (see the field's docs).
+    pub fn idle(mut self, idle: Option<Duration>) -> Self {
+        self.idle = idle;
+        self
+    }
+
+    /// Sets `attempt` (see the field's docs).
+    pub fn attempt(mut self, attempt: Option<Duration>) -> Self {
+        self.attempt = attempt;
+        self
+    }
+
+    /// Sets `deadline` (see the field's docs).
+    pub fn deadline(mut self, deadline: Option<Duration>) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
     /// The preset for a workload. All presets use Fireworks' example split for connect (10 s),
     /// write (30 s; 120 s for long context, whose prompts are large) and pool (10 s). The read
     /// side is split in three: time to first byte (`headers`, which for a non-streaming call

@@ -31,10 +31,7 @@
 //! # use firebreak::timeout::TimedRequestBody;
 //!
 //! // A preset, with one phase changed; the layers validate it.
-//! let cfg = TimeoutConfig {
-//!     idle: Some(Duration::from_secs(15)),
-//!     ..TimeoutConfig::preset(Workload::Interactive)
-//! };
+//! let cfg = TimeoutConfig::preset(Workload::Interactive).idle(Some(Duration::from_secs(15)));
 //! # let hyper_client = tower::service_fn(|_req: http::Request<TimedRequestBody<Full<Bytes>>>| async {
 //! #     Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::new())))
 //! # });
@@ -66,7 +63,7 @@ mod config;
 mod connect;
 mod deadline;
 
-pub use attempt::{AttemptFuture, AttemptTimeout, AttemptTimeoutLayer, AttemptTimeouts};
+pub use attempt::{AttemptTimeout, AttemptTimeoutFuture, AttemptTimeoutLayer, AttemptTimeouts};
 pub use body::{TimedRequestBody, TimedResponseBody};
 pub use config::{MAX_TIMEOUT, TimeoutConfig, TimeoutConfigError, Workload};
 #[cfg_attr(not(feature = "stack"), allow(unused_imports))]

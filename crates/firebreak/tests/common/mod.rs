@@ -65,15 +65,13 @@ impl<B: Send + 'static> Service<Request<B>> for Script {
 }
 
 pub fn retry() -> RetryConfig {
-    RetryConfig {
-        backoff: firebreak::retry::Backoff {
+    RetryConfig::default()
+        .backoff(firebreak::retry::Backoff {
             jitter: Jitter::Full,
             base: Duration::from_millis(100),
             cap: Duration::from_millis(100),
-        },
-        seed: Some(7),
-        ..RetryConfig::default()
-    }
+        })
+        .seed(Some(7))
 }
 
 pub fn req() -> Request<Full<Bytes>> {

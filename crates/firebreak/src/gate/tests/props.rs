@@ -69,7 +69,7 @@ proptest! {
         }
         let cfg = GateConfig::default();
         let store = Store::new(cfg.clone());
-        let key = GateKey(7);
+        let key = GateKey::from_raw(7);
         let now = Instant::now();
         let c = Classification::from_response(
             StatusCode::from_u16(status).unwrap(),
@@ -132,9 +132,9 @@ proptest! {
             in_flight_at_send: 1,
             sent_at: now,
         };
-        store.learn(GateKey(1), &obs, now);
+        store.learn(GateKey::from_raw(1), &obs, now);
         for _ in 0..3 {
-            match store.reserve(GateKey(1), now, 0, None) {
+            match store.reserve(GateKey::from_raw(1), now, 0, None) {
                 Reserve::At(t) => prop_assert!(t - now <= Duration::from_secs(3)),
                 other => prop_assert!(false, "{other:?}"),
             }
@@ -168,7 +168,7 @@ fn per_second_after_in(store: Store, sent: u32, limit: u64) -> bool {
     let now = Instant::now();
     for _ in 0..sent {
         assert!(matches!(
-            store.reserve(GateKey(3), now, 0, None),
+            store.reserve(GateKey::from_raw(3), now, 0, None),
             Reserve::At(_)
         ));
     }
@@ -184,9 +184,9 @@ fn per_second_after_in(store: Store, sent: u32, limit: u64) -> bool {
         in_flight_at_send: 1,
         sent_at: now,
     };
-    store.learn(GateKey(3), &obs, now);
+    store.learn(GateKey::from_raw(3), &obs, now);
     store
-        .snapshot(GateKey(3), now)
+        .snapshot(GateKey::from_raw(3), now)
         .expect("state")
         .per_second_headers
 }

@@ -10,7 +10,7 @@ use http::HeaderMap;
 use std::time::Duration;
 use tokio::time::Instant;
 
-const K: GateKey = GateKey(9);
+const K: GateKey = GateKey::from_raw(9);
 
 fn headers(pairs: &[(&'static str, &str)]) -> Option<RateLimitHeaders> {
     let mut h = HeaderMap::new();
@@ -81,7 +81,7 @@ fn the_per_second_reading_stays_when_the_client_sent_as_much_and_returns_after_r
     assert!(store.snapshot(K, now).unwrap().per_second_headers);
 
     // Another key: sent 1, refused: per minute; back to per second `recovery` later.
-    let other = GateKey(10);
+    let other = GateKey::from_raw(10);
     let _ = store.reserve(other, now, 0, None);
     store.learn(other, &obs(Class::RateLimited, None, rl, now), now);
     assert!(!store.snapshot(other, now).unwrap().per_second_headers);
