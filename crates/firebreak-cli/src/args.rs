@@ -179,30 +179,13 @@ fn show(d: Duration) -> String {
 /// Parses a base URL with a real URL parser: `http` or `https`, a host, a valid port, no
 /// credentials, no query or fragment. Returns it without a trailing `/`.
 pub(crate) fn base_url(flag: &str, raw: &str) -> Result<String, String> {
-    // A URL that may hold credentials is never echoed back.
-    let s = if raw.contains('@') { "<redacted>" } else { raw };
-    let u = url::Url::parse(raw).map_err(|e| format!("invalid {flag} {s:?}: {e}"))?;
-    if !matches!(u.scheme(), "http" | "https") {
-        return Err(format!(
-            "invalid {flag} {s:?}: the scheme must be http or https"
-        ));
-    }
-    // WHATWG parsing reads `http:///v1` as host `v1`; a user who wrote that meant no host.
-    let after_scheme = raw.split_once("://").map_or("", |(_, r)| r);
-    if u.host_str().is_none_or(str::is_empty) || after_scheme.starts_with('/') {
-        return Err(format!("invalid {flag} {s:?}: no host"));
-    }
-    if !u.username().is_empty() || u.password().is_some() {
-        return Err(format!(
+    match firebreak::client::BaseUrl::parse(raw) {
+        Ok(u) => Ok(u.as_str().to_owned()),
+        Err(e) if e.is_credentials() => Err(format!(
             "{flag} must not carry credentials; pass the key in FIREWORKS_API_KEY"
-        ));
+        )),
+        Err(e) => Err(format!("invalid {flag} {:?}: {}", e.shown(), e.reason())),
     }
-    if u.query().is_some() || u.fragment().is_some() {
-        return Err(format!(
-            "invalid {flag} {s:?}: a base URL has no query or fragment"
-        ));
-    }
-    Ok(u.as_str().trim_end_matches('/').to_owned())
 }
 
 /// The key: `--api-key` (with a warning that the process list shows it), else the

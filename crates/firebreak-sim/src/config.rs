@@ -480,6 +480,22 @@ pub enum Fault {
     },
 }
 
+/// Setters of [`Fault::Status`]'s fields, named as the fields; no effect on other faults.
+macro_rules! status_setters {
+    ($($(#[$doc:meta])* $field:ident: $ty:ty,)*) => {
+        $(
+            $(#[$doc])*
+            /// No effect on other faults.
+            pub fn $field(mut self, to: $ty) -> Fault {
+                if let Fault::Status { $field, .. } = &mut self {
+                    *$field = to;
+                }
+                self
+            }
+        )*
+    };
+}
+
 impl Fault {
     /// An error answer with `status`, the default body for it and no delay header; change it
     /// with [`Fault::shape`], [`Fault::delay`], [`Fault::should_retry`], [`Fault::message`].
@@ -493,36 +509,15 @@ impl Fault {
         }
     }
 
-    /// An error answer's body shape (`None`: the default one). No effect on other faults.
-    pub fn shape(mut self, to: Option<ErrorShape>) -> Fault {
-        if let Fault::Status { shape, .. } = &mut self {
-            *shape = to;
-        }
-        self
-    }
-
-    /// An error answer's delay headers. No effect on other faults.
-    pub fn delay(mut self, to: Vec<DelayHeader>) -> Fault {
-        if let Fault::Status { delay, .. } = &mut self {
-            *delay = to;
-        }
-        self
-    }
-
-    /// An error answer's `x-should-retry`. No effect on other faults.
-    pub fn should_retry(mut self, to: Option<bool>) -> Fault {
-        if let Fault::Status { should_retry, .. } = &mut self {
-            *should_retry = to;
-        }
-        self
-    }
-
-    /// An error answer's message (`None`: a default per status). No effect on other faults.
-    pub fn message(mut self, to: Option<String>) -> Fault {
-        if let Fault::Status { message, .. } = &mut self {
-            *message = to;
-        }
-        self
+    status_setters! {
+        /// An error answer's body shape (`None`: the default one).
+        shape: Option<ErrorShape>,
+        /// An error answer's delay headers.
+        delay: Vec<DelayHeader>,
+        /// An error answer's `x-should-retry`.
+        should_retry: Option<bool>,
+        /// An error answer's message (`None`: a default per status).
+        message: Option<String>,
     }
 }
 

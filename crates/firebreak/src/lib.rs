@@ -87,6 +87,23 @@ macro_rules! inner_service_accessors {
 #[allow(unused_imports)]
 pub(crate) use inner_service_accessors;
 
+/// One builder-style setter per listed field of a settings struct, named as the field
+/// (ARCHITECTURE.md's glossary, "settings").
+#[allow(unused_macros)]
+macro_rules! setters {
+    ($($field:ident: $ty:ty),* $(,)?) => {
+        $(
+            #[doc = concat!("Sets `", stringify!($field), "` (see the field's docs).")]
+            pub fn $field(mut self, $field: $ty) -> Self {
+                self.$field = $field;
+                self
+            }
+        )*
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use setters;
+
 // The contracts: every layer depends on these alone.
 mod call;
 mod class;

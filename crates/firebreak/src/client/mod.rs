@@ -27,9 +27,11 @@
 //! ```
 
 mod auth;
+mod base_url;
 mod shared;
 
 pub use auth::{ApiKey, Auth, AuthLayer};
+pub use base_url::{BaseUrl, BaseUrlError};
 pub use shared::SharedClient;
 
 use hyper_rustls::HttpsConnector;

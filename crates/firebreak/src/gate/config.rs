@@ -110,118 +110,26 @@ impl Default for GateConfig {
 }
 
 impl GateConfig {
-    /// Sets `initial_concurrency` (see the field's docs).
-    pub fn initial_concurrency(mut self, initial_concurrency: u32) -> Self {
-        self.initial_concurrency = initial_concurrency;
-        self
-    }
-
-    /// Sets `ramp_interval` (see the field's docs).
-    pub fn ramp_interval(mut self, ramp_interval: Duration) -> Self {
-        self.ramp_interval = ramp_interval;
-        self
-    }
-
-    /// Sets `min_concurrency` (see the field's docs).
-    pub fn min_concurrency(mut self, min_concurrency: u32) -> Self {
-        self.min_concurrency = min_concurrency;
-        self
-    }
-
-    /// Sets `max_concurrency` (see the field's docs).
-    pub fn max_concurrency(mut self, max_concurrency: u32) -> Self {
-        self.max_concurrency = max_concurrency;
-        self
-    }
-
-    /// Sets `increase_after` (see the field's docs).
-    pub fn increase_after(mut self, increase_after: u32) -> Self {
-        self.increase_after = increase_after;
-        self
-    }
-
-    /// Sets `decrease` (see the field's docs).
-    pub fn decrease(mut self, decrease: f64) -> Self {
-        self.decrease = decrease;
-        self
-    }
-
-    /// Sets `headroom` (see the field's docs).
-    pub fn headroom(mut self, headroom: f64) -> Self {
-        self.headroom = headroom;
-        self
-    }
-
-    /// Sets `header_unit` (see the field's docs).
-    pub fn header_unit(mut self, header_unit: HeaderUnit) -> Self {
-        self.header_unit = header_unit;
-        self
-    }
-
-    /// Sets `requests_per_minute` (see the field's docs).
-    pub fn requests_per_minute(mut self, requests_per_minute: Option<u32>) -> Self {
-        self.requests_per_minute = requests_per_minute;
-        self
-    }
-
-    /// Sets `tokens_per_minute` (see the field's docs).
-    pub fn tokens_per_minute(mut self, tokens_per_minute: Option<u32>) -> Self {
-        self.tokens_per_minute = tokens_per_minute;
-        self
-    }
-
-    /// Sets `default_completion_tokens` (see the field's docs).
-    pub fn default_completion_tokens(mut self, default_completion_tokens: u32) -> Self {
-        self.default_completion_tokens = default_completion_tokens;
-        self
-    }
-
-    /// Sets `max_cooldown` (see the field's docs).
-    pub fn max_cooldown(mut self, max_cooldown: Duration) -> Self {
-        self.max_cooldown = max_cooldown;
-        self
-    }
-
-    /// Sets `max_queue` (see the field's docs).
-    pub fn max_queue(mut self, max_queue: usize) -> Self {
-        self.max_queue = max_queue;
-        self
-    }
-
-    /// Sets `fleet_signals` (see the field's docs).
-    pub fn fleet_signals(mut self, fleet_signals: u32) -> Self {
-        self.fleet_signals = fleet_signals;
-        self
-    }
-
-    /// Sets `recovery` (see the field's docs).
-    pub fn recovery(mut self, recovery: Duration) -> Self {
-        self.recovery = recovery;
-        self
-    }
-
-    /// Sets `quota_recheck` (see the field's docs).
-    pub fn quota_recheck(mut self, quota_recheck: Duration) -> Self {
-        self.quota_recheck = quota_recheck;
-        self
-    }
-
-    /// Sets `max_keys` (see the field's docs).
-    pub fn max_keys(mut self, max_keys: usize) -> Self {
-        self.max_keys = max_keys;
-        self
-    }
-
-    /// Sets `kind` (see the field's docs).
-    pub fn kind(mut self, kind: crate::TargetKind) -> Self {
-        self.kind = kind;
-        self
-    }
-
-    /// Sets `queue_target` (see the field's docs).
-    pub fn queue_target(mut self, queue_target: Duration) -> Self {
-        self.queue_target = queue_target;
-        self
+    crate::setters! {
+        initial_concurrency: u32,
+        ramp_interval: Duration,
+        min_concurrency: u32,
+        max_concurrency: u32,
+        increase_after: u32,
+        decrease: f64,
+        headroom: f64,
+        header_unit: HeaderUnit,
+        requests_per_minute: Option<u32>,
+        tokens_per_minute: Option<u32>,
+        default_completion_tokens: u32,
+        max_cooldown: Duration,
+        max_queue: usize,
+        fleet_signals: u32,
+        recovery: Duration,
+        quota_recheck: Duration,
+        max_keys: usize,
+        kind: crate::TargetKind,
+        queue_target: Duration,
     }
 
     /// Checks every value.

@@ -143,70 +143,18 @@ impl Default for RetryConfig {
 }
 
 impl RetryConfig {
-    /// Sets `max_attempts` (see the field's docs).
-    pub fn max_attempts(mut self, max_attempts: u32) -> Self {
-        self.max_attempts = max_attempts;
-        self
-    }
-
-    /// Sets `backoff` (see the field's docs).
-    pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.backoff = backoff;
-        self
-    }
-
-    /// Sets `unreachable_backoff` (see the field's docs).
-    pub fn unreachable_backoff(mut self, unreachable_backoff: Option<Backoff>) -> Self {
-        self.unreachable_backoff = unreachable_backoff;
-        self
-    }
-
-    /// Sets `max_retry_time` (see the field's docs).
-    pub fn max_retry_time(mut self, max_retry_time: Option<Duration>) -> Self {
-        self.max_retry_time = max_retry_time;
-        self
-    }
-
-    /// Sets `max_server_delay` (see the field's docs).
-    pub fn max_server_delay(mut self, max_server_delay: Duration) -> Self {
-        self.max_server_delay = max_server_delay;
-        self
-    }
-
-    /// Sets `budget` (see the field's docs).
-    pub fn budget(mut self, budget: Option<BudgetConfig>) -> Self {
-        self.budget = budget;
-        self
-    }
-
-    /// Sets `retry_on` (see the field's docs).
-    pub fn retry_on(mut self, retry_on: RetryOn) -> Self {
-        self.retry_on = retry_on;
-        self
-    }
-
-    /// Sets `max_replay_body` (see the field's docs).
-    pub fn max_replay_body(mut self, max_replay_body: usize) -> Self {
-        self.max_replay_body = max_replay_body;
-        self
-    }
-
-    /// Sets `attempt_header` (see the field's docs).
-    pub fn attempt_header(mut self, attempt_header: Option<HeaderName>) -> Self {
-        self.attempt_header = attempt_header;
-        self
-    }
-
-    /// Sets `idempotency_key` (see the field's docs).
-    pub fn idempotency_key(mut self, idempotency_key: bool) -> Self {
-        self.idempotency_key = idempotency_key;
-        self
-    }
-
-    /// Sets `seed` (see the field's docs).
-    pub fn seed(mut self, seed: Option<u64>) -> Self {
-        self.seed = seed;
-        self
+    crate::setters! {
+        max_attempts: u32,
+        backoff: Backoff,
+        unreachable_backoff: Option<Backoff>,
+        max_retry_time: Option<Duration>,
+        max_server_delay: Duration,
+        budget: Option<BudgetConfig>,
+        retry_on: RetryOn,
+        max_replay_body: usize,
+        attempt_header: Option<HeaderName>,
+        idempotency_key: bool,
+        seed: Option<u64>,
     }
 
     /// Checks every value.

@@ -242,15 +242,8 @@ impl Target {
         {
             return bad("name", "must be 1 to 256 printable characters".into());
         }
-        let uri: Result<http::Uri, _> = self.base_url.parse();
-        match uri {
-            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
-            _ => {
-                return bad(
-                    "base_url",
-                    format!("{:?} is not an http(s) URL with a host", self.base_url),
-                );
-            }
+        if let Err(e) = crate::client::BaseUrl::parse(&self.base_url) {
+            return bad("base_url", e.to_string());
         }
         if self.model.is_empty() {
             return bad("model", "must not be empty".into());
@@ -266,22 +259,10 @@ impl Target {
 }
 
 impl BreakerConfig {
-    /// Sets `consecutive_failures` (see the field's docs).
-    pub fn consecutive_failures(mut self, consecutive_failures: u32) -> Self {
-        self.consecutive_failures = consecutive_failures;
-        self
-    }
-
-    /// Sets `cooldown` (see the field's docs).
-    pub fn cooldown(mut self, cooldown: Duration) -> Self {
-        self.cooldown = cooldown;
-        self
-    }
-
-    /// Sets `probes` (see the field's docs).
-    pub fn probes(mut self, probes: u32) -> Self {
-        self.probes = probes;
-        self
+    crate::setters! {
+        consecutive_failures: u32,
+        cooldown: Duration,
+        probes: u32,
     }
 
     /// Checks every value.

@@ -46,7 +46,7 @@ pub enum StackConfigError {
     /// The HTTP client or the key.
     Client(crate::client::ClientError),
     /// The base URL.
-    BaseUrl(String),
+    BaseUrl(crate::client::BaseUrlError),
 }
 
 impl fmt::Display for StackConfigError {
@@ -56,10 +56,7 @@ impl fmt::Display for StackConfigError {
             StackConfigError::Retry(e) => write!(f, "{e}"),
             StackConfigError::Gate(e) => write!(f, "{e}"),
             StackConfigError::Client(e) => write!(f, "{e}"),
-            StackConfigError::BaseUrl(u) => write!(
-                f,
-                "invalid base URL {u:?}: expected http:// or https:// with a host and a valid port"
-            ),
+            StackConfigError::BaseUrl(e) => write!(f, "{e}"),
         }
     }
 }
@@ -71,7 +68,7 @@ impl std::error::Error for StackConfigError {
             StackConfigError::Retry(e) => Some(e),
             StackConfigError::Gate(e) => Some(e),
             StackConfigError::Client(e) => Some(e),
-            StackConfigError::BaseUrl(_) => None,
+            StackConfigError::BaseUrl(e) => Some(e),
         }
     }
 }
@@ -114,52 +111,15 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Sets `timeouts` (see the field's docs).
-    pub fn timeouts(mut self, timeouts: TimeoutConfig) -> Self {
-        self.timeouts = timeouts;
-        self
-    }
-
-    /// Sets `retry` (see the field's docs).
-    pub fn retry(mut self, retry: RetryConfig) -> Self {
-        self.retry = retry;
-        self
-    }
-
-    /// Sets `gate` (see the field's docs).
-    pub fn gate(mut self, gate: GateConfig) -> Self {
-        self.gate = gate;
-        self
-    }
-
-    /// Sets `key_by` (see the field's docs).
-    pub fn key_by(mut self, key_by: KeyBy) -> Self {
-        self.key_by = key_by;
-        self
-    }
-
-    /// Sets `sse_errors_as_failures` (see the field's docs).
-    pub fn sse_errors_as_failures(mut self, sse_errors_as_failures: bool) -> Self {
-        self.sse_errors_as_failures = sse_errors_as_failures;
-        self
-    }
-
-    /// Sets `observe` (see the field's docs).
-    pub fn observe(mut self, observe: bool) -> Self {
-        self.observe = observe;
-        self
-    }
-
-    /// Sets `model_labels` (see the field's docs).
-    pub fn model_labels(mut self, model_labels: usize) -> Self {
-        self.model_labels = model_labels;
-        self
-    }
-
-    /// Sets `fleet` (see the field's docs).
-    pub fn fleet(mut self, fleet: Option<std::sync::Arc<dyn crate::gate::Fleet>>) -> Self {
-        self.fleet = fleet;
-        self
+    crate::setters! {
+        timeouts: TimeoutConfig,
+        retry: RetryConfig,
+        gate: GateConfig,
+        key_by: KeyBy,
+        sse_errors_as_failures: bool,
+        observe: bool,
+        model_labels: usize,
+        fleet: Option<std::sync::Arc<dyn crate::gate::Fleet>>,
     }
 
     /// The preset for a workload: its timeouts, and the default retry and gate settings.
@@ -313,19 +273,7 @@ impl FireworksClient {
         stack: Stack,
         cfg: &ClientConfig,
     ) -> Result<Self, StackConfigError> {
-        let base = base_url.trim_end_matches('/');
-        let uri: http::Uri = base
-            .parse()
-            .map_err(|_| StackConfigError::BaseUrl(base_url.to_owned()))?;
-        // A port that is not a valid u16 (`:99999`) would silently become the scheme's default.
-        let bad_port = uri
-            .authority()
-            .map(|a| a.as_str().rsplit('@').next().unwrap_or(""))
-            .and_then(|hp| hp.rsplit_once(':'))
-            .is_some_and(|(_, p)| !p.contains(']') && p.parse::<u16>().is_err());
-        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() || bad_port {
-            return Err(StackConfigError::BaseUrl(base_url.to_owned()));
-        }
+        let base = crate::client::BaseUrl::parse(base_url).map_err(StackConfigError::BaseUrl)?;
         let client = shared_https(&stack, cfg)?;
         let mut layer = stack.layer()?;
         // The auth layer adds the key below the gate: a gate keyed per (API key, model) keys
@@ -342,7 +290,7 @@ impl FireworksClient {
             .service(client);
         Ok(FireworksClient {
             svc,
-            base: base.into(),
+            base: base.as_str().into(),
             layer,
         })
     }

@@ -33,32 +33,29 @@ use tower::{Layer, Service};
 /// let agentic = AttemptTimeouts::from(&TimeoutConfig::preset(Workload::Agentic));
 /// req.extensions_mut().insert(agentic);
 /// ```
+///
+/// It is a [`TimeoutConfig`] (its fields are read through it) of which only the per-attempt
+/// phases count: `ready`, `write`, `headers`, `first_event`, `idle`, `attempt`. The connect
+/// timer is the connector's, and the overall limit is the [`Deadline`] extension's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct AttemptTimeouts {
-    /// Ready / pool wait.
-    pub ready: Option<Duration>,
-    /// Request write.
-    pub write: Option<Duration>,
-    /// Response headers after the write.
-    pub headers: Option<Duration>,
-    /// First SSE event after the head.
-    pub first_event: Option<Duration>,
-    /// Body idle.
-    pub idle: Option<Duration>,
-    /// Whole attempt.
-    pub attempt: Option<Duration>,
-}
+pub struct AttemptTimeouts(TimeoutConfig);
 
 impl From<&TimeoutConfig> for AttemptTimeouts {
     fn from(c: &TimeoutConfig) -> Self {
-        AttemptTimeouts {
-            ready: c.ready,
-            write: c.write,
-            headers: c.headers,
-            first_event: c.first_event,
-            idle: c.idle,
-            attempt: c.attempt,
-        }
+        AttemptTimeouts(*c)
+    }
+}
+
+impl std::ops::Deref for AttemptTimeouts {
+    type Target = TimeoutConfig;
+    fn deref(&self) -> &TimeoutConfig {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for AttemptTimeouts {
+    fn deref_mut(&mut self) -> &mut TimeoutConfig {
+        &mut self.0
     }
 }
 

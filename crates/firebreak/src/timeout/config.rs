@@ -58,52 +58,15 @@ const fn s(secs: u64) -> Option<Duration> {
 }
 
 impl TimeoutConfig {
-    /// Sets `connect` (see the field's docs).
-    pub fn connect(mut self, connect: Option<Duration>) -> Self {
-        self.connect = connect;
-        self
-    }
-
-    /// Sets `ready` (see the field's docs).
-    pub fn ready(mut self, ready: Option<Duration>) -> Self {
-        self.ready = ready;
-        self
-    }
-
-    /// Sets `write` (see the field's docs).
-    pub fn write(mut self, write: Option<Duration>) -> Self {
-        self.write = write;
-        self
-    }
-
-    /// Sets `headers` (see the field's docs).
-    pub fn headers(mut self, headers: Option<Duration>) -> Self {
-        self.headers = headers;
-        self
-    }
-
-    /// Sets `first_event` (see the field's docs).
-    pub fn first_event(mut self, first_event: Option<Duration>) -> Self {
-        self.first_event = first_event;
-        self
-    }
-
-    /// Sets `idle` (see the field's docs).
-    pub fn idle(mut self, idle: Option<Duration>) -> Self {
-        self.idle = idle;
-        self
-    }
-
-    /// Sets `attempt` (see the field's docs).
-    pub fn attempt(mut self, attempt: Option<Duration>) -> Self {
-        self.attempt = attempt;
-        self
-    }
-
-    /// Sets `deadline` (see the field's docs).
-    pub fn deadline(mut self, deadline: Option<Duration>) -> Self {
-        self.deadline = deadline;
-        self
+    crate::setters! {
+        connect: Option<Duration>,
+        ready: Option<Duration>,
+        write: Option<Duration>,
+        headers: Option<Duration>,
+        first_event: Option<Duration>,
+        idle: Option<Duration>,
+        attempt: Option<Duration>,
+        deadline: Option<Duration>,
     }
 
     /// The preset for a workload. All presets use Fireworks' example split for connect (10 s),
