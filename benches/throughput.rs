@@ -31,7 +31,7 @@ enum Client {
     /// firebreak's layers (`Stack::layer`) over the bare hyper client
     /// (shared behind one `Arc`, as the facade does).
     Layers(Boxed),
-    Firebreak(FireworksClient),
+    Firebreak(Box<FireworksClient>),
     Reqwest(reqwest_middleware::ClientWithMiddleware),
 }
 
@@ -159,7 +159,7 @@ fn main() {
                     .expect("client"),
             ),
             Client::Layers(layers),
-            Client::Firebreak(firebreak),
+            Client::Firebreak(Box::new(firebreak)),
             Client::Reqwest(reqwest),
         ];
         // For profiling: FIREBREAK_THROUGHPUT_CLIENT=<index> runs that client alone.
