@@ -118,3 +118,63 @@ pub fn run_fleet(
         makespan: t0,
     }
 }
+
+/// A fleet in memory, for tests of the gate's and the router's `Fleet` seam: a fixed share of
+/// every key, a record of what was published, and, when `linked`, every event delivered to
+/// every inbox attached (processes linked as Redis would link them).
+#[derive(Debug)]
+pub struct MemoryFleet {
+    share: f64,
+    linked: bool,
+    /// The inboxes attached, in order.
+    pub inboxes: std::sync::Mutex<Vec<firebreak::gate::FleetInbox>>,
+    /// What was published, in order.
+    pub published: std::sync::Mutex<Vec<(firebreak::gate::GateKey, firebreak::gate::FleetEvent)>>,
+}
+
+impl MemoryFleet {
+    /// A fleet that gives every key `share` and only records what is published.
+    pub fn recording(share: f64) -> MemoryFleet {
+        MemoryFleet {
+            share,
+            linked: false,
+            inboxes: Default::default(),
+            published: Default::default(),
+        }
+    }
+
+    /// A fleet of processes that all share (share 1) and hear every event.
+    pub fn linked() -> MemoryFleet {
+        MemoryFleet {
+            linked: true,
+            ..MemoryFleet::recording(1.0)
+        }
+    }
+
+    /// The events published so far.
+    pub fn events(&self) -> Vec<firebreak::gate::FleetEvent> {
+        self.published
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, e)| *e)
+            .collect()
+    }
+}
+
+impl firebreak::gate::Fleet for MemoryFleet {
+    fn attach(&self, inbox: firebreak::gate::FleetInbox) {
+        self.inboxes.lock().unwrap().push(inbox);
+    }
+    fn share(&self, _key: firebreak::gate::GateKey) -> Option<f64> {
+        Some(self.share)
+    }
+    fn publish(&self, key: firebreak::gate::GateKey, event: firebreak::gate::FleetEvent) {
+        self.published.lock().unwrap().push((key, event));
+        if self.linked {
+            for i in self.inboxes.lock().unwrap().iter() {
+                i.apply(key, event);
+            }
+        }
+    }
+}

@@ -15,7 +15,7 @@ mod fleet;
 mod inmem;
 mod recorded;
 mod route;
-pub use fleet::{FleetPlan, FleetRun, run_fleet};
+pub use fleet::{FleetPlan, FleetRun, MemoryFleet, run_fleet};
 pub use inmem::{Captured, CountPolicy, Ok200, inmem_request, logged};
 pub use recorded::Recorded;
 pub use route::{Routed, drive_router};

@@ -1140,23 +1140,7 @@ async fn a_cooldown_that_starts_while_a_caller_waits_for_its_slot_holds_it_too()
 }
 
 /// A fleet of four, in memory: a fixed share, and a record of what was published.
-#[derive(Debug, Default)]
-struct FakeFleet {
-    inbox: std::sync::Mutex<Vec<FleetInbox>>,
-    published: std::sync::Mutex<Vec<(GateKey, FleetEvent)>>,
-}
-
-impl Fleet for FakeFleet {
-    fn attach(&self, inbox: FleetInbox) {
-        self.inbox.lock().unwrap().push(inbox);
-    }
-    fn share(&self, _key: GateKey) -> Option<f64> {
-        Some(0.25)
-    }
-    fn publish(&self, key: GateKey, event: FleetEvent) {
-        self.published.lock().unwrap().push((key, event));
-    }
-}
+type FakeFleet = firebreak_testkit::MemoryFleet;
 
 fn fleet_gate(fleet: Arc<FakeFleet>) -> (Svc, Handle) {
     let (m, h) = mock::pair::<Req, Response<Full<Bytes>>>();
@@ -1170,7 +1154,7 @@ fn fleet_gate(fleet: Arc<FakeFleet>) -> (Svc, Handle) {
 #[tokio::test(start_paused = true)]
 async fn a_fleet_member_paces_at_its_share_and_publishes_its_cooldowns() {
     bounded(600, async {
-        let fleet = Arc::new(FakeFleet::default());
+        let fleet = Arc::new(FakeFleet::recording(0.25));
         let (svc, mut h) = fleet_gate(fleet.clone());
         // 60 a minute for the account; a quarter of it here: one send every 4 s.
         let c = spawn(&svc, req());
@@ -1208,9 +1192,9 @@ async fn a_fleet_member_paces_at_its_share_and_publishes_its_cooldowns() {
 #[tokio::test(start_paused = true)]
 async fn another_members_cooldown_holds_this_one_and_is_not_published_again() {
     bounded(600, async {
-        let fleet = Arc::new(FakeFleet::default());
+        let fleet = Arc::new(FakeFleet::recording(0.25));
         let (svc, mut h) = fleet_gate(fleet.clone());
-        let inbox = fleet.inbox.lock().unwrap()[0].clone();
+        let inbox = fleet.inboxes.lock().unwrap()[0].clone();
         // Another key's cooldown leaves this one alone.
         inbox.apply(
             GateKey::from_raw(99),

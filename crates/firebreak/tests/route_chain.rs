@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use firebreak::client::ApiKey;
-use firebreak::gate::{CapacityAdvice, Fleet, FleetEvent, FleetInbox, GateKey};
+use firebreak::gate::{CapacityAdvice, FleetEvent};
 use firebreak::route::{AnsweredBy, BreakerConfig, BreakerState, RouteConfig, Router, Target};
 use firebreak::{Class, InnerBody, Model, Stack, TargetKind};
 use firebreak_testkit::bounded;
@@ -515,34 +515,12 @@ async fn a_dedicated_target_at_capacity_carries_the_advice() {
     .await
 }
 
-/// Processes linked in memory: every event goes to every inbox.
-#[derive(Debug, Default)]
-struct LinkedFleet {
-    inboxes: Mutex<Vec<FleetInbox>>,
-    published: Mutex<Vec<FleetEvent>>,
-}
-
-impl Fleet for LinkedFleet {
-    fn attach(&self, inbox: FleetInbox) {
-        self.inboxes.lock().unwrap().push(inbox);
-    }
-    fn share(&self, _key: GateKey) -> Option<f64> {
-        Some(1.0)
-    }
-    fn publish(&self, key: GateKey, event: FleetEvent) {
-        self.published.lock().unwrap().push(event);
-        for i in self.inboxes.lock().unwrap().iter() {
-            i.apply(key, event);
-        }
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_breaker_opened_in_one_process_opens_in_the_others() {
     bounded(60, async {
         let up = Upstream::default();
         up.set(PRIMARY, Behave::Status(503, vec![]));
-        let fleet = Arc::new(LinkedFleet::default());
+        let fleet = Arc::new(firebreak_testkit::MemoryFleet::linked());
         let mut s = stack();
         s.fleet = Some(fleet.clone());
         let a = up.router(two(primary(), fallback()), s.clone());
@@ -552,9 +530,7 @@ async fn a_breaker_opened_in_one_process_opens_in_the_others() {
         }
         assert!(
             fleet
-                .published
-                .lock()
-                .unwrap()
+                .events()
                 .contains(&FleetEvent::BreakerOpen(Duration::from_secs(10)))
         );
         assert_eq!(state(&b, "primary"), BreakerState::Open);

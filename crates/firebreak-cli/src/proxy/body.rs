@@ -179,6 +179,9 @@ pub(crate) struct Stop {
     pub(crate) deadline: Option<tokio::time::Instant>,
 }
 
+/// What one poll of a [`ProxyBody`] gives.
+type Polled = Poll<Option<Result<Frame<Bytes>, std::io::Error>>>;
+
 /// The response body the caller gets.
 pub(crate) struct ProxyBody {
     source: Source,
@@ -266,6 +269,38 @@ impl ProxyBody {
         self._inflight = inflight;
     }
 
+    /// The end of the body when the call's deadline passed or shutdown's grace is over: an
+    /// SSE `error` event for a stream, an error for anything else.
+    fn stopped(&mut self, cx: &mut Context<'_>) -> Option<Polled> {
+        let (message, code, short) = if self
+            .deadline
+            .is_some_and(|d| tokio::time::Instant::now() >= d)
+        {
+            (
+                "the call's deadline passed before the stream ended",
+                "timeout_deadline",
+                "deadline passed",
+            )
+        } else if self
+            .cut
+            .as_mut()
+            .is_some_and(|cut| cut.as_mut().poll(cx).is_ready())
+        {
+            (
+                "the proxy is shutting down and cut this stream after its grace period",
+                "proxy_shutdown",
+                "proxy shutting down",
+            )
+        } else {
+            return None;
+        };
+        if self.sse.is_some() {
+            return Some(self.end_with_error(message, code));
+        }
+        self.done = true;
+        Some(Poll::Ready(Some(Err(std::io::Error::other(short)))))
+    }
+
     fn end_with_error(
         &mut self,
         message: &str,
@@ -296,7 +331,7 @@ impl Body for ProxyBody {
         if this.done {
             return Poll::Ready(None);
         }
-        let inner = match &mut this.source {
+        match &mut this.source {
             Source::Full(b) => {
                 this.done = true;
                 if let Some(l) = &mut this.log {
@@ -306,38 +341,18 @@ impl Body for ProxyBody {
                 }
                 return Poll::Ready(b.take().map(|b| Ok(Frame::data(b))));
             }
-            Source::Upstream(prefix, b) => {
+            Source::Upstream(prefix, _) => {
                 if let Some(p) = prefix.take() {
                     return Poll::Ready(Some(Ok(Frame::data(p))));
                 }
-                b
             }
+        }
+        if let Some(stop) = this.stopped(cx) {
+            return stop;
+        }
+        let Source::Upstream(_, inner) = &mut this.source else {
+            return Poll::Ready(None);
         };
-        if this
-            .deadline
-            .is_some_and(|d| tokio::time::Instant::now() >= d)
-        {
-            if this.sse.is_some() {
-                return this.end_with_error(
-                    "the call's deadline passed before the stream ended",
-                    "timeout_deadline",
-                );
-            }
-            this.done = true;
-            return Poll::Ready(Some(Err(std::io::Error::other("deadline passed"))));
-        }
-        if let Some(cut) = &mut this.cut {
-            if cut.as_mut().poll(cx).is_ready() {
-                if this.sse.is_some() {
-                    return this.end_with_error(
-                        "the proxy is shutting down and cut this stream after its grace period",
-                        "proxy_shutdown",
-                    );
-                }
-                this.done = true;
-                return Poll::Ready(Some(Err(std::io::Error::other("proxy shutting down"))));
-            }
-        }
         // Bounded: each turn consumes one upstream frame; it returns at the first complete event.
         loop {
             match Pin::new(&mut *inner).poll_frame(cx) {

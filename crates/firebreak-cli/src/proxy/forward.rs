@@ -80,25 +80,7 @@ async fn forward(p: &Shared, req: Request<Bytes>) -> Answer {
             None,
         );
     };
-    let mut up = Request::new(Full::new(bytes));
-    *up.method_mut() = parts.method;
-    *up.uri_mut() = uri;
-    *up.headers_mut() = parts.headers;
-    if let Some(c) = parts.extensions.get::<CallId>() {
-        if let Ok(v) = HeaderValue::from_str(&c.id) {
-            up.headers_mut().insert("x-request-id", v);
-        }
-    }
-    // Each caller's key and model get their own gate: one tenant's 429s never hold another.
-    if let Some(m) = model {
-        up.extensions_mut().insert(m);
-    }
-    up.extensions_mut().insert(plan.attempt);
-    if let Some(d) = plan.deadline {
-        let left = d.saturating_sub(started.elapsed());
-        up.extensions_mut()
-            .insert(Deadline::after(left.max(Duration::from_millis(1))));
-    }
+    let up = upstream((parts, bytes), uri, model, &plan, started);
     let call = async {
         match router {
             Some(r) => r.clone().oneshot(up).await,
@@ -121,6 +103,37 @@ async fn forward(p: &Shared, req: Request<Bytes>) -> Answer {
         Ok(resp) => respond::answer(p, resp, plan.deadline.map(|d| (started, d))).await,
         Err(e) => respond::failure(p, &e, "", e.attempts().unwrap_or(0)),
     }
+}
+
+/// The call as the stack gets it: the caller's method and (cleaned) headers, the proxy's
+/// request id, the model for the per-(key, model) gate, and the caller's timers and deadline.
+fn upstream(
+    (parts, bytes): (http::request::Parts, Bytes),
+    uri: http::Uri,
+    model: Option<firebreak::Model>,
+    plan: &super::caller::Plan,
+    started: Instant,
+) -> Request<Full<Bytes>> {
+    let mut up = Request::new(Full::new(bytes));
+    *up.method_mut() = parts.method;
+    *up.uri_mut() = uri;
+    *up.headers_mut() = parts.headers;
+    if let Some(c) = parts.extensions.get::<CallId>() {
+        if let Ok(v) = HeaderValue::from_str(&c.id) {
+            up.headers_mut().insert("x-request-id", v);
+        }
+    }
+    // Each caller's key and model get their own gate: one tenant's 429s never hold another.
+    if let Some(m) = model {
+        up.extensions_mut().insert(m);
+    }
+    up.extensions_mut().insert(plan.attempt);
+    if let Some(d) = plan.deadline {
+        let left = d.saturating_sub(started.elapsed());
+        up.extensions_mut()
+            .insert(Deadline::after(left.max(Duration::from_millis(1))));
+    }
+    up
 }
 
 /// What the proxy reads from a JSON request body, in one parse: whether it asks for a stream,

@@ -188,41 +188,38 @@ mod tests {
         assert!(!format!("{:?}", k.header_value()).contains(SECRET));
     }
 
-    #[tokio::test]
-    async fn sets_a_sensitive_bearer_header() {
+    /// The `Authorization` header the service below sees for a caller that sent its own.
+    async fn seen_below(layer: AuthLayer) -> http::HeaderValue {
         let (mock, mut handle) = tower_test::mock::pair::<Request<()>, ()>();
-        let svc = AuthLayer::new(ApiKey::new(SECRET).unwrap()).layer(mock);
+        let svc = layer.layer(mock);
         let req = Request::builder()
             .header(AUTHORIZATION, "Bearer caller")
             .body(())
             .unwrap();
         let call = tokio::spawn(svc.oneshot(req));
         let (seen, send) = handle.next_request().await.expect("a request");
-        let v = seen.headers().get(AUTHORIZATION).unwrap();
-        assert_eq!(v, &format!("Bearer {SECRET}"));
-        assert!(v.is_sensitive());
-        assert!(!format!("{seen:?}").contains("SECRET"));
+        assert!(
+            !format!("{seen:?}").contains(SECRET),
+            "no Debug shows the key"
+        );
+        let v = seen.headers().get(AUTHORIZATION).unwrap().clone();
         send.send_response(());
         call.await.unwrap().unwrap();
+        v
+    }
+
+    #[tokio::test]
+    async fn sets_a_sensitive_bearer_header() {
+        let v = seen_below(AuthLayer::new(ApiKey::new(SECRET).unwrap())).await;
+        assert_eq!(v, &format!("Bearer {SECRET}"));
+        assert!(v.is_sensitive());
     }
 
     #[tokio::test]
     async fn if_missing_keeps_the_callers_key_but_marks_it_sensitive() {
-        let (mock, mut handle) = tower_test::mock::pair::<Request<()>, ()>();
-        let svc = AuthLayer::new(ApiKey::new(SECRET).unwrap())
-            .if_missing()
-            .layer(mock);
-        let req = Request::builder()
-            .header(AUTHORIZATION, "Bearer caller")
-            .body(())
-            .unwrap();
-        let call = tokio::spawn(svc.oneshot(req));
-        let (seen, send) = handle.next_request().await.expect("a request");
-        let v = seen.headers().get(AUTHORIZATION).unwrap();
+        let v = seen_below(AuthLayer::new(ApiKey::new(SECRET).unwrap()).if_missing()).await;
         assert_eq!(v, "Bearer caller");
         assert!(v.is_sensitive());
-        send.send_response(());
-        call.await.unwrap().unwrap();
     }
 
     #[tokio::test]
