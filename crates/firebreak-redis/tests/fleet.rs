@@ -1,7 +1,7 @@
 //! Four separate runtimes, each with its own firebreak stack and gate, against firebreak-sim's
 //! token bucket over loopback sockets, linked through a real `redis-server` the test starts
 //! on a free port (issue #16's acceptance). Figures with and without Redis side by side are in
-//! BENCHMARKS.md (`cargo bench --bench scenarios -- fleet`).
+//! BENCHMARKS.md (`cargo bench --bench fleet`).
 
 use firebreak::Stack;
 use firebreak_redis::{RedisConfig, RedisFleet};

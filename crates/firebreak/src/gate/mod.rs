@@ -36,7 +36,7 @@
 //! 1. **No cost without evidence.** A key starts with a window of `initial_concurrency` (16, as
 //!    Fireworks' own SDK) that doubles every `ramp_interval` (50 ms) by the clock, whatever the
 //!    answers' latency: 1024 in flight within 300 ms. Healthy 2 s answers are never held back
-//!    (see BENCHMARKS.md, "the gate on evidence").
+//!    (the healthy row of BENCHMARKS.md's scenarios).
 //! 2. **A window only after fleet-wide capacity evidence**: it drops under the fewest requests in
 //!    flight at which a refusal was sent (× `decrease`), grows by one every `increase_after`
 //!    round trips of successes, grows again by the clock (doubling every `recovery / 6`) once
