@@ -89,11 +89,7 @@ impl DeploymentConfig {
 
     /// Adds a fault rule.
     pub fn fault(mut self, when: Trigger, fault: Fault) -> Self {
-        self.faults.push(FaultRule {
-            when,
-            paths: Vec::new(),
-            fault,
-        });
+        self.faults.push(FaultRule::on_every_path(when, fault));
         self
     }
 }
@@ -119,11 +115,7 @@ impl Default for SimConfig {
 impl SimConfig {
     /// Adds a fault rule (builder style).
     pub fn fault(mut self, when: Trigger, fault: Fault) -> Self {
-        self.faults.push(FaultRule {
-            when,
-            paths: Vec::new(),
-            fault,
-        });
+        self.faults.push(FaultRule::on_every_path(when, fault));
         self
     }
 
@@ -386,6 +378,17 @@ pub struct FaultRule {
     pub paths: Vec<String>,
     /// What happens.
     pub fault: Fault,
+}
+
+impl FaultRule {
+    /// `fault` when `when` fires, on every path.
+    pub fn on_every_path(when: Trigger, fault: Fault) -> FaultRule {
+        FaultRule {
+            when,
+            paths: Vec::new(),
+            fault,
+        }
+    }
 }
 
 /// When a fault rule fires. Decisions are per (seed, logical request id, attempt number).

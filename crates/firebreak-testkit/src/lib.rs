@@ -196,20 +196,33 @@ pub async fn self_signed_tls_server() -> std::net::SocketAddr {
     .with_single_cert(vec![der], key)
     .expect("server config");
     let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    serve_connections(move |tcp| {
+        let acceptor = acceptor.clone();
+        async move {
+            let _ = acceptor.accept(tcp).await;
+        }
+    })
+    .await
+}
+
+/// A loopback listener on a free port that hands each of its first 16 connections (a handful
+/// is all a test needs) to `serve`, on a task of its own. Returns its address; the tasks end
+/// with the test runtime.
+pub async fn serve_connections<F, Fut>(serve: F) -> std::net::SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
-        // Bounded: a handful of handshakes is all a test needs.
         for _ in 0..16 {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let _ = acceptor.accept(tcp).await;
-            });
+            tokio::spawn(serve(tcp));
         }
     });
     addr
@@ -218,24 +231,13 @@ pub async fn self_signed_tls_server() -> std::net::SocketAddr {
 /// A loopback server that answers every connection with bytes that are not HTTP.
 pub async fn garbage_server() -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        for _ in 0..16 {
-            let Ok((mut s, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let _ = s.write_all(b"SMTP READY\r\nthis is not http\r\n\r\n").await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    addr
+    serve_connections(|mut s| async move {
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        let _ = s.write_all(b"SMTP READY\r\nthis is not http\r\n\r\n").await;
+        let _ = s.shutdown().await;
+    })
+    .await
 }
 
 /// A simulator on a free loopback port that accepts [`KEY`] and applies `fault` when `when`
