@@ -21,20 +21,7 @@ fn streams_the_answer_and_reports_errors_in_one_line() {
                 .fault(Trigger::Probability { p: 0.5 }, Fault::status(502)),
         ))
         .unwrap();
-    let run = |key: &str| {
-        Command::new(env!("CARGO_BIN_EXE_firebreak"))
-            .args([
-                "chat",
-                "Say hello",
-                "--base-url",
-                &sim.base_url(),
-                "--max-tokens",
-                "5",
-            ])
-            .env("FIREWORKS_API_KEY", key)
-            .output()
-            .unwrap()
-    };
+    let run = |key: &str| chat_with(&sim, key, &["--max-tokens", "5"]);
     let out = run(KEY);
     assert!(
         out.status.success(),
@@ -67,17 +54,15 @@ fn streams_the_answer_and_reports_errors_in_one_line() {
 }
 
 fn run_chat(sim: &Sim, extra: &[&str]) -> std::process::Output {
+    chat_with(sim, KEY, &[&["--max-tokens", "6"], extra].concat())
+}
+
+/// `firebreak chat "Say hello"` against `sim` with `key`, and `args`.
+fn chat_with(sim: &Sim, key: &str, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_firebreak"))
-        .args([
-            "chat",
-            "Say hello",
-            "--base-url",
-            &sim.base_url(),
-            "--max-tokens",
-            "6",
-        ])
-        .args(extra)
-        .env("FIREWORKS_API_KEY", KEY)
+        .args(["chat", "Say hello", "--base-url", &sim.base_url()])
+        .args(args)
+        .env("FIREWORKS_API_KEY", key)
         .output()
         .unwrap()
 }
