@@ -99,7 +99,7 @@ pub(crate) fn secs_up_to(name: &str, x: f64, max: f64) -> Result<Duration, Strin
 impl TimeoutArgs {
     /// The preset with the flags applied. A value the preset gave gives way to an explicit flag
     /// (`--deadline 30` shortens the interactive attempt to 30 s); two explicit flags that
-    /// contradict each other are refused (a first byte longer than the attempt, an attempt
+    /// contradict each other are refused (a first byte not below the attempt, an attempt
     /// longer than the deadline).
     pub(crate) fn resolve(&self) -> Result<TimeoutConfig, String> {
         let mut t = TimeoutConfig::preset(self.preset.workload());
@@ -109,9 +109,9 @@ impl TimeoutArgs {
         let idle = secs("idle-timeout", self.idle_timeout)?;
         let connect = secs("connect-timeout", self.connect_timeout)?;
         if let (Some(f), Some(a)) = (first, attempt) {
-            if f > a {
+            if f >= a {
                 return Err(format!(
-                    "--first-byte-timeout ({}) is longer than --attempt-timeout ({}): the first byte could never be waited for",
+                    "--first-byte-timeout ({}) is not below --attempt-timeout ({}): a server that hangs before answering would be cut by the attempt timer, which is not retried",
                     show(f),
                     show(a)
                 ));
@@ -146,19 +146,22 @@ impl TimeoutArgs {
             Some(a) => t.attempt = Some(a),
             None => t.attempt = min(t.attempt, t.deadline),
         }
-        // An explicit first byte longer than the preset's attempt lengthens the attempt (up to
-        // the deadline), rather than being cut by a value the user never chose.
+        // An explicit first byte at or over the preset's attempt lengthens the attempt to
+        // twice it (and the deadline with it), rather than being cut by a value the user never
+        // chose: a hang is still cut by the first-byte timer, which is retried.
         if let Some(f) = first {
             t.headers = Some(f);
-            if attempt.is_none() && t.attempt.is_some_and(|a| a < f) {
-                t.attempt = Some(f);
-                t.deadline = t.deadline.map(|d| d.max(f));
+            if attempt.is_none() && t.attempt.is_some_and(|a| a <= f) {
+                t.attempt = Some(f * 2);
+                t.deadline = t.deadline.map(|d| d.max(f * 2));
             }
         }
+        // A shorter attempt or deadline shortens the first byte to half the attempt, so that a
+        // hang before the head leaves room for a retry (the timeout module's rule).
         t.headers = if first.is_some() {
             t.headers
         } else {
-            min(t.headers, t.attempt)
+            min(t.headers, t.attempt.map(|a| a / 2))
         };
         t.first_event = min(t.first_event, t.attempt);
         if let Some(i) = idle {
@@ -226,22 +229,29 @@ mod tests {
     #[test]
     fn contradictory_flags_are_refused_and_preset_values_give_way() {
         let e = resolve(&["--first-byte-timeout", "100", "--attempt-timeout", "50"]).unwrap_err();
-        assert!(e.contains("longer than --attempt-timeout"), "{e}");
+        assert!(e.contains("not below --attempt-timeout"), "{e}");
+        let e = resolve(&["--first-byte-timeout", "50", "--attempt-timeout", "50"]).unwrap_err();
+        assert!(e.contains("not retried"), "the old tie: {e}");
         let e = resolve(&["--attempt-timeout", "100", "--deadline", "50"]).unwrap_err();
         assert!(e.contains("longer than --deadline"), "{e}");
         let t = resolve(&["--deadline", "30"]).unwrap();
         assert_eq!(t.attempt, Some(Duration::from_secs(30)));
-        assert_eq!(t.headers, Some(Duration::from_secs(30)));
+        assert_eq!(
+            t.headers,
+            Some(Duration::from_secs(15)),
+            "half the attempt: a hang is retried"
+        );
         let t = resolve(&["--first-byte-timeout", "300"]).unwrap();
         assert_eq!(
             t.headers,
             Some(Duration::from_secs(300)),
             "not capped at 60 s"
         );
-        assert_eq!(t.attempt, Some(Duration::from_secs(300)));
+        assert_eq!(t.attempt, Some(Duration::from_secs(600)));
+        assert_eq!(t.deadline, Some(Duration::from_secs(600)));
         let t = resolve(&["--preset", "agentic", "--idle-timeout", "5"]).unwrap();
         assert_eq!(t.idle, Some(Duration::from_secs(5)));
-        assert_eq!(t.headers, Some(Duration::from_secs(1800)));
+        assert_eq!(t.headers, Some(Duration::from_secs(900)));
         assert!(
             resolve(&["--deadline", "0"])
                 .unwrap_err()

@@ -462,6 +462,12 @@ impl Error {
         self.inner.request_id.as_deref()
     }
 
+    /// What the error's one-line message adds after its class: why a layer refused, or why a
+    /// call was not retried.
+    pub fn detail(&self) -> Option<&str> {
+        self.inner.detail.as_deref()
+    }
+
     /// The server-requested delay (or the local gate's estimate).
     pub fn retry_after(&self) -> Option<Duration> {
         self.inner.retry_after

@@ -245,10 +245,10 @@ mod tests {
     }
 
     #[test]
-    fn a_non_streaming_agentic_call_may_wait_30_minutes_for_its_head() {
+    fn a_non_streaming_agentic_call_may_wait_15_minutes_for_its_head() {
         let preset = TimeoutConfig::preset(Workload::Agentic);
         let p = plan(&preset, &CallerLimits::default(), false);
-        assert_eq!(p.attempt.headers, Some(Duration::from_secs(1800)));
+        assert_eq!(p.attempt.headers, Some(Duration::from_secs(900)));
         let s = plan(&preset, &CallerLimits::default(), true);
         assert_eq!(
             s.attempt.headers, preset.first_event,

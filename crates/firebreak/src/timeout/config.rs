@@ -77,27 +77,30 @@ impl TimeoutConfig {
     ///
     /// | preset | connect | ready | write | headers | first event | idle | attempt | deadline |
     /// |---|---|---|---|---|---|---|---|---|
-    /// | Interactive | 10 s | 10 s | 30 s | 60 s | 60 s | 30 s | 60 s | 120 s |
-    /// | Agentic | 10 s | 10 s | 30 s | 30 min | 10 min | 2 min | 30 min | 30 min |
-    /// | LongContext | 10 s | 10 s | 2 min | 30 min | 20 min | 5 min | 30 min | 30 min |
-    /// | BatchSubmit | 10 s | 10 s | 30 s | 30 s | 30 s | 30 s | 30 s | 60 s |
+    /// | Interactive | 10 s | 10 s | 30 s | 30 s | 30 s | 20 s | 60 s | 120 s |
+    /// | Agentic | 10 s | 10 s | 30 s | 15 min | 10 min | 2 min | 30 min | 30 min |
+    /// | LongContext | 10 s | 10 s | 2 min | 15 min | 15 min | 5 min | 30 min | 30 min |
+    /// | BatchSubmit | 10 s | 10 s | 30 s | 25 s | 25 s | 25 s | 30 s | 60 s |
     ///
     /// The attempt total is the top of Fireworks' range for the workload. The deadline leaves
     /// room for a retry after a failed attempt where the range is short (interactive), and
     /// equals the range's top where one attempt may rightly take it all, or where the guide
     /// gives one figure for the whole call (batch submission's 60 s, which two 30 s attempts
-    /// fit). A non-streaming agentic or long-context call gets its response head only when the
-    /// generation ends, so its `headers` timer is the guide's whole `read=1800`; a streamed one
-    /// is caught sooner by `first_event`.
+    /// fit). `headers` is at most half the deadline and below `attempt` in every preset, so a
+    /// server that hangs before its response head is cut by the retryable `headers` timer with
+    /// room left for a second attempt (the timeout module's rule, "Hangs are retried"). The
+    /// price: a non-streaming agentic or long-context call, whose head comes only when the
+    /// generation ends, may take at most 15 min; a longer one should stream (its head comes at
+    /// once, and `first_event` and `idle` time it) or raise `headers` and the deadline with it.
     pub const fn preset(w: Workload) -> TimeoutConfig {
         match w {
             Workload::Interactive => TimeoutConfig {
                 connect: s(10),
                 ready: s(10),
                 write: s(30),
-                headers: s(60),
-                first_event: s(60),
-                idle: s(30),
+                headers: s(30),
+                first_event: s(30),
+                idle: s(20),
                 attempt: s(60),
                 deadline: s(120),
             },
@@ -105,9 +108,9 @@ impl TimeoutConfig {
                 connect: s(10),
                 ready: s(10),
                 write: s(30),
-                headers: s(30),
-                first_event: s(30),
-                idle: s(30),
+                headers: s(25),
+                first_event: s(25),
+                idle: s(25),
                 attempt: s(30),
                 deadline: s(60),
             },
@@ -115,7 +118,7 @@ impl TimeoutConfig {
                 connect: s(10),
                 ready: s(10),
                 write: s(30),
-                headers: s(1800),
+                headers: s(900),
                 first_event: s(600),
                 idle: s(120),
                 attempt: s(1800),
@@ -125,8 +128,8 @@ impl TimeoutConfig {
                 connect: s(10),
                 ready: s(10),
                 write: s(120),
-                headers: s(1800),
-                first_event: s(1200),
+                headers: s(900),
+                first_event: s(900),
                 idle: s(300),
                 attempt: s(1800),
                 deadline: s(1800),
@@ -148,8 +151,9 @@ impl TimeoutConfig {
         }
     }
 
-    /// Checks every value: each enabled timeout must be in `(0, MAX_TIMEOUT]`, and the attempt
-    /// total must not exceed the deadline.
+    /// Checks every value: each enabled timeout must be in `(0, MAX_TIMEOUT]`, the attempt
+    /// total must not exceed the deadline, and `headers` must be below `attempt` (else the
+    /// attempt's total, which is not retried, always fires first on a hang before the head).
     ///
     /// # Errors
     /// [`TimeoutConfigError`] naming the first bad setting.
@@ -179,6 +183,14 @@ impl TimeoutConfig {
                 });
             }
         }
+        if let (Some(h), Some(a)) = (self.headers, self.attempt) {
+            if h >= a {
+                return Err(TimeoutConfigError::HeadersNotBelowAttempt {
+                    headers: h,
+                    attempt: a,
+                });
+            }
+        }
         Ok(())
     }
 }
@@ -205,6 +217,14 @@ pub enum TimeoutConfigError {
         /// The deadline.
         deadline: Duration,
     },
+    /// `headers` is not below `attempt`: on a server that hangs before its head, the
+    /// attempt's total (not retried) would fire first, and the hang would never be retried.
+    HeadersNotBelowAttempt {
+        /// The headers timeout.
+        headers: Duration,
+        /// The attempt total.
+        attempt: Duration,
+    },
 }
 
 impl fmt::Display for TimeoutConfigError {
@@ -221,6 +241,10 @@ impl fmt::Display for TimeoutConfigError {
             TimeoutConfigError::AttemptOverDeadline { attempt, deadline } => write!(
                 f,
                 "the attempt timeout ({attempt:?}) is longer than the overall deadline ({deadline:?})"
+            ),
+            TimeoutConfigError::HeadersNotBelowAttempt { headers, attempt } => write!(
+                f,
+                "the first-byte (`headers`) timeout ({headers:?}) must be below the attempt timeout ({attempt:?}): otherwise a server that hangs before answering is cut by the attempt timer, which is not retried"
             ),
         }
     }
@@ -256,14 +280,12 @@ mod tests {
                 c.idle < c.headers || w == Workload::BatchSubmit,
                 "{w:?}: a stalled stream is caught before a slow first byte"
             );
+            assert!(c.headers < c.attempt && c.first_event <= c.attempt, "{w:?}");
+            // A hang before the head leaves room for a second attempt within the deadline.
             assert!(
-                c.headers <= c.attempt && c.first_event <= c.attempt,
-                "{w:?}"
+                c.headers.unwrap() * 2 <= c.deadline.unwrap(),
+                "{w:?}: a retry fits after a hung first attempt"
             );
-            if matches!(w, Workload::Agentic | Workload::LongContext) {
-                // A non-streaming call's head comes when generation ends: the guide's read=1800.
-                assert_eq!(c.headers, s(1800), "{w:?}");
-            }
             if w == Workload::BatchSubmit {
                 assert_eq!(c.deadline, s(60), "the guide's 60 s for batch submission");
                 assert!(2 * attempt <= 60, "a retry fits in the batch deadline");

@@ -17,6 +17,13 @@
 //!   429 layers can see how much time is left and fail fast instead of starting a wait that
 //!   cannot finish in time ([`Deadline::check_wait`](crate::Deadline::check_wait)).
 //!
+//! # Hangs are retried
+//! A server that never sends its response head is cut by the `headers` timer, and a
+//! `headers` timeout is retryable; the attempt's total (`attempt`) is not (the attempt used
+//! its whole budget). So `headers` must be below `attempt` ([`TimeoutConfig::validate`]
+//! refuses the rest), and every preset keeps `headers` at most half its deadline: a hung first
+//! attempt leaves room for a second one.
+//!
 //! Every timeout error is an [`Error`](crate::Error) whose class names the phase
 //! (`Class::Timeout(phase)`) and whose source is a `TimeoutError` with the configured duration.
 //! Connect and ready timeouts never reached the server; the others did.
