@@ -211,7 +211,8 @@ pub fn control_plane_stack() -> Stack {
     stack.timeouts = TimeoutConfig::preset(Workload::BatchSubmit)
         .attempt(Some(Duration::from_secs(60)))
         .deadline(Some(Duration::from_secs(300)))
-        .headers(Some(Duration::from_secs(60)));
+        // Below the attempt's total, so that a control plane that hangs is retried.
+        .headers(Some(Duration::from_secs(30)));
     stack.retry = RetryConfig::default()
         .max_attempts(10)
         .backoff(Backoff {

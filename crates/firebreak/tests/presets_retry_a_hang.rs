@@ -115,7 +115,8 @@ async fn an_error_that_was_not_retried_says_why() {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         let msg = e.to_string();
         assert!(
-            msg.contains("not retried after 1 attempt(s)") && msg.contains("`headers` timer"),
+            msg.contains("not retried: the attempt used its whole time budget")
+                && msg.contains("`headers` timer"),
             "{msg}"
         );
     })

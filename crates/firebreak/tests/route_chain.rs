@@ -322,7 +322,8 @@ async fn one_deadline_covers_the_whole_chain() {
         assert_eq!((up.count(PRIMARY), up.count(FALLBACK)), (1, 1));
         // A deadline that ends on the primary does not start the fallback.
         s = stack();
-        s.timeouts.headers = Some(Duration::from_millis(500));
+        // No first-byte timer: the deadline (with the attempt's total) cuts the primary.
+        s.timeouts.headers = None;
         s.timeouts.attempt = Some(Duration::from_millis(500));
         s.timeouts.deadline = Some(Duration::from_millis(500));
         let r = up.router(two(primary(), fallback()), s);

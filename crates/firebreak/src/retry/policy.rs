@@ -378,20 +378,15 @@ fn finalize<ResB, B>(
         Err(e) => e,
     };
     let e = match why {
-        // Say why, unless the error already says more (a gate's refusal, a server's message).
-        GaveUp::NotRetryable if last.detail().is_none() => {
-            let rule = match last.class() {
-                crate::Class::Timeout(crate::TimeoutPhase::Attempt) => {
-                    "; the attempt used its whole time budget (a hang before the response head is cut by the retryable `headers` timer)"
-                }
-                _ => "",
-            };
-            let detail = format!(
-                "not retried after {} attempt(s): `{}` is not retryable{rule}",
-                info.attempts,
-                last.class().label()
-            );
-            last.with_detail(detail)
+        // An attempt timeout is the one non-retryable error whose reason is not plain from its
+        // class: say why (other errors are the attempt's own, as they came).
+        GaveUp::NotRetryable
+            if last.detail().is_none()
+                && last.class() == crate::Class::Timeout(crate::TimeoutPhase::Attempt) =>
+        {
+            last.with_detail(
+                "not retried: the attempt used its whole time budget (a hang before the response head is cut by the retryable `headers` timer)",
+            )
         }
         GaveUp::NotRetryable => last,
         GaveUp::ServerDelayOverCap(d) => last.with_retry_after(d).with_detail(why_text),
