@@ -300,21 +300,6 @@ async fn trace_layer_uses_the_shared_classifier() {
     .await
 }
 
-#[test]
-fn public_types_are_send_and_sync() {
-    fn send_sync<T: Send + Sync>() {}
-    send_sync::<Error>();
-    send_sync::<Classification>();
-    send_sync::<ClassifyLayer>();
-    send_sync::<Classify<()>>();
-    send_sync::<ClassifiedBody<Full<Bytes>>>();
-    send_sync::<ApiError>();
-    fn send<T: Send>() {}
-    send::<
-        ResponseFuture<std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>, Full<Bytes>>,
-    >();
-}
-
 /// An SSE answer whose frames are `frames`.
 fn sse_of(
     frames: &'static [&'static [u8]],

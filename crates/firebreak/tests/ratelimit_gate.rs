@@ -614,15 +614,6 @@ fn bad_settings_are_rejected() {
     assert!(GateLayer::new(GateConfig::default(), KeyBy::Client).is_ok());
 }
 
-#[test]
-fn public_types_are_send_and_sync() {
-    fn send_sync<T: Send + Sync>() {}
-    send_sync::<GateLayer>();
-    send_sync::<GateSnapshot>();
-    fn send<T: Send>() {}
-    send::<Svc>();
-}
-
 // ---- #13: the gate reacts only to evidence ----
 
 /// Spawns `n` calls, answers each with `resp()` after `latency`, and returns the instant each

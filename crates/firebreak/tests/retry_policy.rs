@@ -558,18 +558,6 @@ async fn a_streaming_body_is_replayed_after_a_partial_first_attempt() {
     .await
 }
 
-#[test]
-fn public_types_are_send_and_sync() {
-    fn send_sync<T: Send + Sync>() {}
-    send_sync::<RetryLayer>();
-    send_sync::<RetryConfig>();
-    send_sync::<RetryInfo>();
-    send_sync::<FireworksPolicy>();
-    send_sync::<ReplayBody<Full<Bytes>>>();
-    fn send<T: Send>() {}
-    send::<Svc>();
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_reset_header_is_never_a_retry_delay_and_501_is_never_retried() {
     // #13 points 4 and 5: a 503 carrying `x-ratelimit-reset-tokens: 6m0s` is retried after

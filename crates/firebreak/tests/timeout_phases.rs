@@ -439,16 +439,3 @@ async fn deadlines_only_get_shorter() {
     let shorter = Deadline::after(Duration::from_secs(2)).apply(&mut req);
     assert_eq!(Deadline::of(&req), Some(shorter));
 }
-
-#[test]
-fn public_types_are_send_and_sync() {
-    fn send_sync<T: Send + Sync>() {}
-    send_sync::<TimeoutConfig>();
-    send_sync::<AttemptTimeoutLayer>();
-    send_sync::<DeadlineLayer>();
-    send_sync::<Deadline>();
-    send_sync::<TimedResponseBody<Full<Bytes>>>();
-    send_sync::<TimedRequestBody<Full<Bytes>>>();
-    fn send<T: Send>() {}
-    send::<AttemptTimeout<Mock<Full<Bytes>>>>();
-}
