@@ -22,7 +22,12 @@ pub(crate) struct CallId {
 }
 
 /// The header that counts the attempts the stack made for an answer.
-pub(crate) const ATTEMPTS_HEADER: &str = "x-firebreak-attempts";
+const ATTEMPTS_HEADER: &str = "x-firebreak-attempts";
+
+/// The attempts the stack made for an answer, which the steps below put in its extensions
+/// (none: an answer the proxy made itself, 0 attempts).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Attempts(pub(crate) u32);
 
 /// The step.
 pub(crate) async fn record(
@@ -67,15 +72,11 @@ fn request_id(h: &http::HeaderMap) -> String {
         .unwrap_or_else(|| format!("fb-{:032x}", rand::random::<u128>()))
 }
 
-/// Sets `x-request-id` (the upstream's own moves to `x-upstream-request-id`) and makes sure
-/// `x-firebreak-attempts` is there (0 for an answer the proxy made itself). Returns the attempts.
+/// Sets `x-request-id` (the upstream's own moves to `x-upstream-request-id`) and
+/// `x-firebreak-attempts` (0 for an answer the proxy made itself). Returns the attempts.
 fn stamp(a: &mut Answer, id: &str) -> u32 {
+    let attempts = a.extensions().get::<Attempts>().map_or(0, |n| n.0);
     let h = a.headers_mut();
-    let attempts = h
-        .get(ATTEMPTS_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
     h.insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
     if let Some(up) = h.remove("x-request-id") {
         if up != id {

@@ -3,7 +3,7 @@
 
 use super::Shared;
 use super::body::{Buffered, ProxyBody, Stop};
-use super::call::ATTEMPTS_HEADER;
+use super::call::Attempts;
 use super::headers;
 use super::step::Answer;
 use firebreak::{Class, Error, FireworksBody};
@@ -49,8 +49,7 @@ pub(crate) fn failure(p: &Shared, e: &Error, prefix: &str, attempts: u32) -> Ans
         e.class().label(),
         e.useful_retry_after(),
     );
-    r.headers_mut()
-        .insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
+    r.extensions_mut().insert(Attempts(attempts));
     r
 }
 
@@ -98,8 +97,7 @@ pub(crate) async fn answer(
     *out.status_mut() = rp.status;
     *out.headers_mut() = headers::caller_response(&rp.headers);
     out.headers_mut().extend(routed);
-    out.headers_mut()
-        .insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
+    out.extensions_mut().insert(Attempts(attempts));
     out
 }
 
